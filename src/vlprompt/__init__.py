@@ -1,0 +1,61 @@
+"""vlprompt: prompt learning on frozen CLIP-family vision-language models.
+
+Quick use::
+
+    import vlprompt
+    backbone = vlprompt.load_backbone("ViT-B-16-quickgelu", pretrained="openai")  # or a local file
+    model = vlprompt.build_method("coop", backbone, classnames, n_ctx=16, csc=False,
+                                  class_token_position="end", ctx_init=None)
+    logits = model(images)   # [B, n_cls]; model.ctx: [n_ctx, dim] or [n_cls, n_ctx, dim]
+
+Training from a config: ``vlprompt.train(vlprompt.load_config("cfg.yaml"))``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_backbone": ("vlprompt.backbones.openclip", "load_backbone"),
+    "OpenClipBackbone": ("vlprompt.backbones.openclip", "OpenClipBackbone"),
+    "build_method": ("vlprompt.methods.registry", "build_method"),
+    "list_methods": ("vlprompt.methods.registry", "list_methods"),
+    "register_method": ("vlprompt.methods.registry", "register_method"),
+    "build_dataset": ("vlprompt.data.registry", "build_dataset"),
+    "list_datasets": ("vlprompt.data.registry", "list_datasets"),
+    "load_config": ("vlprompt.config", "load_config"),
+    "ExperimentConfig": ("vlprompt.config", "ExperimentConfig"),
+    "train": ("vlprompt.engine.trainer", "train"),
+    "evaluate": ("vlprompt.api", "evaluate"),
+    "zeroshot": ("vlprompt.api", "zeroshot"),
+    "predict": ("vlprompt.api", "predict"),
+    "save_prompt": ("vlprompt.engine.checkpoint", "save_prompt"),
+    "load_prompt": ("vlprompt.engine.checkpoint", "load_prompt"),
+    "nearest_words": ("vlprompt.methods.coop.interpret", "nearest_words"),
+    "VlpromptError": ("vlprompt.errors", "VlpromptError"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vlprompt.api import evaluate, predict, zeroshot  # noqa: F401
+    from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone  # noqa: F401
+    from vlprompt.config import ExperimentConfig, load_config  # noqa: F401
+    from vlprompt.data.registry import build_dataset, list_datasets  # noqa: F401
+    from vlprompt.engine.checkpoint import load_prompt, save_prompt  # noqa: F401
+    from vlprompt.engine.trainer import train  # noqa: F401
+    from vlprompt.errors import VlpromptError  # noqa: F401
+    from vlprompt.methods.coop.interpret import nearest_words  # noqa: F401
+    from vlprompt.methods.registry import build_method, list_methods, register_method  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public API lazily so ``import vlprompt`` stays fast (no torch until needed)."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'vlprompt' has no attribute {name!r}")

@@ -1,0 +1,132 @@
+"""High-level operations shared by the Python API and the CLI: zero-shot, evaluate, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone
+from vlprompt.config import ExperimentConfig
+from vlprompt.data.images import list_images, load_image
+from vlprompt.data.loading import make_loader
+from vlprompt.data.pipeline import load_dataset
+from vlprompt.data.templates import get_templates
+from vlprompt.data.types import DatasetSplits
+from vlprompt.engine.checkpoint import load_prompt
+from vlprompt.engine.run import resolve_device
+from vlprompt.errors import DataError, VlpromptError
+from vlprompt.eval.evaluate import evaluate as evaluate_loader
+from vlprompt.eval.report import accuracy_table
+from vlprompt.io import atomic_write_json, atomic_write_text
+from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.registry import build_method
+
+
+def _backbone(cfg: ExperimentConfig, device: torch.device) -> OpenClipBackbone:
+    b = cfg.backbone
+    return load_backbone(b.model, b.pretrained, device=device, precision=b.precision, cache_dir=b.cache_dir)
+
+
+def _split(splits: DatasetSplits, split: str) -> list:
+    if split not in ("train", "val", "test"):
+        raise VlpromptError(f"--split must be train, val or test, got '{split}'")
+    items = getattr(splits, split)
+    if not items:
+        raise DataError(f"dataset '{splits.name}' has no {split} images")
+    return items
+
+
+def _run_eval(method: PromptMethod, splits: DatasetSplits, split: str, cfg: ExperimentConfig,
+              device: torch.device, progress: bool) -> dict[str, Any]:
+    loader = make_loader(_split(splits, split), splits.loader, method.backbone.eval_transform(),
+                         batch_size=cfg.optim.test_batch_size, train=False, num_workers=cfg.data.num_workers)
+    return evaluate_loader(method, loader, device, progress=progress, desc=split)
+
+
+def _save(report: dict[str, Any], output: Path | None, title: str) -> str:
+    table = accuracy_table(report, title=title)
+    if output is not None:
+        atomic_write_json(output, report)
+        atomic_write_text(output.with_suffix(".md"), table)
+    return table
+
+
+def zeroshot(cfg: ExperimentConfig, *, split: str = "test", output: str | Path | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Zero-shot CLIP on ``cfg.data`` with the templates ``cfg.data.templates``; returns the report.
+
+    The report holds ``accuracy``, ``macro_accuracy``, ``per_class`` and the ``templates`` used;
+    with ``output`` it is written as JSON (and a ``.md`` table next to it).
+    """
+    device = resolve_device(cfg.train.device)
+    backbone = _backbone(cfg, device)
+    splits = load_dataset(cfg.data)
+    templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
+    method = build_method("zeroshot", backbone, splits.classnames, templates=templates).to(device)
+    report = _run_eval(method, splits, split, cfg, device, progress)
+    report = {"method": "zeroshot", "dataset": cfg.data.dataset, "split": split, "templates": templates,
+              "backbone": backbone.info.as_dict(), **report}
+    report["table"] = _save(report, Path(output) if output else None,
+                            f"zero-shot CLIP on {cfg.data.dataset} ({split}, {len(templates)} template(s))")
+    return report
+
+
+def evaluate(cfg: ExperimentConfig, prompt: str | Path, *, split: str = "test", output: str | Path | None = None,
+             allow_new_classes: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Evaluate a learned prompt file on ``cfg.data``'s ``split``; returns the accuracy report."""
+    device = resolve_device(cfg.train.device)
+    backbone = _backbone(cfg, device)
+    splits = load_dataset(cfg.data)
+    method = load_prompt(prompt, backbone, splits.classnames, allow_new_classes=allow_new_classes).to(device)
+    report = _run_eval(method, splits, split, cfg, device, progress)
+    report = {"method": method.method_name, "prompt": str(prompt), "dataset": cfg.data.dataset, "split": split,
+              "backbone": backbone.info.as_dict(), **report}
+    report["table"] = _save(report, Path(output) if output else None,
+                            f"{method.method_name} on {cfg.data.dataset} ({split})")
+    return report
+
+
+def collect_images(inputs: list[str]) -> list[str]:
+    """Image files from a list of files and/or folders (folders searched recursively)."""
+    files: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(list_images(str(p), recursive=True))
+        elif p.is_file():
+            files.append(str(p))
+        else:
+            raise DataError(f"image or folder '{item}' does not exist")
+    if not files:
+        raise DataError(f"no images found in {', '.join(inputs)}")
+    return files
+
+
+@torch.no_grad()
+def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames: list[str] | None = None,
+            device: str = "auto", backbone: OpenClipBackbone | None = None,
+            batch_size: int = 32) -> list[dict[str, Any]]:
+    """Classify image files with a learned prompt: ``[{"image", "top": [[class, probability], ...]}]``.
+
+    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes).
+    """
+    dev = resolve_device(device)
+    method = load_prompt(prompt, backbone, classnames, allow_new_classes=classnames is not None, device=dev)
+    method = method.to(dev).eval()
+    transform = method.backbone.eval_transform()
+    files = collect_images(images)
+    text = None if method.image_conditional else method.text_features()
+    k = min(topk, method.n_cls)
+    results = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        batch = torch.stack([transform(load_image(f)) for f in chunk]).to(dev)
+        feats = method.encode_images(batch)
+        logits = method.forward_features(feats) if text is None else method.logits(feats, text)
+        probs = logits.float().softmax(dim=-1)
+        top_p, top_i = probs.topk(k, dim=-1)
+        for f, ps, ids in zip(chunk, top_p.tolist(), top_i.tolist()):
+            results.append({"image": f, "top": [[method.classnames[i], round(p, 6)] for p, i in zip(ps, ids)]})
+    return results

@@ -1,0 +1,277 @@
+"""``vlprompt`` command line: argument parsing and printing only; the work is in the library.
+
+Every user error is printed as one line ``error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vlprompt.errors import VlpromptError, user_message
+
+EPILOG = "Docs: README.md. Every option of a config can be overridden with --set section.option=value."
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _add_config_args(p: argparse.ArgumentParser, *, config_required: bool = False) -> None:
+    p.add_argument("--config", "-c", required=config_required, help="YAML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config option, e.g. --set optim.lr=0.001 (repeatable)")
+    p.add_argument("--model", help="shortcut for --set backbone.model=...")
+    p.add_argument("--pretrained", help="shortcut for --set backbone.pretrained=... (tag or weights file)")
+    p.add_argument("--dataset", help="shortcut for --set data.dataset=...")
+    p.add_argument("--root", help="shortcut for --set data.root=... (folder holding the datasets)")
+    p.add_argument("--device", help="shortcut for --set train.device=... (auto, cpu, cuda)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> list[str]:
+    out = list(args.overrides)
+    shortcuts = {"model": "backbone.model", "pretrained": "backbone.pretrained", "dataset": "data.dataset",
+                 "root": "data.root", "device": "train.device", **(extra or {})}
+    for attr, key in shortcuts.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    if getattr(args, "no_progress", False):
+        out.append("train.progress=false")
+    return out
+
+
+def _load_cfg(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
+    from vlprompt.config import load_config
+
+    return load_config(args.config, _overrides(args, extra))
+
+
+def _print_table(text: str) -> None:
+    print(text.rstrip())
+
+
+# ------------------------------------------------------------------------------------ commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from vlprompt.engine.trainer import train
+
+    cfg = _load_cfg(args, {"output_dir": "train.output_dir", "seed": "train.seed", "shots": "data.shots"})
+    metrics = train(cfg, resume=args.resume)
+    test = metrics["test"]
+    print(f"test accuracy {test['accuracy']:.2f}% (mean per-class {test['macro_accuracy']:.2f}%) - "
+          f"results in {cfg.train.output_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vlprompt.api import evaluate
+    from vlprompt.config import apply_overrides, config_from_dict, load_config
+    from vlprompt.engine.run import RunPaths
+
+    if args.run:
+        import yaml
+
+        paths = RunPaths(Path(args.run))
+        if not paths.config.exists():
+            raise VlpromptError(f"'{args.run}' is not a vlprompt run folder (no config.yaml); "
+                                "pass a run folder made by `vlprompt train`, or --config and --prompt")
+        raw = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
+        raw.setdefault("train", {})["output_dir"] = str(paths.root)
+        cfg = config_from_dict(apply_overrides(raw, _overrides(args)))
+        prompt = Path(args.prompt) if args.prompt else paths.prompt
+        default_out = paths.root / f"eval_{cfg.data.dataset}_{args.split}.json"
+    else:
+        if not (args.config and args.prompt):
+            raise VlpromptError("vlprompt eval needs --run RUN_FOLDER, or both --config and --prompt")
+        cfg = load_config(args.config, _overrides(args))
+        prompt = Path(args.prompt)
+        default_out = prompt.with_name(f"eval_{cfg.data.dataset}_{args.split}.json")
+    output = Path(args.output) if args.output else default_out
+    report = evaluate(cfg, prompt, split=args.split, output=output, allow_new_classes=args.allow_new_classes,
+                      progress=cfg.train.progress)
+    _print_table(report["table"])
+    print(f"saved {output}")
+    return 0
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from vlprompt.api import zeroshot
+
+    extra = {"templates": "data.templates"}
+    cfg = _load_cfg(args, extra)
+    report = zeroshot(cfg, split=args.split, output=args.output, progress=cfg.train.progress)
+    _print_table(report["table"])
+    if args.output:
+        print(f"saved {args.output}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vlprompt.api import predict
+
+    classnames = None
+    if args.classnames:
+        path = Path(args.classnames)
+        if not path.is_file():
+            raise VlpromptError(f"class-name file '{path}' does not exist (option --classnames)")
+        classnames = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    results = predict(args.prompt, args.images, topk=args.topk, classnames=classnames, device=args.device)
+    for r in results:
+        top = ", ".join(f"{name} ({p:.3f})" for name, p in r["top"])
+        print(f"{r['image']}: {top}")
+    if args.json:
+        from vlprompt.io import atomic_write_json
+
+        atomic_write_json(args.json, results)
+        print(f"saved {args.json}")
+    return 0
+
+
+def cmd_interpret(args: argparse.Namespace) -> int:
+    from vlprompt.engine.checkpoint import load_prompt
+    from vlprompt.methods.coop.interpret import nearest_words
+
+    method = load_prompt(args.prompt)
+    ctx = getattr(method, "ctx", None)
+    if ctx is None:
+        raise VlpromptError(f"prompt file '{args.prompt}' has no learned context vectors to interpret")
+    words = nearest_words(ctx, method.backbone, topk=args.topk)
+    n_ctx = ctx.shape[-2]
+    for i, row in enumerate(words):
+        cls = f"[{method.classnames[i // n_ctx]}] " if ctx.dim() == 3 else ""
+        print(f"{cls}ctx {i % n_ctx + 1:2d}: " + "  ".join(f"{w!r} ({d:.3f})" for w, d in row))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import open_clip
+
+    from vlprompt.backbones.configs import register_model_configs
+    from vlprompt.backbones.openclip import list_pretrained_tags
+
+    register_model_configs()
+    for name in open_clip.list_models():
+        if args.filter and args.filter.lower() not in name.lower():
+            continue
+        tags = list_pretrained_tags(name)
+        print(f"{name:40s} {', '.join(tags) if tags else '(no pretrained tags; random init or a local file)'}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from vlprompt.data.registry import list_datasets
+
+    print("\n".join(list_datasets()))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from vlprompt.methods.registry import get_method, list_methods
+
+    for name in list_methods():
+        entry = get_method(name)
+        opts = ", ".join(f"{f.name}" for f in dataclasses.fields(entry.config_cls))
+        print(f"{name:10s} options: {opts}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlprompt",
+        description="Prompt learning (zero-shot CLIP, CoOp, ...) on frozen open_clip models.",
+        epilog=EPILOG,
+    )
+    from vlprompt import __version__
+
+    parser.add_argument("--version", action="version", version=f"vlprompt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="learn a prompt from a config", epilog=EPILOG,
+                       description="Train a prompt method (CoOp, ...) on a dataset; writes a run folder.")
+    _add_config_args(p, config_required=True)
+    p.add_argument("--output-dir", "-o", help="run folder (shortcut for --set train.output_dir=...)")
+    p.add_argument("--seed", type=int, help="shortcut for --set train.seed=...")
+    p.add_argument("--shots", type=int, help="shortcut for --set data.shots=...")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a learned prompt", epilog=EPILOG,
+                       description="Evaluate a learned prompt on a dataset split (default: the run's own test split).")
+    p.add_argument("--run", "-r", help="run folder made by `vlprompt train`")
+    p.add_argument("--prompt", "-p", help="prompt file (.safetensors); default: RUN/prompt.safetensors")
+    _add_config_args(p)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--allow-new-classes", action="store_true",
+                   help="evaluate a unified prompt on other classes (cross-dataset / domain generalisation)")
+    p.add_argument("--output", help="results JSON (a .md table is written next to it)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("zeroshot", help="zero-shot CLIP accuracy", epilog=EPILOG,
+                       description="Zero-shot CLIP with CoOp's per-dataset templates or a prompt ensemble.")
+    _add_config_args(p)
+    p.add_argument("--templates", help="dataset (default), imagenet80, imagenet_select, or a template with {}")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--output", help="results JSON (a .md table is written next to it)")
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("predict", help="classify images with a learned prompt",
+                       description="Top-k classes for image files / folders with a learned prompt file.")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--prompt", "-p", required=True, help="prompt file (.safetensors) from `vlprompt train`")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--classnames", help="text file with one class name per line (unified prompts only)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the predictions to this JSON file")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("interpret", help="nearest vocabulary words of learned context vectors",
+                       description="CoOp's interpretation: nearest token embeddings to each context vector.")
+    p.add_argument("prompt", help="prompt file (.safetensors)")
+    p.add_argument("--topk", type=int, default=3)
+    p.set_defaults(func=cmd_interpret)
+
+    p = sub.add_parser("models", help="list open_clip model names and pretrained tags")
+    p.add_argument("--filter", help="only names containing this text")
+    p.set_defaults(func=cmd_models)
+    sub.add_parser("datasets", help="list dataset names").set_defaults(func=cmd_datasets)
+    sub.add_parser("methods", help="list methods and their options").set_defaults(func=cmd_methods)
+    _register_extra_commands(sub)
+    return parser
+
+
+_EXTRA: list[Callable[[Any], None]] = []
+
+
+def _register_extra_commands(sub: Any) -> None:
+    for add in _EXTRA:
+        add(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VlpromptError as exc:
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished checkpoints and results are kept (resume with --resume)", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:  # errors re-raised from DataLoader workers keep their message
+        if "Original Traceback" in str(exc) and "Error" in str(exc).splitlines()[-1]:
+            print(f"error: {user_message(exc)}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""Experiment configuration: YAML files that map 1:1 onto dataclasses.
+
+A config file has five sections::
+
+    method:   {name: coop, n_ctx: 16, ctx_init: null, csc: false, class_token_position: end}
+    backbone: {model: RN50-quickgelu, pretrained: openai}
+    data:     {dataset: oxford_pets, root: ./data, shots: 16}
+    optim:    {lr: 0.002, max_epoch: 200, batch_size: 32, ...}
+    train:    {seed: 1, output_dir: runs/coop/oxford_pets/rn50_16shots/seed1}
+
+Every key is checked: an unknown key or a wrong type raises :class:`ConfigError` naming the key
+(``optim.lr``) and, for YAML syntax errors, the file, line and column. ``--set key=value``
+overrides use the same dotted names; values are parsed as YAML (``--set method.csc=true``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from vlprompt.errors import ConfigError
+from vlprompt.validate import check_choice, check_float, check_int
+
+
+@dataclass
+class BackboneConfig:
+    """Which frozen CLIP to use (open_clip name + pretrained tag or weights file)."""
+
+    model: str = field(default="RN50-quickgelu", metadata={"help": "open_clip model name"})
+    pretrained: str | None = field(
+        default="openai", metadata={"help": "open_clip pretrained tag, local weights file, or null (random)"}
+    )
+    precision: str = field(default="fp32", metadata={"help": "frozen weight precision: fp32, fp16 or bf16"})
+    cache_dir: str | None = field(default=None, metadata={"help": "open_clip download cache"})
+
+    def __post_init__(self) -> None:
+        check_choice(self.precision, "backbone.precision", ("fp32", "fp16", "bf16"))
+
+
+@dataclass
+class DataConfig:
+    """Dataset, few-shot sampling and loading."""
+
+    dataset: str = field(default="", metadata={"help": "dataset name (oxford_pets, imagefolder, csv, ...)"})
+    root: str | None = field(default=None, metadata={"help": "folder holding the dataset(s)"})
+    shots: int = field(default=16, metadata={"help": "K images per class for training; -1 = all"})
+    fewshot_file: str | None = field(default=None, metadata={"help": "reuse a saved few-shot split JSON"})
+    templates: str | list[str] = field(
+        default="dataset",
+        metadata={"help": "zero-shot templates: dataset, imagenet80, imagenet_select, or a list"},
+    )
+    augment: bool = field(default=True, metadata={"help": "CoOp training augmentation (crop + flip)"})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset-reader options"})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ConfigError("option data.dataset is required (e.g. oxford_pets, imagefolder, csv)")
+        if self.shots != -1:
+            check_int(self.shots, "data.shots", minimum=1)
+        check_int(self.num_workers, "data.num_workers", minimum=0)
+
+
+@dataclass
+class OptimConfig:
+    """CoOp's optimisation recipe (Dassl): SGD, cosine schedule stepped per epoch, constant warm-up."""
+
+    name: str = field(default="sgd", metadata={"help": "optimiser: sgd (CoOp) or adamw"})
+    lr: float = field(default=0.002, metadata={"help": "base learning rate"})
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    max_epoch: int | None = field(
+        default=None, metadata={"help": "epochs; null = CoOp's by shots (50 / 100 / 200; ImageNet 50)"}
+    )
+    batch_size: int = 32
+    warmup_epoch: int = field(default=1, metadata={"help": "epochs at constant warmup_lr before cosine"})
+    warmup_lr: float = 1e-5
+    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine or constant"})
+    test_batch_size: int = 100
+
+    def __post_init__(self) -> None:
+        check_choice(self.name, "optim.name", ("sgd", "adamw"))
+        check_float(self.lr, "optim.lr", minimum=0.0, strict=True)
+        check_float(self.momentum, "optim.momentum", minimum=0.0)
+        check_float(self.weight_decay, "optim.weight_decay", minimum=0.0)
+        if self.max_epoch is not None:
+            check_int(self.max_epoch, "optim.max_epoch", minimum=1)
+        check_int(self.batch_size, "optim.batch_size", minimum=1)
+        check_int(self.warmup_epoch, "optim.warmup_epoch", minimum=0)
+        check_float(self.warmup_lr, "optim.warmup_lr", minimum=0.0)
+        check_choice(self.lr_scheduler, "optim.lr_scheduler", ("cosine", "constant"))
+        check_int(self.test_batch_size, "optim.test_batch_size", minimum=1)
+
+
+@dataclass
+class TrainConfig:
+    """Run-level options."""
+
+    seed: int = 1
+    output_dir: str = field(default="", metadata={"help": "run folder (config, log, checkpoints, results)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    precision: str = field(default="fp32", metadata={"help": "fp32 or amp (bf16 autocast)"})
+    eval_every: int = field(default=0, metadata={"help": "validate every N epochs (0 = only at the end)"})
+    checkpoint_every: int = field(default=1, metadata={"help": "save a resumable checkpoint every N epochs"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars"})
+
+    def __post_init__(self) -> None:
+        check_int(self.seed, "train.seed", minimum=0)
+        check_choice(self.precision, "train.precision", ("fp32", "amp"))
+        check_int(self.eval_every, "train.eval_every", minimum=0)
+        check_int(self.checkpoint_every, "train.checkpoint_every", minimum=1)
+        check_int(self.keep_checkpoints, "train.keep_checkpoints", minimum=1)
+
+
+@dataclass
+class MethodSpec:
+    """``method`` section: the registered method name plus its own config dataclass."""
+
+    name: str
+    config: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self.config)}
+
+
+@dataclass
+class ExperimentConfig:
+    method: MethodSpec
+    backbone: BackboneConfig
+    data: DataConfig
+    optim: OptimConfig
+    train: TrainConfig
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method.as_dict(),
+            "backbone": dataclasses.asdict(self.backbone),
+            "data": dataclasses.asdict(self.data),
+            "optim": dataclasses.asdict(self.optim),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.as_dict(), sort_keys=False)
+
+
+SECTIONS: dict[str, type] = {
+    "backbone": BackboneConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+# ---------------------------------------------------------------------------------- typing
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, option: str) -> Any:
+    """Check ``value`` against annotation ``tp`` (int, float, str, bool, None, Literal, list, dict, unions)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arm in get_args(tp):
+            try:
+                return coerce(value, arm, option)
+            except ConfigError as exc:
+                errors.append(exc)
+        names = " or ".join(_type_name(a) if a is not type(None) else "null" for a in get_args(tp))
+        raise ConfigError(f"option {option} must be {names}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"option {option} must be null, got {value!r}")
+    if tp is Any:
+        return value
+    if origin is Literal:
+        return check_choice(value, option, get_args(tp))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"option {option} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"option {option} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"option {option} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"option {option} must be text, got {value!r}")
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"option {option} must be a list, got {value!r}")
+        (arm,) = get_args(tp) or (Any,)
+        return [coerce(v, arm, f"{option}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"option {option} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def build_dataclass(cls: type, values: dict[str, Any], section: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``, checking every key and type."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"section '{section}' must be a mapping of options, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=2)
+            hint = f" Did you mean: {', '.join(f'{section}.{c}' for c in close)}?" if close else ""
+            raise ConfigError(
+                f"unknown option '{section}.{key}'.{hint} Valid options in '{section}': {', '.join(names)}."
+            )
+        kwargs[key] = coerce(value, hints[key], f"{section}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"section '{section}': {exc}") from exc
+
+
+def _build_method(values: Any) -> MethodSpec:
+    from vlprompt.methods.registry import get_method
+
+    if not isinstance(values, dict) or not values.get("name"):
+        raise ConfigError("section 'method' needs a 'name' (e.g. method: {name: coop})")
+    values = dict(values)
+    name = values.pop("name")
+    entry = get_method(str(name))
+    return MethodSpec(str(name), build_dataclass(entry.config_cls, values, "method"))
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from a plain nested dict (as read from YAML)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a config must be a mapping with sections method, backbone, data, optim, train")
+    allowed = ["method", *SECTIONS]
+    for key in raw:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config section '{key}'.{hint} Sections: {', '.join(allowed)}.")
+    sections = {name: build_dataclass(cls, raw.get(name) or {}, name) for name, cls in SECTIONS.items()}
+    return ExperimentConfig(method=_build_method(raw.get("method") or {"name": "coop"}), **sections)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file; syntax errors become :class:`ConfigError` with file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file '{path}': {exc}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML in '{path}'{where}: {problem}") from exc
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.001), got '{item}'")
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if len(parts) < 2:
+            raise ConfigError(f"--set key '{key}' must be section.option (e.g. optim.lr), got '{key}'")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value '{text}': {exc}") from exc
+        node = raw
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"--set {key}: '{p}' is not a section")
+            node = node[p]
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML config (or start from defaults when ``path`` is None) and apply ``--set`` overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must contain a mapping of sections, not {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, list(overrides or [])))

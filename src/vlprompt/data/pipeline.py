@@ -1,0 +1,56 @@
+"""From a :class:`~vlprompt.config.DataConfig` to the images a run uses.
+
+``prepare_data`` builds the dataset, then takes the K-shot train split and ``min(K, 4)``-shot val
+split from (in order of preference) the run folder's own ``fewshot.json`` (a resumed run reuses
+exactly what it sampled), the user's ``data.fewshot_file``, or fresh seeded sampling, which it
+saves to the run folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlprompt.config import DataConfig
+from vlprompt.data.fewshot import load_fewshot_json, make_fewshot, save_fewshot_json
+from vlprompt.data.registry import build_dataset
+from vlprompt.data.types import DatasetSplits, Datum
+from vlprompt.errors import DataError
+
+
+@dataclass
+class PreparedData:
+    """The full dataset (``splits``; test untouched) and the train / val items actually used."""
+
+    splits: DatasetSplits
+    train: list[Datum]
+    val: list[Datum]
+
+
+def load_dataset(cfg: DataConfig) -> DatasetSplits:
+    """Build the dataset named by ``cfg`` (all splits, no few-shot sampling)."""
+    return build_dataset(cfg.dataset, cfg.root, **cfg.options)
+
+
+def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None) -> PreparedData:
+    """Dataset + few-shot selection for a training run (see module doc)."""
+    splits = load_dataset(cfg)
+    source = None
+    if fewshot_path is not None and fewshot_path.exists():
+        source = fewshot_path
+    elif cfg.fewshot_file:
+        source = Path(cfg.fewshot_file)
+    if source is not None:
+        train, val, meta = load_fewshot_json(source)
+        if list(meta.get("classnames", [])) != list(splits.classnames):
+            raise DataError(
+                f"few-shot file '{source}' lists other classes than dataset '{cfg.dataset}'; "
+                "it was made for another dataset (option data.fewshot_file)."
+            )
+    else:
+        sampled = make_fewshot(splits, None if cfg.shots == -1 else cfg.shots, seed)
+        train, val = sampled.train, sampled.val
+    if fewshot_path is not None and source != fewshot_path:
+        save_fewshot_json(fewshot_path, (train, val), dataset=cfg.dataset, shots=cfg.shots, seed=seed,
+                          classnames=splits.classnames)
+    return PreparedData(splits, train, val)

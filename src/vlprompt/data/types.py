@@ -1,0 +1,54 @@
+"""Plain data records shared by every dataset reader.
+
+A dataset is a :class:`DatasetSplits`: class names (index == label) plus lists of
+:class:`Datum` for train / val / test, the per-dataset zero-shot template CoOp uses, and the
+function that turns a ``Datum.path`` into a PIL image (files on disk by default; generated
+images for the synthetic world).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Datum:
+    """One labelled image. ``path`` is absolute for files on disk (or a world key)."""
+
+    path: str
+    label: int
+    classname: str
+
+
+def _default_loader(path: str) -> Image.Image:
+    from vlprompt.data.images import load_image
+
+    return load_image(path)
+
+
+@dataclass
+class DatasetSplits:
+    """A classification dataset with its splits.
+
+    Attributes:
+        name: registry name, e.g. ``"oxford_pets"``.
+        classnames: human-readable class names; ``classnames[label]``.
+        train / val / test: the splits (``val`` may be empty).
+        template: CoOp's hand-crafted zero-shot template for this dataset, with ``{}``.
+        loader: maps ``Datum.path`` to an RGB PIL image.
+    """
+
+    name: str
+    classnames: list[str]
+    train: list[Datum]
+    val: list[Datum]
+    test: list[Datum]
+    template: str = "a photo of a {}."
+    loader: Callable[[str], Image.Image] = field(default=_default_loader, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)

@@ -1,0 +1,268 @@
+"""Learned-prompt files and resumable training checkpoints (safetensors + JSON, never pickle).
+
+* Prompt file ``prompt.safetensors``: only the learned tensors (e.g. ``prompt_learner.ctx``),
+  with JSON metadata embedded in the safetensors header (method, method config, class names,
+  backbone name/tag/dims, format version) and copied to a ``.json`` sidecar for people.
+* Training checkpoint ``checkpoints/epoch-NNNN.safetensors``: learned tensors, optimiser state
+  tensors and RNG states, plus JSON metadata (epoch, optimiser hyper-parameters, python RNG).
+
+Both are written atomically (:mod:`vlprompt.io`); loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from vlprompt.errors import CheckpointError
+from vlprompt.io import atomic_write_bytes, atomic_write_json
+
+PROMPT_FORMAT = "vlprompt-prompt"
+CKPT_FORMAT = "vlprompt-checkpoint"
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------- low level
+def write_safetensors(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """Atomically write ``tensors`` with ``meta`` (JSON) in the header under key ``vlprompt``."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    data = st_save(tensors, metadata={"vlprompt": json.dumps(meta)})
+    atomic_write_bytes(path, data)
+
+
+def read_safetensors(path: str | Path, *, what: str = "file") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read tensors and the ``vlprompt`` JSON metadata; any corruption -> :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} '{path}' does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as exc:  # safetensors raises SafetensorError / OSError on truncation
+        raise CheckpointError(
+            f"{what} '{path}' is not a readable safetensors file ({exc}); it may be truncated or corrupted."
+        ) from exc
+    try:
+        meta = json.loads(header.get("vlprompt", "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{what} '{path}' has corrupted metadata: {exc}") from exc
+    return tensors, meta
+
+
+def _check_format(meta: dict[str, Any], expected: str, path: Path, what: str) -> None:
+    fmt = meta.get("format")
+    if fmt != expected:
+        raise CheckpointError(f"'{path}' is not a vlprompt {what} (format {fmt!r}, expected {expected!r})")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"'{path}' was written by a newer vlprompt (format version {version}, this version reads "
+            f"<= {FORMAT_VERSION}); upgrade vlprompt to load it."
+        )
+
+
+# ---------------------------------------------------------------------------------- prompts
+def prompt_metadata(method: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    from vlprompt import __version__
+
+    return {
+        "format": PROMPT_FORMAT,
+        "version": FORMAT_VERSION,
+        "vlprompt_version": __version__,
+        "method": method.method_name,
+        "config": dataclasses.asdict(method.config),
+        "classnames": list(method.classnames),
+        "backbone": method.backbone.info.as_dict(),
+        **(extra or {}),
+    }
+
+
+def save_prompt(path: str | Path, method: Any, extra: dict[str, Any] | None = None) -> Path:
+    """Save ``method``'s learned tensors + metadata to ``path`` (.safetensors) and a ``.json`` sidecar."""
+    path = Path(path)
+    meta = prompt_metadata(method, extra)
+    write_safetensors(path, method.learned_state(), meta)
+    atomic_write_json(path.with_suffix(".json"), meta)
+    return path
+
+
+def read_prompt(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a prompt file written by :func:`save_prompt` (tensors, metadata)."""
+    path = Path(path)
+    tensors, meta = read_safetensors(path, what="prompt file")
+    _check_format(meta, PROMPT_FORMAT, path, "prompt file")
+    return tensors, meta
+
+
+def check_backbone_matches(meta: dict[str, Any], backbone: Any, path: str | Path) -> None:
+    """Refuse a prompt learned on another backbone, naming what differs."""
+    saved = meta.get("backbone", {})
+    have = backbone.info.as_dict()
+    diffs = [f"{k}: file has {saved.get(k)!r}, backbone has {have[k]!r}"
+             for k in ("model", "pretrained", "embed_dim", "text_width") if saved.get(k) != have[k]]
+    if diffs:
+        raise CheckpointError(
+            f"prompt file '{path}' was learned on another backbone ({'; '.join(diffs)}). "
+            f"Load it with --model {saved.get('model')} --pretrained {saved.get('pretrained')}."
+        )
+
+
+def check_classnames_match(meta: dict[str, Any], classnames: list[str], path: str | Path,
+                           *, allow_new_classes: bool) -> None:
+    """Refuse a prompt learned for another class list unless transfer to new classes is allowed."""
+    saved = list(meta.get("classnames", []))
+    if saved == list(classnames):
+        return
+    class_specific = bool(meta.get("config", {}).get("csc", False))
+    if allow_new_classes and not class_specific:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(saved, classnames)) if a != b), min(len(saved), len(classnames)))
+    detail = (f"{len(saved)} classes in the file vs {len(classnames)} here; first difference at index {first}: "
+              f"{saved[first] if first < len(saved) else '-'!r} vs "
+              f"{classnames[first] if first < len(classnames) else '-'!r}")
+    if class_specific:
+        raise CheckpointError(f"prompt file '{path}' holds class-specific contexts for another class list "
+                              f"({detail}); it can only be used with its own classes.")
+    raise CheckpointError(
+        f"prompt file '{path}' was learned for another class list ({detail}). To evaluate a unified "
+        "prompt on new classes (cross-dataset / domain generalisation) pass --allow-new-classes."
+    )
+
+
+def load_prompt(
+    path: str | Path,
+    backbone: Any = None,
+    classnames: list[str] | None = None,
+    *,
+    allow_new_classes: bool = False,
+    device: str | torch.device = "cpu",
+) -> Any:
+    """Rebuild the method stored in a prompt file, ready for inference.
+
+    Args:
+        path: a ``.safetensors`` prompt file written by :func:`save_prompt`.
+        backbone: the backbone to use (checked against the file); None = load the one recorded.
+        classnames: classes to predict; None = the file's. A different list needs
+            ``allow_new_classes`` and a unified (non class-specific) prompt.
+    """
+    from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.methods.registry import build_method, make_method_config
+
+    tensors, meta = read_prompt(path)
+    if backbone is None:
+        bb = meta.get("backbone", {})
+        backbone = load_backbone(bb.get("model", ""), bb.get("pretrained"), device=device)
+    check_backbone_matches(meta, backbone, path)
+    names = list(meta.get("classnames", [])) if classnames is None else list(classnames)
+    check_classnames_match(meta, names, path, allow_new_classes=allow_new_classes)
+    config = make_method_config(meta["method"], dict(meta.get("config", {})))
+    method = build_method(meta["method"], backbone, names, config=config)
+    try:
+        method.load_learned_state(tensors)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"prompt file '{path}' does not fit method '{meta['method']}': {exc}") from exc
+    return method.eval()
+
+
+# ---------------------------------------------------------------------------------- training state
+_CKPT_RE = re.compile(r"^epoch-(\d{4,})\.safetensors$")
+
+
+def save_training_state(
+    folder: str | Path,
+    epoch: int,
+    method: Any,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Atomically save everything needed to continue after ``epoch`` (0-based, completed).
+
+    Tensors: ``model.<name>`` learned tensors, ``optim.<i>.<key>`` optimiser state, ``rng.torch``
+    (+ ``rng.cuda.<i>``). Metadata: epoch, optimiser param groups, python RNG state, ``extra``.
+    Older checkpoints beyond the ``keep`` most recent are removed after the new one is safe.
+    """
+    folder = Path(folder)
+    tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in method.learned_state().items()}
+    opt_state = optimizer.state_dict()
+    scalar_state: dict[str, dict[str, Any]] = {}
+    for idx, state in opt_state["state"].items():
+        for key, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalar_state.setdefault(str(idx), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    py_state = random.getstate()
+    meta = {
+        "format": CKPT_FORMAT,
+        "version": FORMAT_VERSION,
+        "epoch": epoch,
+        "method": method.method_name,
+        "param_groups": opt_state["param_groups"],
+        "optim_scalars": scalar_state,
+        "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
+        **(extra or {}),
+    }
+    path = folder / f"epoch-{epoch + 1:04d}.safetensors"
+    write_safetensors(path, tensors, meta)
+    for old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Checkpoint files in ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_latest_training_state(folder: str | Path, log: Any = None) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """Newest readable checkpoint in ``folder`` (falling back past corrupted ones), or None."""
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            tensors, meta = read_safetensors(path, what="checkpoint")
+            _check_format(meta, CKPT_FORMAT, path, "checkpoint")
+            return tensors, meta
+        except CheckpointError as exc:
+            if log is not None:
+                log(f"warning: skipping unusable checkpoint: {exc}")
+    return None
+
+
+def restore_training_state(
+    tensors: dict[str, Tensor], meta: dict[str, Any], method: Any, optimizer: torch.optim.Optimizer
+) -> int:
+    """Load a checkpoint into ``method`` / ``optimizer`` and the RNGs; return the next epoch to run."""
+    method.load_learned_state({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in meta.get("optim_scalars", {}).items():
+        state.setdefault(int(idx), {}).update(scalars)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    py = meta["rng_python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    return int(meta["epoch"]) + 1

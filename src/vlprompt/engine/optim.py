@@ -1,0 +1,56 @@
+"""Optimiser and learning-rate schedule of CoOp (Dassl's ``build_optimizer`` / ``build_lr_scheduler``).
+
+Dassl steps the scheduler once per epoch. With ``ConstantWarmupScheduler(successor=
+CosineAnnealingLR(T_max=max_epoch), warmup_epoch=1, cons_lr=1e-5)`` the rate of epoch ``e`` is
+
+    e <  W:  warmup_lr
+    e >= W:  lr * (1 + cos(pi * (e - W) / max_epoch)) / 2
+
+i.e. the cosine starts after the warm-up and runs over ``max_epoch`` steps, so it never reaches
+zero within training (the last epoch uses ``(max_epoch - 1 - W) / max_epoch`` of the period).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from vlprompt.config import OptimConfig
+
+
+def lr_at_epoch(epoch: int, cfg: OptimConfig, max_epoch: int) -> float:
+    """Learning rate used during ``epoch`` (0-based), as Dassl's per-epoch scheduler gives it."""
+    if epoch < cfg.warmup_epoch:
+        return cfg.warmup_lr
+    if cfg.lr_scheduler == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epoch) / max_epoch))
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9, weight decay 5e-4 by default) as CoOp, or AdamW."""
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def default_max_epoch(dataset: str, shots: int) -> int:
+    """CoOp's epochs: 50 for 1 shot, 100 for 2/4 shots, 200 for 8/16 shots; ImageNet 50 for all."""
+    if dataset.lower().replace("-", "_") == "imagenet":
+        return 50
+    if shots == 1:
+        return 50
+    if shots in (2, 4):
+        return 100
+    if shots in (8, 16):
+        return 200
+    return 50 if shots == -1 else (100 if shots < 8 else 200)

@@ -1,0 +1,146 @@
+"""Run folders: layout, single-writer lock, logging, device and seeding."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vlprompt.errors import ConfigError, VlpromptError
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run puts its files (all under ``root``)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def results_table(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def prompt(self) -> Path:
+        return self.root / "prompt.safetensors"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def fewshot(self) -> Path:
+        return self.root / "fewshot.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+
+class RunLock:
+    """Exclusive lock on a run folder so two processes never write the same run.
+
+    Uses ``fcntl.flock`` on ``.lock`` (released automatically if the process dies).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - non-POSIX: no locking
+            pass
+        except OSError as exc:
+            os.close(fd)
+            raise VlpromptError(
+                f"run folder '{self.path.parent}' is in use by another vlprompt process; wait for it to "
+                "finish or choose another train.output_dir."
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record))
+
+
+def make_logger(path: Path | None, *, console: bool = True, name: str = "vlprompt.run") -> logging.Logger:
+    """A logger writing to ``path`` (appending) and to the console without breaking progress bars."""
+    logger = logging.getLogger(f"{name}.{id(path)}")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(path, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(fh)
+    if console:
+        ch = _TqdmHandler()
+        ch.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(ch)
+    return logger
+
+
+def close_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; otherwise ``torch.device(spec)`` (checked)."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ConfigError(f"option train.device: invalid device '{spec}' (use auto, cpu, cuda, cuda:0)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"option train.device is '{spec}' but no CUDA GPU is available; use cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)

@@ -1,0 +1,248 @@
+"""The training loop (CoOp-style prompt learning on a frozen backbone), with resume.
+
+``train(cfg)`` runs one experiment into ``cfg.train.output_dir``::
+
+    config.yaml        resolved config            fewshot.json   the K-shot split used
+    log.txt            human log                  tb/            TensorBoard scalars
+    checkpoints/       resumable, atomic, per epoch (the last ``keep_checkpoints`` kept)
+    prompt.safetensors the learned prompt (+ prompt.json)
+    metrics.json       final test accuracy (overall, per class), history; results.md table
+
+A run killed at any point and restarted with ``resume=True`` continues from its last
+checkpoint (learned tensors, optimiser momentum, RNG states) and ends with the same prompt as an
+uninterrupted run on the same device and seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone
+from vlprompt.config import ExperimentConfig, config_from_dict
+from vlprompt.data.loading import make_loader
+from vlprompt.data.pipeline import PreparedData, prepare_data
+from vlprompt.engine.checkpoint import (
+    list_checkpoints,
+    load_latest_training_state,
+    restore_training_state,
+    save_prompt,
+    save_training_state,
+)
+from vlprompt.engine.optim import build_optimizer, default_max_epoch, lr_at_epoch, set_lr
+from vlprompt.engine.run import RunLock, RunPaths, close_logger, make_logger, resolve_device, seed_everything
+from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.eval.evaluate import evaluate
+from vlprompt.eval.report import accuracy_table
+from vlprompt.io import atomic_write_json, atomic_write_text
+from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.registry import build_method, get_method
+
+#: Config parts that must not change between a run and its resumption.
+_RESUME_KEYS = ("method", "backbone", "data", "optim")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision == "amp"`` (learned parameters stay fp32), else a no-op."""
+    if precision != "amp":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _check_run_folder(paths: RunPaths, cfg: ExperimentConfig, resume: bool) -> None:
+    """Never overwrite a finished or half-finished run unless asked to resume it."""
+    finished = paths.metrics.exists()
+    started = bool(list_checkpoints(paths.checkpoints))
+    if not resume and (finished or started):
+        state = "a finished run" if finished else "checkpoints of an unfinished run"
+        raise VlpromptError(
+            f"run folder '{paths.root}' already holds {state}; pass --resume to continue it, or choose "
+            "another folder (option train.output_dir / --output-dir). Nothing was changed."
+        )
+    if resume and paths.config.exists():
+        saved = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
+        now = cfg.as_dict()
+        diffs = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+        if saved.get("train", {}).get("seed") != cfg.train.seed:
+            diffs.append("train.seed")
+        if diffs:
+            raise VlpromptError(
+                f"cannot resume '{paths.root}': its config differs in {', '.join(diffs)}. Resume with the "
+                f"same config ({paths.config}) or start a new run in another folder."
+            )
+
+
+def build_training_method(cfg: ExperimentConfig, backbone: OpenClipBackbone, classnames: list[str]) -> PromptMethod:
+    entry = get_method(cfg.method.name)
+    if not entry.trainable:
+        raise ConfigError(
+            f"method '{cfg.method.name}' learns nothing; use `vlprompt zeroshot` (or `vlprompt eval`) instead."
+        )
+    return build_method(cfg.method.name, backbone, classnames, config=cfg.method.config)
+
+
+def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: OpenClipBackbone | None = None) -> dict[str, Any]:
+    """Train ``cfg.method`` on ``cfg.data`` and evaluate on the test split; return metrics.
+
+    Args:
+        cfg: the experiment (see :mod:`vlprompt.config`).
+        resume: continue the run in ``cfg.train.output_dir`` from its last good checkpoint.
+        backbone: an already loaded backbone to reuse (must match ``cfg.backbone``).
+    """
+    if not cfg.train.output_dir:
+        raise ConfigError("option train.output_dir is required (the run folder), e.g. --output-dir runs/my_run")
+    paths = RunPaths(Path(cfg.train.output_dir))
+    _check_run_folder(paths, cfg, resume)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with RunLock(paths.lock):
+        if resume and paths.metrics.exists():
+            import json
+
+            return json.loads(paths.metrics.read_text(encoding="utf-8"))
+        atomic_write_text(paths.config, cfg.to_yaml())
+        log = make_logger(paths.log, console=cfg.train.progress)
+        try:
+            return _train(cfg, paths, resume, backbone, log)
+        finally:
+            close_logger(log)
+
+
+def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenClipBackbone | None,
+           log: Any) -> dict[str, Any]:
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    if backbone is None:
+        backbone = load_backbone(cfg.backbone.model, cfg.backbone.pretrained, device=device,
+                                 precision=cfg.backbone.precision, cache_dir=cfg.backbone.cache_dir)
+    data = prepare_data(cfg.data, seed=cfg.train.seed, fewshot_path=paths.fewshot)
+    log.info(f"dataset {data.splits.name}: {data.splits.num_classes} classes, {len(data.train)} train / "
+             f"{len(data.val)} val / {len(data.splits.test)} test images (shots {cfg.data.shots}, seed {cfg.train.seed})")
+    method = build_training_method(cfg, backbone, data.splits.classnames).to(device)
+    params = [p for _, p in method.learned_parameters()]
+    log.info(f"method {cfg.method.name}: {sum(p.numel() for p in params):,} learned parameters; "
+             f"backbone {backbone.name} ({backbone.pretrained}) frozen")
+    optimizer = build_optimizer(params, cfg.optim)
+    max_epoch = cfg.optim.max_epoch or default_max_epoch(cfg.data.dataset, cfg.data.shots)
+
+    start_epoch, history = 0, []
+    if resume:
+        state = load_latest_training_state(paths.checkpoints, log=log.warning)
+        if state is not None:
+            tensors, meta = state
+            start_epoch = restore_training_state(tensors, meta, method, optimizer)
+            history = list(meta.get("history", []))
+            log.info(f"resumed from epoch {start_epoch} ({len(history)} epochs done)")
+
+    train_tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
+    pin = device.type == "cuda"
+    train_loader = make_loader(data.train, data.splits.loader, train_tf, batch_size=cfg.optim.batch_size,
+                               train=True, num_workers=cfg.data.num_workers, pin_memory=pin)
+    writer = _tensorboard(paths, cfg, start_epoch)
+    t0 = time.time()
+    epochs = tqdm(range(start_epoch, max_epoch), desc="epochs", disable=not cfg.train.progress,
+                  initial=start_epoch, total=max_epoch)
+    for epoch in epochs:
+        lr = lr_at_epoch(epoch, cfg.optim, max_epoch)
+        set_lr(optimizer, lr)
+        stats = _train_one_epoch(method, train_loader, optimizer, device, cfg, epoch)
+        record = {"epoch": epoch + 1, "lr": lr, **stats}
+        if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and data.val:
+            val = _evaluate_split(method, data, data.val, backbone, cfg, device, "val")
+            record["val_accuracy"] = val["accuracy"]
+        history.append(record)
+        epochs.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['accuracy']:.1f}", lr=f"{lr:.2e}")
+        log.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if writer is not None:
+            for key, value in record.items():
+                if key != "epoch":
+                    writer.add_scalar(f"train/{key}" if "val" not in key else f"val/{key}", value, epoch + 1)
+        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == max_epoch:
+            save_training_state(paths.checkpoints, epoch, method, optimizer, extra={"history": history},
+                                keep=cfg.train.keep_checkpoints)
+    if writer is not None:
+        writer.close()
+
+    save_prompt(paths.prompt, method, extra={"dataset": cfg.data.dataset, "shots": cfg.data.shots,
+                                              "seed": cfg.train.seed, "epochs": max_epoch})
+    log.info("evaluating on the test split")
+    test = _evaluate_split(method, data, data.splits.test, backbone, cfg, device, "test")
+    val_report = _evaluate_split(method, data, data.val, backbone, cfg, device, "val") if data.val else None
+    metrics = {
+        "method": cfg.method.name,
+        "dataset": cfg.data.dataset,
+        "shots": cfg.data.shots,
+        "seed": cfg.train.seed,
+        "backbone": backbone.info.as_dict(),
+        "epochs": max_epoch,
+        "train_time_s": round(time.time() - t0, 2),
+        "test": test,
+        "val": val_report,
+        "history": history,
+    }
+    atomic_write_json(paths.metrics, metrics)
+    table = accuracy_table(test, title=f"{cfg.method.name} on {cfg.data.dataset} ({cfg.data.shots} shots, "
+                                         f"seed {cfg.train.seed}) - test")
+    atomic_write_text(paths.results_table, table)
+    log.info("\n" + table)
+    return metrics
+
+
+def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Optimizer, device: torch.device,
+                     cfg: ExperimentConfig, epoch: int) -> dict[str, float]:
+    method.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for step, (images, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
+                                                 disable=not cfg.train.progress)):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, cfg.train.precision):
+            feats = method.encode_images(images)
+            logits = method.forward_features(feats)
+            loss = method.loss(logits.float(), labels)
+        if not math.isfinite(loss.item()):
+            raise VlpromptError(
+                f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; training stopped and "
+                "the last good checkpoint is kept. Likely causes: learning rate too high (optim.lr) or "
+                "reduced precision (train.precision=fp32 avoids it)."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * labels.shape[0]
+        correct += int((logits.argmax(-1) == labels).sum())
+        seen += labels.shape[0]
+    if seen == 0:
+        raise VlpromptError("the training split is empty; check data.dataset / data.root / data.shots")
+    return {"loss": total_loss / seen, "accuracy": 100.0 * correct / seen}
+
+
+def _evaluate_split(method: PromptMethod, data: PreparedData, items: list, backbone: OpenClipBackbone,
+                    cfg: ExperimentConfig, device: torch.device, name: str) -> dict[str, Any]:
+    loader = make_loader(items, data.splits.loader, backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
+                         train=False, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    with autocast(device, cfg.train.precision):
+        return evaluate(method, loader, device, progress=cfg.train.progress, desc=name)
+
+
+def _tensorboard(paths: RunPaths, cfg: ExperimentConfig, start_epoch: int) -> Any:
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: scalars are still in metrics.json / log.txt
+        return None
+    return SummaryWriter(str(paths.tensorboard), purge_step=start_epoch + 1 if start_epoch else None)
+
+
+def load_run_config(run_dir: str | Path) -> ExperimentConfig:
+    """The resolved config saved in a run folder."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.exists():
+        raise VlpromptError(f"'{run_dir}' is not a vlprompt run folder (no config.yaml)")
+    return config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {})

@@ -1,0 +1,44 @@
+"""CoOp: Context Optimization (Zhou, Yang, Loy, Liu; IJCV 2022, "Learning to Prompt for VLMs")."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.coop.config import CoOpConfig
+from vlprompt.methods.coop.prompt import PromptLearner
+
+
+class CoOp(PromptMethod):
+    """Learned context vectors, frozen image and text encoders, cross-entropy.
+
+    ``p(y=c|x) = softmax_c( logit_scale * cos(f(x), g(t_c)) )`` with
+    ``t_c = [SOS][V]1..[V]M[CLASS_c].[EOT]`` (Eq. 2-3 of the paper).
+    """
+
+    method_name = "coop"
+
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoOpConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        self.prompt_learner = PromptLearner(
+            backbone,
+            self.classnames,
+            n_ctx=config.n_ctx,
+            ctx_init=config.ctx_init,
+            csc=config.csc,
+            class_token_position=config.class_token_position,
+            init_std=config.init_std,
+        )
+
+    @property
+    def ctx(self) -> Tensor:
+        """The learned context: ``[n_ctx, D]`` (unified) or ``[n_cls, n_ctx, D]`` (CSC)."""
+        return self.prompt_learner.ctx
+
+    def text_features(self) -> Tensor:
+        """``[n_cls, E]`` normalised features of the learned prompts (differentiable w.r.t. ctx)."""
+        prompts = self.prompt_learner()  # [n_cls, L, D]
+        feats = self.backbone.encode_text_embeddings(prompts, self.prompt_learner.eot_index)
+        return F.normalize(feats.float(), dim=-1)

@@ -1,0 +1,82 @@
+"""Method registry: ``build_method(name, backbone, classnames, **options)``.
+
+Each method registers a config dataclass (fields = the options, named as in the papers' code)
+and a :class:`~vlprompt.methods.base.PromptMethod` subclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.errors import ConfigError
+from vlprompt.methods.base import PromptMethod
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    config_cls: type
+    model_cls: type[PromptMethod]
+    trainable: bool = True
+
+
+_METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], *, trainable: bool = True) -> None:
+    """Register ``model_cls`` (built from ``config_cls(**options)``) under ``name``."""
+    _METHODS[name] = MethodEntry(name, config_cls, model_cls, trainable)
+
+
+def _ensure_builtin() -> None:
+    import vlprompt.methods.coop  # noqa: F401
+    import vlprompt.methods.zeroshot  # noqa: F401
+
+
+def list_methods() -> list[str]:
+    _ensure_builtin()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodEntry:
+    """The registry entry of ``name``; :class:`ConfigError` with close matches if unknown."""
+    _ensure_builtin()
+    if name not in _METHODS:
+        close = difflib.get_close_matches(name, list(_METHODS), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown method '{name}' (option method.name).{hint} Known: {', '.join(sorted(_METHODS))}.")
+    return _METHODS[name]
+
+
+def make_method_config(name: str, options: dict[str, Any]) -> Any:
+    """Build and validate the config dataclass of method ``name`` from keyword options."""
+    entry = get_method(name)
+    fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+    for key in options:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=2)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"unknown option 'method.{key}' for method '{name}'.{hint} Valid options: {', '.join(sorted(fields))}."
+            )
+    return entry.config_cls(**options)
+
+
+def build_method(
+    name: str, backbone: OpenClipBackbone, classnames: list[str], config: Any = None, **options: Any
+) -> PromptMethod:
+    """Build method ``name`` for ``classnames`` on ``backbone``.
+
+    Options are the config dataclass's fields (e.g. ``n_ctx=16, csc=False`` for CoOp); pass
+    either a ready ``config`` object or keyword options, not both.
+    """
+    entry = get_method(name)
+    if config is None:
+        config = make_method_config(name, options)
+    elif options:
+        raise ConfigError("pass either a config object or keyword options to build_method, not both")
+    return entry.model_cls(backbone, classnames, config)
