@@ -79,7 +79,12 @@ def write_class_images(
 ) -> list[Path]:
     """Write ``count`` images of class ``class_index``'s colour into ``folder``."""
     return [
-        write_image(Path(folder) / f"{prefix}_{i:03d}{ext}", class_color(class_index), size=size, seed=1000 * class_index + i)
+        write_image(
+            Path(folder) / f"{prefix}_{i:03d}{ext}",
+            class_color(class_index),
+            size=size,
+            seed=1000 * class_index + i,
+        )
         for i in range(count)
     ]
 
@@ -155,7 +160,9 @@ def make_split_json_dataset(
     for split_name, n in per_split.items():
         entries = []
         for ci, cls in enumerate(classes):
-            folder = ("cars_test" if split_name == "test" else "cars_train") if name == "stanford_cars" else cls
+            folder = (
+                ("cars_test" if split_name == "test" else "cars_train") if name == "stanford_cars" else cls
+            )
             for p in write_class_images(images / folder, ci, n, prefix=f"{cls}_{split_name}"):
                 entries.append([p.relative_to(images).as_posix(), ci, cls.replace("_", " ")])
         split[split_name] = entries
@@ -210,7 +217,9 @@ def make_imagenet(
     write_imagenet_classnames(base / "classnames.txt", wnids)
     for ci, wnid in enumerate(sorted(wnids)):
         write_class_images(base / "images" / "train" / wnid, ci, train_per_class, prefix=wnid, ext=".JPEG")
-        write_class_images(base / "images" / "val" / wnid, ci, val_per_class, prefix=f"val_{wnid}", ext=".JPEG")
+        write_class_images(
+            base / "images" / "val" / wnid, ci, val_per_class, prefix=f"val_{wnid}", ext=".JPEG"
+        )
     return base
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from data_trees import write_image
 from PIL import Image
 
 from vlprompt.data.images import IMAGE_EXTENSIONS, list_images, load_image
 from vlprompt.errors import DataError
+
+from data_trees import write_image
 
 
 def _load(tmp_path, img: Image.Image, name: str) -> Image.Image:

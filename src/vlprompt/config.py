@@ -140,6 +140,16 @@ class ExperimentConfig:
     optim: OptimConfig
     train: TrainConfig
 
+    def resolve_output_dir(self) -> str:
+        """``train.output_dir`` with ``{method}``, ``{dataset}``, ``{shots}``, ``{seed}``, ``{model}`` filled in."""
+        fields = {"method": self.method.name, "dataset": self.data.dataset, "shots": self.data.shots,
+                  "seed": self.train.seed, "model": self.backbone.model.replace("/", "-")}
+        try:
+            return self.train.output_dir.format(**fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"option train.output_dir '{self.train.output_dir}': unknown placeholder {exc}; "
+                              f"use {', '.join('{' + k + '}' for k in fields)}") from exc
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "method": self.method.as_dict(),
@@ -197,6 +207,11 @@ def coerce(value: Any, tp: Any, option: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"option {option} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

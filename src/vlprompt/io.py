@@ -6,6 +6,7 @@ POSIX and Windows), then fsync the folder so the rename itself survives a power 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -27,10 +28,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise VlpromptError(f"could not write '{path}': {exc.strerror or exc}; earlier files are intact. "
                             "Free disk space or choose another output folder.") from exc
     try:

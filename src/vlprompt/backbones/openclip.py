@@ -214,7 +214,7 @@ class OpenClipBackbone(nn.Module):
         """Frozen token embeddings: ``[B, L] -> [B, L, D]``."""
         return self._text.token_embedding(ids.to(self.device))
 
-    def encode_text_embeddings(self, embeds: Tensor, eot_index: Tensor) -> Tensor:
+    def encode_text_embeddings(self, embeds: Tensor, eot_index: Tensor, *, truncate: bool = True) -> Tensor:
         """Run the text tower on prompt embeddings (CoOp's ``TextEncoder``).
 
         Args:
@@ -223,10 +223,11 @@ class OpenClipBackbone(nn.Module):
 
         Returns:
             ``[P, E]`` unnormalised text features. Sequences are cut after ``max(eot_index)``:
-            exact, because the causal mask hides later tokens from every EOT position.
+            exact, because the causal mask hides later tokens from every EOT position
+            (``truncate=False`` runs every given position, for tests and comparisons).
         """
         t = self._text
-        length = int(eot_index.max().item()) + 1
+        length = int(eot_index.max().item()) + 1 if truncate else embeds.shape[1]
         cast = self.dtype
         x = embeds[:, :length].to(cast) + t.positional_embedding[:length].to(cast)
         mask = t.attn_mask[:length, :length].to(x.device) if t.attn_mask is not None else None

@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", "-o", help="run folder (shortcut for --set train.output_dir=...)")
     p.add_argument("--seed", type=int, help="shortcut for --set train.seed=...")
     p.add_argument("--shots", type=int, help="shortcut for --set data.shots=...")
-    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the output folder from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a learned prompt", epilog=EPILOG,

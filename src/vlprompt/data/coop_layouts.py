@@ -70,7 +70,7 @@ def take_options(dataset: str, options: Mapping[str, Any], defaults: Mapping[str
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise DataError(
-            f"unknown option '{unknown[0]}' for dataset '{dataset}' (data options); "
+            f"unknown option '{unknown[0]}' in data.options for dataset '{dataset}'; "
             f"valid options are: {', '.join(sorted(defaults))}."
         )
     merged = dict(defaults)
@@ -78,7 +78,7 @@ def take_options(dataset: str, options: Mapping[str, Any], defaults: Mapping[str
         if value is None:
             continue
         if isinstance(defaults[key], bool) and not isinstance(value, bool):
-            raise DataError(f"option '{key}' of dataset '{dataset}' must be true or false, got {value!r}.")
+            raise DataError(f"data.options.{key} (dataset '{dataset}') must be true or false, got {value!r}.")
         merged[key] = value
     return merged
 
@@ -117,26 +117,27 @@ def require_file(path: str, what: str, hint: str) -> str:
     return path
 
 
-def resolve_entry(base_dir: str, entry: str, *, allow_outside_root: bool, where: str) -> str:
+def resolve_entry(
+    base_dir: str, entry: str, *, allow_outside_root: bool, where: str | Callable[[], str]
+) -> str:
     """Join the relative path ``entry`` to ``base_dir`` and return the normalised absolute path.
 
     Absolute entries and entries that leave ``base_dir`` through ``..`` raise DataError unless
-    ``allow_outside_root`` (then they are used as they are / as joined).
+    ``allow_outside_root`` (then they are used as they are / as joined). ``where`` (or what it
+    returns, if callable) names the entry in error messages.
     """
     base = os.path.normpath(os.path.abspath(base_dir))
     full = os.path.normpath(os.path.join(base, os.path.expanduser(entry)))
-    if not allow_outside_root:
-        if os.path.isabs(entry) or entry.startswith("~"):
-            raise DataError(
-                f"{where}: path '{entry}' is absolute; paths must be relative to '{base}' "
-                f"(or set option allow_outside_root: true)."
-            )
-        if os.path.commonpath([base, full]) != base:
-            raise DataError(
-                f"{where}: path '{entry}' points outside '{base}' (through '..'); move the image "
-                f"under that folder or set option allow_outside_root: true."
-            )
-    return full
+    if allow_outside_root:
+        return full
+    if os.path.isabs(entry) or entry.startswith("~"):
+        problem = f"path '{entry}' is absolute; paths must be relative to '{base}'"
+    elif not full.startswith(base.rstrip(os.sep) + os.sep):
+        problem = f"path '{entry}' points outside '{base}' (through '..'); move the image under that folder"
+    else:
+        return full
+    where = where if isinstance(where, str) else where()
+    raise DataError(f"{where}: {problem} (or set data.options.allow_outside_root: true).")
 
 
 class FileIndex:
@@ -276,10 +277,8 @@ class SplitJsonLayout:
 
     @property
     def layout(self) -> str:
-        image_dir = (
-            f"{self.dataset_dir}/{self.image_dir}/" if self.image_dir else f"{self.dataset_dir}/<images>"
-        )
-        return f"<root>/{image_dir} and <root>/{self.dataset_dir}/{self.split_file}"
+        images = self.image_dir or "{cars_train, cars_test}"  # StanfordCars: paths relative to dataset_dir
+        return f"<root>/{self.dataset_dir}/{images}/ and <root>/{self.dataset_dir}/{self.split_file}"
 
 
 SPLIT_JSON_LAYOUTS: tuple[SplitJsonLayout, ...] = (
@@ -347,17 +346,20 @@ def read_split_zhou(
     for split, entries in raw.items():
         rows = []
         for i, entry in enumerate(entries):
-            where = f"split file '{split_path}', '{split}' entry #{i} {json.dumps(entry)[:200]}"
+
+            def where(split: str = split, i: int = i, entry: Any = entry) -> str:
+                return f"split file '{split_path}', '{split}' entry #{i} {json.dumps(entry)[:200]}"
+
             if not (isinstance(entry, list) and len(entry) == 3):
-                raise DataError(f"{where}: expected [relative_path, label, classname].")
+                raise DataError(f"{where()}: expected [relative_path, label, classname].")
             rel, label, classname = entry
             label = _parse_label(label)
             if not isinstance(rel, str) or not rel.strip():
-                raise DataError(f"{where}: the path must be a non-empty string.")
+                raise DataError(f"{where()}: the path must be a non-empty string.")
             if label is None or label < 0:
-                raise DataError(f"{where}: the label must be an integer >= 0.")
+                raise DataError(f"{where()}: the label must be an integer >= 0.")
             if not isinstance(classname, str) or not classname.strip():
-                raise DataError(f"{where}: the class name must be a non-empty string.")
+                raise DataError(f"{where()}: the class name must be a non-empty string.")
             path = resolve_entry(image_dir, rel, allow_outside_root=allow_outside_root, where=where)
             rows.append((path, label, classname))
         parsed[split] = rows

@@ -68,7 +68,7 @@ _CSV_LAYOUT = (
 def resolve_user_file(value: Any, root: str | None, option: str) -> str:
     """Absolute path of a file given as option ``option``; relative paths: under ``root``, then cwd."""
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
-        raise DataError(f"option {option} must be a file path, got {value!r}.")
+        raise DataError(f"data.options.{option} must be a file path, got {value!r}.")
     path = os.path.expanduser(os.fspath(value))
     candidates = [path]
     if not os.path.isabs(path):
@@ -76,7 +76,9 @@ def resolve_user_file(value: Any, root: str | None, option: str) -> str:
     for candidate in candidates:
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
-    raise DataError(f"file '{os.path.abspath(candidates[0])}' (option {option}) not found; check the path.")
+    raise DataError(
+        f"file '{os.path.abspath(candidates[0])}' (data.options.{option}) not found; check the path."
+    )
 
 
 def _is_index(label: str) -> bool:
@@ -97,7 +99,7 @@ def _check_unique(names: Sequence[str], source: str) -> None:
 def _template(opts: Mapping[str, Any]) -> str:
     if opts["template"] is None:
         return DEFAULT_TEMPLATE
-    return check_template(opts["template"], "option template")
+    return check_template(opts["template"], "data.options.template")
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,19 +110,19 @@ def _template(opts: Mapping[str, Any]) -> str:
 def read_folder_classnames(path: str) -> dict[str, str]:
     """Read a folder -> class name map: JSON object, or ``<folder><whitespace><class name>`` lines."""
     if path.lower().endswith(".json"):
-        data = read_json_file(path, "class-name file (option classnames_file)")
+        data = read_json_file(path, "class-name file (data.options.classnames_file)")
         if not isinstance(data, dict) or not all(isinstance(v, str) and v.strip() for v in data.values()):
             raise DataError(
-                f"class-name file '{path}' (option classnames_file) must be a JSON object mapping folder "
-                f"names to non-empty class names."
+                f"class-name file '{path}' (data.options.classnames_file) must be a JSON object "
+                f"mapping folder names to non-empty class names."
             )
         return {str(k): v.strip() for k, v in data.items()}
     out: dict[str, str] = {}
-    for lineno, line in read_text_lines(path, "class-name file (option classnames_file)"):
+    for lineno, line in read_text_lines(path, "class-name file (data.options.classnames_file)"):
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
             raise DataError(
-                f"class-name file '{path}' (option classnames_file), line {lineno}: expected "
+                f"class-name file '{path}' (data.options.classnames_file), line {lineno}: expected "
                 f"'<folder_name> <class name>', got '{line}'."
             )
         if parts[0] in out:
@@ -141,7 +143,7 @@ def _imagefolder_classnames(folders: Sequence[str], classnames_file: str | None,
     missing = [f for f in folders if f not in mapping]
     if missing:
         raise DataError(
-            f"class-name file '{path}' (option classnames_file) has no entry for class folder "
+            f"class-name file '{path}' (data.options.classnames_file) has no entry for class folder "
             f"'{missing[0]}'; add a line '{missing[0]} <class name>'."
         )
     names = [mapping[f] for f in folders]
@@ -179,6 +181,7 @@ def read_imagefolder(root: str | None = None, **options: Any) -> DatasetSplits:
     ``check_files``, which have nothing to check here).
     """
     opts = take_options("imagefolder", options, IMAGEFOLDER_OPTIONS)
+    template = _template(opts)
     root = require_root(root, "imagefolder")
     train_dir = require_dir(os.path.join(root, "train"), "train folder", _IMAGEFOLDER_LAYOUT)
     test_dir = require_dir(os.path.join(root, "test"), "test folder", _IMAGEFOLDER_LAYOUT)
@@ -192,7 +195,7 @@ def read_imagefolder(root: str | None = None, **options: Any) -> DatasetSplits:
     test = _read_class_tree(test_dir, labels, classnames, train_dir)
     val = _read_class_tree(val_dir, labels, classnames, train_dir) if os.path.isdir(val_dir) else []
     return DatasetSplits(
-        name="imagefolder", classnames=classnames, train=train, val=val, test=test, template=_template(opts)
+        name="imagefolder", classnames=classnames, train=train, val=val, test=test, template=template
     )
 
 
@@ -245,10 +248,10 @@ def _csv_classnames(
     """Class list and a description of where it came from."""
     if classnames_file is not None:
         path = resolve_user_file(classnames_file, root, "classnames_file")
-        names = [line for _, line in read_text_lines(path, "class-name file (option classnames_file)")]
+        names = [line for _, line in read_text_lines(path, "class-name file (data.options.classnames_file)")]
         if not names:
             raise DataError(
-                f"class-name file '{path}' (option classnames_file) is empty; list one class per line."
+                f"class-name file '{path}' (data.options.classnames_file) is empty; list one class per line."
             )
         _check_unique(names, f"class-name file '{path}'")
         return names, f"class-name file '{path}'"
@@ -256,7 +259,7 @@ def _csv_classnames(
         if _is_index(label):
             raise DataError(
                 f"CSV file '{train_csv}', line {lineno}: label '{label}' is an integer index, which needs a "
-                f"class list: set option classnames_file to a file with one class name per line."
+                f"class list: set data.options.classnames_file to a file with one class name per line."
             )
     return sorted({label for _, _, label in train_rows}), f"the labels of '{train_csv}'"
 
@@ -305,13 +308,13 @@ def _csv_path(opts: Mapping[str, Any], root: str | None, split: str, required: b
         return resolve_user_file(opts[option], root, option)
     if root is None:
         if required:
-            raise DataError(f"dataset 'csv' needs data.root or option {option}. {_CSV_LAYOUT}")
+            raise DataError(f"dataset 'csv' needs data.root or data.options.{option}. {_CSV_LAYOUT}")
         return None
     path = os.path.join(root, f"{split}.csv")
     if os.path.isfile(path):
         return path
     if required:
-        raise DataError(f"CSV file '{path}' not found (or set option {option}). {_CSV_LAYOUT}")
+        raise DataError(f"CSV file '{path}' not found (or set data.options.{option}). {_CSV_LAYOUT}")
     return None
 
 
@@ -323,6 +326,7 @@ def read_csv_dataset(root: str | None = None, **options: Any) -> DatasetSplits:
     ``allow_outside_root``, ``check_files``. ``root`` may be None when train_csv and test_csv are given.
     """
     opts = take_options("csv", options, CSV_OPTIONS)
+    template = _template(opts)
     root = require_root(root, "csv") if root is not None else None
     paths = {
         split: _csv_path(opts, root, split, required=split != "val") for split in ("train", "val", "test")
@@ -343,5 +347,5 @@ def read_csv_dataset(root: str | None = None, **options: Any) -> DatasetSplits:
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        template=_template(opts),
+        template=template,
     )

@@ -53,7 +53,7 @@ def check_shots(shots: Any) -> int | None:
 
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"the few-shot sampling seed (option seed) must be an integer, got {seed!r}.")
+        raise DataError(f"the few-shot sampling seed (train.seed) must be an integer, got {seed!r}.")
     return seed
 
 

@@ -6,6 +6,7 @@ CoOp's class names (``OxfordPets``) work as aliases of the snake-case names (``o
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable
 from typing import Any
@@ -39,10 +40,8 @@ def _ensure_builtin() -> None:
     import vlprompt.data.coop_layouts  # noqa: F401
     import vlprompt.data.custom  # noqa: F401
 
-    try:
+    with contextlib.suppress(ImportError):  # the world package may be absent in a stripped install
         import vlprompt.world.datasets  # noqa: F401
-    except ImportError:  # the world package may be absent in a stripped install
-        pass
 
 
 def list_datasets() -> list[str]:

@@ -98,6 +98,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: OpenClipBack
     """
     if not cfg.train.output_dir:
         raise ConfigError("option train.output_dir is required (the run folder), e.g. --output-dir runs/my_run")
+    cfg.train.output_dir = cfg.resolve_output_dir()
     paths = RunPaths(Path(cfg.train.output_dir))
     _check_run_folder(paths, cfg, resume)
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,8 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
                                  precision=cfg.backbone.precision, cache_dir=cfg.backbone.cache_dir)
     data = prepare_data(cfg.data, seed=cfg.train.seed, fewshot_path=paths.fewshot)
     log.info(f"dataset {data.splits.name}: {data.splits.num_classes} classes, {len(data.train)} train / "
-             f"{len(data.val)} val / {len(data.splits.test)} test images (shots {cfg.data.shots}, seed {cfg.train.seed})")
+             f"{len(data.val)} val / {len(data.splits.test)} test images "
+             f"(shots {cfg.data.shots}, seed {cfg.train.seed})")
     method = build_training_method(cfg, backbone, data.splits.classnames).to(device)
     params = [p for _, p in method.learned_parameters()]
     log.info(f"method {cfg.method.name}: {sum(p.numel() for p in params):,} learned parameters; "

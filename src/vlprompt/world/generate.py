@@ -359,26 +359,23 @@ _SHAPE_MAX_ROTATION: dict[str, float] = {
 def _sdf_table(shape: str) -> np.ndarray:
     """Signed distance (object units, < 0 inside) of ``shape`` on the table grid; float32 [T, T].
 
-    Rows go down the image (y down), columns right. Brute-force distance to the boundary cells,
-    exact to half a cell; computed once per shape and process (~30 ms).
+    Rows go down the image (y down), columns right. Exact Euclidean distance from each cell centre to
+    the nearest boundary cell (separable brute force, two [T, T, T] passes); ~15 ms per shape.
     """
     t = _TABLE_SIZE
     c = (np.arange(t) + 0.5) / t * 2 * _TABLE_EXTENT - _TABLE_EXTENT
     x, y_down = np.meshgrid(c, c)
     inside = _SHAPE_MASKS[shape](x, -y_down)
     pad = np.pad(inside, 1, mode="edge")
-    neigh_out = ~pad[:-2, 1:-1] | ~pad[2:, 1:-1] | ~pad[1:-1, :-2] | ~pad[1:-1, 2:]
-    boundary = np.stack([x[inside & neigh_out], y_down[inside & neigh_out]], axis=1)  # [B, 2]
-    pts = np.stack([x.ravel(), y_down.ravel()], axis=1)  # [T*T, 2]
-    dist = np.empty(len(pts))
-    b2 = (boundary**2).sum(1)
-    for s in range(0, len(pts), 4096):
-        p = pts[s : s + 4096]
-        d2 = (p**2).sum(1)[:, None] + b2[None, :] - 2 * p @ boundary.T
-        dist[s : s + 4096] = np.sqrt(np.maximum(d2.min(1), 0))
-    half_cell = _TABLE_EXTENT / t
-    sd = np.where(inside.ravel(), -dist - half_cell, dist + half_cell)
-    return sd.reshape(t, t).astype(np.float32)
+    boundary = inside & (~pad[:-2, 1:-1] | ~pad[2:, 1:-1] | ~pad[1:-1, :-2] | ~pad[1:-1, 2:])
+    idx = np.arange(t, dtype=np.float32)
+    offsets = np.abs(idx[:, None] - idx[None, :])  # [T, T] |i - k|
+    # pass 1: g[i, j] = distance (in cells) along column j to the nearest boundary cell
+    g = np.where(boundary[None, :, :], offsets[:, :, None], np.float32(4 * t)).min(axis=1)
+    # pass 2: d2[i, j] = min_k g[i, k]^2 + (j - k)^2
+    d2 = (g[:, None, :] ** 2 + offsets[None, :, :] ** 2).min(axis=2)
+    cells = np.sqrt(d2) + 0.5
+    return (np.where(inside, -cells, cells) * (2 * _TABLE_EXTENT / t)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------

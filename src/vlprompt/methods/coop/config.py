@@ -20,7 +20,9 @@ class CoOpConfig:
         metadata={"help": "words to initialise the context (e.g. 'a photo of a'; sets n_ctx to their "
                   "token count, as in CoOp); None = N(0, 0.02)"},
     )
-    csc: bool = field(default=False, metadata={"help": "class-specific context [n_cls, M, dim] (else unified [M, dim])"})
+    csc: bool = field(
+        default=False, metadata={"help": "class-specific context [n_cls, M, dim] (else unified [M, dim])"}
+    )
     class_token_position: str = field(
         default="end", metadata={"help": "where the class-name tokens go: end, middle or front"}
     )

@@ -1,0 +1,108 @@
+"""A run interrupted (exception or SIGKILL) and resumed ends with the same prompt as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import vlprompt.engine.trainer as trainer_mod
+from vlprompt.config import config_from_dict
+from vlprompt.engine.checkpoint import read_prompt
+from vlprompt.errors import VlpromptError
+
+from conftest import tiny_config, write_config
+
+EPOCHS = 5
+
+
+def _cfg(tmp_path, root, name, **train):
+    raw = tiny_config(tmp_path, root, optim={"max_epoch": EPOCHS},
+                      data={"augment": True}, train={"output_dir": str(tmp_path / name), **train})
+    return raw
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_imagefolder):
+    tmp = tmp_path_factory.mktemp("ref")
+    metrics = trainer_mod.train(config_from_dict(_cfg(tmp, tiny_imagefolder, "full")))
+    tensors, _ = read_prompt(tmp / "full" / "prompt.safetensors")
+    return tensors["prompt_learner.ctx"], metrics
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_imagefolder, reference, monkeypatch, stop_after):
+    ref_ctx, ref_metrics = reference
+    original = trainer_mod.save_training_state
+
+    def save_then_die(folder, epoch, *args, **kwargs):
+        path = original(folder, epoch, *args, **kwargs)
+        if epoch + 1 == stop_after:
+            raise _Killed()
+        return path
+
+    raw = _cfg(tmp_path, tiny_imagefolder, "interrupted")
+    monkeypatch.setattr(trainer_mod, "save_training_state", save_then_die)
+    with pytest.raises(_Killed):
+        trainer_mod.train(config_from_dict(raw))
+    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    torch.manual_seed(999)  # the resumed process starts from another RNG state
+    with pytest.raises(VlpromptError, match="--resume"):
+        trainer_mod.train(config_from_dict(raw))  # without --resume the half-finished run is protected
+    metrics = trainer_mod.train(config_from_dict(raw), resume=True)
+    tensors, _ = read_prompt(tmp_path / "interrupted" / "prompt.safetensors")
+    torch.testing.assert_close(tensors["prompt_learner.ctx"], ref_ctx, rtol=0, atol=1e-6)
+    assert [h["loss"] for h in metrics["history"]] == pytest.approx([h["loss"] for h in ref_metrics["history"]])
+    assert metrics["test"]["accuracy"] == ref_metrics["test"]["accuracy"]
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_imagefolder, monkeypatch):
+    raw = _cfg(tmp_path, tiny_imagefolder, "changed")
+    original = trainer_mod.save_training_state
+
+    def die(folder, epoch, *args, **kwargs):
+        original(folder, epoch, *args, **kwargs)
+        raise _Killed()
+
+    monkeypatch.setattr(trainer_mod, "save_training_state", die)
+    with pytest.raises(_Killed):
+        trainer_mod.train(config_from_dict(raw))
+    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    raw["optim"]["lr"] = 0.5
+    with pytest.raises(VlpromptError, match="differs in optim"):
+        trainer_mod.train(config_from_dict(raw), resume=True)
+
+
+def test_sigkill_during_training_then_resume(tmp_path, tiny_imagefolder, reference):
+    """A real SIGKILL of the CLI process once checkpoints appear; resuming gives the reference prompt."""
+    ref_ctx, _ = reference
+    raw = _cfg(tmp_path, tiny_imagefolder, "killed")
+    cfg = write_config(tmp_path / "cfg.yaml", **raw)
+    cmd = [sys.executable, "-m", "vlprompt.cli.main", "train", "-c", str(cfg)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any(p.suffix == ".safetensors" for p in ckpts.iterdir()):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    # never a half-written file: every checkpoint present is complete and readable
+    for p in ckpts.iterdir():
+        assert not p.name.endswith(".tmp") or p.name.startswith(".")
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    tensors, _ = read_prompt(tmp_path / "killed" / "prompt.safetensors")
+    torch.testing.assert_close(tensors["prompt_learner.ctx"], ref_ctx, rtol=0, atol=1e-6)
+    assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["epochs"] == EPOCHS

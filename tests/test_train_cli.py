@@ -1,0 +1,123 @@
+"""End to end through the CLI: train -> eval -> predict -> interpret, and every bad input exits 2 cleanly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from vlprompt.cli.main import main
+
+from conftest import tiny_config, write_config
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_imagefolder):
+    tmp = tmp_path_factory.mktemp("cli")
+    cfg = write_config(tmp / "cfg.yaml", **tiny_config(tmp, tiny_imagefolder, optim={"max_epoch": 8}))
+    assert main(["train", "-c", str(cfg)]) == 0
+    return tmp, cfg
+
+
+def test_train_writes_the_run_folder_and_the_loss_falls(trained_run):
+    tmp, _ = trained_run
+    run = tmp / "run"
+    for name in ("config.yaml", "log.txt", "metrics.json", "results.md", "prompt.safetensors", "prompt.json",
+                 "fewshot.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = metrics["history"]
+    assert len(history) == 8 and history[0]["lr"] == 1e-5
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert metrics["test"]["n"] == 18 and 0 <= metrics["test"]["accuracy"] <= 100
+    fewshot = json.loads((run / "fewshot.json").read_text())
+    assert len(fewshot["train"]) == 3 * 4
+
+
+def test_eval_reproduces_the_training_run_test_accuracy(trained_run, capsys):
+    tmp, _ = trained_run
+    code, out, _ = _run(capsys, "eval", "--run", tmp / "run", "--no-progress")
+    assert code == 0 and "accuracy" in out
+    report = json.loads((tmp / "run" / "eval_imagefolder_test.json").read_text())
+    metrics = json.loads((tmp / "run" / "metrics.json").read_text())
+    assert report["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert report["per_class"] == metrics["test"]["per_class"]
+
+
+def test_predict_and_interpret(trained_run, tiny_imagefolder, capsys):
+    tmp, _ = trained_run
+    out_json = tmp / "pred.json"
+    code, out, _ = _run(capsys, "predict", "-p", tmp / "run" / "prompt.safetensors", tiny_imagefolder / "test",
+                        "--topk", "2", "--json", out_json)
+    assert code == 0
+    preds = json.loads(out_json.read_text())
+    assert len(preds) == 18 and all(len(p["top"]) == 2 for p in preds)
+    assert all(abs(sum(prob for _, prob in p["top"])) <= 1.0 + 1e-6 for p in preds)
+    code, out, _ = _run(capsys, "interpret", tmp / "run" / "prompt.safetensors", "--topk", "2")
+    assert code == 0 and out.count("ctx") == 4
+
+
+def test_zeroshot_command(tiny_imagefolder, tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", **tiny_config(tmp_path, tiny_imagefolder))
+    code, out, _ = _run(capsys, "zeroshot", "-c", cfg, "--templates", "imagenet_select", "--no-progress",
+                        "--output", tmp_path / "zs.json")
+    assert code == 0
+    report = json.loads((tmp_path / "zs.json").read_text())
+    assert len(report["templates"]) == 8 and report["n"] == 18
+
+
+def test_rerun_into_a_finished_folder_is_refused_and_nothing_is_lost(trained_run, capsys):
+    tmp, cfg = trained_run
+    before = {p.name: p.read_bytes() for p in (tmp / "run").iterdir() if p.is_file()}
+    code, _, err = _run(capsys, "train", "-c", cfg)
+    assert code == 2 and "already holds a finished run" in err and "Traceback" not in err
+    after = {p.name: p.read_bytes() for p in (tmp / "run").iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "log.txt"} == {k: v for k, v in before.items() if k != "log.txt"}
+
+
+def test_checkpoint_for_another_backbone_exits_2(trained_run, capsys):
+    tmp, _ = trained_run
+    code, _, err = _run(capsys, "eval", "--run", tmp / "run", "--model", "vlprompt-test-rn", "--no-progress")
+    assert code == 2 and "another backbone" in err
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing_root", "does not exist"),
+    ("unknown_model", "unknown model 'vlprompt-test-vitt'"),
+    ("unknown_tag", "unknown pretrained tag 'laion9000'"),
+    ("too_many_shots", "data.shots"),
+    ("unknown_key", "unknown option 'optim.learning_rate'"),
+    ("bad_image", "Remove or replace it"),
+])
+def test_bad_input_gives_one_clear_error(case, match, tmp_path, tiny_imagefolder, capsys):
+    cfg = tiny_config(tmp_path, tiny_imagefolder)
+    if case == "missing_root":
+        cfg["data"]["root"] = str(tmp_path / "nowhere")
+    elif case == "unknown_model":
+        cfg["backbone"]["model"] = "vlprompt-test-vitt"
+    elif case == "unknown_tag":
+        cfg["backbone"]["pretrained"] = "laion9000"
+    elif case == "too_many_shots":
+        cfg["data"]["shots"] = 50
+    elif case == "unknown_key":
+        cfg["optim"]["learning_rate"] = 0.1
+    elif case == "bad_image":
+        root = tmp_path / "data"
+        shutil.copytree(tiny_imagefolder, root)
+        for img in (root / "train").rglob("*.png"):
+            img.write_bytes(b"not an image at all")
+        cfg["data"]["root"] = str(root)
+    path = write_config(tmp_path / "cfg.yaml", **cfg)
+    code, _, err = _run(capsys, "train", "-c", path)
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert match in lines[0]
+    assert "Traceback" not in err
