@@ -106,3 +106,17 @@ def test_sigkill_during_training_then_resume(tmp_path, tiny_imagefolder, referen
     tensors, _ = read_prompt(tmp_path / "killed" / "prompt.safetensors")
     torch.testing.assert_close(tensors["prompt_learner.ctx"], ref_ctx, rtol=0, atol=1e-6)
     assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["epochs"] == EPOCHS
+
+
+def test_cached_features_give_the_same_prompt_as_encoding_every_batch(tmp_path, tiny_imagefolder):
+    prompts = {}
+    for cache in (True, False):
+        raw = tiny_config(tmp_path, tiny_imagefolder, optim={"max_epoch": 4},
+                          data={"augment": False, "cache_features": cache},
+                          train={"output_dir": str(tmp_path / f"cache{cache}")})
+        metrics = trainer_mod.train(config_from_dict(raw))
+        prompts[cache] = (read_prompt(tmp_path / f"cache{cache}" / "prompt.safetensors")[0], metrics)
+    torch.testing.assert_close(prompts[True][0]["prompt_learner.ctx"], prompts[False][0]["prompt_learner.ctx"],
+                               rtol=1e-4, atol=1e-5)
+    assert [h["loss"] for h in prompts[True][1]["history"]] == pytest.approx(
+        [h["loss"] for h in prompts[False][1]["history"]], rel=1e-4)

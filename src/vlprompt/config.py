@@ -57,6 +57,9 @@ class DataConfig:
         metadata={"help": "zero-shot templates: dataset, imagenet80, imagenet_select, or a list"},
     )
     augment: bool = field(default=True, metadata={"help": "CoOp training augmentation (crop + flip)"})
+    cache_features: bool = field(
+        default=True, metadata={"help": "without augmentation, encode each training image once (exact)"}
+    )
     num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset-reader options"})
 

@@ -36,6 +36,7 @@ from vlprompt.engine.checkpoint import (
     save_prompt,
     save_training_state,
 )
+from vlprompt.engine.features import encode_items, feature_loader
 from vlprompt.engine.optim import build_optimizer, default_max_epoch, lr_at_epoch, set_lr
 from vlprompt.engine.run import RunLock, RunPaths, close_logger, make_logger, resolve_device, seed_everything
 from vlprompt.errors import ConfigError, VlpromptError
@@ -142,10 +143,15 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
             history = list(meta.get("history", []))
             log.info(f"resumed from epoch {start_epoch} ({len(history)} epochs done)")
 
-    train_tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
-    pin = device.type == "cuda"
-    train_loader = make_loader(data.train, data.splits.loader, train_tf, batch_size=cfg.optim.batch_size,
-                               train=True, num_workers=cfg.data.num_workers, pin_memory=pin)
+    if cfg.data.augment or not cfg.data.cache_features:  # images are encoded anew every step
+        tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
+        train_loader = make_loader(data.train, data.splits.loader, tf,
+                                   batch_size=cfg.optim.batch_size, train=True, num_workers=cfg.data.num_workers,
+                                   pin_memory=device.type == "cuda")
+    else:  # frozen encoder, fixed views: encode every training image once (exact)
+        feats, labels = encode_items(backbone, data.train, data.splits.loader, batch_size=cfg.optim.test_batch_size,
+                                     num_workers=cfg.data.num_workers, progress=cfg.train.progress)
+        train_loader = feature_loader(feats, labels, batch_size=cfg.optim.batch_size)
     writer = _tensorboard(paths, cfg, start_epoch)
     t0 = time.time()
     epochs = tqdm(range(start_epoch, max_epoch), desc="epochs", disable=not cfg.train.progress,
@@ -204,7 +210,7 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
                                                  disable=not cfg.train.progress)):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.precision):
-            feats = method.encode_images(images)
+            feats = images if images.dim() == 2 else method.encode_images(images)  # cached features are [B, E]
             logits = method.forward_features(feats)
             loss = method.loss(logits.float(), labels)
         if not math.isfinite(loss.item()):

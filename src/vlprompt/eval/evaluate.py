@@ -39,5 +39,6 @@ def evaluate(
     method: PromptMethod, loader: DataLoader, device: torch.device, *, progress: bool = False, desc: str = "eval"
 ) -> dict[str, Any]:
     """Accuracy report (see :func:`accuracy_report`) of ``method`` on ``loader``."""
-    logits, labels = predict_logits(method, loader, device, progress=progress, desc=desc)
+    with torch.random.fork_rng(devices=[]):  # evaluating never changes the training run's randomness
+        logits, labels = predict_logits(method, loader, device, progress=progress, desc=desc)
     return accuracy_report(logits.argmax(dim=-1), labels, method.classnames)
