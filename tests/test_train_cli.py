@@ -21,7 +21,8 @@ def _run(capsys, *argv):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_imagefolder):
     tmp = tmp_path_factory.mktemp("cli")
-    cfg = write_config(tmp / "cfg.yaml", **tiny_config(tmp, tiny_imagefolder, optim={"max_epoch": 8}))
+    cfg = write_config(tmp / "cfg.yaml", **tiny_config(tmp, tiny_imagefolder, optim={"max_epoch": 8},
+                                                        train={"tensorboard": True, "eval_every": 4}))
     assert main(["train", "-c", str(cfg)]) == 0
     return tmp, cfg
 
@@ -38,7 +39,23 @@ def test_train_writes_the_run_folder_and_the_loss_falls(trained_run):
     assert history[-1]["loss"] < history[0]["loss"]
     assert metrics["test"]["n"] == 18 and 0 <= metrics["test"]["accuracy"] <= 100
     fewshot = json.loads((run / "fewshot.json").read_text())
-    assert len(fewshot["train"]) == 3 * 4
+    assert len(fewshot["train"]) == 3 * 4 and len(fewshot["val"]) == 3 * 4
+    assert "val_accuracy" in history[3] and "val_accuracy" not in history[2]
+    events = list((run / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_a_saved_fewshot_file_is_reused(trained_run, tiny_imagefolder, tmp_path):
+    from vlprompt.config import config_from_dict
+    from vlprompt.engine.trainer import train
+
+    tmp, _ = trained_run
+    raw = tiny_config(tmp_path, tiny_imagefolder, optim={"max_epoch": 1},
+                      data={"fewshot_file": str(tmp / "run" / "fewshot.json")}, train={"seed": 7})
+    train(config_from_dict(raw))
+    old = json.loads((tmp / "run" / "fewshot.json").read_text())
+    new = json.loads((tmp_path / "run" / "fewshot.json").read_text())
+    assert new["train"] == old["train"] and new["val"] == old["val"]
 
 
 def test_eval_reproduces_the_training_run_test_accuracy(trained_run, capsys):
@@ -95,6 +112,7 @@ def test_checkpoint_for_another_backbone_exits_2(trained_run, capsys):
     ("too_many_shots", "data.shots"),
     ("unknown_key", "unknown option 'optim.learning_rate'"),
     ("bad_image", "Remove or replace it"),
+    ("bad_image_in_worker", "Remove or replace it"),
 ])
 def test_bad_input_gives_one_clear_error(case, match, tmp_path, tiny_imagefolder, capsys):
     cfg = tiny_config(tmp_path, tiny_imagefolder)
@@ -108,12 +126,13 @@ def test_bad_input_gives_one_clear_error(case, match, tmp_path, tiny_imagefolder
         cfg["data"]["shots"] = 50
     elif case == "unknown_key":
         cfg["optim"]["learning_rate"] = 0.1
-    elif case == "bad_image":
+    elif case.startswith("bad_image"):
         root = tmp_path / "data"
         shutil.copytree(tiny_imagefolder, root)
         for img in (root / "train").rglob("*.png"):
             img.write_bytes(b"not an image at all")
         cfg["data"]["root"] = str(root)
+        cfg["data"]["num_workers"] = 2 if case.endswith("worker") else 0
     path = write_config(tmp_path / "cfg.yaml", **cfg)
     code, _, err = _run(capsys, "train", "-c", path)
     assert code == 2, err
