@@ -74,8 +74,7 @@ def test_captions_never_say_photo_and_respect_the_style() -> None:
 
 
 def test_pretraining_domain_holds_out_pairs_and_novel_shapes() -> None:
-    rng = np.random.default_rng(1)
-    specs = [g.sample_spec(rng) for _ in range(3000)]
+    specs = [g.pretrain_spec(1, i)[0] for i in range(3000)]
     objects = [s for s in specs if s.shape is not None]
     assert not {(s.colour, s.shape) for s in objects} & g.HELDOUT_PAIRS
     assert not {s.shape for s in objects} & set(g.NOVEL_SHAPES)
@@ -83,6 +82,16 @@ def test_pretraining_domain_holds_out_pairs_and_novel_shapes() -> None:
     assert {s.style for s in specs} == set(g.STYLES)
     assert 0.02 < (len(specs) - len(objects)) / len(specs) < 0.09  # bare textures
     assert len(g.ID_SHAPES) >= 12 and len(g.COLOURS) >= 10 and len(g.STYLES) >= 4
+
+
+def test_pretraining_groups_share_everything_but_the_shape() -> None:
+    group = [g.pretrain_spec(0, i)[0] for i in range(8, 8 + g.PRETRAIN_GROUP_SIZE)]
+    group = [s for s in group if s.shape is not None]  # bare textures stand alone
+    assert len({s.shape for s in group}) == len(group)
+    for attr in ("colour", "pattern", "style", "size", "position", "background"):
+        assert len({getattr(s, attr) for s in group}) == 1, attr
+    ungrouped = [g.pretrain_spec(0, i, g.make_domain(group_size=1))[0] for i in range(40)]
+    assert len({s.colour for s in ungrouped[:4]} | {s.style for s in ungrouped[:4]}) > 2
 
 
 def test_sample_pairs_options() -> None:
@@ -221,7 +230,7 @@ def test_pretrain_smoke(tmp_path: Path) -> None:
     state = load_file(str(weights))
     assert all(v.dtype == torch.float16 for v in state.values()) and "logit_scale" in state
     assert any(line.startswith("final:") for line in lines)
-    assert lr_at(0.0, 1.0, 0.1) == 0.0 and lr_at(0.1, 1.0, 0.1) == pytest.approx(1.0)
-    assert lr_at(1.0, 1.0, 0.1) == pytest.approx(0.0, abs=1e-9)
+    assert lr_at(0, 0.0, 1.0, 10) == pytest.approx(0.1) and lr_at(9, 0.0, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(50, 0.5, 1.0, 10) == pytest.approx(0.5) and lr_at(99, 1.0, 1.0, 10) == pytest.approx(0.0)
     cfg = parse_args(["--out", "x", "--minutes", "2", "--device", "cuda", "--batch", "64"])
     assert (cfg.minutes, cfg.device, cfg.batch_size, cfg.model_name) == (2.0, "cuda", 64, "vlprompt-world-vit")

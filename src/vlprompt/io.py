@@ -26,10 +26,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # also on KeyboardInterrupt: never leave the temporary file behind
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if not isinstance(exc, OSError):
+            raise
         raise VlpromptError(f"could not write '{path}': {exc.strerror or exc}; earlier files are intact. "
                             "Free disk space or choose another output folder.") from exc
     try:

@@ -34,6 +34,7 @@ from vlprompt.errors import ModelError, VlpromptError
 _WORLD_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "world" / "weights"
 VLPROMPT_PRETRAINED: dict[tuple[str, str], Path] = {
     ("vlprompt-world-vit", "world"): _WORLD_WEIGHTS_DIR / "vlprompt-world-vit.safetensors",
+    ("vlprompt-world-rn", "world"): _WORLD_WEIGHTS_DIR / "vlprompt-world-rn.safetensors",
 }
 
 

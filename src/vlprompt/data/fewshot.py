@@ -15,12 +15,10 @@ as JSON, never pickle).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import random
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 from vlprompt.data.coop_layouts import read_json_file
 from vlprompt.data.types import DatasetSplits, Datum
 from vlprompt.errors import DataError
+from vlprompt.io import atomic_write_text
 
 FEWSHOT_FORMAT = "vlprompt-fewshot"
 FEWSHOT_VERSION = 1
@@ -161,30 +160,6 @@ def _classnames_from_items(items: Iterable[Datum]) -> list[str]:
     return [names[i] for i in range(len(names))]
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def _dump_items(items: Sequence[Datum]) -> str:
     if not items:
         return "[]"
@@ -225,10 +200,7 @@ def save_fewshot_json(
     fields = [f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in head.items()]
     fields += [f' "train": {_dump_items(train)}', f' "val": {_dump_items(val)}']
     text = "{\n" + ",\n".join(fields) + "\n}\n"
-    try:
-        _atomic_write_text(os.fspath(path), text)
-    except OSError as exc:
-        raise DataError(f"cannot write few-shot file '{os.fspath(path)}': {exc.strerror or exc}.") from None
+    atomic_write_text(os.fspath(path), text)
 
 
 def _load_items(entries: Any, key: str, path: str, classnames: Sequence[str]) -> list[Datum]:

@@ -124,9 +124,7 @@ def _definitions() -> dict[str, WorldDataset]:
     defs = [
         _shapes("shapes", ID_SHAPES, "photo", full),
         _objects("objects", ID_SHAPES, "photo", full),
-        WorldDataset(
-            "patterns", tuple(f"{p} shape" for p in PATTERNS), tuple({"pattern": p} for p in PATTERNS)
-        ),
+        WorldDataset("patterns", tuple(f"{p} shape" for p in PATTERNS), tuple({"pattern": p} for p in PATTERNS)),
         *(_shapes(f"shapes_{s}", ID_SHAPES, s, shift) for s in STYLES if s != "photo"),
         *(_objects(f"objects_{s}", ID_SHAPES, s, shift) for s in ("cartoon", "painting")),
         _shapes("ood_shapes", OOD_SHAPES, "photo", (0, 0, 150)),
@@ -192,8 +190,7 @@ def parse_world_key(path: str) -> tuple[WorldDataset, str, int, int, int]:
         index = int(parts[2])
     except ValueError:
         raise DataError(
-            f"malformed world image key '{path}': expected world://<dataset>/<train|val|test>/<index>"
-            "[?seed=S&size=N]"
+            f"malformed world image key '{path}': expected world://<dataset>/<train|val|test>/<index>[?seed=S&size=N]"
         ) from None
     return _definition(parts[0]), parts[1], index, opts.get("seed", 0), opts.get("size", IMAGE_SIZE)
 
@@ -212,7 +209,7 @@ def render_item(
 def load_world_image(path: str) -> Image.Image:
     """The ``DatasetSplits.loader`` of world datasets: render the image of a world key (RGB PIL)."""
     d, split, index, seed, size = parse_world_key(path)
-    return Image.fromarray(render_item(d.key, split, index, seed=seed, image_size=size)[0], mode="RGB")
+    return Image.fromarray(render_item(d.key, split, index, seed=seed, image_size=size)[0])
 
 
 # --------------------------------------------------------------------------------------------------

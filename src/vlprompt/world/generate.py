@@ -47,6 +47,11 @@ styles                       all 6 (photo 40 %)         photo for ID sets; other
 the words "a photo of"       never (no "photo" at all)  the downstream template "a photo of a {}."
 ===========================  ========================  ==========================================
 
+The pretraining stream (:func:`pretrain_item`) comes in groups of ``PRETRAIN_GROUP_SIZE`` consecutive
+items that share style, colour, pattern, size, position and background and differ only in shape, so
+every contrastive batch holds hard negatives that only the shape tells apart (colour, style and
+background alone would otherwise identify most pairs of a batch and let shape recognition lag).
+
 ``HELDOUT_PAIRS`` holds one colour of each ID shape (e.g. "blue circle", "red star"): pretraining sees
 every colour and every shape, but never those combinations. Pretraining captions are varied ("a small
 red striped triangle on grass", "a drawing of a blue star", "an image showing a large green hexagon
@@ -54,7 +59,7 @@ with dots", ...) and never contain the word "photo", so the hand-crafted downstr
 off-distribution and leaves room for prompt learning.
 
 Public API: :func:`render`, :func:`caption`, :func:`sample_spec`, :func:`item_rng`,
-:func:`pretrain_item`, :func:`sample_pairs`, :class:`ObjectSpec`, :class:`Domain`.
+:func:`pretrain_spec`, :func:`pretrain_item`, :func:`sample_pairs`, :class:`ObjectSpec`, :class:`Domain`.
 """
 
 from __future__ import annotations
@@ -160,8 +165,11 @@ class Domain:
         shapes / colours / patterns / backgrounds: the pools attributes are drawn from (uniformly).
         style_weights: style -> probability (normalised).
         exclude: (colour, shape) pairs never drawn (rejection-sampled away).
-        texture_fraction: share of object-free texture images.
+        texture_fraction: share of object-free texture images (pretraining stream).
         sizes: size pool.
+        group_size: pretraining stream only: consecutive items ``g*k .. g*k+g-1`` form a group that
+            shares style, colour, pattern, size, position and background and differs in shape (all
+            distinct), so a contrastive batch holds hard negatives that only shape tells apart.
     """
 
     shapes: tuple[str, ...] = PRETRAIN_SHAPES
@@ -172,6 +180,7 @@ class Domain:
     exclude: frozenset[tuple[str, str]] = HELDOUT_PAIRS
     texture_fraction: float = 0.0
     sizes: tuple[str, ...] = SIZES
+    group_size: int = 1
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.style_weights if s not in STYLES]
@@ -182,7 +191,8 @@ class Domain:
             raise ValueError(f"unknown world attribute(s): {unknown}")
 
 
-PRETRAIN_DOMAIN = Domain(texture_fraction=TEXTURE_FRACTION)
+PRETRAIN_GROUP_SIZE = 4
+PRETRAIN_DOMAIN = Domain(texture_fraction=TEXTURE_FRACTION, group_size=PRETRAIN_GROUP_SIZE)
 
 
 def item_rng(seed: int, stream: str, index: int) -> np.random.Generator:
@@ -213,11 +223,19 @@ def sample_spec(
     pattern: str | None = None,
     style: str | None = None,
     texture: str | None = None,
+    size: str | None = None,
+    position: str | None = None,
+    background: str | None = None,
 ) -> ObjectSpec:
-    """Draw a spec from ``domain``; keyword arguments fix an attribute (``texture``: a bare texture)."""
+    """Draw an object spec from ``domain``; keyword arguments fix an attribute.
+
+    ``texture`` asks for an object-free texture image instead (``domain.texture_fraction`` is used by
+    the pretraining stream, :func:`pretrain_spec`, not here). A fixed ``position`` needs a fixed
+    ``size`` ("centre" for "large").
+    """
     style = style or _pick_weighted(rng, domain.style_weights)
-    if texture is None and shape is None and rng.random() < domain.texture_fraction:
-        texture = _pick(rng, tuple(TEXTURES))
+    if style not in STYLES:
+        raise ValueError(f"unknown style '{style}'; known: {', '.join(STYLES)}")
     if texture is not None:
         return _texture_spec(rng, texture, style, colour)
     shape = shape or _pick(rng, domain.shapes)
@@ -227,9 +245,9 @@ def sample_spec(
             raise ValueError(f"every colour of '{shape}' is excluded")
         colour = _pick(rng, allowed)
     pattern = pattern or _pick(rng, domain.patterns)
-    size = _pick(rng, domain.sizes)
+    size = size or _pick(rng, domain.sizes)
     if size == "small":
-        position = _pick(rng, tuple(POSITIONS))
+        position = position or _pick(rng, tuple(POSITIONS))
         scale, jitter = 0.30 + 0.10 * rng.random(), 0.06
     else:
         position, scale, jitter = "centre", 0.58 + 0.22 * rng.random(), 0.10
@@ -238,7 +256,7 @@ def sample_spec(
     cy = py + jitter * (2 * rng.random() - 1)
     max_rot = math.radians(_SHAPE_MAX_ROTATION.get(shape, 180))
     angle = max_rot * (2 * rng.random() - 1)
-    background = _pick(rng, _backgrounds_for(style, colour, domain.backgrounds))
+    background = background or _pick(rng, _backgrounds_for(style, colour, domain.backgrounds))
     return ObjectSpec(shape, colour, pattern, size, position, background, style, scale, cx, cy, angle)
 
 
@@ -686,7 +704,7 @@ _BACKGROUND_WORDS: dict[str, tuple[str, ...]] = {
     "wood": ("on wood", "on a wooden table", "on a wooden floor"),
     "water": ("on water", "floating on water", "on the water"),
     "speckled": ("on a speckled background", "on a confetti background"),
-    "paper": ("on white paper", "on a white background", "on paper"),
+    "paper": ("on paper", "on a sheet of paper", "on a blank page"),
 }  # fmt: skip
 _TEXTURE_WORDS: dict[str, tuple[str, ...]] = {
     "grass": ("grass", "a lawn", "a field of grass"), "sky": ("the sky", "a blue sky", "clouds in the sky"),
@@ -700,7 +718,7 @@ _P_SIZE, _P_COLOUR, _P_PATTERN, _P_POSITION, _P_BACKGROUND, _P_GENERIC = 0.5, 0.
 
 
 def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+    return ("an " if phrase[0] in "aeiou" or phrase.startswith("hour") else "a ") + phrase
 
 
 def caption(spec: ObjectSpec, rng: np.random.Generator) -> str:
@@ -742,12 +760,30 @@ def _texture_caption(spec: ObjectSpec, rng: np.random.Generator) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def pretrain_spec(seed: int, index: int, domain: Domain = PRETRAIN_DOMAIN) -> tuple[ObjectSpec, np.random.Generator]:
+    """Spec of item ``index`` of the pretraining stream, and the generator to render/caption it with.
+
+    A share ``domain.texture_fraction`` of items are bare textures; the others are members of shape
+    groups of ``domain.group_size`` items (see :class:`Domain`).
+    """
+    rng = item_rng(seed, "pretrain", index)
+    if rng.random() < domain.texture_fraction:
+        return sample_spec(rng, domain, texture=_pick(rng, tuple(TEXTURES))), rng
+    if domain.group_size <= 1:
+        return sample_spec(rng, domain), rng
+    group_rng = item_rng(seed, "pretrain/group", index // domain.group_size)
+    shared = sample_spec(group_rng, domain)
+    shapes = [s for s in domain.shapes if (shared.colour, s) not in domain.exclude]
+    shape = shapes[group_rng.permutation(len(shapes))[index % domain.group_size % len(shapes)]]
+    fixed = {k: getattr(shared, k) for k in ("colour", "pattern", "style", "size", "position", "background")}
+    return sample_spec(rng, domain, shape=shape, **fixed), rng
+
+
 def pretrain_item(
     seed: int, index: int, *, domain: Domain = PRETRAIN_DOMAIN, image_size: int = IMAGE_SIZE
 ) -> tuple[np.ndarray, str]:
     """Pair ``index`` of the pretraining stream of ``seed``: (uint8 [S, S, 3], caption)."""
-    rng = item_rng(seed, "pretrain", index)
-    spec = sample_spec(rng, domain)
+    spec, rng = pretrain_spec(seed, index, domain)
     return render(spec, rng, image_size), caption(spec, rng)
 
 
@@ -760,14 +796,16 @@ def sample_pairs(
     shapes: Sequence[str] = PRETRAIN_SHAPES,
     start: int = 0,
     image_size: int = IMAGE_SIZE,
+    group_size: int = PRETRAIN_GROUP_SIZE,
 ) -> tuple[np.ndarray, list[str]]:
     """Pairs ``start .. start+n-1`` of the pretraining stream: (uint8 [n, S, S, 3], n captions).
 
     ``styles``: style names (uniform) or style -> weight (default: ``PRETRAIN_STYLE_WEIGHTS``);
-    ``exclude``: (colour, shape) pairs never drawn (default ``HELDOUT_PAIRS``); ``shapes``: shape pool.
-    Item ``i`` depends only on (seed, i, the domain), not on ``n``.
+    ``exclude``: (colour, shape) pairs never drawn (default ``HELDOUT_PAIRS``); ``shapes``: shape pool;
+    ``group_size``: hard-negative shape groups (:class:`Domain`). Item ``i`` depends only on
+    (seed, i, the domain), not on ``n`` or ``start``.
     """
-    domain = make_domain(styles=styles, exclude=exclude, shapes=shapes)
+    domain = make_domain(styles=styles, exclude=exclude, shapes=shapes, group_size=group_size)
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     captions = []
     for j in range(n):
@@ -782,6 +820,7 @@ def make_domain(
     exclude: Collection[tuple[str, str]] = HELDOUT_PAIRS,
     shapes: Sequence[str] = PRETRAIN_SHAPES,
     texture_fraction: float = TEXTURE_FRACTION,
+    group_size: int = PRETRAIN_GROUP_SIZE,
 ) -> Domain:
     """A pretraining-like :class:`Domain` with the given style weights, exclusions and shape pool."""
     if styles is None:
@@ -791,5 +830,9 @@ def make_domain(
     else:
         weights = dict.fromkeys(styles, 1.0)
     return Domain(
-        tuple(shapes), style_weights=weights, exclude=frozenset(exclude), texture_fraction=texture_fraction
+        tuple(shapes),
+        style_weights=weights,
+        exclude=frozenset(exclude),
+        texture_fraction=texture_fraction,
+        group_size=group_size,
     )

@@ -6,8 +6,8 @@
 Batch ``b`` holds pairs ``b*B .. b*B+B-1`` of the pretraining stream of ``seed``
 (:func:`vlprompt.world.generate.pretrain_item`), rendered in DataLoader workers; the model is a
 randomly initialised open_clip model built from vlprompt's configs, trained with open_clip's
-``ClipLoss``, AdamW and a linear warm-up + cosine schedule over the run's progress (steps done /
-``--steps``, or time spent / ``--minutes``, whichever is further). bf16 autocast on CUDA.
+``ClipLoss``, AdamW, a linear warm-up over ``--warmup-steps`` and a cosine decay over the run's
+progress (steps done / ``--steps``, or time spent / ``--minutes``, whichever is further). bf16 autocast on CUDA.
 Zero-shot accuracy on the world_shapes and world_objects val splits (prompt "a photo of a {}.") is
 printed periodically and at the end.
 
@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlprompt.errors import ConfigError, ModelError, VlpromptError
 from vlprompt.world.datasets import TEMPLATE, build_world_dataset, render_item
-from vlprompt.world.generate import HELDOUT_PAIRS, pretrain_item
+from vlprompt.world.generate import HELDOUT_PAIRS, PRETRAIN_DOMAIN, PRETRAIN_GROUP_SIZE, Domain, pretrain_item
 
 DEFAULT_MODEL = "vlprompt-world-vit"
 EVAL_DATASETS = ("world_shapes", "world_objects")
@@ -57,10 +57,11 @@ class PretrainConfig:
     model_name: str = DEFAULT_MODEL
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup: float = 0.05
+    warmup_steps: int = 200
     workers: int | None = None
     eval_every: int | None = None
     eval_per_class: int = 16
+    group_size: int = PRETRAIN_GROUP_SIZE
     progress: bool = True
 
     def validate(self) -> None:
@@ -70,15 +71,20 @@ class PretrainConfig:
             raise ConfigError("--minutes must be > 0 and --steps >= 1")
         if self.batch_size < 2:
             raise ConfigError("--batch must be >= 2 (contrastive loss needs negatives)")
-        if not 0 <= self.warmup < 1:
-            raise ConfigError("warm-up fraction must be in [0, 1)")
+        if self.group_size < 1:
+            raise ConfigError("--group-size must be >= 1")
+        if self.warmup_steps < 0:
+            raise ConfigError("--warmup-steps must be >= 0")
 
 
 class PairBatches(Dataset):
     """Batch ``b`` of the pretraining stream: (uint8 images [B, S, S, 3], int64 tokens [B, L])."""
 
-    def __init__(self, seed: int, batch_size: int, image_size: int, tokenizer: Callable[..., torch.Tensor]):
-        self.seed, self.batch_size, self.image_size, self.tokenizer = seed, batch_size, image_size, tokenizer
+    def __init__(
+        self, seed: int, batch_size: int, image_size: int, tokenizer: Callable[..., torch.Tensor], domain: Domain
+    ):
+        self.seed, self.batch_size, self.image_size = seed, batch_size, image_size
+        self.tokenizer, self.domain = tokenizer, domain
 
     def __len__(self) -> int:
         return 2**40 // self.batch_size
@@ -87,7 +93,8 @@ class PairBatches(Dataset):
         images = np.empty((self.batch_size, self.image_size, self.image_size, 3), dtype=np.uint8)
         captions = []
         for j in range(self.batch_size):
-            images[j], cap = pretrain_item(self.seed, b * self.batch_size + j, image_size=self.image_size)
+            index = b * self.batch_size + j
+            images[j], cap = pretrain_item(self.seed, index, domain=self.domain, image_size=self.image_size)
             captions.append(cap)
         return torch.from_numpy(images), self.tokenizer(captions)
 
@@ -112,9 +119,7 @@ class ZeroShotProbe:
         self.sets: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for name in names:
             classnames = build_world_dataset(name, n_train=0, n_val=0, n_test=0).classnames
-            items = [
-                render_item(name, "val", i, image_size=image_size) for i in range(per_class * len(classnames))
-            ]
+            items = [render_item(name, "val", i, image_size=image_size) for i in range(per_class * len(classnames))]
             images = torch.from_numpy(np.stack([img for img, _ in items]))
             labels = torch.tensor([label for _, label in items])
             prompts = tokenizer([TEMPLATE.format(c) for c in classnames])
@@ -137,11 +142,14 @@ class ZeroShotProbe:
         return accs
 
 
-def lr_at(progress: float, base_lr: float, warmup: float) -> float:
-    """Linear warm-up over the first ``warmup`` of the run, then cosine decay to 0."""
-    if progress < warmup:
-        return base_lr * progress / warmup
-    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+def lr_at(step: int, progress: float, base_lr: float, warmup_steps: int) -> float:
+    """Learning rate of step ``step`` (0-based) at run progress ``progress`` in [0, 1].
+
+    Linear warm-up over the first ``warmup_steps`` steps times a cosine decay from 1 to 0 over the
+    run's progress (the run's length in steps is not known in advance for a time budget).
+    """
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return base_lr * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -174,16 +182,12 @@ def save_weights(model: torch.nn.Module, path: Path) -> str:
     """Save the fp16 state dict of ``model`` as safetensors; returns its sha256 (hex)."""
     from safetensors.torch import save_file
 
-    state = {
-        k: v.detach().to("cpu", torch.float16).contiguous().clone() for k, v in model.state_dict().items()
-    }
+    state = {k: v.detach().to("cpu", torch.float16).contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt"})
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def pretrain(
-    out_dir: str | Path, *, log: Callable[[str], None] | None = None, **settings: Any
-) -> dict[str, Any]:
+def pretrain(out_dir: str | Path, *, log: Callable[[str], None] | None = None, **settings: Any) -> dict[str, Any]:
     """Pretrain a world CLIP; write weights and metadata to ``out_dir``.
 
     ``settings`` are the other fields of :class:`PretrainConfig` (``minutes``, ``steps``, ``seed``,
@@ -191,6 +195,81 @@ def pretrain(
     metadata written to ``<model>.json``.
     """
     return run_pretraining(PretrainConfig(str(out_dir), **settings), log)
+
+
+@dataclass
+class _Clock:
+    """When a run stops, how far it is (for the schedule) and when to evaluate."""
+
+    cfg: PretrainConfig
+    start: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.budget_s = None if self.cfg.minutes is None else 60.0 * self.cfg.minutes
+        self.eval_every_s = None if self.budget_s is None or self.cfg.eval_every else max(60.0, self.budget_s / 8)
+        steps_only = self.eval_every_s is None and self.cfg.steps
+        self.eval_every = self.cfg.eval_every or (max(1, self.cfg.steps // 8) if steps_only else None)
+        self.warmup = min(self.cfg.warmup_steps, self.cfg.steps // 5) if self.cfg.steps else self.cfg.warmup_steps
+        self.last_eval = self.start
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def done(self, step: int) -> bool:
+        return bool((self.cfg.steps and step >= self.cfg.steps) or (self.budget_s and self.elapsed() >= self.budget_s))
+
+    def lr(self, step: int) -> float:
+        by_steps = (step + 0.5) / self.cfg.steps if self.cfg.steps else 0.0
+        by_time = self.elapsed() / self.budget_s if self.budget_s else 0.0
+        return lr_at(step, max(by_steps, by_time), self.cfg.lr, self.warmup)
+
+    def eval_due(self, step: int) -> bool:
+        now = time.monotonic()
+        due = (self.eval_every and step % self.eval_every == 0) or (
+            self.eval_every_s and now - self.last_eval >= self.eval_every_s
+        )
+        if due:
+            self.last_eval = now
+        return bool(due)
+
+
+def _train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[..., torch.Tensor],
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    normalize: ImageNormalizer,
+    autocast: Callable[[], Any],
+    lr: float,
+) -> float:
+    """One contrastive step on uint8 images [B, S, S, 3] and tokens [B, L]; returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with autocast():
+        img_f = model.encode_image(normalize(images), normalize=True)
+        txt_f = model.encode_text(tokens.to(normalize.device, non_blocking=True), normalize=True)
+        loss = loss_fn(img_f.float(), txt_f.float(), model.logit_scale.exp())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.detach().item()
+
+
+def _pair_loader(
+    cfg: PretrainConfig, image_size: int, tokenizer: Callable[..., Any], device: torch.device
+) -> DataLoader:
+    workers = _default_workers(device) if cfg.workers is None else cfg.workers
+    domain = replace(PRETRAIN_DOMAIN, group_size=cfg.group_size)
+    return DataLoader(
+        PairBatches(cfg.seed, cfg.batch_size, image_size, tokenizer, domain),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
 
 
 def run_pretraining(cfg: PretrainConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -208,63 +287,34 @@ def run_pretraining(cfg: PretrainConfig, log: Callable[[str], None] | None = Non
     pre = open_clip.get_model_preprocess_cfg(model)
     image_size = int(model_cfg["vision_cfg"]["image_size"])
     normalize = ImageNormalizer(pre["mean"], pre["std"], device)
-    use_bf16 = device.type == "cuda"
 
     def autocast() -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     probe = ZeroShotProbe(EVAL_DATASETS, cfg.eval_per_class, image_size, tokenizer)
-    workers = _default_workers(device) if cfg.workers is None else cfg.workers
-    loader = DataLoader(
-        PairBatches(cfg.seed, cfg.batch_size, image_size, tokenizer),
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
+    loader = _pair_loader(cfg, image_size, tokenizer, device)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
-    budget_s = None if cfg.minutes is None else 60.0 * cfg.minutes
-    eval_every_s = None if budget_s is None or cfg.eval_every else max(60.0, budget_s / 8)
-    eval_every = cfg.eval_every or (max(1, cfg.steps // 8) if eval_every_s is None and cfg.steps else None)
-    bar = tqdm(total=cfg.steps, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, disable=not cfg.progress, unit="step", dynamic_ncols=True, mininterval=2.0)
     say = log or (bar.write if cfg.progress else print)
-
-    step, loss_ema, accs, history = 0, float("nan"), {}, []
-    start = last_eval = time.monotonic()
+    step, loss_ema, history = 0, float("nan"), []
+    clock = _Clock(cfg)
     model.train()
     for images, tokens in loader:
-        elapsed = time.monotonic() - start
-        if (cfg.steps and step >= cfg.steps) or (budget_s and elapsed >= budget_s):
+        if clock.done(step):
             break
-        by_steps = (step + 0.5) / cfg.steps if cfg.steps else 0.0
-        lr = lr_at(max(by_steps, elapsed / budget_s if budget_s else 0.0), cfg.lr, cfg.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with autocast():
-            img_f = model.encode_image(normalize(images), normalize=True)
-            txt_f = model.encode_text(tokens.to(device, non_blocking=True), normalize=True)
-            loss = loss_fn(img_f.float(), txt_f.float(), model.logit_scale.exp())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        lr = clock.lr(step)
+        value = _train_step(model, opt, loss_fn, images, tokens, normalize, autocast, lr)
         step += 1
-        value = loss.detach().item()
         loss_ema = value if math.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * value
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.2e}")
-        now = time.monotonic()
-        due = (eval_every and step % eval_every == 0) or (eval_every_s and now - last_eval >= eval_every_s)
-        if due:
-            last_eval = now
+        if clock.eval_due(step):
             accs = probe(model, normalize, autocast)
-            history.append({"step": step, "seconds": round(now - start, 1), "loss": loss_ema, **accs})
+            history.append({"step": step, "seconds": round(clock.elapsed(), 1), "loss": loss_ema, **accs})
             say(_report(step, step * cfg.batch_size, loss_ema, accs))
     bar.close()
-    train_s = time.monotonic() - start
+    train_s = clock.elapsed()
     accs = probe(model, normalize, autocast)
     say("final: " + _report(step, step * cfg.batch_size, loss_ema, accs))
     return _save(cfg, model, model_cfg, step, train_s, loss_ema, accs, history)
@@ -302,12 +352,13 @@ def _save(
         "steps": steps,
         "batch_size": cfg.batch_size,
         "pairs_seen": steps * cfg.batch_size,
-        "train_seconds": round(train_s, 1),
+        "train_seconds": round(train_s, 1),  # wall time of the loop, periodic evaluations included
         "minutes_budget": cfg.minutes,
         "steps_budget": cfg.steps,
         "lr": cfg.lr,
         "weight_decay": cfg.weight_decay,
-        "warmup": cfg.warmup,
+        "warmup_steps": cfg.warmup_steps,
+        "group_size": cfg.group_size,
         "device": _device_name(torch.device(cfg.device)),
         "final_loss": loss,
         "zero_shot_val": accs,
@@ -338,10 +389,11 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainConfig:
     p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip config name")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the run")
+    p.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up steps (capped at --steps/5)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: 0 on cpu, up to 8 on cuda)")
     p.add_argument("--eval-every", type=int, help="steps between zero-shot evaluations")
     p.add_argument("--eval-per-class", type=int, default=16, help="val images per class for zero-shot")
+    p.add_argument("--group-size", type=int, default=PRETRAIN_GROUP_SIZE, help="hard-negative shape groups")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     a = p.parse_args(argv)
     return PretrainConfig(
@@ -354,10 +406,11 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainConfig:
         model_name=a.model,
         lr=a.lr,
         weight_decay=a.weight_decay,
-        warmup=a.warmup,
+        warmup_steps=a.warmup_steps,
         workers=a.workers,
         eval_every=a.eval_every,
         eval_per_class=a.eval_per_class,
+        group_size=a.group_size,
         progress=not a.no_progress,
     )
 
