@@ -140,3 +140,16 @@ def test_bad_input_gives_one_clear_error(case, match, tmp_path, tiny_imagefolder
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert match in lines[0]
     assert "Traceback" not in err
+
+
+def test_mixed_precision_training_runs_and_keeps_fp32_parameters(tmp_path, tiny_imagefolder):
+    from vlprompt.config import config_from_dict
+    from vlprompt.engine.checkpoint import read_prompt
+    from vlprompt.engine.trainer import train
+
+    raw = tiny_config(tmp_path, tiny_imagefolder, optim={"max_epoch": 2}, train={"precision": "amp"})
+    metrics = train(config_from_dict(raw))
+    tensors, _ = read_prompt(tmp_path / "run" / "prompt.safetensors")
+    assert tensors["prompt_learner.ctx"].dtype.is_floating_point
+    assert str(tensors["prompt_learner.ctx"].dtype) == "torch.float32"
+    assert all(h["loss"] == h["loss"] for h in metrics["history"])  # finite, not NaN

@@ -1,0 +1,89 @@
+"""CoCoOp: Conditional Prompt Learning (Zhou, Yang, Loy, Liu; CVPR 2022).
+
+A Meta-Net maps each image feature to a bias pi(x) added to every context token (Eq. 2 of the
+paper): ``v_m(x) = v_m + pi(x)``, so the prompt of class c for image x is
+``t_c(x) = [SOS] v_1(x) ... v_M(x) [CLASS_c] . [EOT]`` and
+
+    logits[b, c] = logit_scale * cos(f(x_b), g(t_c(x_b)))          # [B, n_cls]
+
+The reference implementation loops over the images of a batch, one text pass (all classes) per
+image. Here the B x n_cls prompts of a batch go through the text tower together, in chunks of at
+most ``max_prompts_per_pass`` prompts (whole images per chunk), which is the same computation.
+As in the reference, the Meta-Net reads the L2-normalised image feature.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.cocoop.config import CoCoOpConfig
+from vlprompt.methods.coop.prompt import PromptLearner
+
+
+class CoCoOp(PromptMethod):
+    """Image-conditional prompts: learned context ``ctx [M, D]`` + Meta-Net ``E -> E/16 -> D``."""
+
+    method_name = "cocoop"
+    image_conditional = True
+
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoCoOpConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        self.prompt_learner = PromptLearner(backbone, self.classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
+                                            csc=False, class_token_position="end", init_std=config.init_std)
+        vis_dim, ctx_dim = backbone.embed_dim, backbone.text_width
+        hidden = max(1, vis_dim // config.hidden_ratio)
+        self.meta_net = nn.Sequential(OrderedDict([
+            ("linear1", nn.Linear(vis_dim, hidden)),
+            ("relu", nn.ReLU(inplace=True)),
+            ("linear2", nn.Linear(hidden, ctx_dim)),
+        ])).to(backbone.device)
+
+    @property
+    def ctx(self) -> Tensor:
+        """The shared context ``[n_ctx, D]`` (before the image-conditional shift)."""
+        return self.prompt_learner.ctx
+
+    def conditional_ctx(self, image_features: Tensor) -> Tensor:
+        """``v_m + pi(x)``: ``[B, E] -> [B, M, D]`` (Meta-Net on normalised features)."""
+        x = F.normalize(image_features.float(), dim=-1)
+        bias = self.meta_net(x)  # [B, D]
+        return self.prompt_learner.ctx.unsqueeze(0) + bias.unsqueeze(1)  # [B, M, D]
+
+    def prompts_for(self, ctx: Tensor) -> Tensor:
+        """Prompt embeddings of every class for each image's context: ``[b, M, D] -> [b * n_cls, L, D]``."""
+        pl = self.prompt_learner
+        b, n_cls = ctx.shape[0], pl.token_prefix.shape[0]
+        prefix = pl.token_prefix.to(ctx.dtype).unsqueeze(0).expand(b, -1, -1, -1)  # [b, C, 1, D]
+        suffix = pl.token_suffix.to(ctx.dtype).unsqueeze(0).expand(b, -1, -1, -1)  # [b, C, L-1-M, D]
+        ctx = ctx.unsqueeze(1).expand(-1, n_cls, -1, -1)  # [b, C, M, D]
+        return torch.cat([prefix, ctx, suffix], dim=2).flatten(0, 1)
+
+    def text_features_for(self, image_features: Tensor) -> Tensor:
+        """Normalised text features of each image's prompts: ``[B, E] -> [B, n_cls, E]`` (chunked)."""
+        ctx = self.conditional_ctx(image_features)
+        n_cls = self.n_cls
+        per_pass = max(1, self.config.max_prompts_per_pass // n_cls)
+        eot = self.prompt_learner.eot_index
+        out = []
+        for start in range(0, ctx.shape[0], per_pass):
+            part = ctx[start : start + per_pass]
+            feats = self.backbone.encode_text_embeddings(self.prompts_for(part), eot.repeat(part.shape[0]))
+            out.append(F.normalize(feats.float(), dim=-1).view(part.shape[0], n_cls, -1))
+        return torch.cat(out)
+
+    def forward_features(self, image_features: Tensor) -> Tensor:
+        """``logits[b, c] = scale * <f_b, t_c(x_b)>``: ``[B, E] -> [B, n_cls]``."""
+        img = F.normalize(image_features.float(), dim=-1)
+        txt = self.text_features_for(image_features)  # [B, C, E]
+        logits = self.backbone.logit_scale.to(img.device) * torch.einsum("be,bce->bc", img, txt)
+        bias = self.backbone.logit_bias
+        return logits if bias is None else logits + bias.to(img.device)
+
+    def text_features(self) -> Tensor:
+        raise TypeError("CoCoOp's text features depend on the image: use text_features_for(image_features)")
