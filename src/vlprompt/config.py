@@ -56,6 +56,9 @@ class DataConfig:
         default="dataset",
         metadata={"help": "zero-shot templates: dataset, imagenet80, imagenet_select, or a list"},
     )
+    subsample_classes: str = field(
+        default="all", metadata={"help": "base-to-new: all, base (first half of the classes) or new"}
+    )
     augment: bool = field(default=True, metadata={"help": "CoOp training augmentation (crop + flip)"})
     cache_features: bool = field(
         default=True, metadata={"help": "without augmentation, encode each training image once (exact)"}
@@ -69,6 +72,7 @@ class DataConfig:
         if self.shots != -1:
             check_int(self.shots, "data.shots", minimum=1)
         check_int(self.num_workers, "data.num_workers", minimum=0)
+        check_choice(self.subsample_classes, "data.subsample_classes", ("all", "base", "new"))
 
 
 @dataclass

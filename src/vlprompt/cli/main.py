@@ -167,6 +167,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from vlprompt.eval.protocols import base_to_new, transfer
+
+    cfg = _load_cfg(args)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.output_dir or f"runs/{args.protocol}/{cfg.method.name}/{cfg.data.dataset}")
+    if args.protocol == "base2new":
+        result = base_to_new(cfg, seeds, out, progress=cfg.train.progress)
+    else:
+        targets = [t for t in (args.targets or "").split(",") if t]
+        result = transfer(cfg, targets, seeds, out, kind=args.protocol, progress=cfg.train.progress)
+    _print_table(result["table"])
+    print(f"saved {out / (args.protocol + '_results.json')}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import open_clip
 
@@ -271,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="pretrained tag or weights file of --model")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("protocol", help="base-to-new / domain generalisation / cross-dataset over seeds",
+                       epilog=EPILOG,
+                       description="Run an evaluation protocol of CoOp/CoCoOp for the config's method over "
+                                   "several seeds; prints mean ± std. Finished seed runs are reused.")
+    p.add_argument("protocol", choices=["base2new", "dg", "xd"],
+                   help="base2new: train on base classes, test base and new; dg: domain generalisation; "
+                        "xd: cross-dataset transfer")
+    _add_config_args(p, config_required=True)
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--targets", help="comma-separated target datasets (dg, xd)")
+    p.add_argument("--output-dir", "-o", help="folder for the per-seed runs and the results")
+    p.set_defaults(func=cmd_protocol)
 
     p = sub.add_parser("models", help="list open_clip model names and pretrained tags")
     p.add_argument("--filter", help="only names containing this text")

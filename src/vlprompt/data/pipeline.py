@@ -14,6 +14,7 @@ from pathlib import Path
 from vlprompt.config import DataConfig
 from vlprompt.data.fewshot import load_fewshot_json, make_fewshot, save_fewshot_json
 from vlprompt.data.registry import build_dataset
+from vlprompt.data.subsample import subsample_classes
 from vlprompt.data.types import DatasetSplits, Datum
 from vlprompt.errors import DataError
 
@@ -29,7 +30,7 @@ class PreparedData:
 
 def load_dataset(cfg: DataConfig) -> DatasetSplits:
     """Build the dataset named by ``cfg`` (all splits, no few-shot sampling)."""
-    return build_dataset(cfg.dataset, cfg.root, **cfg.options)
+    return subsample_classes(build_dataset(cfg.dataset, cfg.root, **cfg.options), cfg.subsample_classes)
 
 
 def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None) -> PreparedData:

@@ -38,7 +38,6 @@ base-to-new class split, see :func:`base_new_split`).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ import numpy as np
 from PIL import Image
 
 from vlprompt.data.registry import register_dataset
+from vlprompt.data.subsample import subsample_classes
 from vlprompt.data.types import DatasetSplits, Datum
 from vlprompt.errors import DataError
 from vlprompt.world.generate import (
@@ -263,23 +263,7 @@ def base_new_split(splits: DatasetSplits) -> tuple[DatasetSplits, DatasetSplits]
 
     Labels of the new half are renumbered from 0; paths and class names are unchanged.
     """
-    m = math.ceil(splits.num_classes / 2)
-
-    def part(lo: int, hi: int, suffix: str) -> DatasetSplits:
-        def keep(data: list[Datum]) -> list[Datum]:
-            return [Datum(x.path, x.label - lo, x.classname) for x in data if lo <= x.label < hi]
-
-        return DatasetSplits(
-            f"{splits.name}_{suffix}",
-            splits.classnames[lo:hi],
-            keep(splits.train),
-            keep(splits.val),
-            keep(splits.test),
-            template=splits.template,
-            loader=splits.loader,
-        )
-
-    return part(0, m, "base"), part(m, splits.num_classes, "new")
+    return subsample_classes(splits, "base"), subsample_classes(splits, "new")
 
 
 def export_imagefolder(splits: DatasetSplits, out_dir: str | Path) -> Path:

@@ -1,0 +1,128 @@
+"""Evaluation protocols of CoOp / CoCoOp, over several seeds, for any method.
+
+* **base-to-new** (CoCoOp, Sec. 4.1): classes sorted by label, the first ceil(n/2) are *base*.
+  Train on base classes only; accuracy on base test images with base names, on new test images
+  with new names; harmonic mean ``H = 2 * base * new / (base + new)``.
+* **domain generalisation** (CoOp Sec. 4.3 / CoCoOp Sec. 4.3): train on a source dataset (ImageNet),
+  evaluate on targets with the same label space in other domains (ImageNet-V2 / -Sketch / -A / -R).
+  For the 200-class A and R subsets the classifier is built from those 200 class names, which equals
+  restricting the 1000-way logits to them (each class's text feature depends on its name only).
+* **cross-dataset transfer** (CoCoOp Sec. 4.2): train on one dataset, evaluate on others with their own
+  class names.
+
+Zero-shot CLIP runs through the same protocols (nothing to train; one seed suffices). Each seed's
+training run is an ordinary run folder under ``out_dir``; finished runs are reused, so a protocol
+that was stopped continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict
+from vlprompt.errors import ConfigError
+from vlprompt.eval.report import markdown_table
+from vlprompt.io import atomic_write_json, atomic_write_text
+from vlprompt.methods.registry import get_method
+
+PROTOCOLS = ("base2new", "dg", "xd")
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """``2ab / (a + b)`` (0 when both are 0)."""
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def _with(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    return config_from_dict(apply_overrides(cfg.as_dict(), overrides))
+
+
+def _q(value: Any) -> str:
+    return f"{value}" if not isinstance(value, str) else f'"{value}"'
+
+
+def _accuracy(cfg: ExperimentConfig, prompt: Path | None, progress: bool) -> float:
+    """Test accuracy of a learned prompt (or of zero-shot CLIP when ``prompt`` is None) on ``cfg.data``."""
+    from vlprompt.api import evaluate, zeroshot
+
+    if prompt is None:
+        return float(zeroshot(cfg, progress=progress)["accuracy"])
+    return float(evaluate(cfg, prompt, allow_new_classes=True, progress=progress)["accuracy"])
+
+
+def _train_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, extra: list[str]) -> tuple[Path | None, float | None]:
+    """Train (or reuse) the run of ``seed``; ``(prompt path, source test accuracy)``; (None, None) for zero-shot."""
+    from vlprompt.engine.trainer import train
+
+    if not get_method(cfg.method.name).trainable:
+        return None, None
+    run_dir = out_dir / f"seed{seed}"
+    run_cfg = _with(cfg, [f"train.seed={seed}", f"train.output_dir={_q(str(run_dir))}", *extra])
+    metrics = train(run_cfg, resume=True)
+    return run_dir / "prompt.safetensors", float(metrics["test"]["accuracy"])
+
+
+def base_to_new(cfg: ExperimentConfig, seeds: Sequence[int], out_dir: str | Path, *,
+                progress: bool = False) -> dict[str, Any]:
+    """Base-to-new generalisation of ``cfg`` over ``seeds``: per-seed and mean/std of base, new, H."""
+    out = Path(out_dir)
+    rows = []
+    trainable = get_method(cfg.method.name).trainable
+    for seed in (seeds if trainable else seeds[:1]):
+        prompt, base = _train_seed(cfg, seed, out, ["data.subsample_classes=base"])
+        if base is None:
+            base = _accuracy(_with(cfg, ["data.subsample_classes=base"]), None, progress)
+        new = _accuracy(_with(cfg, ["data.subsample_classes=new", f"train.seed={seed}"]), prompt, progress)
+        rows.append({"seed": seed, "base": base, "new": new, "H": harmonic_mean(base, new)})
+    return _finish("base2new", cfg, rows, ["base", "new", "H"], out)
+
+
+def transfer(cfg: ExperimentConfig, targets: Sequence[str], seeds: Sequence[int], out_dir: str | Path, *,
+             kind: str = "dg", progress: bool = False) -> dict[str, Any]:
+    """Domain generalisation (``kind="dg"``) or cross-dataset transfer (``"xd"``) from ``cfg.data``."""
+    if not targets:
+        raise ConfigError("this protocol needs target datasets (--targets a,b,c)")
+    out = Path(out_dir)
+    rows = []
+    trainable = get_method(cfg.method.name).trainable
+    source = cfg.data.dataset
+    for seed in (seeds if trainable else seeds[:1]):
+        prompt, source_acc = _train_seed(cfg, seed, out, [])
+        if source_acc is None:
+            source_acc = _accuracy(cfg, None, progress)
+        row: dict[str, Any] = {"seed": seed, source: source_acc}
+        for target in targets:
+            tcfg = _with(cfg, [f"data.dataset={_q(target)}", "data.options={}", f"train.seed={seed}"])
+            row[target] = _accuracy(tcfg, prompt, progress)
+        row["target average"] = statistics.fmean(row[t] for t in targets)
+        rows.append(row)
+    return _finish(kind, cfg, rows, [source, *targets, "target average"], out)
+
+
+def _finish(kind: str, cfg: ExperimentConfig, rows: list[dict[str, Any]], columns: list[str],
+            out: Path) -> dict[str, Any]:
+    summary = {}
+    for col in columns:
+        values = [r[col] for r in rows]
+        summary[col] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+    result = {"protocol": kind, "method": cfg.method.name, "dataset": cfg.data.dataset,
+              "backbone": {"model": cfg.backbone.model, "pretrained": cfg.backbone.pretrained},
+              "seeds": [r["seed"] for r in rows], "columns": columns, "per_seed": rows, "summary": summary}
+    result["table"] = protocol_table(result)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{kind}_results.json", result)
+    atomic_write_text(out / f"{kind}_results.md", result["table"])
+    return result
+
+
+def protocol_table(result: dict[str, Any]) -> str:
+    """One row: mean +- std over seeds of every column (accuracy %, H for base-to-new)."""
+    cols = result["columns"]
+    cells = [f"{result['summary'][c]['mean']:.2f} ± {result['summary'][c]['std']:.2f}" for c in cols]
+    head = ["method", *cols]
+    title = (f"{result['protocol']} - {result['method']} on {result['dataset']}, seeds "
+             f"{', '.join(map(str, result['seeds']))} (test accuracy %, mean ± std)\n\n")
+    return title + markdown_table(head, [[result["method"], *cells]])
