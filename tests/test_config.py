@@ -88,15 +88,22 @@ def test_every_shipped_config_loads():
         load_config(f)
 
 
-def test_shipped_coop_configs_are_in_sync_with_the_generator():
+@pytest.mark.parametrize("script", ["make_coop_configs", "make_cocoop_configs"])
+def test_shipped_configs_are_in_sync_with_their_generator(script):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_coop_configs", REPO / "scripts" / "make_coop_configs.py")
+    spec = importlib.util.spec_from_file_location(script, REPO / "scripts" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for path, text in module.expected_files().items():
-        assert path.read_text() == text, f"{path} is stale: run python scripts/make_coop_configs.py"
+        assert path.read_text() == text, f"{path} is stale: run python scripts/{script}.py"
+
+
+def test_paper_settings():
     cfg = load_config(REPO / "configs/coop/imagenet/vit_b16_16shots.yaml")
     assert cfg.optim.max_epoch == 50 and cfg.backbone.model == "ViT-B-16-quickgelu"
     cfg = load_config(REPO / "configs/coop/dtd/rn50_2shots.yaml")
     assert (cfg.optim.max_epoch, cfg.data.shots, cfg.method.config.n_ctx) == (100, 2, 16)
+    cfg = load_config(REPO / "configs/cocoop/base2new/dtd_cocoop_vit_b16.yaml")
+    assert (cfg.method.name, cfg.method.config.n_ctx, cfg.optim.max_epoch, cfg.data.subsample_classes) == (
+        "cocoop", 4, 10, "base")
