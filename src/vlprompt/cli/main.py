@@ -183,6 +183,22 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from vlprompt.methods.upl.pseudo import format_report, pseudo_label
+
+    cfg = _load_cfg(args)
+    backbones = []
+    for spec in (args.backbones or "").split(","):
+        if spec.strip():
+            model, _, tag = spec.strip().partition(":")
+            backbones.append((model, tag or None))
+    report = pseudo_label(cfg, args.output, backbones=backbones, top_k=args.topk, cache_dir=args.cache_dir,
+                          progress=cfg.train.progress)
+    print(format_report(report))
+    print(f"saved {args.output} (train with --set data.fewshot_file={args.output})")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import open_clip
 
@@ -300,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="comma-separated target datasets (dg, xd)")
     p.add_argument("--output-dir", "-o", help="folder for the per-seed runs and the results")
     p.set_defaults(func=cmd_protocol)
+
+    p = sub.add_parser("pseudo-label", help="UPL: zero-shot pseudo-labels for the unlabeled train split",
+                       epilog=EPILOG,
+                       description="Zero-shot CLIP pseudo-labels (top-K most confident per class) of the training "
+                                   "images, written as a split file that `vlprompt train` accepts.")
+    _add_config_args(p, config_required=True)
+    p.add_argument("--output", "-o", required=True, help="pseudo-label split file (.json) to write")
+    p.add_argument("--topk", type=int, default=16, help="images kept per class (default 16)")
+    p.add_argument("--backbones", help="ensemble, e.g. RN50-quickgelu:openai,ViT-B-16-quickgelu:openai "
+                                       "(default: the config's backbone)")
+    p.add_argument("--cache-dir", help="where per-backbone probabilities are cached (default: next to --output)")
+    p.set_defaults(func=cmd_pseudo_label)
 
     p = sub.add_parser("models", help="list open_clip model names and pretrained tags")
     p.add_argument("--filter", help="only names containing this text")

@@ -223,7 +223,8 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * labels.shape[0]
-        correct += int((logits.argmax(-1) == labels).sum())
+        ensemble = logits.mean(dim=0) if logits.dim() == 3 else logits  # UPL: [N, B, C] per prompt
+        correct += int((ensemble.argmax(-1) == labels).sum())
         seen += labels.shape[0]
     if seen == 0:
         raise VlpromptError("the training split is empty; check data.dataset / data.root / data.shots")
