@@ -252,6 +252,26 @@ class OpenClipBackbone(nn.Module):
         visual_dtype = next(self.model.visual.parameters()).dtype
         return self.model.encode_image(images.to(self.device, visual_dtype))
 
+    @torch.no_grad()
+    def local_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Global and local (per patch / position) image features, comparable with text features.
+
+        ViT (MaskCLIP / GL-MCM / LoCoOp): the tokens entering the last transformer block are captured
+        during the ordinary forward (which gives the global feature); each patch token then goes
+        through that block's *value path* (ln_1, value projection, output projection, the block's
+        residual and MLP; i.e. attention restricted to itself), ``ln_post`` and the projection.
+        ModifiedResNet: the attention pool's value and output projections applied to every position
+        of the final feature map.
+
+        Returns:
+            ``global [B, E]`` (equal to :meth:`encode_image`) and ``local [B, N, E]`` (N patches or
+            H*W positions), both unnormalised.
+        """
+        from vlprompt.backbones.local import capture_and_encode
+
+        visual_dtype = next(self.model.visual.parameters()).dtype
+        return capture_and_encode(self.model, images.to(self.device, visual_dtype))
+
     # ------------------------------------------------------------------ transforms
     def eval_transform(self) -> Any:
         """CLIP's test transform: resize (bicubic) the short side, centre crop, normalise."""

@@ -199,6 +199,25 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ood(args: argparse.Namespace) -> int:
+    from vlprompt.engine.run import RunPaths
+    from vlprompt.eval.ood_eval import ood_evaluate
+
+    prompt = Path(args.prompt) if args.prompt else (RunPaths(Path(args.run)).prompt if args.run else None)
+    if args.run and not args.config:
+        args.config = str(RunPaths(Path(args.run)).config)
+    if not args.config:
+        raise VlpromptError("vlprompt ood needs --config (or --run RUN_FOLDER)")
+    cfg = _load_cfg(args)
+    out = Path(args.output_dir) if args.output_dir else (Path(args.run) / "ood" if args.run else Path("ood_results"))
+    result = ood_evaluate(cfg, prompt, [s for s in args.ood_sets.split(",") if s],
+                          scores=[s for s in args.scores.split(",") if s], temperature=args.temperature,
+                          output_dir=out, progress=cfg.train.progress)
+    _print_table(result["table"])
+    print(f"saved {out / 'ood_results.json'}, ood_results.md and ood_scores.png")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import open_clip
 
@@ -328,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: the config's backbone)")
     p.add_argument("--cache-dir", help="where per-backbone probabilities are cached (default: next to --output)")
     p.set_defaults(func=cmd_pseudo_label)
+
+    p = sub.add_parser("ood", help="OOD detection (MCM / GL-MCM): FPR95, AUROC, AUPR per OOD set", epilog=EPILOG,
+                       description="Score ID test images and OOD sets with a learned prompt (or zero-shot CLIP "
+                                   "without --prompt/--run); ID = positive.")
+    p.add_argument("--run", "-r", help="run folder made by `vlprompt train` (uses its config and prompt)")
+    p.add_argument("--prompt", "-p", help="prompt file; omit for zero-shot CLIP")
+    _add_config_args(p)
+    p.add_argument("--ood-sets", required=True, help="comma-separated OOD dataset names or image folders")
+    p.add_argument("--scores", default="mcm,glmcm", help="comma-separated: mcm, glmcm, maxlogit, energy")
+    p.add_argument("--temperature", type=float, default=1.0, help="T of MCM / GL-MCM (default 1)")
+    p.add_argument("--output-dir", "-o", help="where the JSON, table and histogram go")
+    p.set_defaults(func=cmd_ood)
 
     p = sub.add_parser("models", help="list open_clip model names and pretrained tags")
     p.add_argument("--filter", help="only names containing this text")

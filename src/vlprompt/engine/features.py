@@ -17,42 +17,41 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.data.loading import make_loader
 from vlprompt.data.types import Datum
 
 
 def encode_items(
-    backbone: OpenClipBackbone,
+    encode: Callable[[Tensor], Tensor],
     items: Sequence[Datum],
     loader: Callable[[str], Image.Image],
+    transform: Any,
     *,
-    transform: Any = None,
     batch_size: int = 100,
     num_workers: int = 0,
     progress: bool = False,
     desc: str = "encoding images",
 ) -> tuple[Tensor, Tensor]:
-    """Image features ``[N, E]`` (fp32, on the backbone's device) and labels ``[N]`` of ``items``, in order.
+    """Features ``encode(images)`` (``[N, E]``, or ``[N, 1 + P, E]`` with local features; fp32) and labels ``[N]``.
 
     The caller's RNG state is left untouched (a DataLoader draws a seed from it), so training with
     cached features shuffles exactly as training on images does.
     """
     with torch.random.fork_rng(devices=[]):
-        return _encode(backbone, items, loader, transform, batch_size, num_workers, progress, desc)
+        return _encode(encode, items, loader, transform, batch_size, num_workers, progress, desc)
 
 
 @torch.no_grad()
-def _encode(backbone: OpenClipBackbone, items: Sequence[Datum], loader: Callable[[str], Image.Image], transform: Any,
-            batch_size: int, num_workers: int, progress: bool, desc: str) -> tuple[Tensor, Tensor]:
-    dl = make_loader(items, loader, transform or backbone.eval_transform(), batch_size=batch_size, train=False,
-                     num_workers=num_workers, pin_memory=backbone.device.type == "cuda")
+def _encode(encode: Callable[[Tensor], Tensor], items: Sequence[Datum], loader: Callable[[str], Image.Image],
+            transform: Any, batch_size: int, num_workers: int, progress: bool, desc: str) -> tuple[Tensor, Tensor]:
+    dl = make_loader(items, loader, transform, batch_size=batch_size, train=False, num_workers=num_workers)
     feats, labels = [], []
     for images, y in tqdm(dl, desc=desc, disable=not progress, leave=False):
-        feats.append(backbone.encode_image(images).float())
-        labels.append(y.to(backbone.device))
+        out = encode(images).float()
+        feats.append(out)
+        labels.append(y.to(out.device))
     if not feats:
-        return torch.zeros(0, backbone.embed_dim, device=backbone.device), torch.zeros(0, dtype=torch.long)
+        raise ValueError("no images to encode")
     return torch.cat(feats), torch.cat(labels)
 
 

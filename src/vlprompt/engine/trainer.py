@@ -149,7 +149,8 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
                                    batch_size=cfg.optim.batch_size, train=True, num_workers=cfg.data.num_workers,
                                    pin_memory=device.type == "cuda")
     else:  # frozen encoder, fixed views: encode every training image once (exact)
-        feats, labels = encode_items(backbone, data.train, data.splits.loader, batch_size=cfg.optim.test_batch_size,
+        feats, labels = encode_items(method.encode_images, data.train, data.splits.loader, backbone.eval_transform(),
+                                     batch_size=cfg.optim.test_batch_size,
                                      num_workers=cfg.data.num_workers, progress=cfg.train.progress)
         train_loader = feature_loader(feats, labels, batch_size=cfg.optim.batch_size)
     writer = _tensorboard(paths, cfg, start_epoch)
@@ -210,9 +211,8 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
                                                  disable=not cfg.train.progress)):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.precision):
-            feats = images if images.dim() == 2 else method.encode_images(images)  # cached features are [B, E]
-            logits = method.forward_features(feats)
-            loss = method.loss(logits.float(), labels)
+            feats = method.encode_images(images) if images.dim() == 4 else images  # else: cached features
+            loss, logits = method.training_loss(feats, labels)
         if not math.isfinite(loss.item()):
             raise VlpromptError(
                 f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; training stopped and "
@@ -223,8 +223,7 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * labels.shape[0]
-        ensemble = logits.mean(dim=0) if logits.dim() == 3 else logits  # UPL: [N, B, C] per prompt
-        correct += int((ensemble.argmax(-1) == labels).sum())
+        correct += int((logits.argmax(-1) == labels).sum())
         seen += labels.shape[0]
     if seen == 0:
         raise VlpromptError("the training split is empty; check data.dataset / data.root / data.shots")

@@ -102,3 +102,8 @@ class PromptMethod(nn.Module):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy (CoOp, Eq. 3 of Zhou et al., IJCV 2022)."""
         return F.cross_entropy(logits, labels)
+
+    def training_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, logits [B, n_cls])`` of one training step on (possibly cached) image features."""
+        logits = self.forward_features(features)
+        return self.loss(logits.float(), labels), logits

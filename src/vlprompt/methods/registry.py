@@ -35,6 +35,7 @@ def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], 
 def _ensure_builtin() -> None:
     import vlprompt.methods.cocoop  # noqa: F401
     import vlprompt.methods.coop  # noqa: F401
+    import vlprompt.methods.locoop  # noqa: F401
     import vlprompt.methods.upl  # noqa: F401
     import vlprompt.methods.zeroshot  # noqa: F401
 

@@ -69,6 +69,11 @@ class UPL(PromptMethod):
         per_prompt = self.logits_per_prompt(image_features)
         return per_prompt if self.training else per_prompt.mean(dim=0)
 
+    def training_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Sum of the N prompts' cross-entropies; the ensemble's logits for the accuracy log."""
+        per_prompt = self.logits_per_prompt(features)
+        return self.loss(per_prompt, labels), per_prompt.mean(dim=0)
+
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Sum over prompts of cross-entropy on the pseudo-labels (independent prompts)."""
         if logits.dim() == 2:

@@ -80,7 +80,8 @@ def zero_shot_probs(cfg: ExperimentConfig, splits: DatasetSplits, model: str, pr
     device = resolve_device(cfg.train.device)
     backbone = load_backbone(model, pretrained, device=device, cache_dir=cfg.backbone.cache_dir)
     zs = build_method("zeroshot", backbone, splits.classnames, templates=templates).to(device)
-    feats, _ = encode_items(backbone, items, splits.loader, batch_size=cfg.optim.test_batch_size,
+    feats, _ = encode_items(backbone.encode_image, items, splits.loader, backbone.eval_transform(),
+                            batch_size=cfg.optim.test_batch_size,
                             num_workers=cfg.data.num_workers, progress=progress, desc=f"pseudo-labelling ({model})")
     with torch.no_grad():
         probs = zs.logits(feats, zs.text_features()).softmax(dim=-1).cpu()

@@ -1,0 +1,75 @@
+"""Local (patch) features of open_clip image towers, for LoCoOp and GL-MCM.
+
+See :meth:`vlprompt.backbones.openclip.OpenClipBackbone.local_features` for the definition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlprompt.errors import ModelError
+
+
+def vit_value_path(block: nn.Module, tokens: Tensor) -> Tensor:
+    """A ``ResidualAttentionBlock`` with each token attending only to itself: ``[B, N, W] -> [B, N, W]``.
+
+    ``x + ls_1(out_proj(W_v ln_1(x) + b_v))``, then the block's MLP residual.
+    """
+    attn: nn.MultiheadAttention = block.attn
+    width = tokens.shape[-1]
+    w_v = attn.in_proj_weight[2 * width :]
+    b_v = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
+    v = F.linear(block.ln_1(tokens), w_v, b_v)
+    x = tokens + block.ls_1(attn.out_proj(v))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def resnet_value_path(attnpool: nn.Module, fmap: Tensor) -> Tensor:
+    """Attention-pool value + output projections at every position: ``[B, C, H, W] -> [B, H*W, E]``."""
+    x = fmap.flatten(2).transpose(1, 2)  # [B, HW, C]
+    return attnpool.c_proj(attnpool.v_proj(x))
+
+
+def _is_vit(visual: nn.Module) -> bool:
+    return hasattr(visual, "transformer") and hasattr(visual, "class_embedding")
+
+
+def capture_and_encode(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Run ``model.encode_image`` once, capturing the last block's input (ViT) or the feature map (ResNet)."""
+    visual = model.visual
+    captured: dict[str, Any] = {}
+
+    def grab(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured["x"] = args[0] if args else kwargs.get("q_x", kwargs.get("x"))
+
+    if _is_vit(visual):
+        block = visual.transformer.resblocks[-1]
+        if not (hasattr(block, "attn") and isinstance(block.attn, nn.MultiheadAttention)):
+            raise ModelError("local features need a standard CLIP ViT block (nn.MultiheadAttention)")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise ModelError("local features are not defined for ViTs with an attention pooler (CoCa)")
+        target = block
+    elif hasattr(visual, "attnpool"):
+        target = visual.attnpool
+    else:
+        raise ModelError(f"local features are not supported for the image tower {type(visual).__name__}")
+    handle = target.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        global_features = model.encode_image(images)
+    finally:
+        handle.remove()
+    x = captured["x"]
+    if _is_vit(visual):
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        n_prefix = x.shape[1] - visual.grid_size[0] * visual.grid_size[1]
+        local = visual.ln_post(vit_value_path(target, x[:, n_prefix:]))
+        if visual.proj is not None:
+            local = local @ visual.proj
+    else:
+        local = resnet_value_path(target, x)
+    return global_features, local
+

@@ -1,0 +1,164 @@
+"""``vlprompt ood``: OOD detection with a learned prompt (or zero-shot CLIP) against several OOD sets.
+
+The ID set is the config's dataset (test split); each OOD set is a registered dataset (its test split,
+e.g. ``world_ood_novel``) or a folder of images searched recursively (MCM / LoCoOp's iNaturalist,
+SUN, Places and Textures folders: ``iNaturalist/images``, ``SUN/images``, ``Places/images``,
+``dtd/images``). Writes a JSON, a Markdown table (per set and average FPR95 / AUROC / AUPR for each
+score) and a score-histogram plot (ID vs each OOD set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vlprompt.config import ExperimentConfig
+from vlprompt.data.images import list_images
+from vlprompt.data.pipeline import load_dataset
+from vlprompt.data.types import Datum
+from vlprompt.errors import DataError, VlpromptError
+from vlprompt.eval.metrics import accuracy_report
+from vlprompt.eval.ood import SCORES, ood_metrics, ood_scores
+from vlprompt.eval.report import markdown_table
+from vlprompt.io import atomic_write_json, atomic_write_text
+
+
+def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum], Any]:
+    """``(name, items, loader)`` of an OOD set given as a registered dataset name or a folder."""
+    from vlprompt.data.registry import build_dataset, list_datasets
+
+    path = Path(spec)
+    if path.is_dir():
+        files = list_images(str(path), recursive=True)
+        if not files:
+            raise DataError(f"OOD folder '{spec}' holds no images")
+        from vlprompt.data.images import load_image
+
+        return path.name, [Datum(f, -1, "ood") for f in files], load_image
+    if spec.lower() in list_datasets():
+        splits = build_dataset(spec, cfg.data.root)
+        items = splits.test or splits.val or splits.train
+        return spec, [Datum(d.path, -1, "ood") for d in items], splits.loader
+    raise DataError(f"OOD set '{spec}' is neither a folder nor a known dataset (option --ood-sets)")
+
+
+def _encode(backbone: Any, items: Sequence[Datum], loader: Any, cfg: ExperimentConfig, need_local: bool,
+            progress: bool, desc: str) -> tuple[Tensor, Tensor | None]:
+    from vlprompt.engine.features import encode_items
+
+    def packed(images: Tensor) -> Tensor:  # [B, 1 + P, E]: global first, then the patches
+        g, loc = backbone.local_features(images)
+        return torch.cat([g.unsqueeze(1), loc], dim=1)
+
+    if need_local:
+        feats, _ = encode_items(packed, items, loader, backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
+                                 num_workers=cfg.data.num_workers, progress=progress, desc=desc)
+        return feats[:, 0], feats[:, 1:]
+    feats, _ = encode_items(backbone.encode_image, items, loader, backbone.eval_transform(),
+                            batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
+                            progress=progress, desc=desc)
+    return feats, None
+
+
+def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Sequence[str], *,
+                 scores: Sequence[str] = ("mcm", "glmcm"), temperature: float = 1.0,
+                 output_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """OOD metrics of a prompt (``None``: zero-shot CLIP with ``cfg.data.templates``) per set and score."""
+    from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.data.templates import get_templates
+    from vlprompt.engine.checkpoint import load_prompt
+    from vlprompt.engine.run import resolve_device
+    from vlprompt.methods.registry import build_method
+
+    for s in scores:
+        if s not in SCORES:
+            raise VlpromptError(f"unknown OOD score '{s}' (option --scores); choose from {', '.join(SCORES)}")
+    if not ood_sets:
+        raise VlpromptError("give at least one OOD set (--ood-sets NAME_OR_FOLDER,...)")
+    device = resolve_device(cfg.train.device)
+    b = cfg.backbone
+    backbone = load_backbone(b.model, b.pretrained, device=device, precision=b.precision, cache_dir=b.cache_dir)
+    splits = load_dataset(cfg.data)
+    if prompt is None:
+        templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
+        method = build_method("zeroshot", backbone, splits.classnames, templates=templates).to(device)
+    else:
+        method = load_prompt(prompt, backbone, splits.classnames).to(device)
+    if method.image_conditional:
+        raise VlpromptError(f"OOD scores need fixed class prompts; method '{method.method_name}' is image-conditional")
+    with torch.no_grad():
+        text = method.text_features().float()
+    if text.dim() != 2:  # a prompt ensemble: average its normalised class features
+        text = torch.nn.functional.normalize(text.mean(dim=0), dim=-1)
+    need_local = "glmcm" in scores
+    scale = float(backbone.logit_scale)
+
+    def score_all(g: Tensor, loc: Tensor | None) -> dict[str, Tensor]:
+        return {s: ood_scores(g, text, kind=s, temperature=temperature, logit_scale=scale,
+                              local_features=loc).cpu() for s in scores}
+
+    id_g, id_loc = _encode(backbone, splits.test, splits.loader, cfg, need_local, progress, "ID")
+    acc = accuracy_report((scale * torch.nn.functional.normalize(id_g, dim=-1) @ text.t()).argmax(-1).cpu(),
+                          torch.tensor([d.label for d in splits.test]), splits.classnames)
+    id_scores = score_all(id_g, id_loc)
+    per_set: dict[str, Any] = {}
+    ood_raw: dict[str, dict[str, Tensor]] = {}
+    for spec in ood_sets:
+        name, items, loader = resolve_ood_set(spec, cfg)
+        g, loc = _encode(backbone, items, loader, cfg, need_local, progress, name)
+        ood_raw[name] = score_all(g, loc)
+        per_set[name] = {s: ood_metrics(id_scores[s].numpy(), ood_raw[name][s].numpy()) for s in scores}
+    average = {s: {m: sum(per_set[n][s][m] for n in per_set) / len(per_set) for m in ("fpr95", "auroc", "aupr")}
+               for s in scores}
+    result = {"method": method.method_name, "prompt": str(prompt) if prompt else None, "id_dataset": cfg.data.dataset,
+              "id_accuracy": acc["accuracy"], "scores": list(scores), "temperature": temperature,
+              "per_set": per_set, "average": average, "convention": "ID = positive; higher score = more ID"}
+    result["table"] = ood_table(result)
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "ood_results.json", result)
+        atomic_write_text(out / "ood_results.md", result["table"])
+        plot_histograms(id_scores, ood_raw, out / "ood_scores.png")
+    return result
+
+
+def ood_table(result: dict[str, Any]) -> str:
+    """Rows: OOD sets + average; columns: FPR95 / AUROC / AUPR per score (percent)."""
+    headers = ["OOD set"]
+    for s in result["scores"]:
+        headers += [f"{s} FPR95↓", f"{s} AUROC↑", f"{s} AUPR↑"]
+    rows = []
+    for name, m in [*result["per_set"].items(), ("average", result["average"])]:
+        row = [name]
+        for s in result["scores"]:
+            row += [m[s]["fpr95"], m[s]["auroc"], m[s]["aupr"]]
+        rows.append(row)
+    head = (f"OOD detection: {result['method']} on {result['id_dataset']} (ID accuracy "
+            f"{result['id_accuracy']:.2f}%), ID = positive\n\n")
+    return head + markdown_table(headers, rows)
+
+
+def plot_histograms(id_scores: dict[str, Tensor], ood: dict[str, dict[str, Tensor]], path: Path) -> None:
+    """One row per score, one panel per OOD set: ID vs OOD score histograms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, kinds = list(ood), list(id_scores)
+    fig, axes = plt.subplots(len(kinds), len(names), figsize=(3.6 * len(names), 2.8 * len(kinds)), squeeze=False)
+    for i, kind in enumerate(kinds):
+        for j, name in enumerate(names):
+            ax = axes[i][j]
+            ax.hist(id_scores[kind].numpy(), bins=40, alpha=0.6, density=True, label="ID")
+            ax.hist(ood[name][kind].numpy(), bins=40, alpha=0.6, density=True, label=name)
+            ax.set_title(f"{kind}: ID vs {name}", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

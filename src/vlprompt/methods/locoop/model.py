@@ -1,0 +1,101 @@
+"""LoCoOp: Local regularized Context Optimization (Miyai, Yu, Irie, Aizawa; NeurIPS 2023).
+
+Loss (Eq. 4-6 of the paper, as in the reference ``trainers/locoop.py``)::
+
+    L = CE(logit_scale * cos(f_global(x), t), y) + lambda * L_ood
+    local logits  l_p = logit_scale * cos(f_local(x)_p, t)              # [B, P, n_cls]
+    J = { p : y not in top-K classes of l_p }                          # ID-irrelevant patches
+    L_ood = - mean_{p in J} H(softmax(l_p)),  H(q) = -sum_c q_c log(q_c + 1e-5)
+
+L_ood is 0 (without error) when no patch is selected. Local features: see
+:meth:`~vlprompt.backbones.openclip.OpenClipBackbone.local_features`. Any CoOp prompt (unified or
+class-specific) can be trained with the regulariser: the options are CoOp's plus ``lambda_value``
+and ``top_k``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.errors import ConfigError
+from vlprompt.methods.coop.config import CoOpConfig
+from vlprompt.methods.coop.model import CoOp
+from vlprompt.validate import check_float, check_int
+
+
+@dataclass
+class LoCoOpConfig(CoOpConfig):
+    """CoOp's options plus the OOD regulariser's."""
+
+    lambda_value: float = field(default=0.25, metadata={"help": "weight of the OOD regulariser (LoCoOp's LAMBDA)"})
+    top_k: int | None = field(
+        default=None, metadata={"help": "K of the top-K rule (LoCoOp's TOPK: 200 of 1000); null = 20% of classes"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_float(self.lambda_value, "method.lambda_value", minimum=0.0)
+        if self.top_k is not None:
+            check_int(self.top_k, "method.top_k", minimum=1)
+
+
+def entropy_of_selected(local_logits: Tensor, labels: Tensor, top_k: int) -> Tensor:
+    """Mean entropy of the softmax of ID-irrelevant patches (ground truth not in their top-K).
+
+    Args:
+        local_logits: ``[B, P, C]`` scaled local logits.
+        labels: ``[B]`` ground-truth labels.
+        top_k: K.
+
+    Returns:
+        0-dim tensor; 0 when no patch is selected.
+    """
+    b, p, c = local_logits.shape
+    probs = F.softmax(local_logits.reshape(b * p, c).float(), dim=-1)
+    topk = probs.topk(top_k, dim=1).indices  # [B*P, K]
+    contains = topk.eq(labels.repeat_interleave(p).unsqueeze(1)).any(dim=1)
+    selected = probs[~contains]
+    if selected.shape[0] == 0:
+        return local_logits.new_zeros(())
+    return -(selected * torch.log(selected + 1e-5)).sum(dim=1).mean()
+
+
+class LoCoOp(CoOp):
+    """CoOp + LoCoOp's OOD regulariser on local features; inference is CoOp's (global features)."""
+
+    method_name = "locoop"
+
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: LoCoOpConfig) -> None:
+        super().__init__(backbone, classnames, config)
+        k = config.top_k if config.top_k is not None else max(1, round(0.2 * len(classnames)))
+        if k > len(classnames):
+            raise ConfigError(f"option method.top_k ({k}) is larger than the number of classes ({len(classnames)})")
+        self.top_k = k
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Global and local features packed as ``[B, 1 + P, E]`` (global first)."""
+        g, loc = self.backbone.local_features(images)
+        return torch.cat([g.unsqueeze(1), loc], dim=1)
+
+    @staticmethod
+    def _global(features: Tensor) -> Tensor:
+        return features[:, 0] if features.dim() == 3 else features
+
+    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        return super().logits(self._global(image_features), text_features)
+
+    def training_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``CE(global) + lambda * (-entropy of ID-irrelevant patches)``; logits are the global ones."""
+        text = self.text_features()
+        logits = super().logits(self._global(features), text)
+        loss = F.cross_entropy(logits, labels)
+        if features.dim() == 3 and self.config.lambda_value > 0:
+            local = F.normalize(features[:, 1:].float(), dim=-1)
+            local_logits = self.backbone.logit_scale.to(local.device) * local @ text.t()  # [B, P, C]
+            loss = loss - self.config.lambda_value * entropy_of_selected(local_logits, labels, self.top_k)
+        return loss, logits
