@@ -88,7 +88,7 @@ def test_every_shipped_config_loads():
         load_config(f)
 
 
-@pytest.mark.parametrize("script", ["make_coop_configs", "make_cocoop_configs"])
+@pytest.mark.parametrize("script", ["make_coop_configs", "make_cocoop_configs", "make_upl_locoop_configs"])
 def test_shipped_configs_are_in_sync_with_their_generator(script):
     import importlib.util
 
