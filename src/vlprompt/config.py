@@ -59,6 +59,9 @@ class DataConfig:
     subsample_classes: str = field(
         default="all", metadata={"help": "base-to-new: all, base (first half of the classes) or new"}
     )
+    on_bad_image: str = field(
+        default="stop", metadata={"help": "stop at the first unreadable image, or skip (check all, report, drop)"}
+    )
     augment: bool = field(default=True, metadata={"help": "CoOp training augmentation (crop + flip)"})
     cache_features: bool = field(
         default=True, metadata={"help": "without augmentation, encode each training image once (exact)"}
@@ -73,6 +76,7 @@ class DataConfig:
             check_int(self.shots, "data.shots", minimum=1)
         check_int(self.num_workers, "data.num_workers", minimum=0)
         check_choice(self.subsample_classes, "data.subsample_classes", ("all", "base", "new"))
+        check_choice(self.on_bad_image, "data.on_bad_image", ("stop", "skip"))
 
 
 @dataclass

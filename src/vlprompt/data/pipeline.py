@@ -8,6 +8,7 @@ saves to the run folder.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,16 +27,41 @@ class PreparedData:
     splits: DatasetSplits
     train: list[Datum]
     val: list[Datum]
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
-def load_dataset(cfg: DataConfig) -> DatasetSplits:
-    """Build the dataset named by ``cfg`` (all splits, no few-shot sampling)."""
-    return subsample_classes(build_dataset(cfg.dataset, cfg.root, **cfg.options), cfg.subsample_classes)
+def load_dataset(cfg: DataConfig, *, report: list[dict[str, str]] | None = None) -> DatasetSplits:
+    """Build the dataset named by ``cfg`` (all splits, no few-shot sampling).
+
+    With ``data.on_bad_image: skip`` every image is decoded once up front; unreadable ones are
+    dropped and appended to ``report`` (``{"path", "split", "error"}``) instead of stopping the run.
+    """
+    splits = subsample_classes(build_dataset(cfg.dataset, cfg.root, **cfg.options), cfg.subsample_classes)
+    if cfg.on_bad_image == "skip":
+        splits = drop_unreadable(splits, report if report is not None else [])
+    return splits
+
+
+def drop_unreadable(splits: DatasetSplits, report: list[dict[str, str]]) -> DatasetSplits:
+    """Copy of ``splits`` without the images ``splits.loader`` cannot read; each one is added to ``report``."""
+    kept = {}
+    for split in ("train", "val", "test"):
+        good = []
+        for d in getattr(splits, split):
+            try:
+                splits.loader(d.path)
+            except DataError as exc:
+                report.append({"path": d.path, "split": split, "error": str(exc)})
+                continue
+            good.append(d)
+        kept[split] = good
+    return dataclasses.replace(splits, **kept)
 
 
 def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None) -> PreparedData:
     """Dataset + few-shot selection for a training run (see module doc)."""
-    splits = load_dataset(cfg)
+    bad: list[dict[str, str]] = []
+    splits = load_dataset(cfg, report=bad)
     source = None
     if fewshot_path is not None and fewshot_path.exists():
         source = fewshot_path
@@ -54,4 +80,4 @@ def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None
     if fewshot_path is not None and source != fewshot_path:
         save_fewshot_json(fewshot_path, (train, val), dataset=cfg.dataset, shots=cfg.shots, seed=seed,
                           classnames=splits.classnames)
-    return PreparedData(splits, train, val)
+    return PreparedData(splits, train, val, bad)

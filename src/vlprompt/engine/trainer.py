@@ -124,6 +124,10 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
         backbone = load_backbone(cfg.backbone.model, cfg.backbone.pretrained, device=device,
                                  precision=cfg.backbone.precision, cache_dir=cfg.backbone.cache_dir)
     data = prepare_data(cfg.data, seed=cfg.train.seed, fewshot_path=paths.fewshot)
+    if data.skipped:
+        atomic_write_json(paths.root / "skipped_images.json", data.skipped)
+        log.warning(f"skipped {len(data.skipped)} unreadable images (data.on_bad_image=skip); "
+                    f"listed in {paths.root / 'skipped_images.json'}")
     log.info(f"dataset {data.splits.name}: {data.splits.num_classes} classes, {len(data.train)} train / "
              f"{len(data.val)} val / {len(data.splits.test)} test images "
              f"(shots {cfg.data.shots}, seed {cfg.train.seed})")
@@ -191,6 +195,7 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
         "backbone": backbone.info.as_dict(),
         "epochs": max_epoch,
         "train_time_s": round(time.time() - t0, 2),
+        "skipped_images": len(data.skipped),
         "test": test,
         "val": val_report,
         "history": history,
