@@ -240,6 +240,21 @@ class OpenClipBackbone(nn.Module):
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x
 
+    def encode_text_shared_prefix(self, prefix: Tensor, suffix: Tensor, eot_in_suffix: Tensor) -> Tensor:
+        """Prompts ``cat(prefix[g], suffix[c])`` for every group g and class c: ``[G, n, E]``.
+
+        Exact shared-prefix encoding (:mod:`vlprompt.backbones.shared_prefix`) when the tower allows
+        it, else the plain path on the concatenated sequences.
+        """
+        from vlprompt.backbones.shared_prefix import encode_shared_prefix, supports_shared_prefix
+
+        if supports_shared_prefix(self._text.transformer):
+            return encode_shared_prefix(self._text, prefix, suffix, eot_in_suffix)
+        g, n = prefix.shape[0], suffix.shape[0]
+        full = torch.cat([prefix.unsqueeze(1).expand(-1, n, -1, -1), suffix.unsqueeze(0).expand(g, -1, -1, -1)], 2)
+        eot = (eot_in_suffix + prefix.shape[1]).repeat(g)
+        return self.encode_text_embeddings(full.flatten(0, 1), eot).view(g, n, -1)
+
     def encode_text(self, ids: Tensor) -> Tensor:
         """Text features of token ids ``[P, L] -> [P, E]`` through :meth:`encode_text_embeddings`."""
         ids = ids.to(self.device)

@@ -8,7 +8,8 @@ paper): ``v_m(x) = v_m + pi(x)``, so the prompt of class c for image x is
 
 The reference implementation loops over the images of a batch, one text pass (all classes) per
 image. Here the B x n_cls prompts of a batch go through the text tower together, in chunks of at
-most ``max_prompts_per_pass`` prompts (whole images per chunk), which is the same computation.
+most ``max_prompts_per_pass`` prompts (whole images per chunk), which is the same computation; each
+image's SOS + context is encoded once and shared by its classes (exact shared-prefix encoding).
 As in the reference, the Meta-Net reads the L2-normalised image feature.
 """
 
@@ -55,26 +56,15 @@ class CoCoOp(PromptMethod):
         bias = self.meta_net(x)  # [B, D]
         return self.prompt_learner.ctx.unsqueeze(0) + bias.unsqueeze(1)  # [B, M, D]
 
-    def prompts_for(self, ctx: Tensor) -> Tensor:
-        """Prompt embeddings of every class for each image's context: ``[b, M, D] -> [b * n_cls, L, D]``."""
-        pl = self.prompt_learner
-        b, n_cls = ctx.shape[0], pl.token_prefix.shape[0]
-        prefix = pl.token_prefix.to(ctx.dtype).unsqueeze(0).expand(b, -1, -1, -1)  # [b, C, 1, D]
-        suffix = pl.token_suffix.to(ctx.dtype).unsqueeze(0).expand(b, -1, -1, -1)  # [b, C, L-1-M, D]
-        ctx = ctx.unsqueeze(1).expand(-1, n_cls, -1, -1)  # [b, C, M, D]
-        return torch.cat([prefix, ctx, suffix], dim=2).flatten(0, 1)
-
     def text_features_for(self, image_features: Tensor) -> Tensor:
         """Normalised text features of each image's prompts: ``[B, E] -> [B, n_cls, E]`` (chunked)."""
         ctx = self.conditional_ctx(image_features)
         n_cls = self.n_cls
         per_pass = max(1, self.config.max_prompts_per_pass // n_cls)
-        eot = self.prompt_learner.eot_index
         out = []
         for start in range(0, ctx.shape[0], per_pass):
-            part = ctx[start : start + per_pass]
-            feats = self.backbone.encode_text_embeddings(self.prompts_for(part), eot.repeat(part.shape[0]))
-            out.append(F.normalize(feats.float(), dim=-1).view(part.shape[0], n_cls, -1))
+            part = ctx[start : start + per_pass]  # each image's context is shared by all its classes
+            out.append(F.normalize(self.prompt_learner.encode_grouped(self.backbone, part).float(), dim=-1))
         return torch.cat(out)
 
     def forward_features(self, image_features: Tensor) -> Tensor:

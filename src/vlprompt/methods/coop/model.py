@@ -38,7 +38,14 @@ class CoOp(PromptMethod):
         return self.prompt_learner.ctx
 
     def text_features(self) -> Tensor:
-        """``[n_cls, E]`` normalised features of the learned prompts (differentiable w.r.t. ctx)."""
-        prompts = self.prompt_learner()  # [n_cls, L, D]
-        feats = self.backbone.encode_text_embeddings(prompts, self.prompt_learner.eot_index)
+        """``[n_cls, E]`` normalised features of the learned prompts (differentiable w.r.t. ctx).
+
+        Unified context at the end: exact shared-prefix encoding; otherwise (CSC, middle / front) the
+        full prompts, cut after the last EOT.
+        """
+        pl = self.prompt_learner
+        if pl.shares_prefix:
+            feats = pl.encode_grouped(self.backbone, pl.ctx.unsqueeze(0))[0]
+        else:
+            feats = self.backbone.encode_text_embeddings(pl(), pl.eot_index)
         return F.normalize(feats.float(), dim=-1)

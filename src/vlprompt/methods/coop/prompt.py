@@ -98,6 +98,22 @@ class PromptLearner(nn.Module):
             rows.append(row)
         return torch.tensor(rows, dtype=torch.long)
 
+    @property
+    def shares_prefix(self) -> bool:
+        """True when all classes' prompts start with the same SOS + context (unified, class token at the end)."""
+        return self.ctx.dim() == 2 and self.class_token_position == "end"
+
+    def encode_grouped(self, backbone: OpenClipBackbone, ctx: Tensor) -> Tensor:
+        """Text features of every class for G unified contexts ``ctx [G, M, D]`` -> ``[G, n_cls, E]``.
+
+        Uses the exact shared-prefix encoding: SOS + context run once per group, each class runs only
+        its name + "." + EOT tokens.
+        """
+        sos = self.token_prefix[:1].to(ctx.dtype).expand(ctx.shape[0], -1, -1)  # [G, 1, D]
+        prefix = torch.cat([sos, ctx], dim=1)  # [G, 1 + M, D]
+        return backbone.encode_text_shared_prefix(prefix, self.token_suffix.to(ctx.dtype),
+                                                  self.eot_index - (1 + self.n_ctx))
+
     def forward(self, ctx: Tensor | None = None) -> Tensor:
         """Prompt embeddings ``[n_cls, L, D]`` (``ctx`` overrides the learned context, e.g. v + pi(x))."""
         ctx = self.ctx if ctx is None else ctx

@@ -42,11 +42,8 @@ class UPL(PromptMethod):
 
     def text_features_all(self) -> Tensor:
         """Normalised text features of every prompt of the ensemble: ``[N, n_cls, E]`` (one text pass)."""
-        pl = self.prompt_learner
-        n, n_cls = self.ctx.shape[0], self.n_cls
-        prompts = torch.cat([pl(self.ctx[i]) for i in range(n)])  # [N * n_cls, L, D]
-        feats = self.backbone.encode_text_embeddings(prompts, pl.eot_index.repeat(n))
-        return F.normalize(feats.float(), dim=-1).view(n, n_cls, -1)
+        feats = self.prompt_learner.encode_grouped(self.backbone, self.ctx)  # shared prefix per prompt
+        return F.normalize(feats.float(), dim=-1)
 
     def logits_per_prompt(self, image_features: Tensor, text_all: Tensor | None = None) -> Tensor:
         """``[N, B, n_cls]`` scaled cosine logits of each prompt."""
