@@ -218,6 +218,31 @@ def cmd_ood(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from vlprompt.sweep import load_sweep, run_sweep
+
+    sw = load_sweep(args.sweep)
+    if args.output_dir:
+        sw.output_dir = Path(args.output_dir)
+    sw.overrides += list(args.overrides)
+    summary = run_sweep(sw, progress=not args.no_progress)
+    print(f"sweep {sw.name}: {summary['done']} runs done, {summary['skipped']} already finished, "
+          f"{len(summary['failed'])} failed - results in {sw.output_dir} (vlprompt report {sw.output_dir})")
+    for f in summary["failed"]:
+        print(f"  failed: {f['run']}: {f['error']}")
+    return 1 if summary["failed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from vlprompt.eval.sweep_report import make_report
+
+    result = make_report(args.runs, args.output)
+    _print_table(result["markdown"])
+    print(f"saved report.md, report.csv, report.json{' and plots' if result['plots'] else ''} in "
+          f"{args.output or args.runs}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import open_clip
 
@@ -359,6 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="T of MCM / GL-MCM (default 1)")
     p.add_argument("--output-dir", "-o", help="where the JSON, table and histogram go")
     p.set_defaults(func=cmd_ood)
+
+    p = sub.add_parser("sweep", help="run methods x datasets x shots x seeds x backbones (resumable)",
+                       description="Run every combination of a sweep file; finished runs are skipped, failures "
+                                   "reported at the end. See vlprompt.sweep for the file format.")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--output-dir", "-o", help="override the sweep's output_dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every run (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="tables and plots from a folder of runs",
+                       description="Mean ± std tables (Markdown, CSV, JSON) and accuracy-vs-shots plots.")
+    p.add_argument("runs", help="folder with run folders (e.g. a sweep's output_dir)")
+    p.add_argument("--output", help="where report.* go (default: the runs folder)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("models", help="list open_clip model names and pretrained tags")
     p.add_argument("--filter", help="only names containing this text")

@@ -1,0 +1,158 @@
+"""``vlprompt sweep``: every combination of methods x datasets x shots x seeds x backbones, resumable.
+
+A sweep file (YAML)::
+
+    name: coop_fewshot
+    protocol: fewshot              # fewshot | base2new | dg | xd
+    config: configs/coop/{dataset}/rn50_{shots}shots.yaml   # optional template; {dataset} {shots} filled
+    methods: [coop]                # method.name of each run (optional: the config's)
+    datasets: [dtd, eurosat]
+    shots: [1, 2, 4, 8, 16]
+    seeds: [1, 2, 3]
+    backbones: [{model: RN50-quickgelu, pretrained: openai}]   # optional: the config's
+    targets: [imagenetv2, imagenet_sketch]                      # dg / xd only
+    set: [data.root=./data]        # overrides applied to every run
+    output_dir: runs/sweeps/coop_fewshot
+
+Each run is an ordinary run folder ``OUT/<method>/<backbone>/<dataset>/<shots>shots/seed<seed>``
+(protocols: one folder per (method, backbone, dataset, shots) holding the seed runs). Finished runs are
+skipped, so a killed sweep resumes where it stopped; a failing run is reported at the end without
+stopping the others. ``vlprompt report OUT`` turns the folder into tables and plots.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vlprompt.config import apply_overrides, config_from_dict, read_yaml
+from vlprompt.errors import ConfigError, VlpromptError, user_message
+from vlprompt.io import atomic_write_json
+
+PROTOCOLS = ("fewshot", "base2new", "dg", "xd")
+_KEYS = {"name", "protocol", "config", "methods", "datasets", "shots", "seeds", "backbones", "targets", "set",
+         "output_dir"}
+
+
+@dataclass
+class Sweep:
+    name: str
+    protocol: str
+    output_dir: Path
+    datasets: list[str]
+    shots: list[int]
+    seeds: list[int]
+    methods: list[str | None] = field(default_factory=lambda: [None])
+    backbones: list[dict[str, Any] | None] = field(default_factory=lambda: [None])
+    config: str | None = None
+    targets: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+
+
+def _list(raw: dict[str, Any], key: str, default: list[Any]) -> list[Any]:
+    value = raw.get(key, default)
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"sweep option '{key}' must be a non-empty list, got {value!r}")
+    return value
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep file '{path}' must be a mapping")
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise ConfigError(f"unknown sweep option(s) {unknown} in '{path}'; valid: {', '.join(sorted(_KEYS))}")
+    protocol = raw.get("protocol", "fewshot")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"sweep protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    name = str(raw.get("name") or Path(path).stem)
+    return Sweep(
+        name=name, protocol=protocol,
+        output_dir=Path(raw.get("output_dir") or f"runs/sweeps/{name}"),
+        datasets=[str(d) for d in _list(raw, "datasets", [])],
+        shots=[int(s) for s in _list(raw, "shots", [16])],
+        seeds=[int(s) for s in _list(raw, "seeds", [1, 2, 3])],
+        methods=_list(raw, "methods", [None]),
+        backbones=_list(raw, "backbones", [None]),
+        config=raw.get("config"),
+        targets=[str(t) for t in raw.get("targets", [])],
+        overrides=[str(s) for s in raw.get("set", [])],
+    )
+
+
+def _backbone_name(bb: dict[str, Any] | None) -> str:
+    if not bb:
+        return "default"
+    return f"{bb.get('model')}_{bb.get('pretrained')}".replace("/", "-")
+
+
+def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, dataset: str, shots: int,
+                 seed: int, output_dir: Path) -> Any:
+    """The experiment config of one combination (template config + sweep overrides)."""
+    raw: dict[str, Any] = {}
+    if sw.config:
+        template = sw.config.format(dataset=dataset, shots=shots)
+        loaded = read_yaml(template)
+        raw = loaded if isinstance(loaded, dict) else {}
+    overrides = list(sw.overrides)
+    if method:
+        raw["method"] = {"name": method} if (raw.get("method") or {}).get("name") != method else raw["method"]
+    if bb:
+        overrides += [f"backbone.model={bb['model']}", f"backbone.pretrained={bb.get('pretrained')}"]
+    overrides += [f"data.dataset={dataset}", f"data.shots={shots}", f"train.seed={seed}",
+                  f"train.output_dir={output_dir}", "train.progress=false"]
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def run_sweep(sw: Sweep, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """Run (or resume) every combination; returns ``{"done", "skipped", "failed": [...]}``."""
+    from vlprompt.engine.trainer import train
+    from vlprompt.eval.protocols import base_to_new, transfer
+
+    combos = list(itertools.product(sw.methods, sw.backbones, sw.datasets, sw.shots))
+    seeds_inside = sw.protocol != "fewshot"
+    jobs = [(c, s) for c in combos for s in ([None] if seeds_inside else sw.seeds)]
+    summary: dict[str, Any] = {"sweep": sw.name, "protocol": sw.protocol, "done": 0, "skipped": 0, "failed": []}
+    bar = tqdm(jobs, desc=f"sweep {sw.name}", disable=not progress, unit="run")
+    for (method, bb, dataset, shots), seed in bar:
+        folder = sw.output_dir / str(method or "config") / _backbone_name(bb) / dataset / f"{shots}shots"
+        label = f"{method or 'config'} {dataset} {shots}-shot" + (f" seed {seed}" if seed is not None else "")
+        bar.set_postfix_str(label)
+        try:
+            if seed is not None:
+                run_dir = folder / f"seed{seed}"
+                if (run_dir / "metrics.json").exists():
+                    summary["skipped"] += 1
+                    continue
+                cfg = build_config(sw, method, bb, dataset, shots, seed, run_dir)
+                if cfg.method.name == "zeroshot":  # nothing to train: record zero-shot accuracy as the run
+                    from vlprompt.api import zeroshot
+
+                    rep = zeroshot(cfg, progress=False)
+                    atomic_write_json(run_dir / "metrics.json", {
+                        "method": "zeroshot", "dataset": dataset, "shots": shots, "seed": seed,
+                        "backbone": rep["backbone"], "test": {k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}})
+                else:
+                    train(cfg, resume=True)
+            else:
+                cfg = build_config(sw, method, bb, dataset, shots, sw.seeds[0], folder / "unused")
+                if sw.protocol == "base2new":
+                    base_to_new(cfg, sw.seeds, folder)
+                else:
+                    transfer(cfg, sw.targets, sw.seeds, folder, kind=sw.protocol)
+            summary["done"] += 1
+        except (VlpromptError, RuntimeError, ValueError, OSError) as exc:
+            msg = user_message(exc)
+            summary["failed"].append({"run": label, "folder": str(folder), "error": msg,
+                                      "traceback": traceback.format_exc(limit=3)})
+            log(f"FAILED {label}: {msg}")
+    summary["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_json(sw.output_dir / "sweep_summary.json", summary)
+    return summary

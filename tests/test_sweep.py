@@ -1,0 +1,69 @@
+"""`vlprompt sweep` + `vlprompt report` end to end on the world (tiny settings), with stop-and-resume."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from vlprompt.cli.main import main
+
+
+def _sweep(tmp_path, **extra):
+    base = {
+        "method": {"name": "coop", "n_ctx": 2},
+        "backbone": {"model": "vlprompt-test-rn", "pretrained": None},
+        "data": {"dataset": "world_patterns", "augment": False, "num_workers": 0,
+                 "options": {"n_train": 2, "n_val": 1, "n_test": 2}},
+        "optim": {"max_epoch": 1, "batch_size": 8},
+        "train": {"device": "cpu", "tensorboard": False},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep = {"name": "tiny", "protocol": "fewshot", "config": str(tmp_path / "base.yaml"),
+             "methods": ["zeroshot", "coop"], "datasets": ["world_patterns"], "shots": [1, 2], "seeds": [1, 2],
+             "output_dir": str(tmp_path / "out"), **extra}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
+    path = _sweep(tmp_path)
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    runs = sorted((tmp_path / "out").rglob("metrics.json"))
+    assert len(runs) == 2 * 2 * 2  # methods x shots x seeds
+    mtimes = {p: p.stat().st_mtime_ns for p in runs}
+    victim = tmp_path / "out" / "coop" / "default" / "world_patterns" / "2shots" / "seed2" / "metrics.json"
+    victim.unlink()  # as if the sweep had been killed during this run
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "out" / "sweep_summary.json").read_text())
+    assert summary["done"] == 1 and summary["skipped"] == 7
+    for p, t in mtimes.items():
+        if p != victim:
+            assert p.stat().st_mtime_ns == t  # finished runs were not redone
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "### coop" in out and "± " in out and "### zeroshot" in out
+    for name in ("report.md", "report.csv", "report.json", "report_fewshot.png", "report_fewshot.svg"):
+        assert (tmp_path / "out" / name).is_file()
+    js = json.loads((tmp_path / "out" / "report.json").read_text())
+    cell = js["fewshot"]["coop|vlprompt-test-rn"]["world_patterns"]["2"]
+    accs = [json.loads(p.read_text())["test"]["accuracy"] for p in
+            (tmp_path / "out" / "coop" / "default" / "world_patterns" / "2shots").rglob("metrics.json")]
+    assert cell["seeds"] == 2 and abs(cell["mean"] - sum(accs) / 2) < 1e-9
+
+
+def test_a_failing_run_is_reported_without_stopping_the_others(tmp_path, capsys):
+    path = _sweep(tmp_path, datasets=["world_patterns", "no_such_dataset"], methods=["coop"], shots=[1], seeds=[1])
+    assert main(["sweep", str(path), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "1 runs done" in out and "failed: coop no_such_dataset" in out
+    assert (tmp_path / "out" / "coop" / "default" / "world_patterns" / "1shots" / "seed1" / "metrics.json").exists()
+
+
+def test_sweep_protocol_base2new(tmp_path):
+    path = _sweep(tmp_path, protocol="base2new", methods=["coop"], shots=[1], seeds=[1, 2])
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    assert main(["report", str(tmp_path / "out")]) == 0
+    assert "### base2new" in (tmp_path / "out" / "report.md").read_text()
