@@ -243,6 +243,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_coop(args: argparse.Namespace) -> int:
+    from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.data.pipeline import load_dataset
+    from vlprompt.engine.checkpoint import save_prompt
+    from vlprompt.engine.import_coop import import_dassl_prompt
+
+    cfg = _load_cfg(args)
+    backbone = load_backbone(cfg.backbone.model, cfg.backbone.pretrained, cache_dir=cfg.backbone.cache_dir)
+    classnames = load_dataset(cfg.data).classnames
+    method = import_dassl_prompt(args.checkpoint, backbone, classnames,
+                                 class_token_position=args.class_token_position)
+    save_prompt(args.output, method, extra={"imported_from": str(args.checkpoint), "dataset": cfg.data.dataset})
+    print(f"imported {method.method_name} prompt ({method.ctx.shape[-2]} context tokens) -> {args.output}; "
+          f"evaluate with: vlprompt eval -c {args.config} --prompt {args.output}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import open_clip
 
@@ -400,6 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", help="folder with run folders (e.g. a sweep's output_dir)")
     p.add_argument("--output", help="where report.* go (default: the runs folder)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("import-coop", help="import a prompt trained with the published CoOp / CoCoOp code",
+                       description="Reads prompt_learner/model.pth.tar-N (weights_only, nothing executed) and "
+                                   "writes a vlprompt prompt file for the config's backbone and dataset classes.")
+    p.add_argument("checkpoint", help="Dassl checkpoint, e.g. output/.../prompt_learner/model.pth.tar-50")
+    _add_config_args(p, config_required=True)
+    p.add_argument("--output", "-o", required=True, help="prompt file to write (.safetensors)")
+    p.add_argument("--class-token-position", default="end", choices=["end", "middle", "front"],
+                   help="CoOp's CLASS_TOKEN_POSITION used in training (not stored in the checkpoint)")
+    p.set_defaults(func=cmd_import_coop)
 
     p = sub.add_parser("models", help="list open_clip model names and pretrained tags")
     p.add_argument("--filter", help="only names containing this text")
