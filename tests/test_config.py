@@ -82,10 +82,15 @@ def test_output_dir_placeholders(tmp_path):
 
 
 def test_every_shipped_config_loads():
-    files = sorted((REPO / "configs").rglob("*.yaml"))
+    files = sorted(f for f in (REPO / "configs").rglob("*.yaml") if "sweeps" not in f.parts)
     assert len(files) >= 110
     for f in files:
         load_config(f)
+    from vlprompt.sweep import load_sweep
+
+    for f in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
+        sw = load_sweep(f)
+        assert sw.datasets and sw.seeds
 
 
 @pytest.mark.parametrize("script", ["make_coop_configs", "make_cocoop_configs", "make_upl_locoop_configs"])
