@@ -10,14 +10,13 @@ import torch
 from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.data.images import list_images, load_image
-from vlprompt.data.loading import make_loader
 from vlprompt.data.pipeline import load_dataset
 from vlprompt.data.templates import get_templates
 from vlprompt.data.types import DatasetSplits
 from vlprompt.engine.checkpoint import load_prompt
 from vlprompt.engine.run import resolve_device
 from vlprompt.errors import DataError, VlpromptError
-from vlprompt.eval.evaluate import evaluate as evaluate_loader
+from vlprompt.eval.evaluate import evaluate_items
 from vlprompt.eval.report import accuracy_table
 from vlprompt.io import atomic_write_json, atomic_write_text
 from vlprompt.methods.base import PromptMethod
@@ -40,9 +39,8 @@ def _split(splits: DatasetSplits, split: str) -> list:
 
 def _run_eval(method: PromptMethod, splits: DatasetSplits, split: str, cfg: ExperimentConfig,
               device: torch.device, progress: bool) -> dict[str, Any]:
-    loader = make_loader(_split(splits, split), splits.loader, method.backbone.eval_transform(),
-                         batch_size=cfg.optim.test_batch_size, train=False, num_workers=cfg.data.num_workers)
-    return evaluate_loader(method, loader, device, progress=progress, desc=split)
+    return evaluate_items(method, _split(splits, split), splits.loader, batch_size=cfg.optim.test_batch_size,
+                          num_workers=cfg.data.num_workers, progress=progress, desc=split)
 
 
 def _save(report: dict[str, Any], output: Path | None, title: str) -> str:

@@ -20,6 +20,20 @@ from tqdm.auto import tqdm
 from vlprompt.data.loading import make_loader
 from vlprompt.data.types import Datum
 
+#: Upper bound on cached images per backbone (ImageNet's 1.3M train images would not all be kept).
+MAX_CACHED = 400_000
+
+
+def _cache_of(owner: Any) -> dict[tuple[str, str], Tensor] | None:
+    """The feature cache living on ``owner`` (a backbone): it dies with the backbone, never goes stale."""
+    if owner is None:
+        return None
+    cache = getattr(owner, "_vlprompt_feature_cache", None)
+    if cache is None:
+        cache = {}
+        owner._vlprompt_feature_cache = cache
+    return cache
+
 
 def encode_items(
     encode: Callable[[Tensor], Tensor],
@@ -31,28 +45,49 @@ def encode_items(
     num_workers: int = 0,
     progress: bool = False,
     desc: str = "encoding images",
+    cache_owner: Any = None,
+    cache_kind: str = "global",
 ) -> tuple[Tensor, Tensor]:
     """Features ``encode(images)`` (``[N, E]``, or ``[N, 1 + P, E]`` with local features; fp32) and labels ``[N]``.
+
+    With ``cache_owner`` (the frozen backbone) each image is encoded once per process: features are
+    kept on the backbone, keyed by ``cache_kind`` (what ``encode`` returns), the transform and the
+    image path, and later calls (other seeds, shot counts, methods, evaluations) reuse them. Only
+    deterministic (evaluation) transforms may be cached.
 
     The caller's RNG state is left untouched (a DataLoader draws a seed from it), so training with
     cached features shuffles exactly as training on images does.
     """
-    with torch.random.fork_rng(devices=[]):
-        return _encode(encode, items, loader, transform, batch_size, num_workers, progress, desc)
+    if not items:
+        raise ValueError("no images to encode")
+    labels = torch.tensor([d.label for d in items], dtype=torch.long)
+    cache = _cache_of(cache_owner)
+    kind = f"{cache_kind}|{transform!r}"
+    missing = [d for d in items if cache is None or (kind, d.path) not in cache]
+    fresh = None
+    if missing:
+        with torch.random.fork_rng(devices=[]):
+            fresh = _encode(encode, missing, loader, transform, batch_size, num_workers, progress, desc)
+    if cache is None:
+        assert fresh is not None
+        return fresh, labels.to(fresh.device)
+    if fresh is not None:
+        if len(cache) + len(missing) > MAX_CACHED:  # too big to keep: answer without caching
+            by_path = dict(zip((d.path for d in missing), fresh))
+            feats = torch.stack([by_path[d.path] if d.path in by_path else cache[(kind, d.path)] for d in items])
+            return feats, labels.to(feats.device)
+        for d, f in zip(missing, fresh):
+            cache[(kind, d.path)] = f
+    feats = torch.stack([cache[(kind, d.path)] for d in items])
+    return feats, labels.to(feats.device)
 
 
 @torch.no_grad()
 def _encode(encode: Callable[[Tensor], Tensor], items: Sequence[Datum], loader: Callable[[str], Image.Image],
-            transform: Any, batch_size: int, num_workers: int, progress: bool, desc: str) -> tuple[Tensor, Tensor]:
+            transform: Any, batch_size: int, num_workers: int, progress: bool, desc: str) -> Tensor:
     dl = make_loader(items, loader, transform, batch_size=batch_size, train=False, num_workers=num_workers)
-    feats, labels = [], []
-    for images, y in tqdm(dl, desc=desc, disable=not progress, leave=False):
-        out = encode(images).float()
-        feats.append(out)
-        labels.append(y.to(out.device))
-    if not feats:
-        raise ValueError("no images to encode")
-    return torch.cat(feats), torch.cat(labels)
+    feats = [encode(images).float() for images, _ in tqdm(dl, desc=desc, disable=not progress, leave=False)]
+    return torch.cat(feats)
 
 
 def feature_loader(features: Tensor, labels: Tensor, *, batch_size: int) -> DataLoader:

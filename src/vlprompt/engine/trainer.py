@@ -40,7 +40,7 @@ from vlprompt.engine.features import encode_items, feature_loader
 from vlprompt.engine.optim import build_optimizer, default_max_epoch, lr_at_epoch, set_lr
 from vlprompt.engine.run import RunLock, RunPaths, close_logger, make_logger, resolve_device, seed_everything
 from vlprompt.errors import ConfigError, VlpromptError
-from vlprompt.eval.evaluate import evaluate
+from vlprompt.eval.evaluate import evaluate_items
 from vlprompt.eval.report import accuracy_table
 from vlprompt.io import atomic_write_json, atomic_write_text
 from vlprompt.methods.base import PromptMethod
@@ -154,8 +154,9 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
                                    pin_memory=device.type == "cuda")
     else:  # frozen encoder, fixed views: encode every training image once (exact)
         feats, labels = encode_items(method.encode_images, data.train, data.splits.loader, backbone.eval_transform(),
-                                     batch_size=cfg.optim.test_batch_size,
-                                     num_workers=cfg.data.num_workers, progress=cfg.train.progress)
+                                     batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
+                                     progress=cfg.train.progress, cache_owner=backbone,
+                                     cache_kind=method.feature_kind)
         train_loader = feature_loader(feats, labels, batch_size=cfg.optim.batch_size)
     writer = _tensorboard(paths, cfg, start_epoch)
     t0 = time.time()
@@ -237,10 +238,9 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
 
 def _evaluate_split(method: PromptMethod, data: PreparedData, items: list, backbone: OpenClipBackbone,
                     cfg: ExperimentConfig, device: torch.device, name: str) -> dict[str, Any]:
-    loader = make_loader(items, data.splits.loader, backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
-                         train=False, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
     with autocast(device, cfg.train.precision):
-        return evaluate(method, loader, device, progress=cfg.train.progress, desc=name)
+        return evaluate_items(method, items, data.splits.loader, batch_size=cfg.optim.test_batch_size,
+                              num_workers=cfg.data.num_workers, progress=cfg.train.progress, desc=name)
 
 
 def _tensorboard(paths: RunPaths, cfg: ExperimentConfig, start_epoch: int) -> Any:

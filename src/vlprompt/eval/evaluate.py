@@ -1,44 +1,49 @@
-"""Evaluate a method on a split: logits for every image, accuracy overall and per class."""
+"""Evaluate a method on a list of images: logits for every image, accuracy overall and per class."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from vlprompt.data.types import Datum
+from vlprompt.engine.features import encode_items
 from vlprompt.eval.metrics import accuracy_report
 from vlprompt.methods.base import PromptMethod
 
 
 @torch.no_grad()
-def predict_logits(
-    method: PromptMethod, loader: DataLoader, device: torch.device, *, progress: bool = False, desc: str = "eval"
-) -> tuple[Tensor, Tensor]:
-    """``(logits [N, n_cls], labels [N])`` over ``loader``.
-
-    Text features of fixed prompts are computed once (not per batch) unless the method is
-    image-conditional (CoCoOp).
-    """
+def logits_from_features(method: PromptMethod, features: Tensor, *, batch_size: int = 256) -> Tensor:
+    """``[N, n_cls]`` logits from image features; fixed prompts' text features are computed once."""
     method.eval()
     text = None if method.image_conditional else method.text_features()
-    all_logits, all_labels = [], []
-    for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        feats = method.encode_images(images.to(device, non_blocking=True))
-        logits = method.forward_features(feats) if text is None else method.logits(feats, text)
-        all_logits.append(logits.float().cpu())
-        all_labels.append(labels.cpu())
-    if not all_logits:
-        return torch.zeros(0, method.n_cls), torch.zeros(0, dtype=torch.long)
-    return torch.cat(all_logits), torch.cat(all_labels)
+    out = []
+    for start in range(0, features.shape[0], batch_size):
+        f = features[start : start + batch_size]
+        out.append((method.forward_features(f) if text is None else method.logits(f, text)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, method.n_cls)
 
 
-def evaluate(
-    method: PromptMethod, loader: DataLoader, device: torch.device, *, progress: bool = False, desc: str = "eval"
+def evaluate_items(
+    method: PromptMethod,
+    items: Sequence[Datum],
+    loader: Callable[[str], Image.Image],
+    *,
+    batch_size: int = 100,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "eval",
 ) -> dict[str, Any]:
-    """Accuracy report (see :func:`accuracy_report`) of ``method`` on ``loader``."""
-    with torch.random.fork_rng(devices=[]):  # evaluating never changes the training run's randomness
-        logits, labels = predict_logits(method, loader, device, progress=progress, desc=desc)
-    return accuracy_report(logits.argmax(dim=-1), labels, method.classnames)
+    """Accuracy report (see :func:`accuracy_report`) of ``method`` on ``items``.
+
+    Images go through the frozen encoder once per process (features cached on the backbone), then
+    the logits are computed on features. Evaluation never changes the caller's RNG state.
+    """
+    feats, labels = encode_items(method.encode_images, items, loader, method.backbone.eval_transform(),
+                                 batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc,
+                                 cache_owner=method.backbone, cache_kind=method.feature_kind)
+    logits = logits_from_features(method, feats, batch_size=batch_size)
+    return accuracy_report(logits.argmax(dim=-1), labels.cpu(), method.classnames)

@@ -30,6 +30,8 @@ class PromptMethod(nn.Module):
     method_name: ClassVar[str] = "base"
     #: True when text features depend on the image (CoCoOp); evaluation then cannot cache them.
     image_conditional: ClassVar[bool] = False
+    #: What :meth:`encode_images` returns (a key of the per-backbone feature cache).
+    feature_kind: ClassVar[str] = "global"
 
     def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: Any) -> None:
         super().__init__()

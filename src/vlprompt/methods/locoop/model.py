@@ -69,6 +69,7 @@ class LoCoOp(CoOp):
     """CoOp + LoCoOp's OOD regulariser on local features; inference is CoOp's (global features)."""
 
     method_name = "locoop"
+    feature_kind = "global+local"
 
     def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: LoCoOpConfig) -> None:
         super().__init__(backbone, classnames, config)

@@ -1,0 +1,43 @@
+"""The per-backbone feature cache: each image encoded once, same features as encoding afresh."""
+
+from __future__ import annotations
+
+import torch
+
+from vlprompt.data.registry import build_dataset
+from vlprompt.engine.features import encode_items
+from vlprompt.eval.evaluate import evaluate_items
+from vlprompt.methods.registry import build_method
+
+
+def test_cache_encodes_each_image_once_and_matches_fresh_encoding(tiny_backbone):
+    splits = build_dataset("world_patterns", None, n_train=2, n_val=0, n_test=3, image_size=32)
+    calls = []
+
+    def encode(images):
+        calls.append(images.shape[0])
+        return tiny_backbone.encode_image(images)
+
+    tf = tiny_backbone.eval_transform()
+    fresh, labels = encode_items(encode, splits.test, splits.loader, tf)
+    assert sum(calls) == len(splits.test)
+    calls.clear()
+    a, _ = encode_items(encode, splits.test[:10], splits.loader, tf, cache_owner=tiny_backbone)
+    b, lb = encode_items(encode, splits.test, splits.loader, tf, cache_owner=tiny_backbone)
+    assert sum(calls) == len(splits.test)  # the first 10 were not encoded twice
+    torch.testing.assert_close(b, fresh, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, fresh[:10], rtol=1e-5, atol=1e-5)
+    assert torch.equal(lb.cpu(), labels.cpu())
+
+
+def test_cached_evaluation_equals_uncached(tiny_backbone):
+    splits = build_dataset("world_patterns", None, n_train=2, n_val=0, n_test=3, image_size=32)
+    method = build_method("coop", tiny_backbone, splits.classnames, n_ctx=2)
+    first = evaluate_items(method, splits.test, splits.loader)
+    second = evaluate_items(method, splits.test, splits.loader)  # from the cache
+    feats, labels = encode_items(tiny_backbone.encode_image, splits.test, splits.loader,
+                                 tiny_backbone.eval_transform())
+    with torch.no_grad():
+        preds = method.logits(feats, method.text_features()).argmax(-1)
+    assert first == second
+    assert abs(first["accuracy"] - 100.0 * float((preds == labels).float().mean())) < 1e-9
