@@ -52,14 +52,14 @@ def _save(report: dict[str, Any], output: Path | None, title: str) -> str:
 
 
 def zeroshot(cfg: ExperimentConfig, *, split: str = "test", output: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, backbone: OpenClipBackbone | None = None) -> dict[str, Any]:
     """Zero-shot CLIP on ``cfg.data`` with the templates ``cfg.data.templates``; returns the report.
 
     The report holds ``accuracy``, ``macro_accuracy``, ``per_class`` and the ``templates`` used;
     with ``output`` it is written as JSON (and a ``.md`` table next to it).
     """
     device = resolve_device(cfg.train.device)
-    backbone = _backbone(cfg, device)
+    backbone = backbone or _backbone(cfg, device)
     splits = load_dataset(cfg.data)
     templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
     method = build_method("zeroshot", backbone, splits.classnames, templates=templates).to(device)
