@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone
+from vlprompt.backbones.openclip import OpenClipBackbone, shared_backbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.data.images import list_images, load_image
 from vlprompt.data.pipeline import load_dataset
@@ -25,7 +25,7 @@ from vlprompt.methods.registry import build_method
 
 def _backbone(cfg: ExperimentConfig, device: torch.device) -> OpenClipBackbone:
     b = cfg.backbone
-    return load_backbone(b.model, b.pretrained, device=device, precision=b.precision, cache_dir=b.cache_dir)
+    return shared_backbone(b.model, b.pretrained, device=device, precision=b.precision, cache_dir=b.cache_dir)
 
 
 def _split(splits: DatasetSplits, split: str) -> list:

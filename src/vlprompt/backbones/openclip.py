@@ -427,3 +427,16 @@ def load_backbone(
     preprocess_cfg = open_clip.get_model_preprocess_cfg(clip_model)
     return OpenClipBackbone(clip_model, tokenizer, model, pretrained if weights or has_schema else None,
                             preprocess_cfg)
+
+
+_SHARED: dict[tuple[str, str | None, str, str, str | None], OpenClipBackbone] = {}
+
+
+def shared_backbone(model: str, pretrained: str | None = None, *, device: str | torch.device = "cpu",
+                    precision: str = "fp32", cache_dir: str | None = None) -> OpenClipBackbone:
+    """:func:`load_backbone`, memoised per process: frozen backbones are safely shared between runs,
+    so their per-backbone feature cache serves every seed, method and evaluation of a sweep."""
+    key = (model, pretrained, str(torch.device(device)), precision, cache_dir)
+    if key not in _SHARED:
+        _SHARED[key] = load_backbone(model, pretrained, device=device, precision=precision, cache_dir=cache_dir)
+    return _SHARED[key]

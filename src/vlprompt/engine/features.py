@@ -62,7 +62,8 @@ def encode_items(
         raise ValueError("no images to encode")
     labels = torch.tensor([d.label for d in items], dtype=torch.long)
     cache = _cache_of(cache_owner)
-    kind = f"{cache_kind}|{transform!r}"
+    amp = any(torch.is_autocast_enabled(t) for t in ("cpu", "cuda"))  # bf16 features never serve fp32 runs
+    kind = f"{cache_kind}|amp={amp}|{transform!r}"
     missing = [d for d in items if cache is None or (kind, d.path) not in cache]
     fresh = None
     if missing:

@@ -25,7 +25,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone
+from vlprompt.backbones.openclip import OpenClipBackbone, shared_backbone
 from vlprompt.config import ExperimentConfig, config_from_dict
 from vlprompt.data.loading import make_loader
 from vlprompt.data.pipeline import PreparedData, prepare_data
@@ -121,8 +121,8 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     if backbone is None:
-        backbone = load_backbone(cfg.backbone.model, cfg.backbone.pretrained, device=device,
-                                 precision=cfg.backbone.precision, cache_dir=cfg.backbone.cache_dir)
+        backbone = shared_backbone(cfg.backbone.model, cfg.backbone.pretrained, device=device,
+                                   precision=cfg.backbone.precision, cache_dir=cfg.backbone.cache_dir)
     data = prepare_data(cfg.data, seed=cfg.train.seed, fewshot_path=paths.fewshot)
     if data.skipped:
         atomic_write_json(paths.root / "skipped_images.json", data.skipped)

@@ -56,11 +56,12 @@ def _encode(backbone: Any, items: Sequence[Datum], loader: Any, cfg: ExperimentC
 
     if need_local:
         feats, _ = encode_items(packed, items, loader, backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
-                                 num_workers=cfg.data.num_workers, progress=progress, desc=desc)
+                                num_workers=cfg.data.num_workers, progress=progress, desc=desc,
+                                cache_owner=backbone, cache_kind="global+local")
         return feats[:, 0], feats[:, 1:]
     feats, _ = encode_items(backbone.encode_image, items, loader, backbone.eval_transform(),
                             batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
-                            progress=progress, desc=desc)
+                            progress=progress, desc=desc, cache_owner=backbone)
     return feats, None
 
 
@@ -68,7 +69,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
                  scores: Sequence[str] = ("mcm", "glmcm"), temperature: float = 1.0,
                  output_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """OOD metrics of a prompt (``None``: zero-shot CLIP with ``cfg.data.templates``) per set and score."""
-    from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.backbones.openclip import shared_backbone
     from vlprompt.data.templates import get_templates
     from vlprompt.engine.checkpoint import load_prompt
     from vlprompt.engine.run import resolve_device
@@ -81,7 +82,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
         raise VlpromptError("give at least one OOD set (--ood-sets NAME_OR_FOLDER,...)")
     device = resolve_device(cfg.train.device)
     b = cfg.backbone
-    backbone = load_backbone(b.model, b.pretrained, device=device, precision=b.precision, cache_dir=b.cache_dir)
+    backbone = shared_backbone(b.model, b.pretrained, device=device, precision=b.precision, cache_dir=b.cache_dir)
     splits = load_dataset(cfg.data)
     if prompt is None:
         templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
