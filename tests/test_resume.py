@@ -120,3 +120,27 @@ def test_cached_features_give_the_same_prompt_as_encoding_every_batch(tmp_path, 
                                rtol=1e-4, atol=1e-5)
     assert [h["loss"] for h in prompts[True][1]["history"]] == pytest.approx(
         [h["loss"] for h in prompts[False][1]["history"]], rel=1e-4)
+
+
+def test_cached_augmented_views_train_and_resume_exactly(tmp_path, tiny_imagefolder, monkeypatch):
+    def raw(name):
+        return tiny_config(tmp_path, tiny_imagefolder, optim={"max_epoch": 4}, data={"augment": True,
+                           "augment_views": 3}, train={"output_dir": str(tmp_path / name)})
+
+    full = trainer_mod.train(config_from_dict(raw("full")))
+    assert len(full["history"]) == 4
+    original = trainer_mod.save_training_state
+
+    def die(folder, epoch, *a, **k):
+        original(folder, epoch, *a, **k)
+        if epoch == 1:
+            raise _Killed()
+
+    monkeypatch.setattr(trainer_mod, "save_training_state", die)
+    with pytest.raises(_Killed):
+        trainer_mod.train(config_from_dict(raw("cut")))
+    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    trainer_mod.train(config_from_dict(raw("cut")), resume=True)
+    a = read_prompt(tmp_path / "full" / "prompt.safetensors")[0]["prompt_learner.ctx"]
+    b = read_prompt(tmp_path / "cut" / "prompt.safetensors")[0]["prompt_learner.ctx"]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

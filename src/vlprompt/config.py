@@ -66,6 +66,10 @@ class DataConfig:
     cache_features: bool = field(
         default=True, metadata={"help": "without augmentation, encode each training image once (exact)"}
     )
+    augment_views: int = field(
+        default=0, metadata={"help": "opt-in approximation: encode K augmented views per image once and "
+                             "sample one per epoch instead of augmenting on the fly (0 = off)"}
+    )
     num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset-reader options"})
 
@@ -77,6 +81,7 @@ class DataConfig:
         check_int(self.num_workers, "data.num_workers", minimum=0)
         check_choice(self.subsample_classes, "data.subsample_classes", ("all", "base", "new"))
         check_choice(self.on_bad_image, "data.on_bad_image", ("stop", "skip"))
+        check_int(self.augment_views, "data.augment_views", minimum=0)
 
 
 @dataclass

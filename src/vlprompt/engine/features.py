@@ -95,3 +95,24 @@ def feature_loader(features: Tensor, labels: Tensor, *, batch_size: int) -> Data
     """Shuffled batches of cached features, drawn exactly like the image loader's (same sampler, same RNG)."""
     dataset = TensorDataset(features, labels)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size)
+
+
+class _ViewDataset(torch.utils.data.Dataset):
+    """Item i -> (one of its K cached augmented views, chosen at random, label)."""
+
+    def __init__(self, views: Tensor, labels: Tensor) -> None:
+        self.views, self.labels = views, labels  # [K, N, ...], [N]
+
+    def __len__(self) -> int:
+        return self.views.shape[1]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        v = int(torch.randint(self.views.shape[0], ()))  # global RNG: reproducible and resumable
+        return self.views[v, i], self.labels[i]
+
+
+def view_loader(views: Tensor, labels: Tensor, *, batch_size: int) -> DataLoader:
+    """Shuffled batches drawing one of K pre-encoded augmented views per image (an approximation of
+    on-the-fly augmentation: the same K crops recur instead of fresh ones every epoch)."""
+    dataset = _ViewDataset(views, labels)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size)

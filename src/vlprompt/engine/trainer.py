@@ -36,7 +36,7 @@ from vlprompt.engine.checkpoint import (
     save_prompt,
     save_training_state,
 )
-from vlprompt.engine.features import encode_items, feature_loader
+from vlprompt.engine.features import encode_items, feature_loader, view_loader
 from vlprompt.engine.optim import build_optimizer, default_max_epoch, lr_at_epoch, set_lr
 from vlprompt.engine.run import RunLock, RunPaths, close_logger, make_logger, resolve_device, seed_everything
 from vlprompt.errors import ConfigError, VlpromptError
@@ -147,7 +147,12 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
             history = list(meta.get("history", []))
             log.info(f"resumed from epoch {start_epoch} ({len(history)} epochs done)")
 
-    if cfg.data.augment or not cfg.data.cache_features:  # images are encoded anew every step
+    if cfg.data.augment and cfg.data.augment_views > 0:  # opt-in: K cached augmented views per image
+        with torch.random.fork_rng(devices=[]):  # the views depend on the seed only (same after --resume)
+            torch.manual_seed(cfg.train.seed + 7919)
+            views = [_augmented_view(method, data, backbone, cfg, v) for v in range(cfg.data.augment_views)]
+        train_loader = view_loader(torch.stack([f for f, _ in views]), views[0][1], batch_size=cfg.optim.batch_size)
+    elif cfg.data.augment or not cfg.data.cache_features:  # images are encoded anew every step
         tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
         train_loader = make_loader(data.train, data.splits.loader, tf,
                                    batch_size=cfg.optim.batch_size, train=True, num_workers=cfg.data.num_workers,
@@ -207,6 +212,21 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
     atomic_write_text(paths.results_table, table)
     log.info("\n" + table)
     return metrics
+
+
+def _augmented_view(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
+                    v: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One randomly augmented view of every training image, encoded (crops drawn from the current RNG)."""
+    from vlprompt.data.loading import ImageDataset
+
+    tf = backbone.train_transform()
+    ds = ImageDataset(data.train, data.splits.loader, tf)
+    feats = []
+    with torch.no_grad():
+        for start in range(0, len(ds), cfg.optim.test_batch_size):
+            batch = torch.stack([ds[i][0] for i in range(start, min(start + cfg.optim.test_batch_size, len(ds)))])
+            feats.append(method.encode_images(batch).float())
+    return torch.cat(feats), torch.tensor([d.label for d in data.train], device=feats[0].device)
 
 
 def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Optimizer, device: torch.device,
