@@ -158,6 +158,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         kwargs["model"] = args.model
     if args.pretrained is not None:
         kwargs["pretrained"] = None if args.pretrained in ("none", "") else args.pretrained
+    if not args.output_dir:
+        import time
+
+        args.output_dir = str(Path("vlprompt_demo") / time.strftime("run-%Y%m%d-%H%M%S"))
     results = run_demo(args.output_dir, **kwargs)
     print()
     print(f"Test accuracy (%) on the embedded world, {results['model']} ({results['pretrained']}), "
@@ -354,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="zero-shot CLIP vs CoOp on the embedded synthetic world (no downloads)",
                        description="Runs zero-shot CLIP and CoOp at several shot counts on the synthetic world "
                                    "with the shipped world CLIP; prints a table, saves JSON + a plot.")
-    p.add_argument("--output-dir", "-o", default="vlprompt_demo", help="where results and run folders go")
+    p.add_argument("--output-dir", "-o", help="where results and run folders go (default: a new "
+                                              "vlprompt_demo/run-<time> folder)")
     p.add_argument("--shots", help="comma-separated shot counts (default 1,4,16)")
     p.add_argument("--datasets", help="comma-separated world datasets (default world_shapes,world_patterns,"
                                       "world_objects)")
