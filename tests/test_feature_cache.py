@@ -41,3 +41,21 @@ def test_cached_evaluation_equals_uncached(tiny_backbone):
         preds = method.logits(feats, method.text_features()).argmax(-1)
     assert first == second
     assert abs(first["accuracy"] - 100.0 * float((preds == labels).float().mean())) < 1e-9
+
+
+def test_disk_cache_is_reused_by_a_fresh_backbone(tmp_path):
+    from vlprompt.backbones.openclip import load_backbone
+
+    splits = build_dataset("world_patterns", None, n_train=2, n_val=0, n_test=2, image_size=32)
+    b1 = load_backbone("vlprompt-test-vit")
+    f1, _ = encode_items(b1.encode_image, splits.test, splits.loader, b1.eval_transform(), cache_owner=b1,
+                         disk_dir=tmp_path)
+    assert len(list(tmp_path.glob("features-*.safetensors"))) == 1
+    b2 = load_backbone("vlprompt-test-vit")  # another process, in effect: empty in-memory cache
+
+    def must_not_encode(images):
+        raise AssertionError("features should come from the disk cache")
+
+    f2, _ = encode_items(must_not_encode, splits.test, splits.loader, b2.eval_transform(), cache_owner=b2,
+                         disk_dir=tmp_path)
+    torch.testing.assert_close(f1, f2)

@@ -40,7 +40,8 @@ def _split(splits: DatasetSplits, split: str) -> list:
 def _run_eval(method: PromptMethod, splits: DatasetSplits, split: str, cfg: ExperimentConfig,
               device: torch.device, progress: bool) -> dict[str, Any]:
     return evaluate_items(method, _split(splits, split), splits.loader, batch_size=cfg.optim.test_batch_size,
-                          num_workers=cfg.data.num_workers, progress=progress, desc=split)
+                          num_workers=cfg.data.num_workers, progress=progress, desc=split,
+                          disk_dir=cfg.data.feature_cache_dir)
 
 
 def _save(report: dict[str, Any], output: Path | None, title: str) -> str:

@@ -66,6 +66,9 @@ class DataConfig:
     cache_features: bool = field(
         default=True, metadata={"help": "without augmentation, encode each training image once (exact)"}
     )
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "also keep encoded image features on disk here, reused across processes"}
+    )
     augment_views: int = field(
         default=0, metadata={"help": "opt-in approximation: encode K augmented views per image once and "
                              "sample one per epoch instead of augmenting on the fly (0 = off)"}

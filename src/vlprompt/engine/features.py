@@ -8,7 +8,9 @@ equals encoding every batch (up to float rounding of batched matmuls); it is the
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,13 +49,16 @@ def encode_items(
     desc: str = "encoding images",
     cache_owner: Any = None,
     cache_kind: str = "global",
+    disk_dir: str | Path | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Features ``encode(images)`` (``[N, E]``, or ``[N, 1 + P, E]`` with local features; fp32) and labels ``[N]``.
 
     With ``cache_owner`` (the frozen backbone) each image is encoded once per process: features are
     kept on the backbone, keyed by ``cache_kind`` (what ``encode`` returns), the transform and the
     image path, and later calls (other seeds, shot counts, methods, evaluations) reuse them. Only
-    deterministic (evaluation) transforms may be cached.
+    deterministic (evaluation) transforms may be cached. With ``disk_dir`` as well, the features of
+    the whole list are also stored on disk (safetensors, keyed by backbone name / tag, feature kind,
+    transform and the image paths) and reused by later processes.
 
     The caller's RNG state is left untouched (a DataLoader draws a seed from it), so training with
     cached features shuffles exactly as training on images does.
@@ -64,6 +69,18 @@ def encode_items(
     cache = _cache_of(cache_owner)
     amp = any(torch.is_autocast_enabled(t) for t in ("cpu", "cuda"))  # bf16 features never serve fp32 runs
     kind = f"{cache_kind}|amp={amp}|{transform!r}"
+    disk_file = None
+    if disk_dir is not None and cache_owner is not None:
+        info = getattr(cache_owner, "info", None)
+        ident = f"{info.model}|{info.pretrained}" if info is not None else type(cache_owner).__name__
+        digest = hashlib.sha256("\n".join([ident, kind, *(d.path for d in items)]).encode()).hexdigest()[:32]
+        disk_file = Path(disk_dir) / f"features-{digest}.safetensors"
+        if disk_file.is_file():
+            from safetensors.torch import load_file
+
+            feats = load_file(str(disk_file))["features"]
+            device = getattr(cache_owner, "device", feats.device)
+            return feats.to(device), labels.to(device)
     missing = [d for d in items if cache is None or (kind, d.path) not in cache]
     fresh = None
     if missing:
@@ -80,6 +97,10 @@ def encode_items(
         for d, f in zip(missing, fresh):
             cache[(kind, d.path)] = f
     feats = torch.stack([cache[(kind, d.path)] for d in items])
+    if disk_file is not None:
+        from vlprompt.engine.checkpoint import write_safetensors
+
+        write_safetensors(disk_file, {"features": feats}, {"kind": kind, "n": len(items)})
     return feats, labels.to(feats.device)
 
 

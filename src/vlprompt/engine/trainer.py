@@ -161,7 +161,7 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
         feats, labels = encode_items(method.encode_images, data.train, data.splits.loader, backbone.eval_transform(),
                                      batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
                                      progress=cfg.train.progress, cache_owner=backbone,
-                                     cache_kind=method.feature_kind)
+                                     cache_kind=method.feature_kind, disk_dir=cfg.data.feature_cache_dir)
         train_loader = feature_loader(feats, labels, batch_size=cfg.optim.batch_size)
     writer = _tensorboard(paths, cfg, start_epoch)
     t0 = time.time()
@@ -260,7 +260,8 @@ def _evaluate_split(method: PromptMethod, data: PreparedData, items: list, backb
                     cfg: ExperimentConfig, device: torch.device, name: str) -> dict[str, Any]:
     with autocast(device, cfg.train.precision):
         return evaluate_items(method, items, data.splits.loader, batch_size=cfg.optim.test_batch_size,
-                              num_workers=cfg.data.num_workers, progress=cfg.train.progress, desc=name)
+                              num_workers=cfg.data.num_workers, progress=cfg.train.progress, desc=name,
+                              disk_dir=cfg.data.feature_cache_dir)
 
 
 def _tensorboard(paths: RunPaths, cfg: ExperimentConfig, start_epoch: int) -> Any:

@@ -36,6 +36,7 @@ def evaluate_items(
     num_workers: int = 0,
     progress: bool = False,
     desc: str = "eval",
+    disk_dir: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy report (see :func:`accuracy_report`) of ``method`` on ``items``.
 
@@ -44,6 +45,6 @@ def evaluate_items(
     """
     feats, labels = encode_items(method.encode_images, items, loader, method.backbone.eval_transform(),
                                  batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc,
-                                 cache_owner=method.backbone, cache_kind=method.feature_kind)
+                                 cache_owner=method.backbone, cache_kind=method.feature_kind, disk_dir=disk_dir)
     logits = logits_from_features(method, feats, batch_size=batch_size)
     return accuracy_report(logits.argmax(dim=-1), labels.cpu(), method.classnames)
