@@ -1,7 +1,7 @@
 """Contrastive pretraining of the synthetic world's CLIP on freshly generated image-caption pairs.
 
     python -m vlprompt.world.pretrain --out DIR --minutes M --seed S [--steps N] [--device cuda]
-        [--batch 256] [--model vlprompt-world-vit] [--lr 1e-3] [--workers W]
+        [--batch 256] [--model vlprompt-world-rn] [--lr 1e-3] [--workers W]
 
 Batch ``b`` holds pairs ``b*B .. b*B+B-1`` of the pretraining stream of ``seed``
 (:func:`vlprompt.world.generate.pretrain_item`), rendered in DataLoader workers; the model is a
@@ -40,7 +40,7 @@ from vlprompt.errors import ConfigError, ModelError, VlpromptError
 from vlprompt.world.datasets import TEMPLATE, build_world_dataset, render_item
 from vlprompt.world.generate import HELDOUT_PAIRS, PRETRAIN_DOMAIN, PRETRAIN_GROUP_SIZE, Domain, pretrain_item
 
-DEFAULT_MODEL = "vlprompt-world-vit"
+DEFAULT_MODEL = "vlprompt-world-rn"
 EVAL_DATASETS = ("world_shapes", "world_objects")
 
 
