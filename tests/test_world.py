@@ -233,4 +233,4 @@ def test_pretrain_smoke(tmp_path: Path) -> None:
     assert lr_at(0, 0.0, 1.0, 10) == pytest.approx(0.1) and lr_at(9, 0.0, 1.0, 10) == pytest.approx(1.0)
     assert lr_at(50, 0.5, 1.0, 10) == pytest.approx(0.5) and lr_at(99, 1.0, 1.0, 10) == pytest.approx(0.0)
     cfg = parse_args(["--out", "x", "--minutes", "2", "--device", "cuda", "--batch", "64"])
-    assert (cfg.minutes, cfg.device, cfg.batch_size, cfg.model_name) == (2.0, "cuda", 64, "vlprompt-world-vit")
+    assert (cfg.minutes, cfg.device, cfg.batch_size, cfg.model_name) == (2.0, "cuda", 64, "vlprompt-world-rn")
