@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -438,16 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
     sub.add_parser("datasets", help="list dataset names").set_defaults(func=cmd_datasets)
     sub.add_parser("methods", help="list methods and their options").set_defaults(func=cmd_methods)
-    _register_extra_commands(sub)
     return parser
-
-
-_EXTRA: list[Callable[[Any], None]] = []
-
-
-def _register_extra_commands(sub: Any) -> None:
-    for add in _EXTRA:
-        add(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

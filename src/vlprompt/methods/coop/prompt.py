@@ -74,7 +74,6 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)  # SOS
         self.register_buffer("token_suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)  # CLS . EOT
         self.register_buffer("eot_index", eot, persistent=False)
-        self.register_buffer("tokenized_prompts", ids, persistent=False)
         self.register_buffer("order", self._position_order(ids.shape[1]), persistent=False)
 
     def _position_order(self, length: int) -> Tensor:
