@@ -65,5 +65,10 @@ def test_a_failing_run_is_reported_without_stopping_the_others(tmp_path, capsys)
 def test_sweep_protocol_base2new(tmp_path):
     path = _sweep(tmp_path, protocol="base2new", methods=["coop"], shots=[1], seeds=[1, 2])
     assert main(["sweep", str(path), "--no-progress"]) == 0
-    assert main(["report", str(tmp_path / "out")]) == 0
-    assert "### base2new" in (tmp_path / "out" / "report.md").read_text()
+    assert main(["report", str(tmp_path / "out"), "--paper", "cocoop"]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "### base2new" in text and "paper H" in text and "No published numbers match these runs" in text
+    for name in ("report_protocols.csv", "report_base2new.png", "report_base2new.svg"):
+        assert (tmp_path / "out" / name).is_file()
+    record = json.loads((tmp_path / "out" / "report.json").read_text())["protocols"]["base2new"][0]
+    assert record["seeds"] == [1, 2] and record["paper"] is None

@@ -240,10 +240,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from vlprompt.eval.sweep_report import make_report
 
-    result = make_report(args.runs, args.output)
+    papers = [p for p in (args.paper or "").split(",") if p.strip()]
+    result = make_report(args.runs, args.output, papers=papers, paper_file=args.paper_file)
     _print_table(result["markdown"])
-    print(f"saved report.md, report.csv, report.json{' and plots' if result['plots'] else ''} in "
-          f"{args.output or args.runs}")
+    names = [Path(f).name for f in result["files"]]
+    n_plots = len(result["plots"])
+    print(f"saved {', '.join(names)}{f' and {n_plots} plot files' if n_plots else ''} in {args.output or args.runs}")
     return 0
 
 
@@ -418,9 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="tables and plots from a folder of runs",
-                       description="Mean ± std tables (Markdown, CSV, JSON) and accuracy-vs-shots plots.")
+                       description="Mean ± std tables (Markdown, CSV, JSON) of few-shot runs, protocol results "
+                                   "(base2new, dg, xd) and OOD results, a comparison of methods, and plots "
+                                   "(accuracy vs shots, base/new/H bars, OOD score histograms).")
     p.add_argument("runs", help="folder with run folders (e.g. a sweep's output_dir)")
     p.add_argument("--output", help="where report.* go (default: the runs folder)")
+    p.add_argument("--paper", metavar="NAMES",
+                   help="show published numbers next to ours: comma-separated papers of the shipped data "
+                        "(cocoop) or 'all'")
+    p.add_argument("--paper-file", help="published numbers from this JSON file instead (same format as "
+                                        "vlprompt/eval/paper_results.json)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("import-coop", help="import a prompt trained with the published CoOp / CoCoOp code",

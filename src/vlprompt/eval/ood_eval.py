@@ -3,8 +3,10 @@
 The ID set is the config's dataset (test split); each OOD set is a registered dataset (its test split,
 e.g. ``world_ood_novel``) or a folder of images searched recursively (MCM / LoCoOp's iNaturalist,
 SUN, Places and Textures folders: ``iNaturalist/images``, ``SUN/images``, ``Places/images``,
-``dtd/images``). Writes a JSON, a Markdown table (per set and average FPR95 / AUROC / AUPR for each
-score) and a score-histogram plot (ID vs each OOD set).
+``dtd/images``). Writes ``ood_results.json`` (with the backbone and ``train.seed``, so ``vlprompt report``
+can average seeds), ``ood_results.md`` (per set and average FPR95 / AUROC / AUPR for each score),
+``ood_scores.json`` (every image's scores: ``{"id": {score: [...]}, "ood": {set: {score: [...]}}}``, 6
+significant digits) and a score-histogram plot ``ood_scores.png`` (ID vs each OOD set).
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
     average = {s: {m: sum(per_set[n][s][m] for n in per_set) / len(per_set) for m in ("fpr95", "auroc", "aupr")}
                for s in scores}
     result = {"method": method.method_name, "prompt": str(prompt) if prompt else None, "id_dataset": cfg.data.dataset,
+              "backbone": {"model": b.model, "pretrained": b.pretrained}, "seed": cfg.train.seed,
               "id_accuracy": acc["accuracy"], "scores": list(scores), "temperature": temperature,
               "per_set": per_set, "average": average, "convention": "ID = positive; higher score = more ID"}
     result["table"] = ood_table(result)
@@ -124,8 +127,21 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "ood_results.json", result)
         atomic_write_text(out / "ood_results.md", result["table"])
+        atomic_write_json(out / "ood_scores.json", per_image_scores(result, id_scores, ood_raw))
         plot_histograms(id_scores, ood_raw, out / "ood_scores.png")
     return result
+
+
+def per_image_scores(result: dict[str, Any], id_scores: dict[str, Tensor],
+                     ood: dict[str, dict[str, Tensor]]) -> dict[str, Any]:
+    """Every image's scores (6 significant digits), for histograms made later (``vlprompt report``)."""
+
+    def compact(t: Tensor) -> list[float]:
+        return [float(f"{v:.6g}") for v in t.tolist()]
+
+    return {"method": result["method"], "id_dataset": result["id_dataset"], "convention": result["convention"],
+            "id": {s: compact(v) for s, v in id_scores.items()},
+            "ood": {name: {s: compact(v) for s, v in per.items()} for name, per in ood.items()}}
 
 
 def ood_table(result: dict[str, Any]) -> str:

@@ -1,11 +1,32 @@
 """``vlprompt report RUNS_DIR``: tables (Markdown, CSV, JSON) and plots from a folder of runs.
 
-* Few-shot runs (every ``metrics.json`` below the folder): test accuracy mean ± std over seeds, one
-  table per method with datasets as rows, shots as columns and an average row (CoOp's Table / Fig. 3
-  layout); zero-shot runs appear as their own method and as a dashed line in the plots.
-* Protocol results (``base2new_results.json``, ``dg_results.json``, ``xd_results.json``): one row
-  per method and dataset with the mean ± std of every column.
-* Plots (PNG + SVG): accuracy vs shots per dataset and averaged, one line per method.
+Everything below ``RUNS_DIR`` is found by file name, so a sweep's folder, a few hand-made run folders
+or a mix of both work alike:
+
+* **Few-shot** (every ``metrics.json``): test accuracy mean ± std over seeds, one table per method and
+  backbone with datasets as rows, shots as columns and an average row (CoOp's layout); zero-shot runs
+  appear as their own method and as a dashed line in the plots.
+* **Protocols** (``base2new_results.json``, ``dg_results.json``, ``xd_results.json``, each already a
+  mean ± std over its seeds): one row per method, backbone and dataset; base-to-new also gets an average
+  row per method (H of the average row = harmonic mean of the averaged base and new, as CoCoOp's Table 1).
+* **OOD detection** (``ood_results.json`` of ``vlprompt ood``, one per seed): FPR95↓ / AUROC↑ / AUPR↑ per
+  OOD set and their average, mean ± std over seeds, one table per method, backbone, ID dataset and
+  score (MCM, GL-MCM, ...).
+* **Comparison** (when the folder holds several methods of one backbone): rows dataset, columns method,
+  for few-shot at each shot count, for base-to-new H and for the OOD averages.
+* **Published numbers** (``--paper cocoop`` or ``--paper-file``): a ``paper`` value next to ours for every
+  (method, dataset, setting) listed in :mod:`vlprompt.eval.papers` (same backbone preferred; the paper's
+  backbone is shown).
+
+Written to the output folder (default ``RUNS_DIR``):
+
+* ``report.md``: all tables and links to the plots; ``report.json``: the same numbers.
+* ``report.csv`` (few-shot: method, backbone, dataset, shots, mean, std, seeds),
+  ``report_protocols.csv`` (one row per protocol, method, backbone, dataset and column, with the paper
+  value), ``report_ood.csv`` (one row per method, backbone, ID dataset, score, OOD set and metric).
+* Plots, PNG + SVG: ``report_fewshot`` (accuracy vs shots), ``report_base2new`` (base / new / H bars per
+  method, per dataset and averaged; paper values as markers), ``report_ood_hist_<method>_<backbone>_<id>``
+  (ID vs each OOD set score histograms of the lowest seed, from its ``ood_scores.json``).
 """
 
 from __future__ import annotations
@@ -13,23 +34,71 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import re
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vlprompt.errors import VlpromptError
+from vlprompt.eval.papers import PaperEntry, averaged_datasets, find_entry, load_paper_results, select_papers
 from vlprompt.eval.report import markdown_table
 from vlprompt.io import atomic_write_json, atomic_write_text
 
+FewKey = tuple[str, str, str, int]  # (method, backbone, dataset, shots)
+OodKey = tuple[str, str, str]  # (method, backbone, ID dataset)
+PROTOCOL_KINDS = ("base2new", "dg", "xd")
+OOD_METRICS = (("fpr95", "FPR95↓"), ("auroc", "AUROC↑"), ("aupr", "AUPR↑"))
+SCORE_NAMES = {"mcm": "MCM", "glmcm": "GL-MCM", "maxlogit": "max-logit", "energy": "energy"}
 
-def _ms(values: list[float]) -> tuple[float, float]:
+
+# ------------------------------------------------------------------------------------ helpers
+def _ms(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
-def collect_fewshot(root: Path) -> dict[tuple[str, str, str, int], list[float]]:
+def _pm(values: Sequence[float]) -> str:
+    mean, std = _ms(values)
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _hm(a: float, b: float) -> float:
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def _read_json(path: Path, skipped: list[str]) -> Any:
+    """The file's JSON, or None (and the path noted in ``skipped``) when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        skipped.append(str(path))
+        return None
+
+
+def _model(raw: Any) -> str:
+    return str(raw.get("model", "?")) if isinstance(raw, dict) else "?"
+
+
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)).strip("-")
+
+
+def _csv(rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------ collection
+def collect_fewshot(root: Path) -> dict[FewKey, list[float]]:
     """(method, backbone, dataset, shots) -> test accuracies of every seed found."""
-    groups: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
+    groups: dict[FewKey, list[float]] = defaultdict(list)
     for path in sorted(root.rglob("metrics.json")):
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
@@ -40,7 +109,43 @@ def collect_fewshot(root: Path) -> dict[tuple[str, str, str, int], list[float]]:
     return dict(groups)
 
 
-def fewshot_tables(groups: dict[tuple[str, str, str, int], list[float]]) -> tuple[str, list[list[Any]], dict]:
+def collect_protocols(root: Path, skipped: list[str]) -> list[dict[str, Any]]:
+    """Every ``<kind>_results.json`` below ``root`` (kind, method, backbone, dataset, columns, summary, seeds)."""
+    found = []
+    for kind in PROTOCOL_KINDS:
+        for path in sorted(root.rglob(f"{kind}_results.json")):
+            r = _read_json(path, skipped)
+            try:
+                cols = [str(c) for c in r["columns"]]
+                summary = {c: (float(r["summary"][c]["mean"]), float(r["summary"][c]["std"])) for c in cols}
+                found.append({"kind": kind, "method": str(r["method"]), "backbone": _model(r.get("backbone")),
+                              "dataset": str(r["dataset"]), "columns": cols, "summary": summary,
+                              "seeds": list(r.get("seeds", [])), "path": str(path)})
+            except (KeyError, TypeError, ValueError):
+                if r is not None:
+                    skipped.append(str(path))
+    return found
+
+
+def collect_ood(root: Path, skipped: list[str]) -> dict[OodKey, list[dict[str, Any]]]:
+    """(method, backbone, ID dataset) -> the ``ood_results.json`` of each seed (with ``_folder`` added)."""
+    groups: dict[OodKey, list[dict[str, Any]]] = defaultdict(list)
+    for path in sorted(root.rglob("ood_results.json")):
+        r = _read_json(path, skipped)
+        if not (isinstance(r, dict) and isinstance(r.get("per_set"), dict) and isinstance(r.get("average"), dict)
+                and isinstance(r.get("scores"), list) and r.get("method") and r.get("id_dataset")):
+            if r is not None:
+                skipped.append(str(path))
+            continue
+        r["_folder"] = str(path.parent)
+        groups[(str(r["method"]), _model(r.get("backbone")), str(r["id_dataset"]))].append(r)
+    for runs in groups.values():
+        runs.sort(key=lambda r: (r.get("seed") is None, r.get("seed") or 0, r["_folder"]))
+    return dict(groups)
+
+
+# ------------------------------------------------------------------------------------ few-shot
+def fewshot_tables(groups: dict[FewKey, list[float]]) -> tuple[str, list[list[Any]], dict]:
     """Markdown per (method, backbone), CSV rows and a JSON summary."""
     by_method: dict[tuple[str, str], dict[tuple[str, int], list[float]]] = defaultdict(dict)
     for (method, bb, ds, k), accs in groups.items():
@@ -73,29 +178,254 @@ def fewshot_tables(groups: dict[tuple[str, str, str, int], list[float]]) -> tupl
     return "\n".join(md), rows, js
 
 
-def protocol_tables(root: Path) -> str:
-    parts = []
-    for kind in ("base2new", "dg", "xd"):
-        rows, cols = [], None
-        for path in sorted(root.rglob(f"{kind}_results.json")):
-            r = json.loads(path.read_text(encoding="utf-8"))
-            cols = cols or r["columns"]
-            if r["columns"] != cols:
-                continue
-            rows.append([r["method"], r["dataset"],
-                         *[f"{r['summary'][c]['mean']:.2f} ± {r['summary'][c]['std']:.2f}" for c in cols]])
-        if rows and cols:
-            parts.append(f"### {kind}\n\n" + markdown_table(["method", "dataset", *cols], rows))
-    return "\n".join(parts)
+def _fewshot_cell(groups: dict[FewKey, list[float]], method: str, bb: str, ds: str, k: int) -> list[float] | None:
+    """Accuracies of one cell; zero-shot (which has no shots) falls back to its smallest shot count."""
+    if (method, bb, ds, k) in groups:
+        return groups[(method, bb, ds, k)]
+    if method == "zeroshot":
+        own = sorted(s for m, b, d, s in groups if (m, b, d) == (method, bb, ds))
+        return groups[(method, bb, ds, own[0])] if own else None
+    return None
 
 
-def plot_fewshot(groups: dict[tuple[str, str, str, int], list[float]], path_stem: Path) -> list[Path]:
-    """Accuracy vs shots, one panel per dataset plus the average; zero-shot as a dashed line."""
+def fewshot_comparison(groups: dict[FewKey, list[float]]) -> tuple[str, dict]:
+    """Per backbone with several methods and per shot count: rows dataset, columns method (mean ± std)."""
+    md, js = [], {}
+    for bb in sorted({b for _, b, _, _ in groups}):
+        methods = sorted({m for m, b, _, _ in groups if b == bb})
+        if len(methods) < 2:
+            continue
+        datasets = sorted({d for _, b, d, _ in groups if b == bb})
+        for k in sorted({s for m, b, _, s in groups if b == bb and m != "zeroshot"} or {0}):
+            table, per_method = [], defaultdict(list)
+            for ds in datasets:
+                row: list[Any] = [ds]
+                for m in methods:
+                    cell = _fewshot_cell(groups, m, bb, ds, k)
+                    row.append(_pm(cell) if cell else "-")
+                    if cell:
+                        per_method[m].append(statistics.fmean(cell))
+                        js.setdefault(bb, {}).setdefault(str(k), {}).setdefault(ds, {})[m] = _ms(cell)[0]
+                table.append(row)
+            if len(datasets) > 1:
+                table.append(["average", *[f"{statistics.fmean(per_method[m]):.2f}"
+                                           if len(per_method[m]) == len(datasets) else "-" for m in methods]])
+            md.append(f"### few-shot, {k} shots ({bb}): test accuracy %, mean ± std over seeds\n\n"
+                      + markdown_table(["dataset", *methods], table))
+    return "\n".join(md), js
+
+
+# ------------------------------------------------------------------------------------ protocols
+def _paper_for(paper: Sequence[PaperEntry], kind: str, method: str, dataset: str, bb: str,
+               our_datasets: set[str] | None = None) -> PaperEntry | None:
+    """The published entry for a row; an ``average`` row only matches when it averages the same datasets."""
+    entry = find_entry(paper, kind, method, dataset, bb)
+    if entry is not None and dataset == "average" and averaged_datasets(paper, entry) != our_datasets:
+        return None
+    return entry
+
+
+def base2new_averages(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, backbone) with several datasets: average base and new, H of the averages."""
+    by: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in results:
+        if r["kind"] == "base2new":
+            by[(r["method"], r["backbone"])].setdefault(r["dataset"], r)
+    out = []
+    for (method, bb), per in sorted(by.items()):
+        if len(per) < 2:
+            continue
+        base = statistics.fmean(r["summary"]["base"][0] for r in per.values())
+        new = statistics.fmean(r["summary"]["new"][0] for r in per.values())
+        out.append({"kind": "base2new", "method": method, "backbone": bb, "dataset": "average",
+                    "datasets": sorted(per), "columns": ["base", "new", "H"],
+                    "summary": {"base": (base, None), "new": (new, None), "H": (_hm(base, new), None)}})
+    return out
+
+
+def _protocol_row(r: dict[str, Any], cols: list[str], paper: Sequence[PaperEntry] | None) -> tuple[list[Any], dict]:
+    """One Markdown row (ours, then the paper's values and reference) and its JSON record."""
+    cells = [f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f}" for m, s in (r["summary"][c] for c in cols)]
+    row: list[Any] = [r["method"], r["backbone"], r["dataset"], len(r.get("seeds", [])) or "-", *cells]
+    record = {k: r[k] for k in ("method", "backbone", "dataset") if k in r}
+    record.update(seeds=r.get("seeds"), datasets=r.get("datasets"), path=r.get("path"),
+                  summary={c: {"mean": r["summary"][c][0], "std": r["summary"][c][1]} for c in cols})
+    if paper is not None:
+        entry = _paper_for(paper, r["kind"], r["method"], r["dataset"], r["backbone"], set(r.get("datasets") or []))
+        values = entry.values if entry else {}
+        row += [_fmt(values.get(c)) for c in cols] + [entry.label if entry else "-"]
+        record["paper"] = {"ref": entry.label, "values": values} if entry else None
+    return row, record
+
+
+def protocol_section(results: list[dict[str, Any]], paper: Sequence[PaperEntry] | None
+                     ) -> tuple[str, list[list[Any]], dict]:
+    """Markdown tables (one per protocol and column set), long-format CSV rows and JSON records."""
+    md, js = [], defaultdict(list)
+    rows: list[list[Any]] = [["protocol", "method", "backbone", "dataset", "column", "mean", "std", "seeds",
+                              "paper", "paper_ref"]]
+    everything = results + base2new_averages(results)
+    for kind in PROTOCOL_KINDS:
+        by_cols: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        for r in everything:
+            if r["kind"] == kind:
+                by_cols[tuple(r["columns"])].append(r)
+        for cols, group in by_cols.items():
+            group.sort(key=lambda r: (r["method"], r["backbone"], r["dataset"] == "average", r["dataset"]))
+            table = []
+            for r in group:
+                row, record = _protocol_row(r, list(cols), paper)
+                table.append(row)
+                js[kind].append(record)
+                ref = record.get("paper") or {}
+                for c in cols:
+                    mean, std = r["summary"][c]
+                    rows.append([kind, r["method"], r["backbone"], r["dataset"], c, round(mean, 4),
+                                 "" if std is None else round(std, 4), len(r.get("seeds") or []) or "",
+                                 (ref.get("values") or {}).get(c, ""), ref.get("ref", "")])
+            head = ["method", "backbone", "dataset", "seeds", *cols]
+            if paper is not None:
+                head += [f"paper {c}" for c in cols] + ["paper source"]
+            note = " (average row: H of the averaged base and new)" if kind == "base2new" else ""
+            md.append(f"### {kind}: test accuracy %, mean ± std over seeds{note}\n\n" + markdown_table(head, table))
+    return "\n".join(md), rows, dict(js)
+
+
+def base2new_comparison(results: list[dict[str, Any]], paper: Sequence[PaperEntry] | None) -> tuple[str, dict]:
+    """Per backbone with several methods: rows dataset (+ average), columns method's H (+ the paper's H)."""
+    everything = [r for r in results + base2new_averages(results) if r["kind"] == "base2new"]
+    md, js = [], {}
+    for bb in sorted({r["backbone"] for r in everything}):
+        cells = {(r["method"], r["dataset"]): r for r in reversed(everything) if r["backbone"] == bb}
+        methods = sorted({m for m, _ in cells})
+        if len(methods) < 2:
+            continue
+        datasets = sorted({d for _, d in cells if d != "average"}) + (["average"] if any(
+            d == "average" for _, d in cells) else [])
+        head, table = ["dataset", *methods], []
+        if paper is not None:
+            head += [f"{m} (paper)" for m in methods]
+        for ds in datasets:
+            row: list[Any] = [ds]
+            for m in methods:
+                r = cells.get((m, ds))
+                mean, std = r["summary"]["H"] if r else (None, None)
+                row.append("-" if mean is None else (f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"))
+                if mean is not None:
+                    js.setdefault(bb, {}).setdefault(ds, {})[m] = mean
+            if paper is not None:
+                for m in methods:
+                    r = cells.get((m, ds))
+                    entry = _paper_for(paper, "base2new", m, ds, bb, set(r.get("datasets") or []) if r else None)
+                    row.append(_fmt(entry.values.get("H")) if entry else "-")
+            table.append(row)
+        md.append(f"### base2new H ({bb}): harmonic mean of base and new accuracy %\n\n" + markdown_table(head, table))
+    return "\n".join(md), js
+
+
+# ------------------------------------------------------------------------------------ OOD
+def _ood_values(runs: list[dict[str, Any]], score: str, ood_set: str | None, metric: str) -> list[float]:
+    """One metric of every run (``ood_set`` None: the run's average over its OOD sets)."""
+    out = []
+    for r in runs:
+        per = r["average"] if ood_set is None else r["per_set"].get(ood_set, {})
+        value = per.get(score, {}).get(metric)
+        if isinstance(value, (int, float)):
+            out.append(float(value))
+    return out
+
+
+def _ood_sets(runs: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for r in runs:
+        names += [n for n in r["per_set"] if n not in names]
+    return names
+
+
+def _ood_scores(runs: list[dict[str, Any]]) -> list[str]:
+    return [s for s in runs[0]["scores"] if all(s in r["scores"] for r in runs)]
+
+
+def ood_section(groups: dict[OodKey, list[dict[str, Any]]]) -> tuple[str, list[list[Any]], dict]:
+    """One table per (method, backbone, ID dataset, score): rows OOD sets + average, mean ± std over seeds."""
+    md, js = [], {}
+    rows: list[list[Any]] = [["method", "backbone", "id_dataset", "score", "ood_set", "metric", "mean", "std",
+                              "seeds"]]
+    for (method, bb, id_ds), runs in sorted(groups.items()):
+        seeds = [r.get("seed") for r in runs]
+        entry: dict[str, Any] = {"seeds": seeds, "folders": [r["_folder"] for r in runs], "scores": {}}
+        for score in _ood_scores(runs):
+            table = []
+            for ood_set in [*_ood_sets(runs), None]:
+                name = ood_set or "average"
+                row: list[Any] = [name]
+                for metric, _ in OOD_METRICS:
+                    values = _ood_values(runs, score, ood_set, metric)
+                    row.append(_pm(values) if values else "-")
+                    if values:
+                        mean, std = _ms(values)
+                        rows.append([method, bb, id_ds, score, name, metric, round(mean, 4), round(std, 4),
+                                     len(values)])
+                        entry["scores"].setdefault(score, {}).setdefault(name, {})[metric] = {
+                            "mean": mean, "std": std, "n": len(values)}
+                table.append(row)
+            seed_text = ", ".join("?" if s is None else str(s) for s in seeds)
+            md.append(f"### OOD: {method} ({bb}), ID {id_ds}, score {SCORE_NAMES.get(score, score)}: %, "
+                      f"mean ± std over {len(runs)} run(s) (seeds {seed_text})\n\n"
+                      + markdown_table(["OOD set", *[label for _, label in OOD_METRICS]], table))
+        js[f"{method}|{bb}|{id_ds}"] = entry
+    return "\n".join(md), rows, js
+
+
+def ood_comparison(groups: dict[OodKey, list[dict[str, Any]]]) -> str:
+    """Per (backbone, ID dataset) with several methods: average FPR95 / AUROC over OOD sets per method and score."""
+    md = []
+    for bb, id_ds in sorted({(b, i) for _, b, i in groups}):
+        methods = sorted(m for m, b, i in groups if (b, i) == (bb, id_ds))
+        if len(methods) < 2:
+            continue
+        table = []
+        for m in methods:
+            runs = groups[(m, bb, id_ds)]
+            for score in _ood_scores(runs):
+                table.append([m, SCORE_NAMES.get(score, score), *[
+                    _pm(v) if (v := _ood_values(runs, score, None, metric)) else "-" for metric, _ in OOD_METRICS]])
+        md.append(f"### OOD average over OOD sets ({bb}, ID {id_ds}): %, mean ± std over seeds\n\n"
+                  + markdown_table(["method", "score", *[label for _, label in OOD_METRICS]], table))
+    return "\n".join(md)
+
+
+# ------------------------------------------------------------------------------------ plots
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, path_stem: Path) -> list[Path]:
+    out = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
+    for p in out:
+        fig.savefig(p, dpi=110)
+    _pyplot().close(fig)
+    return out
+
+
+def _grid(n: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = [ax for line in axes for ax in line]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def plot_fewshot(groups: dict[FewKey, list[float]], path_stem: Path) -> list[Path]:
+    """Accuracy vs shots, one panel per dataset plus the average; zero-shot as a dashed line."""
+    plt = _pyplot()
     datasets = sorted({d for _, _, d, _ in groups})
     methods = sorted({(m, b) for m, b, _, _ in groups})
     panels = datasets + (["average"] if len(datasets) > 1 else [])
@@ -119,31 +449,165 @@ def plot_fewshot(groups: dict[tuple[str, str, str, int], list[float]], path_stem
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    out = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
-    for p in out:
-        fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path_stem)
 
 
-def make_report(root: str | Path, output: str | Path | None = None) -> dict[str, Any]:
-    """Write report.md / report.csv / report.json (+ fewshot plot) for the runs under ``root``."""
+def plot_base2new(results: list[dict[str, Any]], paper: Sequence[PaperEntry] | None, path_stem: Path) -> list[Path]:
+    """Grouped bars (base, new, H; std as error bars) per method, one panel per dataset and the average."""
+    rows = [r for r in results + base2new_averages(results) if r["kind"] == "base2new"]
+    backbones = {r["backbone"] for r in rows}
+    datasets = sorted({r["dataset"] for r in rows if r["dataset"] != "average"})
+    panels = datasets + (["average"] if any(r["dataset"] == "average" for r in rows) else [])
+    fig, axes = _grid(len(panels), 4.2, 3.4)
+    colors = {"base": "tab:blue", "new": "tab:orange", "H": "tab:green"}
+    for ax, ds in zip(axes, panels):
+        here = sorted((r for r in rows if r["dataset"] == ds), key=lambda r: (r["method"], r["backbone"]))
+        for j, col in enumerate(("base", "new", "H")):
+            xs = [i + (j - 1) * 0.27 for i in range(len(here))]
+            means = [r["summary"][col][0] for r in here]
+            errs = [r["summary"][col][1] or 0.0 for r in here]
+            ax.bar(xs, means, width=0.27, yerr=errs, capsize=2, color=colors[col], label=col)
+            if paper is not None:
+                ref = [_paper_for(paper, "base2new", r["method"], ds, r["backbone"], set(r.get("datasets") or []))
+                       for r in here]
+                pts = [(x, e.values[col]) for x, e in zip(xs, ref) if e and col in e.values]
+                if pts:
+                    ax.plot(*zip(*pts), "kD", ms=4, mfc="white", label="paper" if j == 0 else None)
+        ax.set_xticks(range(len(here)))
+        ax.set_xticklabels([r["method"] + (f"\n{r['backbone']}" if len(backbones) > 1 else "") for r in here],
+                           fontsize=8)
+        ax.set_title(ds)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path_stem)
+
+
+def load_ood_scores(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-image scores saved next to an ``ood_results.json`` (None when that run has none)."""
+    path = Path(run["_folder"]) / "ood_scores.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("id"), dict) and isinstance(
+        data.get("ood"), dict) else None
+
+
+def plot_ood_histograms(key: OodKey, runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """ID vs each OOD set score histograms (rows: scores, columns: OOD sets) of the lowest seed with scores."""
+    found = next(((r, s) for r in runs if (s := load_ood_scores(r)) is not None), None)
+    if found is None:
+        return []
+    run, data = found
+    kinds = [k for k in data["id"] if all(k in per for per in data["ood"].values())]
+    names = list(data["ood"])
+    if not kinds or not names:
+        return []
+    import numpy as np
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(kinds), len(names), figsize=(3.6 * len(names), 2.8 * len(kinds)), squeeze=False)
+    for i, kind in enumerate(kinds):
+        for j, name in enumerate(names):
+            ax = axes[i][j]
+            ids, oods = data["id"][kind], data["ood"][name][kind]
+            bins = np.histogram_bin_edges(np.r_[ids, oods], bins=40)  # the same bins for both
+            ax.hist(ids, bins=bins, alpha=0.6, density=True, label=f"ID ({key[2]})")
+            ax.hist(oods, bins=bins, alpha=0.6, density=True, label=name)
+            ax.set_title(f"{SCORE_NAMES.get(kind, kind)}: ID vs {name}", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{key[0]} ({key[1]}), seed {run.get('seed', '?')}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_dir / _slug("report_ood_hist", *key))
+
+
+# ------------------------------------------------------------------------------------ report
+def _paper_entries(papers: Sequence[str], paper_file: str | Path | None) -> list[PaperEntry] | None:
+    """Published entries to show (None: no paper columns)."""
+    if not papers and not paper_file:
+        return None
+    entries = load_paper_results(paper_file)
+    return select_papers(entries, papers) if papers else entries
+
+
+def _section(title: str, *parts: str) -> str:
+    body = "\n".join(p for p in parts if p)
+    return f"## {title}\n\n{body}" if body else ""
+
+
+def _plots_markdown(plots: list[Path], out: Path) -> str:
+    return "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots if p.suffix == ".png")
+
+
+def make_report(root: str | Path, output: str | Path | None = None, *, papers: Sequence[str] = (),
+                paper_file: str | Path | None = None) -> dict[str, Any]:
+    """Write report.md / .json / .csv files and plots for the runs under ``root`` (see the module docstring).
+
+    Args:
+        root: folder searched recursively for run results.
+        output: where the report files go (default ``root``).
+        papers: published results to show next to ours (names in the paper data, or ``all``).
+        paper_file: a paper-results JSON of one's own (default: the shipped ``paper_results.json``).
+    """
     root = Path(root)
     if not root.is_dir():
         raise VlpromptError(f"runs folder '{root}' does not exist")
     out = Path(output) if output else root
+    paper = _paper_entries(papers, paper_file)
+    skipped: list[str] = []
     groups = collect_fewshot(root)
-    md_few, rows, js = fewshot_tables(groups)
-    md_proto = protocol_tables(root)
-    if not groups and not md_proto:
-        raise VlpromptError(f"no finished runs (metrics.json) or protocol results found under '{root}'")
-    text = f"# Results in {root}\n\n" + "\n".join(p for p in (md_few, md_proto) if p)
-    plots = []
+    protocols = collect_protocols(root, skipped)
+    ood = collect_ood(root, skipped)
+    if not groups and not protocols and not ood:
+        raise VlpromptError(f"no finished runs (metrics.json), protocol results (*_results.json) or OOD results "
+                            f"(ood_results.json) found under '{root}'")
+    out.mkdir(parents=True, exist_ok=True)
+    md_few, few_rows, few_js = fewshot_tables(groups)
+    md_proto, proto_rows, proto_js = protocol_section(protocols, paper)
+    md_ood, ood_rows, ood_js = ood_section(ood)
+    md_cmp_few, cmp_few_js = fewshot_comparison(groups)
+    md_cmp_b2n, cmp_b2n_js = base2new_comparison(protocols, paper)
+    md_cmp_ood = ood_comparison(ood)
+    plots: list[Path] = []
     if groups:
-        plots = [str(p) for p in plot_fewshot(groups, out / "report_fewshot")]
-    buf = io.StringIO()
-    csv.writer(buf).writerows(rows)
+        plots += plot_fewshot(groups, out / "report_fewshot")
+    if any(r["kind"] == "base2new" for r in protocols):
+        plots += plot_base2new(protocols, paper, out / "report_base2new")
+    for key, runs in sorted(ood.items()):
+        plots += plot_ood_histograms(key, runs, out)
+    matched = sum(1 for records in proto_js.values() for rec in records if rec.get("paper"))
+    paper_note = ""
+    if paper is not None:
+        refs = sorted({f"{e.label} ({e.setting})" for e in paper})
+        paper_note = (f"Published numbers from: {'; '.join(refs)}. {matched} of our rows have a published "
+                      "counterpart (same method, dataset and setting).\n" if matched else
+                      f"No published numbers match these runs (paper data covers: {'; '.join(refs)}).\n")
+    text = "\n".join(p for p in (
+        f"# Results in {root}\n",
+        paper_note,
+        _section("Few-shot", md_few),
+        _section("Comparison of methods", md_cmp_few, md_cmp_b2n, md_cmp_ood),
+        _section("Protocols", md_proto),
+        _section("OOD detection", md_ood),
+        _section("Plots", _plots_markdown(plots, out)),
+        _section("Ignored files (unreadable or not in the expected format)", "\n".join(f"- {s}" for s in skipped)),
+    ) if p)
+    files = [out / n for n in ("report.md", "report.json", "report.csv")]
     atomic_write_text(out / "report.md", text)
-    atomic_write_text(out / "report.csv", buf.getvalue())
-    atomic_write_json(out / "report.json", {"fewshot": js, "plots": plots})
-    return {"markdown": text, "plots": plots, "fewshot": js}
+    atomic_write_text(out / "report.csv", _csv(few_rows))
+    if protocols:
+        files.append(out / "report_protocols.csv")
+        atomic_write_text(files[-1], _csv(proto_rows))
+    if ood:
+        files.append(out / "report_ood.csv")
+        atomic_write_text(files[-1], _csv(ood_rows))
+    summary = {"fewshot": few_js, "protocols": proto_js, "ood": ood_js,
+               "comparison": {"fewshot": cmp_few_js, "base2new_H": cmp_b2n_js},
+               "paper": {"papers": sorted({e.paper for e in paper}), "matched_rows": matched} if paper is not None
+               else None,
+               "plots": [str(p) for p in plots], "ignored": skipped}
+    atomic_write_json(out / "report.json", summary)
+    return {"markdown": text, "files": [str(f) for f in files], **summary}

@@ -1,0 +1,314 @@
+"""`vlprompt report`: OOD tables, protocol tables with published numbers, comparisons, plots; the paper data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlprompt.cli.main import main
+from vlprompt.errors import DataError
+from vlprompt.eval.ood import ood_metrics
+from vlprompt.eval.papers import PAPER_RESULTS, load_paper_results, normalize_backbone, select_papers
+from vlprompt.eval.protocols import harmonic_mean
+from vlprompt.eval.sweep_report import make_report
+
+VIT = {"model": "ViT-B-16", "pretrained": "openai"}
+
+
+# ------------------------------------------------------------------------------------ fake run files
+def write_fewshot(root: Path, method: str, dataset: str, shots: int, seed: int, acc: float,
+                  backbone: dict | None = None) -> None:
+    """A finished run's metrics.json, as the trainer / sweep write it (the fields the report reads)."""
+    folder = root / method / "bb" / dataset / f"{shots}shots" / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "method": method, "dataset": dataset, "shots": shots, "seed": seed, "backbone": backbone or VIT,
+        "test": {"accuracy": acc, "macro_accuracy": acc, "n": 100}}))
+
+
+def write_protocol(folder: Path, kind: str, method: str, dataset: str, per_seed: list[dict],
+                   backbone: dict | None = None) -> None:
+    """``<kind>_results.json`` in the layout of :func:`vlprompt.eval.protocols._finish`."""
+    columns = [c for c in per_seed[0] if c != "seed"]
+    summary = {c: {"mean": statistics.fmean(r[c] for r in per_seed),
+                   "std": statistics.pstdev([r[c] for r in per_seed]) if len(per_seed) > 1 else 0.0}
+               for c in columns}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{kind}_results.json").write_text(json.dumps({
+        "protocol": kind, "method": method, "dataset": dataset, "backbone": backbone or VIT,
+        "seeds": [r["seed"] for r in per_seed], "columns": columns, "per_seed": per_seed, "summary": summary,
+        "table": "..."}))
+
+
+def b2n(seed: int, base: float, new: float) -> dict:
+    return {"seed": seed, "base": base, "new": new, "H": harmonic_mean(base, new)}
+
+
+def write_ood(folder: Path, method: str, seed: int, rng: np.random.Generator, *, shift: float = 1.0,
+              save_scores: bool = True) -> dict:
+    """``ood_results.json`` (+ ``ood_scores.json``) as :func:`vlprompt.eval.ood_eval.ood_evaluate` writes them."""
+    scores = ("mcm", "glmcm")
+    id_scores = {s: rng.normal(shift, 1.0, 60) for s in scores}
+    ood = {name: {s: rng.normal(0.0, 1.0, 40) for s in scores} for name in ("novel", "textures")}
+    per_set = {n: {s: ood_metrics(id_scores[s], ood[n][s]) for s in scores} for n in ood}
+    average = {s: {m: statistics.fmean(per_set[n][s][m] for n in per_set) for m in ("fpr95", "auroc", "aupr")}
+               for s in scores}
+    result = {"method": method, "prompt": None, "id_dataset": "world_shapes", "backbone": VIT, "seed": seed,
+              "id_accuracy": 50.0, "scores": list(scores), "temperature": 1.0, "per_set": per_set,
+              "average": average, "convention": "ID = positive; higher score = more ID", "table": "..."}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ood_results.json").write_text(json.dumps(result))
+    if save_scores:
+        (folder / "ood_scores.json").write_text(json.dumps({
+            "method": method, "id_dataset": "world_shapes", "convention": result["convention"],
+            "id": {s: v.tolist() for s, v in id_scores.items()},
+            "ood": {n: {s: v.tolist() for s, v in per.items()} for n, per in ood.items()}}))
+    return result
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def table_row(markdown: str, first_cells: list[str]) -> list[str]:
+    """The cells of the first Markdown table row starting with ``first_cells``."""
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[:len(first_cells)] == first_cells:
+            return cells
+    raise AssertionError(f"no row {first_cells} in\n{markdown}")
+
+
+# ------------------------------------------------------------------------------------ paper data
+def test_paper_data_is_well_formed_and_self_consistent():
+    from vlprompt.data.registry import list_datasets
+    from vlprompt.methods.registry import list_methods
+
+    entries = load_paper_results()  # validates types, ranges and duplicates
+    raw = json.loads(PAPER_RESULTS.read_text(encoding="utf-8"))
+    assert "Table 1" in raw["about"] and "Table 3" in raw["about"] and "LoCoOp" in raw["about"]
+    assert len(entries) == 39
+    datasets, methods = set(list_datasets()), set(list_methods())
+    for e in entries:
+        assert e.paper in raw["papers"] and e.method in methods
+        assert e.dataset in datasets | {"average"}
+        assert all(0 <= v <= 100 for v in e.values.values())
+        if e.setting == "base2new":
+            assert set(e.values) == {"base", "new", "H"}
+            assert abs(harmonic_mean(e.values["base"], e.values["new"]) - e.values["H"]) <= 0.01, e
+        else:
+            assert e.setting == "dg" and set(e.values) <= datasets and e.dataset in e.values
+    # each average row is the mean of its 11 per-dataset rows (base and new, to the table's rounding)
+    for avg in (e for e in entries if e.dataset == "average"):
+        rows = [e for e in entries if (e.setting, e.method, e.table) == (avg.setting, avg.method, avg.table)
+                and e.dataset != "average"]
+        assert len(rows) == 11
+        for col in ("base", "new"):
+            assert abs(statistics.fmean(r.values[col] for r in rows) - avg.values[col]) <= 0.01
+
+
+def test_paper_data_ships_with_the_package():
+    import tomllib
+
+    cfg = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "eval/paper_results.json" in cfg["tool"]["setuptools"]["package-data"]["vlprompt"]
+    assert PAPER_RESULTS.is_file()
+
+
+def test_paper_selection_and_backbone_names():
+    entries = load_paper_results()
+    assert select_papers(entries, ["all"]) == entries == select_papers(entries, ["CoCoOp"])
+    with pytest.raises(DataError, match="choose from cocoop, all"):
+        select_papers(entries, ["nope"])
+    assert normalize_backbone("ViT-B/16") == normalize_backbone("ViT-B-16-quickgelu") == "vit-b-16"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"results": [{"paper": "p", "table": "T", "backbone": "b", "setting": "s", "method": "m", "dataset": "d",
+                   "values": {"H": 120}}]}, "0..100"),
+    ({"results": [{"paper": "p", "table": "T", "values": {"H": 1}}]}, "'backbone' must be a non-empty string"),
+    ({"nothing": 1}, "'results' list"),
+])
+def test_bad_paper_files_are_one_line_errors(tmp_path, bad, message):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=message):
+        load_paper_results(path)
+
+
+# ------------------------------------------------------------------------------------ published numbers
+def test_paper_values_next_to_ours_for_base2new(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_protocol(runs / "coop" / "caltech101", "base2new", "coop", "caltech101", [b2n(1, 97.0, 90.0),
+                                                                                    b2n(2, 99.0, 88.0)])
+    assert main(["report", str(runs), "--paper", "cocoop"]) == 0
+    out = capsys.readouterr().out
+    row = table_row(out, ["coop", "ViT-B-16", "caltech101"])
+    hs = [harmonic_mean(97.0, 90.0), harmonic_mean(99.0, 88.0)]
+    ours_h = f"{statistics.fmean(hs):.2f} ± {statistics.pstdev(hs):.2f}"
+    assert row[3:] == ["2", "98.00 ± 1.00", "89.00 ± 1.00", ours_h,  # ours, then the paper's
+                       "98.00", "89.81", "93.73", "cocoop Table 1, ViT-B/16"]
+    assert "1 of our rows have a published counterpart" in out
+    js = json.loads((runs / "report.json").read_text())
+    record = js["protocols"]["base2new"][0]
+    assert record["paper"]["values"] == {"base": 98.0, "new": 89.81, "H": 93.73}
+    assert js["paper"] == {"papers": ["cocoop"], "matched_rows": 1}
+    rows = read_csv(runs / "report_protocols.csv")
+    assert [(r["column"], r["mean"], r["paper"]) for r in rows] == [
+        ("base", "98.0", "98.0"), ("new", "89.0", "89.81"), ("H", rows[2]["mean"], "93.73")]
+    # without --paper: no paper columns
+    assert main(["report", str(runs)]) == 0
+    assert "paper" not in table_row(capsys.readouterr().out, ["method"])
+
+
+def test_paper_values_for_domain_generalisation(tmp_path):
+    cols = {"imagenet": 70.0, "imagenetv2": 63.0, "imagenet_sketch": 47.0, "target average": 55.0}
+    write_protocol(tmp_path / "dg", "dg", "cocoop", "imagenet", [{"seed": 1, **cols}])
+    text = make_report(tmp_path, papers=["cocoop"])["markdown"]
+    assert table_row(text, ["cocoop", "ViT-B-16", "imagenet"])[-5:] == ["71.02", "64.07", "48.75", "-",
+                                                                        "cocoop Table 3, ViT-B/16"]
+
+
+def test_paper_average_only_next_to_an_average_over_the_same_datasets(tmp_path):
+    write_protocol(tmp_path / "a", "base2new", "coop", "dtd", [b2n(1, 80.0, 40.0)])
+    write_protocol(tmp_path / "b", "base2new", "coop", "eurosat", [b2n(1, 90.0, 60.0)])
+    text = make_report(tmp_path, papers=["cocoop"])["markdown"]
+    avg = table_row(text, ["coop", "ViT-B-16", "average"])
+    assert avg[3:7] == ["-", "85.00", "50.00", f"{harmonic_mean(85.0, 50.0):.2f}"]  # H of the averages
+    assert avg[7:] == ["-", "-", "-", "-"]  # the paper's average is over 11 datasets, ours over 2
+    assert table_row(text, ["coop", "ViT-B-16", "dtd"])[7:10] == ["79.44", "41.18", "54.24"]
+
+
+def test_own_paper_file(tmp_path, capsys):
+    write_protocol(tmp_path / "runs" / "a", "base2new", "coop", "dtd", [b2n(1, 80.0, 40.0)])
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"results": [{"paper": "mine", "table": "Table 2", "backbone": "ViT-B/16",
+                                             "setting": "base2new", "method": "coop", "dataset": "dtd",
+                                             "values": {"base": 79.0, "new": 41.0, "H": 53.98}}]}))
+    assert main(["report", str(tmp_path / "runs"), "--paper-file", str(mine)]) == 0
+    row = table_row(capsys.readouterr().out, ["coop", "ViT-B-16", "dtd"])
+    assert row[-4:] == ["79.00", "41.00", "53.98", "mine Table 2, ViT-B/16"]
+
+
+def test_unknown_paper_is_a_one_line_cli_error(tmp_path, capsys):
+    write_protocol(tmp_path / "a", "base2new", "coop", "dtd", [b2n(1, 80.0, 40.0)])
+    assert main(["report", str(tmp_path), "--paper", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no published results for paper(s) nope" in err and "cocoop" in err
+
+
+def test_no_matching_paper_numbers_is_said(tmp_path):
+    write_protocol(tmp_path / "a", "base2new", "coop", "world_shapes", [b2n(1, 80.0, 40.0)],
+                   backbone={"model": "vlprompt-test-rn", "pretrained": None})
+    text = make_report(tmp_path, papers=["all"])["markdown"]
+    assert "No published numbers match these runs" in text
+
+
+# ------------------------------------------------------------------------------------ OOD
+def test_ood_table_is_mean_and_std_over_seeds_with_histograms(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = [write_ood(tmp_path / "locoop" / f"seed{s}" / "ood", "locoop", s, rng) for s in (1, 2, 3)]
+    write_ood(tmp_path / "zeroshot" / "ood", "zeroshot", 1, rng, shift=0.5, save_scores=False)
+    result = make_report(tmp_path)
+    text = result["markdown"]
+    assert "### OOD: locoop (ViT-B-16), ID world_shapes, score GL-MCM" in text and "(seeds 1, 2, 3)" in text
+    for name in ("novel", "average"):
+        per = [r["per_set"][name] if name != "average" else r["average"] for r in runs]
+        fpr = [p["mcm"]["fpr95"] for p in per]
+        auroc = [p["mcm"]["auroc"] for p in per]
+        section = text.split("score MCM")[1]
+        row = table_row(section, [name])
+        assert row[1] == f"{statistics.fmean(fpr):.2f} ± {statistics.pstdev(fpr):.2f}"
+        assert row[2] == f"{statistics.fmean(auroc):.2f} ± {statistics.pstdev(auroc):.2f}"
+    js = result["ood"]["locoop|ViT-B-16|world_shapes"]
+    assert js["seeds"] == [1, 2, 3]
+    assert js["scores"]["glmcm"]["textures"]["aupr"]["mean"] == pytest.approx(
+        statistics.fmean(r["per_set"]["textures"]["glmcm"]["aupr"] for r in runs))
+    rows = read_csv(tmp_path / "report_ood.csv")
+    assert len(rows) == 2 * 2 * 3 * 3  # 2 methods x 2 scores x (2 sets + average) x 3 metrics
+    # histograms only where per-image scores were saved
+    assert (tmp_path / "report_ood_hist_locoop_ViT-B-16_world_shapes.png").stat().st_size > 1000
+    assert (tmp_path / "report_ood_hist_locoop_ViT-B-16_world_shapes.svg").is_file()
+    assert not list(tmp_path.glob("report_ood_hist_zeroshot*"))
+    # two methods: the comparison of their averages
+    assert "### OOD average over OOD sets (ViT-B-16, ID world_shapes)" in text
+    assert table_row(text, ["zeroshot", "GL-MCM"])
+
+
+# ------------------------------------------------------------------------------------ comparisons, plots
+def test_comparison_tables_for_several_methods(tmp_path):
+    accs = {("coop", "dtd"): 60.0, ("coop", "eurosat"): 80.0, ("cocoop", "dtd"): 55.0,
+            ("cocoop", "eurosat"): 75.0, ("zeroshot", "dtd"): 40.0, ("zeroshot", "eurosat"): 45.0}
+    for (method, ds), acc in accs.items():
+        for shots in ((0,) if method == "zeroshot" else (1, 4)):
+            for seed in (1, 2):
+                write_fewshot(tmp_path / "few", method, ds, shots, seed, acc + shots + seed)
+    write_protocol(tmp_path / "p1", "base2new", "coop", "dtd", [b2n(1, 80.0, 40.0)])
+    write_protocol(tmp_path / "p2", "base2new", "cocoop", "dtd", [b2n(1, 78.0, 55.0)])
+    result = make_report(tmp_path, papers=["cocoop"])
+    text = result["markdown"]
+    section = text.split("### few-shot, 4 shots (ViT-B-16)")[1]
+    assert table_row(section, ["dataset"]) == ["dataset", "cocoop", "coop", "zeroshot"]
+    assert table_row(section, ["dtd"]) == ["dtd", "60.50 ± 0.50", "65.50 ± 0.50", "41.50 ± 0.50"]
+    assert table_row(section, ["average"]) == ["average", "70.50", "75.50", "44.00"]
+    assert "### few-shot, 1 shots (ViT-B-16)" in text and "### few-shot, 0 shots" not in text
+    assert result["comparison"]["fewshot"]["ViT-B-16"]["1"]["eurosat"]["coop"] == pytest.approx(82.5)
+    h = text.split("### base2new H (ViT-B-16)")[1]
+    assert table_row(h, ["dataset"]) == ["dataset", "cocoop", "coop", "cocoop (paper)", "coop (paper)"]
+    assert table_row(h, ["dtd"]) == ["dtd", f"{harmonic_mean(78.0, 55.0):.2f} ± 0.00",
+                                     f"{harmonic_mean(80.0, 40.0):.2f} ± 0.00", "64.85", "54.24"]
+    for stem in ("report_fewshot", "report_base2new"):
+        assert (tmp_path / f"{stem}.png").stat().st_size > 1000 and (tmp_path / f"{stem}.svg").is_file()
+    assert "![report_base2new](report_base2new.png)" in text
+
+
+def test_one_method_has_no_comparison_and_bad_files_are_listed(tmp_path):
+    write_fewshot(tmp_path, "coop", "dtd", 1, 1, 50.0)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "base2new_results.json").write_text("{broken")
+    result = make_report(tmp_path, tmp_path / "report")
+    assert "## Comparison of methods" not in result["markdown"]
+    assert result["ignored"] == [str(tmp_path / "x" / "base2new_results.json")]
+    assert "## Ignored files" in result["markdown"]
+    assert (tmp_path / "report" / "report.md").is_file() and not (tmp_path / "report_protocols.csv").exists()
+
+
+def test_empty_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "ood_results.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ end to end
+def test_real_ood_runs_saved_scores_and_report(tmp_path, capsys):
+    """Zero-shot OOD with the tiny model on the world (2 seeds): per-image scores saved, then the report."""
+    from conftest import write_config
+
+    cfg = write_config(
+        tmp_path / "c.yaml", method={"name": "zeroshot"},
+        backbone={"model": "vlprompt-test-vit", "pretrained": None},
+        data={"dataset": "world_shapes", "num_workers": 0, "options": {"n_test": 2, "image_size": 32}},
+        train={"device": "cpu", "progress": False, "tensorboard": False})
+    for seed in (1, 2):
+        out = tmp_path / "runs" / f"seed{seed}" / "ood"
+        assert main(["ood", "-c", str(cfg), "--ood-sets", "world_ood_textures", "--scores", "mcm,glmcm",
+                     "--set", f"train.seed={seed}", "-o", str(out)]) == 0
+    res = json.loads((tmp_path / "runs" / "seed1" / "ood" / "ood_results.json").read_text())
+    assert res["seed"] == 1 and res["backbone"]["model"] == "vlprompt-test-vit"
+    saved = json.loads((tmp_path / "runs" / "seed1" / "ood" / "ood_scores.json").read_text())
+    assert set(saved["id"]) == {"mcm", "glmcm"} and list(saved["ood"]) == ["world_ood_textures"]
+    assert len(saved["id"]["mcm"]) == 12 * 2  # 12 classes x n_test
+    again = ood_metrics(saved["id"]["glmcm"], saved["ood"]["world_ood_textures"]["glmcm"])
+    for m, v in res["per_set"]["world_ood_textures"]["glmcm"].items():
+        assert again[m] == pytest.approx(v, abs=1e-6)  # the saved scores give the same metrics
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "### OOD: zeroshot (vlprompt-test-vit), ID world_shapes, score MCM" in out and "(seeds 1, 2)" in out
+    assert "report_ood.csv" in out
+    assert (tmp_path / "runs" / "report_ood_hist_zeroshot_vlprompt-test-vit_world_shapes.png").is_file()
