@@ -13,6 +13,11 @@ registry name               classes  class names                           style
 world_shapes                12       ID shapes ("circle", "star", ...)     photo           64/16/50
 world_objects               120      colour + ID shape ("red circle")      photo           64/16/50
 world_patterns              7        "<pattern> shape" ("striped shape")   photo           64/16/50
+world_scenes                7        background ("grass", "sky", ...)      photo           64/16/50
+world_positions             9        position of a small shape             photo           64/16/50
+                                     ("top left", "centre", ...)
+world_textures              10       object-free textures ("grass",        photo           64/16/50
+                                     "stripes", ...)
 world_shapes_<style>        12       as world_shapes                       sketch, cartoon, test: 50
                                                                            painting,
                                                                            pixelated, noisy
@@ -24,7 +29,12 @@ world_ood_novel             3        novel shapes (never pretrained)       photo
 world_ood_textures          10       object-free textures ("grass")        photo           test: 60
 ==========================  =======  ====================================  ==============  ==========
 
-Counts are per class (train/val/test). Domain-shifted sets have the class names of their source;
+Counts are per class (train/val/test). world_scenes, world_positions and world_textures label an
+attribute that pretraining captions only mention in a trailing phrase ("... on grass", "... in the top
+left") or rarely (bare textures are 5% of the pairs), so the hand-crafted "a photo of a {}." matches
+them poorly, like CoOp's DTD / EuroSAT: that is where prompt learning gains most (docs/world.md).
+world_textures has the classes of the OOD set world_ood_textures (other images) and is not used with
+it.  Domain-shifted sets have the class names of their source;
 their train/val are empty by default (like ImageNet-Sketch) but may be asked for. The OOD sets are
 test-only, and their classes are disjoint from the label spaces of world_shapes and world_objects.
 Images of the world_objects classes in ``generate.HELDOUT_PAIRS`` (e.g. "blue circle") never occur
@@ -60,6 +70,8 @@ from vlprompt.world.generate import (
     NOVEL_SHAPES,
     OOD_SHAPES,
     PATTERNS,
+    POSITIONS,
+    SCENE_BACKGROUNDS,
     STYLES,
     TEXTURES,
     Domain,
@@ -125,6 +137,9 @@ def _definitions() -> dict[str, WorldDataset]:
         _shapes("shapes", ID_SHAPES, "photo", full),
         _objects("objects", ID_SHAPES, "photo", full),
         WorldDataset("patterns", tuple(f"{p} shape" for p in PATTERNS), tuple({"pattern": p} for p in PATTERNS)),
+        WorldDataset("scenes", SCENE_BACKGROUNDS, tuple({"background": b} for b in SCENE_BACKGROUNDS)),
+        WorldDataset("positions", tuple(POSITIONS), tuple({"position": p, "size": "small"} for p in POSITIONS)),
+        WorldDataset("textures", tuple(TEXTURES), tuple({"texture": t} for t in TEXTURES)),
         *(_shapes(f"shapes_{s}", ID_SHAPES, s, shift) for s in STYLES if s != "photo"),
         *(_objects(f"objects_{s}", ID_SHAPES, s, shift) for s in ("cartoon", "painting")),
         _shapes("ood_shapes", OOD_SHAPES, "photo", (0, 0, 150)),
@@ -143,7 +158,9 @@ def _definitions() -> dict[str, WorldDataset]:
 
 
 WORLD_DATASETS: dict[str, WorldDataset] = _definitions()
-ID_DATASETS: tuple[str, ...] = ("world_shapes", "world_objects", "world_patterns")
+ID_DATASETS: tuple[str, ...] = (
+    "world_shapes", "world_objects", "world_patterns", "world_scenes", "world_positions", "world_textures",
+)  # fmt: skip
 OOD_DATASETS: tuple[str, ...] = tuple(d.name for d in WORLD_DATASETS.values() if d.key.startswith("ood_"))
 
 

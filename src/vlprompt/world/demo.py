@@ -28,7 +28,9 @@ from vlprompt.io import atomic_write_json, atomic_write_text
 
 DEFAULT_MODEL = "vlprompt-world-rn"
 DEFAULT_PRETRAINED = "world"
-DEFAULT_DATASETS = ("world_shapes", "world_patterns", "world_objects")
+DEFAULT_DATASETS = (
+    "world_shapes", "world_objects", "world_scenes", "world_positions", "world_textures", "world_patterns",
+)  # fmt: skip
 DEFAULT_SHOTS = (1, 4, 16)
 
 
@@ -122,8 +124,12 @@ def plot_results(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.4), squeeze=False)
-    for ax, row in zip(axes[0], rows):
+    ncols = min(3, len(rows))
+    nrows = -(-len(rows) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.set_visible(False)
+    for ax, row in zip(axes.flat, rows):
         shots = results["shots"]
         ax.plot(shots, [row["coop"][k] for k in shots], "o-", label="CoOp")
         ax.axhline(row["zeroshot"], ls="--", color="gray", label="zero-shot CLIP")
@@ -133,7 +139,7 @@ def plot_results(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("shots per class")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend()
+    axes.flat[0].legend()
     fig.suptitle(f"vlprompt demo: {results['model']} ({results['pretrained']}), seed {results['seed']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
