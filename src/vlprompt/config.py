@@ -131,9 +131,20 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars"})
+    compile: bool | str = field(
+        default=False, metadata={"help": "torch.compile the training loss step (prompt -> text encoder -> loss): "
+                                 "false, true (inductor) or a torch.compile backend name (e.g. aot_eager)"}
+    )
+    dist_timeout_min: float = field(
+        default=120.0, metadata={"help": "under torchrun: how long ranks wait for each other (rank 0 "
+                                 "evaluates alone), in minutes"}
+    )
 
     def __post_init__(self) -> None:
         check_int(self.seed, "train.seed", minimum=0)
+        check_float(self.dist_timeout_min, "train.dist_timeout_min", minimum=0.0, strict=True)
+        if isinstance(self.compile, str) and not self.compile.strip():
+            raise ConfigError("option train.compile must be true, false or a torch.compile backend name, got ''")
         check_choice(self.precision, "train.precision", ("fp32", "amp"))
         check_int(self.eval_every, "train.eval_every", minimum=0)
         check_int(self.checkpoint_every, "train.checkpoint_every", minimum=1)

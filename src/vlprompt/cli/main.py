@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,14 +56,31 @@ def _print_table(text: str) -> None:
 
 # ------------------------------------------------------------------------------------ commands
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train one run; under ``torchrun`` every process runs this and rank 0 alone prints and writes."""
+    from vlprompt.engine.distributed import env_world, shutdown
     from vlprompt.engine.trainer import train
 
     cfg = _load_cfg(args, {"output_dir": "train.output_dir", "seed": "train.seed", "shots": "data.shots"})
-    metrics = train(cfg, resume=args.resume)
+    try:
+        metrics = train(cfg, resume=args.resume)
+    finally:
+        shutdown()
     test = metrics["test"]
-    print(f"test accuracy {test['accuracy']:.2f}% (mean per-class {test['macro_accuracy']:.2f}%) - "
-          f"results in {cfg.train.output_dir}")
+    if env_world()[1] == 0:
+        print(f"test accuracy {test['accuracy']:.2f}% (mean per-class {test['macro_accuracy']:.2f}%) - "
+              f"results in {cfg.train.output_dir}")
     return 0
+
+
+def _under_torchrun() -> bool:
+    """True in a process of a multi-process torchrun job (``WORLD_SIZE > 1``)."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+
+
+def _rank_prefix() -> str:
+    """``[rank N] `` for messages of a torchrun process other than rank 0, else empty."""
+    rank = os.environ.get("RANK", "0")
+    return f"[rank {rank}] " if _under_torchrun() and rank != "0" else ""
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -149,7 +167,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from vlprompt.world.demo import results_table, run_demo
 
     shots = [int(s) for s in args.shots.split(",")] if args.shots else None
-    kwargs: dict[str, Any] = {"seed": args.seed, "epochs": args.epochs, "device": args.device}
+    kwargs: dict[str, Any] = {"seed": args.seed, "epochs": args.epochs, "device": args.device,
+                              "methods": not args.coop_only}
     if shots:
         kwargs["shots"] = shots
     if args.datasets:
@@ -363,8 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", "-o", help="where results and run folders go (default: a new "
                                               "vlprompt_demo/run-<time> folder)")
     p.add_argument("--shots", help="comma-separated shot counts (default 1,4,16)")
-    p.add_argument("--datasets", help="comma-separated world datasets (default world_shapes,world_patterns,"
-                                      "world_objects)")
+    p.add_argument("--datasets", help="comma-separated world datasets of the CoOp table (default world_shapes,"
+                                      "world_objects,world_scenes,world_positions,world_textures,world_patterns)")
+    p.add_argument("--coop-only", action="store_true",
+                   help="skip the CoCoOp base-to-new, UPL and LoCoOp OOD sections")
     p.add_argument("--epochs", type=int, default=50, help="CoOp epochs per run (default 50)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--model", help="backbone (default: the shipped world CLIP)")
@@ -457,9 +478,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.func is not cmd_train and _under_torchrun():
+            raise VlpromptError(f"only `vlprompt train` runs under torchrun (several processes); run "
+                                f"`vlprompt {args.command}` as a single process")
         return int(args.func(args) or 0)
     except VlpromptError as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        if not getattr(exc, "relayed", False):  # a copy of rank 0's error under torchrun: rank 0 prints it
+            print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; finished checkpoints and results are kept (resume with --resume)", file=sys.stderr)

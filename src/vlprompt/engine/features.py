@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from vlprompt.data.loading import make_loader
 from vlprompt.data.types import Datum
+from vlprompt.engine.distributed import SINGLE, DistContext, GlobalBatchSampler
 
 #: Upper bound on cached images per backbone (ImageNet's 1.3M train images would not all be kept).
 MAX_CACHED = 400_000
@@ -112,10 +113,17 @@ def _encode(encode: Callable[[Tensor], Tensor], items: Sequence[Datum], loader: 
     return torch.cat(feats)
 
 
-def feature_loader(features: Tensor, labels: Tensor, *, batch_size: int) -> DataLoader:
-    """Shuffled batches of cached features, drawn exactly like the image loader's (same sampler, same RNG)."""
+def train_batches(n: int, batch_size: int, ctx: DistContext = SINGLE) -> GlobalBatchSampler:
+    """The training batch sampler of every loader: ``DataLoader(shuffle=True)``'s order and RNG use, drop_last
+    when there is more than one batch; under torchrun each rank gets its slice of every global batch."""
+    return GlobalBatchSampler(n, batch_size, drop_last=n >= batch_size, ctx=ctx)
+
+
+def feature_loader(features: Tensor, labels: Tensor, *, batch_size: int, ctx: DistContext = SINGLE) -> DataLoader:
+    """Shuffled batches of cached features ``[N, ...]``, drawn exactly like the image loader's (same sampler,
+    same RNG); with ``ctx`` each rank's share of every global batch of ``batch_size``."""
     dataset = TensorDataset(features, labels)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size)
+    return DataLoader(dataset, batch_sampler=train_batches(len(dataset), batch_size, ctx))
 
 
 class _ViewDataset(torch.utils.data.Dataset):
@@ -132,8 +140,8 @@ class _ViewDataset(torch.utils.data.Dataset):
         return self.views[v, i], self.labels[i]
 
 
-def view_loader(views: Tensor, labels: Tensor, *, batch_size: int) -> DataLoader:
-    """Shuffled batches drawing one of K pre-encoded augmented views per image (an approximation of
-    on-the-fly augmentation: the same K crops recur instead of fresh ones every epoch)."""
+def view_loader(views: Tensor, labels: Tensor, *, batch_size: int, ctx: DistContext = SINGLE) -> DataLoader:
+    """Shuffled batches drawing one of K pre-encoded augmented views ``[K, N, ...]`` per image (an approximation
+    of on-the-fly augmentation: the same K crops recur instead of fresh ones every epoch)."""
     dataset = _ViewDataset(views, labels)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size)
+    return DataLoader(dataset, batch_sampler=train_batches(len(dataset), batch_size, ctx))

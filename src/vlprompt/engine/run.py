@@ -118,6 +118,15 @@ def make_logger(path: Path | None, *, console: bool = True, name: str = "vlpromp
     return logger
 
 
+def quiet_logger(rank: int) -> logging.Logger:
+    """A logger that drops everything: ranks > 0 of a multi-process run leave logging to rank 0."""
+    logger = logging.getLogger(f"vlprompt.run.rank{rank}")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.addHandler(logging.NullHandler())  # no handler at all would print warnings via logging.lastResort
+    return logger
+
+
 def close_logger(logger: logging.Logger) -> None:
     for handler in list(logger.handlers):
         handler.close()

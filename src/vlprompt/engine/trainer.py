@@ -11,23 +11,31 @@
 A run killed at any point and restarted with ``resume=True`` continues from its last
 checkpoint (learned tensors, optimiser momentum, RNG states) and ends with the same prompt as an
 uninterrupted run on the same device and seed.
+
+Launched by ``torchrun`` (``WORLD_SIZE > 1``) the same function trains data-parallel: every rank
+takes its slice of each global batch, gradients are averaged over the global batch
+(:mod:`vlprompt.engine.distributed`), and rank 0 alone evaluates and writes the run folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from torch import Tensor
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vlprompt.backbones.openclip import OpenClipBackbone, shared_backbone
 from vlprompt.config import ExperimentConfig, config_from_dict
-from vlprompt.data.loading import make_loader
+from vlprompt.data.loading import ImageDataset
 from vlprompt.data.pipeline import PreparedData, prepare_data
 from vlprompt.engine.checkpoint import (
     list_checkpoints,
@@ -36,9 +44,28 @@ from vlprompt.engine.checkpoint import (
     save_prompt,
     save_training_state,
 )
-from vlprompt.engine.features import encode_items, feature_loader, view_loader
+from vlprompt.engine.distributed import (
+    SINGLE,
+    DistContext,
+    broadcast_parameters,
+    check_batch_size,
+    init_distributed,
+    main_first,
+    main_only,
+    reduce_step,
+    reseed_worker_rng,
+)
+from vlprompt.engine.features import encode_items, feature_loader, train_batches, view_loader
 from vlprompt.engine.optim import build_optimizer, default_max_epoch, lr_at_epoch, set_lr
-from vlprompt.engine.run import RunLock, RunPaths, close_logger, make_logger, resolve_device, seed_everything
+from vlprompt.engine.run import (
+    RunLock,
+    RunPaths,
+    close_logger,
+    make_logger,
+    quiet_logger,
+    resolve_device,
+    seed_everything,
+)
 from vlprompt.errors import ConfigError, VlpromptError
 from vlprompt.eval.evaluate import evaluate_items
 from vlprompt.eval.report import accuracy_table
@@ -101,45 +128,63 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: OpenClipBack
         raise ConfigError("option train.output_dir is required (the run folder), e.g. --output-dir runs/my_run")
     cfg.train.output_dir = cfg.resolve_output_dir()
     paths = RunPaths(Path(cfg.train.output_dir))
-    _check_run_folder(paths, cfg, resume)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with RunLock(paths.lock):
-        if resume and paths.metrics.exists():
-            import json
-
-            return json.loads(paths.metrics.read_text(encoding="utf-8"))
-        atomic_write_text(paths.config, cfg.to_yaml())
-        log = make_logger(paths.log, console=cfg.train.progress)
+    ctx, device = init_distributed(resolve_device(cfg.train.device), timeout_min=cfg.train.dist_timeout_min)
+    main_only(ctx, lambda: check_batch_size(ctx, cfg.optim.batch_size))  # before anything is written
+    with contextlib.ExitStack() as stack:
+        finished = main_only(ctx, lambda: _open_run(paths, cfg, resume, stack))
+        if finished is not None:
+            return finished
+        log = make_logger(paths.log, console=cfg.train.progress) if ctx.is_main else quiet_logger(ctx.rank)
         try:
-            return _train(cfg, paths, resume, backbone, log)
+            return _train(cfg, paths, resume, backbone, log, ctx, device)
         finally:
             close_logger(log)
 
 
+def _open_run(paths: RunPaths, cfg: ExperimentConfig, resume: bool, stack: contextlib.ExitStack) -> dict | None:
+    """Check and lock the run folder (held until ``stack`` closes), save the config; the metrics of an
+    already finished run being resumed, else None. Rank 0 only."""
+    _check_run_folder(paths, cfg, resume)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(RunLock(paths.lock))
+    if resume and paths.metrics.exists():
+        import json
+
+        return json.loads(paths.metrics.read_text(encoding="utf-8"))
+    atomic_write_text(paths.config, cfg.to_yaml())
+    return None
+
+
 def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenClipBackbone | None,
-           log: Any) -> dict[str, Any]:
-    device = resolve_device(cfg.train.device)
+           log: Any, ctx: DistContext = SINGLE, device: torch.device | None = None) -> dict[str, Any]:
+    device = resolve_device(cfg.train.device) if device is None else device
+    progress = cfg.train.progress and ctx.is_main
     seed_everything(cfg.train.seed)
     if backbone is None:
         backbone = shared_backbone(cfg.backbone.model, cfg.backbone.pretrained, device=device,
                                    precision=cfg.backbone.precision, cache_dir=cfg.backbone.cache_dir)
-    data = prepare_data(cfg.data, seed=cfg.train.seed, fewshot_path=paths.fewshot)
-    if data.skipped:
+    data = main_first(ctx, lambda: prepare_data(cfg.data, seed=cfg.train.seed, fewshot_path=paths.fewshot))
+    if data.skipped and ctx.is_main:
         atomic_write_json(paths.root / "skipped_images.json", data.skipped)
         log.warning(f"skipped {len(data.skipped)} unreadable images (data.on_bad_image=skip); "
                     f"listed in {paths.root / 'skipped_images.json'}")
     log.info(f"dataset {data.splits.name}: {data.splits.num_classes} classes, {len(data.train)} train / "
              f"{len(data.val)} val / {len(data.splits.test)} test images "
              f"(shots {cfg.data.shots}, seed {cfg.train.seed})")
+    main_only(ctx, lambda: check_batch_size(ctx, cfg.optim.batch_size, len(data.train)))  # one error line
     method = build_training_method(cfg, backbone, data.splits.classnames).to(device)
     params = [p for _, p in method.learned_parameters()]
+    broadcast_parameters(ctx, params)
     log.info(f"method {cfg.method.name}: {sum(p.numel() for p in params):,} learned parameters; "
              f"backbone {backbone.name} ({backbone.pretrained}) frozen")
+    if ctx.enabled:
+        log.info(f"data parallel: {ctx.world_size} processes ({device.type}), global batch {cfg.optim.batch_size} "
+                 f"= {ctx.world_size} x {cfg.optim.batch_size // ctx.world_size}")
     optimizer = build_optimizer(params, cfg.optim)
     max_epoch = cfg.optim.max_epoch or default_max_epoch(cfg.data.dataset, cfg.data.shots)
 
     start_epoch, history = 0, []
-    if resume:
+    if resume:  # every rank reads the same newest good checkpoint (rank 0's RNG states)
         state = load_latest_training_state(paths.checkpoints, log=log.warning)
         if state is not None:
             tensors, meta = state
@@ -147,33 +192,21 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
             history = list(meta.get("history", []))
             log.info(f"resumed from epoch {start_epoch} ({len(history)} epochs done)")
 
-    if cfg.data.augment and cfg.data.augment_views > 0:  # opt-in: K cached augmented views per image
-        with torch.random.fork_rng(devices=[]):  # the views depend on the seed only (same after --resume)
-            torch.manual_seed(cfg.train.seed + 7919)
-            views = [_augmented_view(method, data, backbone, cfg, v) for v in range(cfg.data.augment_views)]
-        train_loader = view_loader(torch.stack([f for f, _ in views]), views[0][1], batch_size=cfg.optim.batch_size)
-    elif cfg.data.augment or not cfg.data.cache_features:  # images are encoded anew every step
-        tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
-        train_loader = make_loader(data.train, data.splits.loader, tf,
-                                   batch_size=cfg.optim.batch_size, train=True, num_workers=cfg.data.num_workers,
-                                   pin_memory=device.type == "cuda")
-    else:  # frozen encoder, fixed views: encode every training image once (exact)
-        feats, labels = encode_items(method.encode_images, data.train, data.splits.loader, backbone.eval_transform(),
-                                     batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
-                                     progress=cfg.train.progress, cache_owner=backbone,
-                                     cache_kind=method.feature_kind, disk_dir=cfg.data.feature_cache_dir)
-        train_loader = feature_loader(feats, labels, batch_size=cfg.optim.batch_size)
-    writer = _tensorboard(paths, cfg, start_epoch)
+    train_loader = _train_loader(method, data, backbone, cfg, device, ctx, progress)
+    loss_fn = _loss_step(method, cfg.train.compile)
+    writer = _tensorboard(paths, cfg, start_epoch) if ctx.is_main else None
     t0 = time.time()
-    epochs = tqdm(range(start_epoch, max_epoch), desc="epochs", disable=not cfg.train.progress,
+    epochs = tqdm(range(start_epoch, max_epoch), desc="epochs", disable=not progress,
                   initial=start_epoch, total=max_epoch)
     for epoch in epochs:
         lr = lr_at_epoch(epoch, cfg.optim, max_epoch)
         set_lr(optimizer, lr)
-        stats = _train_one_epoch(method, train_loader, optimizer, device, cfg, epoch)
+        reseed_worker_rng(ctx, cfg.train.seed, epoch)
+        stats = _train_one_epoch(method, train_loader, optimizer, device, cfg, epoch, ctx=ctx, loss_fn=loss_fn,
+                                 progress=progress)
         record = {"epoch": epoch + 1, "lr": lr, **stats}
         if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and data.val:
-            val = _evaluate_split(method, data, data.val, backbone, cfg, device, "val")
+            val = main_only(ctx, lambda: _evaluate_split(method, data, data.val, backbone, cfg, device, "val"))
             record["val_accuracy"] = val["accuracy"]
         history.append(record)
         epochs.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['accuracy']:.1f}", lr=f"{lr:.2e}")
@@ -183,11 +216,19 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
                 if key != "epoch":
                     writer.add_scalar(f"train/{key}" if "val" not in key else f"val/{key}", value, epoch + 1)
         if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == max_epoch:
-            save_training_state(paths.checkpoints, epoch, method, optimizer, extra={"history": history},
-                                keep=cfg.train.keep_checkpoints)
+            main_only(ctx, functools.partial(save_training_state, paths.checkpoints, epoch, method, optimizer,
+                                             extra={"history": history}, keep=cfg.train.keep_checkpoints))
     if writer is not None:
         writer.close()
+    train_time = round(time.time() - t0, 2)
+    return main_only(ctx, lambda: _finish(method, data, backbone, cfg, device, paths, log, history, max_epoch,
+                                          train_time))
 
+
+def _finish(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
+            device: torch.device, paths: RunPaths, log: Any, history: list[dict[str, Any]], max_epoch: int,
+            train_time: float) -> dict[str, Any]:
+    """Save the prompt, evaluate on test (and val), write metrics.json and results.md (rank 0)."""
     save_prompt(paths.prompt, method, extra={"dataset": cfg.data.dataset, "shots": cfg.data.shots,
                                               "seed": cfg.train.seed, "epochs": max_epoch})
     log.info("evaluating on the test split")
@@ -200,7 +241,7 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
         "seed": cfg.train.seed,
         "backbone": backbone.info.as_dict(),
         "epochs": max_epoch,
-        "train_time_s": round(time.time() - t0, 2),
+        "train_time_s": train_time,
         "skipped_images": len(data.skipped),
         "test": test,
         "val": val_report,
@@ -212,6 +253,44 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
     atomic_write_text(paths.results_table, table)
     log.info("\n" + table)
     return metrics
+
+
+def _train_loader(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
+                  device: torch.device, ctx: DistContext, progress: bool) -> DataLoader:
+    """Training batches (this rank's share of each global batch): cached features ``[B, ...]``, cached
+    augmented views, or images ``[B, 3, H, W]`` encoded every step."""
+    bs = cfg.optim.batch_size
+    if cfg.data.augment and cfg.data.augment_views > 0:  # opt-in: K cached augmented views per image
+        with torch.random.fork_rng(devices=[]):  # the views depend on the seed only (same after --resume)
+            torch.manual_seed(cfg.train.seed + 7919)
+            views = [_augmented_view(method, data, backbone, cfg, v) for v in range(cfg.data.augment_views)]
+        return view_loader(torch.stack([f for f, _ in views]), views[0][1], batch_size=bs, ctx=ctx)
+    if cfg.data.augment or not cfg.data.cache_features:  # images are encoded anew every step
+        tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
+        dataset = ImageDataset(data.train, data.splits.loader, tf)
+        return DataLoader(dataset, batch_sampler=train_batches(len(dataset), bs, ctx),
+                          num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    # frozen encoder, fixed views: encode every training image once (exact)
+    feats, labels = encode_items(method.encode_images, data.train, data.splits.loader, backbone.eval_transform(),
+                                 batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
+                                 progress=progress, cache_owner=backbone,
+                                 cache_kind=method.feature_kind, disk_dir=cfg.data.feature_cache_dir)
+    return feature_loader(feats, labels, batch_size=bs, ctx=ctx)
+
+
+def _loss_step(method: PromptMethod, compile_step: bool | str) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``method.training_loss`` (features ``[B, ...]``, labels ``[B]`` -> loss, logits ``[B, C]``), optionally
+    wrapped in ``torch.compile`` (option train.compile: true = inductor, or a backend name)."""
+    if compile_step is False:
+        return method.training_loss
+    backend = "inductor" if compile_step is True else str(compile_step)
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ConfigError(f"option train.compile: unknown torch.compile backend '{backend}'; use true, false or "
+                          f"one of {', '.join(sorted(known))}")
+    return torch.compile(method.training_loss, backend=backend)
 
 
 def _augmented_view(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
@@ -230,27 +309,37 @@ def _augmented_view(method: PromptMethod, data: PreparedData, backbone: OpenClip
 
 
 def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Optimizer, device: torch.device,
-                     cfg: ExperimentConfig, epoch: int) -> dict[str, float]:
+                     cfg: ExperimentConfig, epoch: int, *, ctx: DistContext = SINGLE,
+                     loss_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+                     progress: bool | None = None) -> dict[str, float]:
+    """One pass over ``loader``; loss and accuracy are over the global batches (all ranks)."""
     method.train()
+    loss_fn = method.training_loss if loss_fn is None else loss_fn
+    progress = cfg.train.progress if progress is None else progress
+    params = [p for _, p in method.learned_parameters()]
     total_loss, correct, seen = 0.0, 0, 0
     for step, (images, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
-                                                 disable=not cfg.train.progress)):
+                                                 disable=not progress)):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.precision):
             feats = method.encode_images(images) if images.dim() == 4 else images  # else: cached features
-            loss, logits = method.training_loss(feats, labels)
-        if not math.isfinite(loss.item()):
+            loss, logits = loss_fn(feats, labels)
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        if math.isfinite(value):  # a non-finite loss stops training below (on every rank: it is all-reduced)
+            loss.backward()
+        batch_loss, batch_correct, batch_n = reduce_step(ctx, params, value, int((logits.argmax(-1) == labels).sum()),
+                                                         labels.shape[0])
+        if not math.isfinite(batch_loss):
             raise VlpromptError(
-                f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; training stopped and "
+                f"the loss became {batch_loss} at epoch {epoch + 1}, step {step + 1}; training stopped and "
                 "the last good checkpoint is kept. Likely causes: learning rate too high (optim.lr) or "
                 "reduced precision (train.precision=fp32 avoids it)."
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         optimizer.step()
-        total_loss += loss.item() * labels.shape[0]
-        correct += int((logits.argmax(-1) == labels).sum())
-        seen += labels.shape[0]
+        total_loss += batch_loss * batch_n
+        correct += batch_correct
+        seen += batch_n
     if seen == 0:
         raise VlpromptError("the training split is empty; check data.dataset / data.root / data.shots")
     return {"loss": total_loss / seen, "accuracy": 100.0 * correct / seen}
