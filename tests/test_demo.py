@@ -10,16 +10,38 @@ from vlprompt.cli.main import main
 def test_demo_writes_table_json_and_plot(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "-o", str(out), "--model", "vlprompt-test-rn", "--pretrained", "none",
-                 "--datasets", "world_patterns", "--shots", "1,2", "--epochs", "2", "--device", "cpu"])
+                 "--datasets", "world_patterns", "--shots", "1,2", "--epochs", "2", "--device", "cpu",
+                 "--coop-only"])
     stdout = capsys.readouterr().out
     assert code == 0
     results = json.loads((out / "demo_results.json").read_text())
     row = results["rows"][0]
     assert row["dataset"] == "world_patterns" and row["classes"] == 7
     assert set(row["coop"]) == {"1", "2"}
+    assert results["methods"] is None
     assert (out / "demo_plot.png").stat().st_size > 1000
     assert "CoOp 2-shot" in (out / "demo_results.md").read_text() and "CoOp 2-shot" in stdout
     for k in (1, 2):
         assert (out / f"coop_world_patterns_{k}shots_seed1" / "prompt.safetensors").is_file()
     # a second demo into the same folder is refused, not overwritten
     assert main(["demo", "-o", str(out), "--model", "vlprompt-test-rn", "--pretrained", "none"]) == 2
+
+
+def test_demo_methods_section_runs_cocoop_upl_locoop(tmp_path):
+    from vlprompt.eval.protocols import harmonic_mean
+    from vlprompt.world.demo_methods import method_tables, run_method_demo
+
+    res = run_method_demo(tmp_path, model="vlprompt-test-vit", pretrained=None, seed=1, device="cpu",
+                          log=lambda _msg: None)
+    assert [r["method"] for r in res["base2new"]["rows"]] == ["zeroshot", "coop", "cocoop"]
+    for r in res["base2new"]["rows"]:
+        assert 0 <= r["base"] <= 100 and 0 <= r["new"] <= 100
+        assert abs(r["H"] - harmonic_mean(r["base"], r["new"])) < 1e-6
+    assert [r["method"] for r in res["upl"]["rows"]] == ["zeroshot", "upl"]
+    assert (tmp_path / "upl" / "pseudo_labels.json").is_file()
+    assert (tmp_path / "upl" / "run" / "prompt.safetensors").is_file()
+    assert [r["method"] for r in res["ood"]["rows"]] == ["zeroshot", "coop", "locoop"]
+    for r in res["ood"]["rows"]:
+        assert 0 <= r["glmcm_fpr95"] <= 100 and 0 <= r["mcm_auroc"] <= 100
+    text = method_tables(res)
+    assert "GL-MCM AUROC" in text and "cocoop" in text and "top-16 pseudo" in text

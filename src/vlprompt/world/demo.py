@@ -8,6 +8,10 @@ shot counts through exactly the same ``train()`` the CLI uses, and writes
     OUT/demo_results.md     the table printed at the end
     OUT/demo_plot.png       accuracy vs shots per dataset, zero-shot as a dashed line
 
+and then (unless ``methods=False``, CLI ``--coop-only``) runs CoCoOp base-to-new, UPL and LoCoOp OOD
+detection on the world, one seed each (:mod:`vlprompt.world.demo_methods`); their tables join the
+Markdown file and the JSON under ``"methods"``.
+
 To fit in a few CPU minutes the demo trains without augmentation (features cached, exact), with at
 most ``epochs`` (default 50) epochs and at most ``max_steps`` (default 600) optimisation steps per run
 (fewer epochs for the 120-class dataset, as CoOp itself uses 50 epochs for ImageNet); everything else
@@ -63,6 +67,7 @@ def run_demo(
     model: str = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
     device: str = "auto",
+    methods: bool = True,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` and return the results dict (see module doc)."""
@@ -95,9 +100,15 @@ def run_demo(
             row["coop"][k] = metrics["test"]["accuracy"]
             log(f"[{time.time() - t0:5.0f}s] {dataset}: CoOp {k:2d} shots {metrics['test']['accuracy']:.1f}%")
         rows.append(row)
+    others = None
+    if methods:
+        from vlprompt.world.demo_methods import run_method_demo
+
+        others = run_method_demo(out / "methods", model=model, pretrained=pretrained, seed=seed, device=device,
+                                 log=log, t0=t0)
     results = {"model": model, "pretrained": pretrained, "seed": seed, "epochs": epochs, "max_steps": max_steps,
                "shots": list(shots),
-               "rows": rows, "seconds": round(time.time() - t0, 1)}
+               "rows": rows, "methods": others, "seconds": round(time.time() - t0, 1)}
     table = results_table(results)
     atomic_write_json(out / "demo_results.json", results)
     atomic_write_text(out / "demo_results.md", table)
@@ -106,14 +117,20 @@ def run_demo(
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown: one row per dataset, zero-shot then CoOp at each shot count (test accuracy, %)."""
+    """Markdown: one row per dataset, zero-shot then CoOp at each shot count (test accuracy, %), then
+    the CoCoOp / UPL / LoCoOp tables when they ran."""
     shots = results["shots"]
     headers = ["dataset", "classes", "zero-shot", *[f"CoOp {k}-shot" for k in shots]]
     rows = [[r["dataset"], r["classes"], r["zeroshot"], *[r["coop"][k] for k in shots]] for r in results["rows"]]
     if len(rows) > 1:
         mean = [sum(r[i] for r in rows) / len(rows) for i in range(2, len(headers))]
         rows.append(["average", "", *mean])
-    return markdown_table(headers, rows)
+    table = markdown_table(headers, rows)
+    if results.get("methods"):
+        from vlprompt.world.demo_methods import method_tables
+
+        table += "\n" + method_tables(results["methods"])
+    return table
 
 
 def plot_results(results: dict[str, Any], path: Path) -> None:

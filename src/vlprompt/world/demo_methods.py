@@ -1,0 +1,113 @@
+"""The second part of ``vlprompt demo``: CoCoOp, UPL and LoCoOp on the embedded world, one seed each.
+
+* **CoCoOp** (Zhou et al., CVPR 2022), base-to-new on ``world_positions``: zero-shot, CoOp and CoCoOp
+  trained on the first ceil(n/2) classes (16 shots), tested on base and new classes; H = harmonic mean.
+* **UPL** (Huang et al., 2022), unsupervised on ``world_positions``: zero-shot pseudo-labels of the
+  unlabeled train split, top-16 most confident per class, CoOp-style prompts trained on them.
+* **LoCoOp** (Miyai et al., NeurIPS 2023), few-shot OOD detection: ID ``world_shapes``, OOD = the
+  world's OOD sets; zero-shot, CoOp and LoCoOp (16 shots), MCM and GL-MCM scores.
+
+Epochs are reduced for a CPU (CoOp / UPL / LoCoOp 50, CoCoOp 10 at batch 4) and training runs on cached
+features (no augmentation); the rest is each paper's recipe. Every run is an ordinary run folder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from vlprompt.config import ExperimentConfig, config_from_dict
+from vlprompt.eval.report import markdown_table
+
+B2N_DATASET = "world_positions"
+UPL_DATASET = "world_positions"
+OOD_ID = "world_shapes"
+OOD_SETS = ("world_ood_shapes", "world_ood_novel", "world_ood_textures")
+_LONG = {"max_epoch": 50, "batch_size": 32}
+METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "zeroshot": ({"name": "zeroshot"}, {}),
+    "coop": ({"name": "coop", "n_ctx": 16}, _LONG),
+    "cocoop": ({"name": "cocoop", "n_ctx": 4, "ctx_init": "a photo of a"}, {"max_epoch": 10, "batch_size": 4}),
+    "upl": ({"name": "upl", "n_ctx": 16, "n_prompts": 16}, _LONG),
+    "locoop": ({"name": "locoop", "n_ctx": 16, "lambda_value": 0.25}, _LONG),
+}
+
+
+def _cfg(method: str, dataset: str, *, model: str, pretrained: str | None, seed: int, device: str,
+         out: Path | None = None, **data: Any) -> ExperimentConfig:
+    m, optim = METHODS[method]
+    return config_from_dict({
+        "method": m,
+        "backbone": {"model": model, "pretrained": pretrained},
+        "data": {"dataset": dataset, "shots": 16, "augment": False, "num_workers": 0, **data},
+        "optim": optim,
+        "train": {"seed": seed, "device": device, "progress": False, "tensorboard": False,
+                  "output_dir": str(out) if out else ""},
+    })
+
+
+def run_method_demo(out: Path, *, model: str, pretrained: str | None, seed: int, device: str,
+                    log: Any = print, t0: float | None = None) -> dict[str, Any]:
+    """Run the three sections into ``out`` (run folders below it); returns their rows (see module doc)."""
+    from vlprompt.api import zeroshot
+    from vlprompt.engine.trainer import train
+    from vlprompt.eval.ood_eval import ood_evaluate
+    from vlprompt.eval.protocols import base_to_new
+    from vlprompt.methods.upl.pseudo import pseudo_label
+
+    t0 = time.time() if t0 is None else t0
+    kw = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}
+    results: dict[str, Any] = {"base2new": {"dataset": B2N_DATASET, "rows": []},
+                               "upl": {"dataset": UPL_DATASET, "rows": []},
+                               "ood": {"id": OOD_ID, "ood_sets": list(OOD_SETS), "rows": []}}
+
+    for method in ("zeroshot", "coop", "cocoop"):
+        r = base_to_new(_cfg(method, B2N_DATASET, **kw), [seed], out / "base2new" / method)["summary"]
+        row = {"method": method, **{k: r[k]["mean"] for k in ("base", "new", "H")}}
+        results["base2new"]["rows"].append(row)
+        log(f"[{time.time() - t0:5.0f}s] base-to-new {B2N_DATASET} {method}: base {row['base']:.1f} "
+            f"new {row['new']:.1f} H {row['H']:.1f}")
+
+    pseudo = out / "upl" / "pseudo_labels.json"
+    report = pseudo_label(_cfg("upl", UPL_DATASET, **kw), pseudo, top_k=16, progress=False)
+    zs = zeroshot(_cfg("zeroshot", UPL_DATASET, **kw), progress=False)["accuracy"]
+    upl = train(_cfg("upl", UPL_DATASET, out=out / "upl" / "run", fewshot_file=str(pseudo), **kw))
+    results["upl"].update(pseudo_label_accuracy=report["pseudo_label_accuracy"])
+    results["upl"]["rows"] = [{"method": "zeroshot", "labels": "none", "accuracy": zs},
+                              {"method": "upl", "labels": "top-16 pseudo", "accuracy": upl["test"]["accuracy"]}]
+    log(f"[{time.time() - t0:5.0f}s] UPL {UPL_DATASET}: zero-shot {zs:.1f}% -> UPL {upl['test']['accuracy']:.1f}% "
+        f"(no labels; pseudo-labels {report['pseudo_label_accuracy']:.1f}% right)")
+
+    for method in ("zeroshot", "coop", "locoop"):
+        run = out / "ood" / method
+        cfg = _cfg(method, OOD_ID, out=run, **kw)
+        prompt = None
+        if method != "zeroshot":
+            train(cfg)
+            prompt = run / "prompt.safetensors"
+        r = ood_evaluate(cfg, prompt, OOD_SETS, scores=("mcm", "glmcm"), progress=False, output_dir=run / "ood")
+        row = {"method": method, "id_accuracy": r["id_accuracy"],
+               **{f"{s}_{m}": r["average"][s][m] for s in ("mcm", "glmcm") for m in ("fpr95", "auroc")}}
+        results["ood"]["rows"].append(row)
+        log(f"[{time.time() - t0:5.0f}s] OOD {method}: GL-MCM FPR95 {row['glmcm_fpr95']:.1f} "
+            f"AUROC {row['glmcm_auroc']:.1f}")
+    return results
+
+
+def method_tables(results: dict[str, Any]) -> str:
+    """Markdown of the three sections."""
+    b2n, upl, ood = results["base2new"], results["upl"], results["ood"]
+    parts = [
+        f"Base-to-new on {b2n['dataset']} (CoCoOp's protocol; test accuracy %)\n\n"
+        + markdown_table(["method", "base", "new", "H"], [[r["method"], r["base"], r["new"], r["H"]]
+                                                          for r in b2n["rows"]]),
+        f"Unsupervised on {upl['dataset']} (UPL; pseudo-labels {upl['pseudo_label_accuracy']:.1f}% right)\n\n"
+        + markdown_table(["method", "labels used", "test accuracy"],
+                         [[r["method"], r["labels"], r["accuracy"]] for r in upl["rows"]]),
+        f"OOD detection (LoCoOp): ID {ood['id']}, OOD = mean over {', '.join(ood['ood_sets'])} (%)\n\n"
+        + markdown_table(["method", "ID acc", "MCM FPR95↓", "MCM AUROC↑", "GL-MCM FPR95↓", "GL-MCM AUROC↑"],
+                         [[r["method"], r["id_accuracy"], r["mcm_fpr95"], r["mcm_auroc"], r["glmcm_fpr95"],
+                           r["glmcm_auroc"]] for r in ood["rows"]]),
+    ]
+    return "\n".join(parts)
