@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cocoop-batch", type=int, default=4)
+    ap.add_argument("--cocoop-max-classes", type=int, default=None,
+                    help="skip CoCoOp above this many classes (default: 100 on CPU, no limit on CUDA)")
     args = ap.parse_args()
     device = torch.device(args.device)
     backbone = load_backbone(args.model, None, device=device)
@@ -96,6 +98,10 @@ def bench(backbone, n_cls: int, args: argparse.Namespace, device: torch.device) 
           f"speed-up {t_naive / t_ours:6.1f}x" + (f"  (peak {m_naive:.1f} / {m_ours:.1f} GiB)"
                                                 if device.type == "cuda" else ""))
 
+    limit = args.cocoop_max_classes or (100 if device.type == "cpu" else None)
+    if limit is not None and n_cls > limit:
+        print(f"CoCoOp {n_cls:5d} classes: skipped (--cocoop-max-classes {limit})")
+        return
     b = args.cocoop_batch
     cocoop = build_method("cocoop", backbone, names).to(device)
     opt2 = torch.optim.SGD([p for _, p in cocoop.learned_parameters()], lr=0.002, momentum=0.9)

@@ -28,6 +28,8 @@ from vlprompt.errors import ConfigError
 from conftest import write_config
 
 EPOCHS = 4
+# LoCoOp: its regulariser is a mean over the selected patches of the whole global batch (all ranks)
+LOCOOP = {"name": "locoop", "n_ctx": 4, "lambda_value": 0.5, "top_k": 3}
 
 
 def _raw(out: Path, method: dict | None = None, **optim) -> dict:
@@ -73,12 +75,13 @@ def _assert_same_run(one: Path, two: Path) -> None:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """One-process reference runs (CoOp, CoCoOp), in this process."""
+    """One-process reference runs (CoOp, CoCoOp, LoCoOp), in this process."""
     from vlprompt.engine.trainer import train
 
     tmp = tmp_path_factory.mktemp("single")
     train(config_from_dict(_raw(tmp / "coop")))
     train(config_from_dict(_raw(tmp / "cocoop", {"name": "cocoop", "n_ctx": 4})))
+    train(config_from_dict(_raw(tmp / "locoop", LOCOOP)))
     return tmp
 
 
@@ -129,16 +132,17 @@ def test_two_processes_through_the_cli_equal_one_process_and_only_rank_0_writes(
 
 
 _DRIVER = textwrap.dedent('''
-    """Run by torchrun: CoCoOp; a CoOp run stopped on rank 0 after epoch 2, then resumed; a bad batch size."""
+    """Run by torchrun: CoCoOp; LoCoOp; a CoOp run stopped on rank 0 after epoch 2, then resumed; a bad batch size."""
     import json, os, sys
     import vlprompt.engine.trainer as trainer_mod
     from vlprompt.config import load_config
     from vlprompt.engine.distributed import shutdown
 
-    cocoop, coop, bad, out = sys.argv[1:5]
+    cocoop, coop, bad, out, locoop = sys.argv[1:6]
     rank = int(os.environ["RANK"])
     report = {}
     trainer_mod.train(load_config(cocoop))
+    trainer_mod.train(load_config(locoop))
     original = trainer_mod.save_training_state
 
     def save_then_fail(folder, epoch, *args, **kwargs):
@@ -164,14 +168,16 @@ _DRIVER = textwrap.dedent('''
 ''')
 
 
-def test_cocoop_resume_and_errors_under_two_processes(single, tmp_path):
+def test_cocoop_locoop_resume_and_errors_under_two_processes(single, tmp_path):
     cocoop = write_config(tmp_path / "cocoop.yaml", **_raw(tmp_path / "cocoop", {"name": "cocoop", "n_ctx": 4}))
+    locoop = write_config(tmp_path / "locoop.yaml", **_raw(tmp_path / "locoop", LOCOOP))
     coop = write_config(tmp_path / "coop.yaml", **_raw(tmp_path / "coop"))
     bad = write_config(tmp_path / "bad.yaml", **_raw(tmp_path / "bad", batch_size=7))
     driver = tmp_path / "driver.py"
     driver.write_text(_DRIVER)
-    _torchrun([str(driver), str(cocoop), str(coop), str(bad), str(tmp_path)], cwd=tmp_path)
+    _torchrun([str(driver), str(cocoop), str(coop), str(bad), str(tmp_path), str(locoop)], cwd=tmp_path)
     _assert_same_run(single / "cocoop", tmp_path / "cocoop")
+    _assert_same_run(single / "locoop", tmp_path / "locoop")
     _assert_same_run(single / "coop", tmp_path / "coop")  # stopped after epoch 2 and resumed: same result
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["stopped"] == ["RuntimeError", "disk on fire", False]

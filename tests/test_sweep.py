@@ -72,3 +72,32 @@ def test_sweep_protocol_base2new(tmp_path):
         assert (tmp_path / "out" / name).is_file()
     record = json.loads((tmp_path / "out" / "report.json").read_text())["protocols"]["base2new"][0]
     assert record["seeds"] == [1, 2] and record["paper"] is None
+
+
+def test_sweep_protocol_ood_trains_scores_and_reports(tmp_path):
+    path = _sweep(tmp_path, protocol="ood", methods=["zeroshot", "locoop"], shots=[1], seeds=[1, 2],
+                  targets=["world_ood_novel"])
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    results = sorted((tmp_path / "out").rglob("ood_results.json"))
+    assert len(results) == 2 * 2  # methods x seeds
+    assert (tmp_path / "out" / "locoop" / "default" / "world_patterns" / "1shots" / "seed2" / "prompt.safetensors"
+            ).is_file()
+    assert main(["sweep", str(path), "--no-progress"]) == 0  # resumed: nothing redone
+    summary = json.loads((tmp_path / "out" / "sweep_summary.json").read_text())
+    assert summary["done"] == 0 and summary["skipped"] == 4
+    assert main(["report", str(tmp_path / "out")]) == 0
+    ood = json.loads((tmp_path / "out" / "report.json").read_text())["ood"]
+    assert any("locoop" in json.dumps(entry) for entry in (ood if isinstance(ood, list) else [ood]))
+    assert "FPR95" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_sweep_protocol_unsupervised_pseudo_labels_once_for_all_seeds(tmp_path):
+    path = _sweep(tmp_path, protocol="unsupervised", methods=["upl"], shots=[2], seeds=[1, 2])
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    folder = tmp_path / "out" / "upl" / "default" / "world_patterns" / "2shots"
+    pseudo = json.loads((folder / "pseudo_labels.json").read_text())
+    for seed in (1, 2):
+        cfg = yaml.safe_load((folder / f"seed{seed}" / "config.yaml").read_text())
+        assert cfg["data"]["fewshot_file"] == str(folder / "pseudo_labels.json")
+        assert json.loads((folder / f"seed{seed}" / "metrics.json").read_text())["method"] == "upl"
+    assert pseudo  # the shared split file (top-2 per class of the unlabeled train split)

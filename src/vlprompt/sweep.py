@@ -3,20 +3,27 @@
 A sweep file (YAML)::
 
     name: coop_fewshot
-    protocol: fewshot              # fewshot | base2new | dg | xd
+    protocol: fewshot              # fewshot | base2new | dg | xd | ood | unsupervised
     config: configs/coop/{dataset}/rn50_{shots}shots.yaml   # optional template; {dataset} {shots} filled
     methods: [coop]                # method.name of each run (optional: the config's)
     datasets: [dtd, eurosat]
     shots: [1, 2, 4, 8, 16]
     seeds: [1, 2, 3]
     backbones: [{model: RN50-quickgelu, pretrained: openai}]   # optional: the config's
-    targets: [imagenetv2, imagenet_sketch]                      # dg / xd only
+    targets: [imagenetv2, imagenet_sketch]      # dg / xd: target datasets; ood: the OOD sets
     set: [data.root=./data]        # overrides applied to every run
     output_dir: runs/sweeps/coop_fewshot
 
 Each run is an ordinary run folder ``OUT/<method>/<backbone>/<dataset>/<shots>shots/seed<seed>``
-(protocols: one folder per (method, backbone, dataset, shots) holding the seed runs). Finished runs are
-skipped, so a killed sweep resumes where it stopped; a failing run is reported at the end without
+(protocols: one folder per (method, backbone, dataset, shots) holding the seed runs).
+
+* ``ood`` (LoCoOp's protocol): each seed's run is trained (nothing to train for ``zeroshot``) and then
+  scored against the ``targets`` OOD sets with MCM and GL-MCM into ``<run>/ood/ood_results.json``.
+* ``unsupervised`` (UPL's protocol): the dataset's train split is pseudo-labelled once per (method,
+  backbone, dataset, K) with the top-K (= ``shots``) most confident zero-shot predictions per class
+  (``<folder>/pseudo_labels.json``, shared by the seeds); each seed trains on those labels only.
+
+Finished runs are skipped, so a killed sweep resumes where it stopped; a failing run is reported at the end without
 stopping the others. ``vlprompt report OUT`` turns the folder into tables and plots.
 """
 
@@ -35,7 +42,8 @@ from vlprompt.config import apply_overrides, config_from_dict, read_yaml
 from vlprompt.errors import ConfigError, VlpromptError, user_message
 from vlprompt.io import atomic_write_json
 
-PROTOCOLS = ("fewshot", "base2new", "dg", "xd")
+PROTOCOLS = ("fewshot", "base2new", "dg", "xd", "ood", "unsupervised")
+SEEDS_INSIDE = ("base2new", "dg", "xd")  # protocol functions that run every seed themselves
 _KEYS = {"name", "protocol", "config", "methods", "datasets", "shots", "seeds", "backbones", "targets", "set",
          "output_dir"}
 
@@ -111,13 +119,41 @@ def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, datas
     return config_from_dict(apply_overrides(raw, overrides))
 
 
+def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, shots: int, seed: int,
+              train: Any) -> None:
+    """One seed of a per-seed protocol (fewshot, ood, unsupervised) into ``run_dir``."""
+    if sw.protocol == "unsupervised" and cfg.method.name != "zeroshot":
+        from vlprompt.methods.upl.pseudo import pseudo_label
+
+        pseudo = folder / "pseudo_labels.json"
+        if not pseudo.exists():  # frozen work shared by the seeds
+            pseudo_label(cfg, pseudo, top_k=shots, progress=False)
+        cfg.data.fewshot_file = str(pseudo)
+    if cfg.method.name == "zeroshot":  # nothing to train: record zero-shot accuracy as the run
+        from vlprompt.api import zeroshot
+
+        rep = zeroshot(cfg, progress=False)
+        atomic_write_json(run_dir / "metrics.json", {
+            "method": "zeroshot", "dataset": dataset, "shots": shots, "seed": seed,
+            "backbone": rep["backbone"], "test": {k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}})
+    elif not (run_dir / "metrics.json").exists():
+        train(cfg, resume=True)
+    if sw.protocol == "ood":
+        from vlprompt.eval.ood_eval import ood_evaluate
+
+        prompt = None if cfg.method.name == "zeroshot" else run_dir / "prompt.safetensors"
+        ood_evaluate(cfg, prompt, sw.targets, progress=False, output_dir=run_dir / "ood")
+
+
 def run_sweep(sw: Sweep, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Run (or resume) every combination; returns ``{"done", "skipped", "failed": [...]}``."""
     from vlprompt.engine.trainer import train
     from vlprompt.eval.protocols import base_to_new, transfer
 
+    if sw.protocol in ("dg", "xd", "ood") and not sw.targets:
+        raise ConfigError(f"sweep protocol {sw.protocol} needs 'targets' (the target / OOD datasets)")
     combos = list(itertools.product(sw.methods, sw.backbones, sw.datasets, sw.shots))
-    seeds_inside = sw.protocol != "fewshot"
+    seeds_inside = sw.protocol in SEEDS_INSIDE
     jobs = [(c, s) for c in combos for s in ([None] if seeds_inside else sw.seeds)]
     summary: dict[str, Any] = {"sweep": sw.name, "protocol": sw.protocol, "done": 0, "skipped": 0, "failed": []}
     bar = tqdm(jobs, desc=f"sweep {sw.name}", disable=not progress, unit="run")
@@ -128,19 +164,12 @@ def run_sweep(sw: Sweep, *, progress: bool = True, log: Any = print) -> dict[str
         try:
             if seed is not None:
                 run_dir = folder / f"seed{seed}"
-                if (run_dir / "metrics.json").exists():
+                done = run_dir / ("ood/ood_results.json" if sw.protocol == "ood" else "metrics.json")
+                if done.exists():
                     summary["skipped"] += 1
                     continue
                 cfg = build_config(sw, method, bb, dataset, shots, seed, run_dir)
-                if cfg.method.name == "zeroshot":  # nothing to train: record zero-shot accuracy as the run
-                    from vlprompt.api import zeroshot
-
-                    rep = zeroshot(cfg, progress=False)
-                    atomic_write_json(run_dir / "metrics.json", {
-                        "method": "zeroshot", "dataset": dataset, "shots": shots, "seed": seed,
-                        "backbone": rep["backbone"], "test": {k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}})
-                else:
-                    train(cfg, resume=True)
+                _run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train)
             else:
                 cfg = build_config(sw, method, bb, dataset, shots, sw.seeds[0], folder / "unused")
                 if sw.protocol == "base2new":

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.engine.distributed import all_reduce_sum
 from vlprompt.errors import ConfigError
 from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.model import CoOp
@@ -44,8 +45,8 @@ class LoCoOpConfig(CoOpConfig):
             check_int(self.top_k, "method.top_k", minimum=1)
 
 
-def entropy_of_selected(local_logits: Tensor, labels: Tensor, top_k: int) -> Tensor:
-    """Mean entropy of the softmax of ID-irrelevant patches (ground truth not in their top-K).
+def entropy_sum_of_selected(local_logits: Tensor, labels: Tensor, top_k: int) -> tuple[Tensor, int]:
+    """Summed entropy of the softmax of ID-irrelevant patches (ground truth not in their top-K).
 
     Args:
         local_logits: ``[B, P, C]`` scaled local logits.
@@ -53,16 +54,20 @@ def entropy_of_selected(local_logits: Tensor, labels: Tensor, top_k: int) -> Ten
         top_k: K.
 
     Returns:
-        0-dim tensor; 0 when no patch is selected.
+        (0-dim tensor: sum over the selected patches of H(softmax(l_p)), number of selected patches).
     """
     b, p, c = local_logits.shape
     probs = F.softmax(local_logits.reshape(b * p, c).float(), dim=-1)
     topk = probs.topk(top_k, dim=1).indices  # [B*P, K]
     contains = topk.eq(labels.repeat_interleave(p).unsqueeze(1)).any(dim=1)
     selected = probs[~contains]
-    if selected.shape[0] == 0:
-        return local_logits.new_zeros(())
-    return -(selected * torch.log(selected + 1e-5)).sum(dim=1).mean()
+    return -(selected * torch.log(selected + 1e-5)).sum(), int(selected.shape[0])
+
+
+def entropy_of_selected(local_logits: Tensor, labels: Tensor, top_k: int) -> Tensor:
+    """Mean entropy of the softmax of ID-irrelevant patches (0-dim tensor; 0 when none is selected)."""
+    total, n = entropy_sum_of_selected(local_logits, labels, top_k)
+    return total / n if n else local_logits.new_zeros(())
 
 
 class LoCoOp(CoOp):
@@ -98,5 +103,10 @@ class LoCoOp(CoOp):
         if features.dim() == 3 and self.config.lambda_value > 0:
             local = F.normalize(features[:, 1:].float(), dim=-1)
             local_logits = self.backbone.logit_scale.to(local.device) * local @ text.t()  # [B, P, C]
-            loss = loss - self.config.lambda_value * entropy_of_selected(local_logits, labels, self.top_k)
+            total, n_sel = entropy_sum_of_selected(local_logits, labels, self.top_k)
+            # The mean runs over the selected patches of the GLOBAL batch (all torchrun ranks). The trainer
+            # weights each rank's loss by n_rank / N, so this rank's share is scaled by N / n_rank.
+            n_global, sel_global = all_reduce_sum([labels.shape[0], n_sel])
+            if sel_global > 0:
+                loss = loss - self.config.lambda_value * total * (n_global / labels.shape[0]) / sel_global
         return loss, logits
