@@ -414,7 +414,7 @@ def _save(fig: Any, path_stem: Path) -> list[Path]:
 
 
 def _grid(n: int, width: float, height: float) -> tuple[Any, list[Any]]:
-    cols = min(n, 4)
+    cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = _pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     flat = [ax for line in axes for ax in line]
@@ -425,12 +425,12 @@ def _grid(n: int, width: float, height: float) -> tuple[Any, list[Any]]:
 
 def plot_fewshot(groups: dict[FewKey, list[float]], path_stem: Path) -> list[Path]:
     """Accuracy vs shots, one panel per dataset plus the average; zero-shot as a dashed line."""
-    plt = _pyplot()
     datasets = sorted({d for _, _, d, _ in groups})
     methods = sorted({(m, b) for m, b, _, _ in groups})
     panels = datasets + (["average"] if len(datasets) > 1 else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.3), squeeze=False)
-    for ax, ds in zip(axes[0], panels):
+    all_shots = sorted({k for *_, k in groups})
+    fig, axes = _grid(len(panels), 3.8, 3.3)
+    for ax, ds in zip(axes, panels):
         for method, bb in methods:
             names = datasets if ds == "average" else [ds]
             shots = sorted({k for m, b, d, k in groups if (m, b) == (method, bb) and d in names})
@@ -443,11 +443,12 @@ def plot_fewshot(groups: dict[FewKey, list[float]], path_stem: Path) -> list[Pat
             else:
                 ax.plot(shots, ys, "o-", label=method)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(all_shots, [str(k) for k in all_shots])
         ax.set_title(ds)
         ax.set_xlabel("shots per class")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path_stem)
 
