@@ -119,10 +119,25 @@ def init_distributed(device: torch.device, *, timeout_min: float = 120.0) -> tup
     return DistContext(rank, world, local, comm_device=str(device)), device
 
 
-def shutdown() -> None:
-    """Destroy the process group if one exists (idempotent)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(sync_timeout_s: float = 60.0) -> None:
+    """Destroy the process group if one exists (idempotent).
+
+    The ranks first meet at a barrier (gloo: a monitored barrier that gives up after
+    ``sync_timeout_s``), so that no rank tears its connections down while another still has a message
+    in flight to it: an unsynchronised teardown made gloo abort a process now and then ("terminate
+    called without an active exception").
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_world_size() > 1:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=sync_timeout_s))
+            else:
+                dist.barrier()
+    except Exception:  # a peer is gone already: nothing left to synchronise with
+        pass
+    dist.destroy_process_group()
 
 
 def check_batch_size(ctx: DistContext, batch_size: int, n_train: int | None = None) -> None:
