@@ -7,8 +7,8 @@
 * **LoCoOp** (Miyai et al., NeurIPS 2023), few-shot OOD detection: ID ``world_shapes``, OOD = the
   world's OOD sets; zero-shot, CoOp and LoCoOp (16 shots), MCM and GL-MCM scores.
 
-Epochs are reduced for a CPU (CoOp / UPL / LoCoOp 50, CoCoOp 10 at batch 4) and training runs on cached
-features (no augmentation); the rest is each paper's recipe. Every run is an ordinary run folder.
+CoCoOp uses its paper's recipe (10 epochs at batch size 1); CoOp / UPL / LoCoOp run 50 epochs (fewer
+than their papers, for a CPU); all train on cached features (no augmentation). Every run is an ordinary run folder.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _LONG = {"max_epoch": 50, "batch_size": 32}
 METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "zeroshot": ({"name": "zeroshot"}, {}),
     "coop": ({"name": "coop", "n_ctx": 16}, _LONG),
-    "cocoop": ({"name": "cocoop", "n_ctx": 4, "ctx_init": "a photo of a"}, {"max_epoch": 10, "batch_size": 4}),
+    "cocoop": ({"name": "cocoop", "n_ctx": 4, "ctx_init": "a photo of a"}, {"max_epoch": 10, "batch_size": 1}),
     "upl": ({"name": "upl", "n_ctx": 16, "n_prompts": 16}, _LONG),
     "locoop": ({"name": "locoop", "n_ctx": 16, "lambda_value": 0.25}, _LONG),
 }
