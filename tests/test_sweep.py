@@ -101,3 +101,13 @@ def test_sweep_protocol_unsupervised_pseudo_labels_once_for_all_seeds(tmp_path):
         assert cfg["data"]["fewshot_file"] == str(folder / "pseudo_labels.json")
         assert json.loads((folder / f"seed{seed}" / "metrics.json").read_text())["method"] == "upl"
     assert pseudo  # the shared split file (top-2 per class of the unlabeled train split)
+
+
+def test_sweep_progress_shows_the_overall_bar_and_each_runs_bar_without_log_lines(tmp_path, capsys):
+    path = _sweep(tmp_path, methods=["coop"], shots=[1], seeds=[1, 2])
+    assert main(["sweep", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "sweep tiny" in err and "2/2" in err  # overall bar: runs done / total
+    assert "epochs" in err  # each run's own bar
+    log = (tmp_path / "out" / "coop" / "default" / "world_patterns" / "1shots" / "seed1" / "log.txt").read_text()
+    assert "epoch=1 " in log and "epoch=1 " not in err  # log lines go to the run's log, not the console

@@ -130,6 +130,9 @@ class TrainConfig:
     checkpoint_every: int = field(default=1, metadata={"help": "save a resumable checkpoint every N epochs"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    console_log: bool = field(
+        default=True, metadata={"help": "with progress on, also print the run's log lines (a sweep shows bars only)"}
+    )
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars"})
     compile: bool | str = field(
         default=False, metadata={"help": "torch.compile the training loss step (prompt -> text encoder -> loss): "

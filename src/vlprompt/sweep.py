@@ -102,8 +102,9 @@ def _backbone_name(bb: dict[str, Any] | None) -> str:
 
 
 def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, dataset: str, shots: int,
-                 seed: int, output_dir: Path) -> Any:
-    """The experiment config of one combination (template config + sweep overrides)."""
+                 seed: int, output_dir: Path, *, progress: bool = False) -> Any:
+    """The experiment config of one combination (template config + sweep overrides); with ``progress``
+    each run shows its own epoch bar (below the sweep's bar) but not its log lines."""
     raw: dict[str, Any] = {}
     if sw.config:
         template = sw.config.format(dataset=dataset, shots=shots)
@@ -115,7 +116,8 @@ def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, datas
     if bb:
         overrides += [f"backbone.model={bb['model']}", f"backbone.pretrained={bb.get('pretrained')}"]
     overrides += [f"data.dataset={dataset}", f"data.shots={shots}", f"train.seed={seed}",
-                  f"train.output_dir={output_dir}", "train.progress=false"]
+                  f"train.output_dir={output_dir}", f"train.progress={str(progress).lower()}",
+                  "train.console_log=false"]
     return config_from_dict(apply_overrides(raw, overrides))
 
 
@@ -168,10 +170,10 @@ def run_sweep(sw: Sweep, *, progress: bool = True, log: Any = print) -> dict[str
                 if done.exists():
                     summary["skipped"] += 1
                     continue
-                cfg = build_config(sw, method, bb, dataset, shots, seed, run_dir)
+                cfg = build_config(sw, method, bb, dataset, shots, seed, run_dir, progress=progress)
                 _run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train)
             else:
-                cfg = build_config(sw, method, bb, dataset, shots, sw.seeds[0], folder / "unused")
+                cfg = build_config(sw, method, bb, dataset, shots, sw.seeds[0], folder / "unused", progress=progress)
                 if sw.protocol == "base2new":
                     base_to_new(cfg, sw.seeds, folder)
                 else:

@@ -134,7 +134,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: OpenClipBack
         finished = main_only(ctx, lambda: _open_run(paths, cfg, resume, stack))
         if finished is not None:
             return finished
-        log = make_logger(paths.log, console=cfg.train.progress) if ctx.is_main else quiet_logger(ctx.rank)
+        console = cfg.train.progress and cfg.train.console_log
+        log = make_logger(paths.log, console=console) if ctx.is_main else quiet_logger(ctx.rank)
         try:
             return _train(cfg, paths, resume, backbone, log, ctx, device)
         finally:
