@@ -81,16 +81,25 @@ def test_output_dir_placeholders(tmp_path):
         cfg.resolve_output_dir()
 
 
-def test_every_shipped_config_loads():
+def test_every_shipped_config_loads(monkeypatch, tmp_path):
     files = sorted(f for f in (REPO / "configs").rglob("*.yaml") if "sweeps" not in f.parts)
     assert len(files) >= 110
     for f in files:
         load_config(f)
-    from vlprompt.sweep import load_sweep
+    import itertools
 
-    for f in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
+    from vlprompt.sweep import build_config, load_sweep
+
+    monkeypatch.chdir(REPO)  # sweep files name their configs relative to the repository
+    sweeps = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
+    assert {f.stem for f in sweeps} >= {"coop_fewshot", "cocoop_base2new", "cocoop_dg", "cocoop_xd",
+                                         "upl_unsupervised", "locoop_ood", "world_fewshot"}
+    for f in sweeps:
         sw = load_sweep(f)
         assert sw.datasets and sw.seeds
+        for method, bb, dataset, shots in itertools.product(sw.methods, sw.backbones, sw.datasets, sw.shots):
+            cfg = build_config(sw, method, bb, dataset, shots, 1, tmp_path / "run")  # every combination resolves
+            assert cfg.data.dataset == dataset and (method is None or cfg.method.name == method)
 
 
 def test_shipped_configs_are_in_sync_with_their_generator():

@@ -99,3 +99,17 @@ def test_zero_shot_ood_against_an_image_folder(tmp_path, tiny_imagefolder, capsy
     assert result["method"] == "zeroshot" and list(result["per_set"]) == ["train"]
     assert main(["ood", "-c", str(cfg), "--ood-sets", str(tmp_path / "nothing")]) == 2
     assert "neither a folder nor a known dataset" in capsys.readouterr().err
+
+
+def test_a_relative_ood_folder_is_found_under_data_root_and_named_as_given(tmp_path, monkeypatch):
+    from vlprompt.config import config_from_dict
+    from vlprompt.eval.ood_eval import resolve_ood_set
+
+    from data_trees import make_imagefolder
+
+    make_imagefolder(tmp_path / "data" / "dtd", classes=("x",), per_class=2, size=16)
+    monkeypatch.chdir(tmp_path)  # the working directory has no dtd/ folder
+    cfg = config_from_dict({"method": {"name": "zeroshot"}, "data": {"dataset": "imagefolder",
+                                                                     "root": str(tmp_path / "data")}})
+    name, items, _ = resolve_ood_set("dtd/train", cfg)
+    assert name == "dtd/train" and len(items) == 2 and all(d.label == -1 for d in items)

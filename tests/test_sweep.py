@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -111,3 +112,20 @@ def test_sweep_progress_shows_the_overall_bar_and_each_runs_bar_without_log_line
     assert "epochs" in err  # each run's own bar
     log = (tmp_path / "out" / "coop" / "default" / "world_patterns" / "1shots" / "seed1" / "log.txt").read_text()
     assert "epoch=1 " in log and "epoch=1 " not in err  # log lines go to the run's log, not the console
+
+
+def test_sweep_config_per_method_mapping(tmp_path):
+    path = _sweep(tmp_path, methods=["coop", "cocoop"], shots=[1], seeds=[1])
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    (tmp_path / "cocoop.yaml").write_text(yaml.safe_dump({**base, "method": {"name": "cocoop", "n_ctx": 3}}))
+    sweep = yaml.safe_load(path.read_text())
+    sweep["config"] = {"cocoop": str(tmp_path / "{method}.yaml"), "default": str(tmp_path / "base.yaml")}
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    run = tmp_path / "out" / "{}" / "default" / "world_patterns" / "1shots" / "seed1" / "config.yaml"
+    coop = yaml.safe_load(Path(str(run).format("coop")).read_text())["method"]
+    cocoop = yaml.safe_load(Path(str(run).format("cocoop")).read_text())["method"]
+    assert (coop["name"], coop["n_ctx"]) == ("coop", 2) and (cocoop["name"], cocoop["n_ctx"]) == ("cocoop", 3)
+    sweep["config"] = {"cocoop": str(tmp_path / "cocoop.yaml")}  # no entry for coop and no default
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", str(path), "--no-progress"]) == 2

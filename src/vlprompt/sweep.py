@@ -4,7 +4,8 @@ A sweep file (YAML)::
 
     name: coop_fewshot
     protocol: fewshot              # fewshot | base2new | dg | xd | ood | unsupervised
-    config: configs/coop/{dataset}/rn50_{shots}shots.yaml   # optional template; {dataset} {shots} filled
+    config: configs/coop/{dataset}/rn50_{shots}shots.yaml   # optional template; {dataset} {shots} {method}
+                                   # filled; or per method: {coop: ..., cocoop: ..., default: ...}
     methods: [coop]                # method.name of each run (optional: the config's)
     datasets: [dtd, eurosat]
     shots: [1, 2, 4, 8, 16]
@@ -58,7 +59,7 @@ class Sweep:
     seeds: list[int]
     methods: list[str | None] = field(default_factory=lambda: [None])
     backbones: list[dict[str, Any] | None] = field(default_factory=lambda: [None])
-    config: str | None = None
+    config: str | dict[str, str] | None = None
     targets: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
 
@@ -81,7 +82,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"sweep protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     name = str(raw.get("name") or Path(path).stem)
-    return Sweep(
+    sweep = Sweep(
         name=name, protocol=protocol,
         output_dir=Path(raw.get("output_dir") or f"runs/sweeps/{name}"),
         datasets=[str(d) for d in _list(raw, "datasets", [])],
@@ -89,10 +90,32 @@ def load_sweep(path: str | Path) -> Sweep:
         seeds=[int(s) for s in _list(raw, "seeds", [1, 2, 3])],
         methods=_list(raw, "methods", [None]),
         backbones=_list(raw, "backbones", [None]),
-        config=raw.get("config"),
+        config=_config_template(raw.get("config"), path),
         targets=[str(t) for t in raw.get("targets", [])],
         overrides=[str(s) for s in raw.get("set", [])],
     )
+    for method in sweep.methods:
+        _template_for(sweep, method)  # every method has a config (a mapping without 'default' may not)
+    return sweep
+
+
+def _config_template(value: Any, path: str | Path) -> str | dict[str, str] | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return value
+    raise ConfigError(f"sweep option 'config' in '{path}' must be a file template or a mapping method -> template "
+                      f"(with an optional 'default'), got {value!r}")
+
+
+def _template_for(sw: Sweep, method: str | None) -> str | None:
+    """The config template of ``method``: the sweep's string, or its mapping's entry (else 'default')."""
+    if not isinstance(sw.config, dict):
+        return sw.config
+    template = sw.config.get(method or "default", sw.config.get("default"))
+    if template is None:
+        raise ConfigError(f"sweep option 'config' has no entry for method '{method}' and no 'default'")
+    return template
 
 
 def _backbone_name(bb: dict[str, Any] | None) -> str:
@@ -106,8 +129,9 @@ def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, datas
     """The experiment config of one combination (template config + sweep overrides); with ``progress``
     each run shows its own epoch bar (below the sweep's bar) but not its log lines."""
     raw: dict[str, Any] = {}
-    if sw.config:
-        template = sw.config.format(dataset=dataset, shots=shots)
+    template = _template_for(sw, method)
+    if template:
+        template = template.format(dataset=dataset, shots=shots, method=method or "")
         loaded = read_yaml(template)
         raw = loaded if isinstance(loaded, dict) else {}
     overrides = list(sw.overrides)

@@ -30,17 +30,25 @@ from vlprompt.io import atomic_write_json, atomic_write_text
 
 
 def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum], Any]:
-    """``(name, items, loader)`` of an OOD set given as a registered dataset name or a folder."""
+    """``(name, items, loader)`` of an OOD set given as a registered dataset name or a folder.
+
+    A relative folder is looked up in the working directory, then under ``data.root`` (so
+    ``iNaturalist`` or ``dtd/images`` work with ``--root /data``); it is named as given (an absolute
+    folder by its last component).
+    """
     from vlprompt.data.registry import build_dataset, list_datasets
 
     path = Path(spec)
+    if not path.is_dir() and not path.is_absolute() and cfg.data.root and (Path(cfg.data.root) / path).is_dir():
+        path = Path(cfg.data.root) / path
     if path.is_dir():
         files = list_images(str(path), recursive=True)
         if not files:
             raise DataError(f"OOD folder '{spec}' holds no images")
         from vlprompt.data.images import load_image
 
-        return path.name, [Datum(f, -1, "ood") for f in files], load_image
+        name = path.name if Path(spec).is_absolute() else spec.rstrip("/\\")
+        return name, [Datum(f, -1, "ood") for f in files], load_image
     if spec.lower() in list_datasets():
         splits = build_dataset(spec, cfg.data.root)
         items = splits.test or splits.val or splits.train
