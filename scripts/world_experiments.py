@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config import config_from_dict
 from vlprompt.eval.report import markdown_table
 
 MODEL, PRETRAINED = "vlprompt-world-rn", "world"
@@ -46,14 +45,10 @@ OOD_SETS = ("world_ood_shapes", "world_ood_objects", "world_ood_novel", "world_o
 
 
 def cfg(method: str, dataset: str, out: Path | None = None, **data: Any):
+    from vlprompt.world.demo_methods import world_config
+
     m, optim = METHODS[method]
-    return config_from_dict({
-        "method": m,
-        "backbone": {"model": MODEL, "pretrained": PRETRAINED},
-        "data": {"dataset": dataset, "shots": 16, "augment": False, "num_workers": 0, **data},
-        "optim": optim,
-        "train": {"progress": False, "tensorboard": False, "output_dir": str(out) if out else ""},
-    })
+    return world_config(m, optim, dataset, model=MODEL, pretrained=PRETRAINED, out=out, **data)
 
 
 def ms(values: list[float]) -> str:

@@ -34,17 +34,23 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def _cfg(method: str, dataset: str, *, model: str, pretrained: str | None, seed: int, device: str,
-         out: Path | None = None, **data: Any) -> ExperimentConfig:
-    m, optim = METHODS[method]
+def world_config(method: dict[str, Any], optim: dict[str, Any], dataset: str, *, model: str,
+                 pretrained: str | None, seed: int = 1, device: str = "auto", out: Path | None = None,
+                 **data: Any) -> ExperimentConfig:
+    """A CPU-sized experiment on a world dataset: 16 shots, no augmentation (cached features), quiet."""
     return config_from_dict({
-        "method": m,
+        "method": method,
         "backbone": {"model": model, "pretrained": pretrained},
         "data": {"dataset": dataset, "shots": 16, "augment": False, "num_workers": 0, **data},
         "optim": optim,
         "train": {"seed": seed, "device": device, "progress": False, "tensorboard": False,
                   "output_dir": str(out) if out else ""},
     })
+
+
+def _cfg(method: str, dataset: str, **kw: Any) -> ExperimentConfig:
+    m, optim = METHODS[method]
+    return world_config(m, optim, dataset, **kw)
 
 
 def run_method_demo(out: Path, *, model: str, pretrained: str | None, seed: int, device: str,
