@@ -536,27 +536,48 @@ def read_imagenet_classnames(path: str) -> dict[str, str]:
     return out
 
 
+def read_class_folders(
+    split_dir: str,
+    labels: Mapping[str, int],
+    classnames: Sequence[str],
+    *,
+    loose_message: Callable[[str], str],
+    unknown_message: Callable[[str], str],
+    empty_hint: str,
+    recursive: bool = False,
+) -> list[Datum]:
+    """Images of ``split_dir/<folder>/*`` labelled ``labels[folder]``.
+
+    Images lying directly in ``split_dir`` and folders not in ``labels`` are errors whose messages
+    ``loose_message(first loose image)`` / ``unknown_message(folder path)`` build; an empty class folder
+    is an error with ``empty_hint``.
+    """
+    loose = list_images(split_dir)
+    if loose:
+        raise DataError(loose_message(loose[0]))
+    data: list[Datum] = []
+    for folder in subfolders(split_dir):
+        path = os.path.join(split_dir, folder)
+        if folder not in labels:
+            raise DataError(unknown_message(path))
+        label = labels[folder]
+        images = class_folder_images(path, empty_hint, recursive=recursive)
+        data.extend(Datum(p, label, classnames[label]) for p in images)
+    return data
+
+
 def _read_wnid_folders(
     split_dir: str, wnid_to_label: Mapping[str, int], classnames: Sequence[str], known_from: str, hint: str
 ) -> list[Datum]:
     """Images of ``split_dir/<wnid>/*``; every wnid folder must be a class (listed in ``known_from``)."""
-    loose = list_images(split_dir)
-    if loose:
-        raise DataError(
-            f"image folder '{split_dir}' holds images directly (e.g. '{os.path.basename(loose[0])}'); they "
-            f"must be sorted into one sub-folder per class (wnid). {hint}"
-        )
-    data: list[Datum] = []
-    for wnid in subfolders(split_dir):
-        if wnid not in wnid_to_label:
-            raise DataError(
-                f"class folder '{os.path.join(split_dir, wnid)}' is not one of the classes "
-                f"({known_from}). {hint}"
-            )
-        label = wnid_to_label[wnid]
-        images = class_folder_images(os.path.join(split_dir, wnid), hint)
-        data.extend(Datum(p, label, classnames[label]) for p in images)
-    return data
+    return read_class_folders(
+        split_dir, wnid_to_label, classnames,
+        loose_message=lambda first: (
+            f"image folder '{split_dir}' holds images directly (e.g. '{os.path.basename(first)}'); they "
+            f"must be sorted into one sub-folder per class (wnid). {hint}"),
+        unknown_message=lambda path: f"class folder '{path}' is not one of the classes ({known_from}). {hint}",
+        empty_hint=hint,
+    )
 
 
 @register_dataset("imagenet", "ImageNet")

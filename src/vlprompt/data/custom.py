@@ -31,7 +31,7 @@ from typing import Any
 from vlprompt.data.coop_layouts import (
     COMMON_OPTIONS,
     check_files_exist,
-    class_folder_images,
+    read_class_folders,
     read_json_file,
     read_text_lines,
     require_dir,
@@ -40,7 +40,6 @@ from vlprompt.data.coop_layouts import (
     subfolders,
     take_options,
 )
-from vlprompt.data.images import list_images
 from vlprompt.data.registry import register_dataset
 from vlprompt.data.templates import DEFAULT_TEMPLATE, check_template
 from vlprompt.data.types import DatasetSplits, Datum
@@ -154,23 +153,17 @@ def _imagefolder_classnames(folders: Sequence[str], classnames_file: str | None,
 def _read_class_tree(
     split_dir: str, labels: Mapping[str, int], classnames: Sequence[str], train_dir: str
 ) -> list[Datum]:
-    loose = list_images(split_dir)
-    if loose:
-        raise DataError(
-            f"image '{loose[0]}' sits directly in '{split_dir}'; put every image in a class folder "
-            f"('{split_dir}/<class>/'). {_IMAGEFOLDER_LAYOUT}"
-        )
-    data: list[Datum] = []
-    for folder in subfolders(split_dir):
-        path = os.path.join(split_dir, folder)
-        if folder not in labels:
-            raise DataError(
-                f"class folder '{path}' has no matching folder in '{train_dir}'; every val/test class "
-                f"needs training images (rename or remove the folder)."
-            )
-        images = class_folder_images(path, "Add images to it or remove the folder.", recursive=True)
-        data.extend(Datum(p, labels[folder], classnames[labels[folder]]) for p in images)
-    return data
+    return read_class_folders(
+        split_dir, labels, classnames,
+        loose_message=lambda first: (
+            f"image '{first}' sits directly in '{split_dir}'; put every image in a class folder "
+            f"('{split_dir}/<class>/'). {_IMAGEFOLDER_LAYOUT}"),
+        unknown_message=lambda path: (
+            f"class folder '{path}' has no matching folder in '{train_dir}'; every val/test class "
+            f"needs training images (rename or remove the folder)."),
+        empty_hint="Add images to it or remove the folder.",
+        recursive=True,
+    )
 
 
 @register_dataset("imagefolder", "ImageFolder", "image_folder")
