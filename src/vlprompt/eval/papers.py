@@ -1,9 +1,17 @@
 """Published results as data (``paper_results.json``, shipped with the package) for ``vlprompt report --paper``.
 
 Each entry holds the paper, table, backbone, method (vlprompt's name; CLIP -> ``zeroshot``), dataset
-(vlprompt's registry name, or ``average``), setting (``base2new`` / ``dg``) and the published values
-keyed by the columns of vlprompt's protocol results. The file's ``about`` field says which tables are
-covered. A file of one's own numbers in the same format can be given with ``--paper-file``.
+(vlprompt's registry name, an OOD set's name, or ``average``), setting and the published values keyed by
+the columns of vlprompt's results:
+
+* ``base2new`` / ``dg``: the protocol columns (``base`` / ``new`` / ``H``; source and target datasets);
+* ``ood``: ``dataset`` is the OOD set as vlprompt's OOD runs name it (``iNaturalist``, ``dtd/images``,
+  ...), ``id_dataset`` the ID dataset and ``score`` the OOD score (``mcm``, ``glmcm``, ...); values
+  ``fpr95`` / ``auroc`` (/ ``aupr``);
+* ``unsupervised``: ``accuracy`` of a run without labels (UPL).
+
+The file's ``about`` field says which tables are covered. A file of one's own numbers in the same format
+can be given with ``--paper-file``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from vlprompt.errors import DataError
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 _REQUIRED = {"paper": str, "table": str, "backbone": str, "setting": str, "method": str, "dataset": str}
+_OPTIONAL_TEXT = ("paper_method", "score", "id_dataset", "source")
+#: the value keys a setting allows (settings not listed here take any column name)
+SETTING_VALUES = {"ood": {"fpr95", "auroc", "aupr"}, "unsupervised": {"accuracy"}}
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,9 @@ class PaperEntry:
     values: dict[str, float] = field(hash=False)
     shots: int | None = None
     paper_method: str = ""
+    score: str = ""
+    id_dataset: str = ""
+    source: str = ""
 
     @property
     def label(self) -> str:
@@ -59,13 +73,27 @@ def _entry(raw: Any, where: str) -> PaperEntry:
     for col, v in values.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
             raise DataError(f"{where}: value of '{col}' must be a number in 0..100 (percent), got {v!r}")
+    allowed = SETTING_VALUES.get(raw["setting"])
+    if allowed is not None and not set(values) <= allowed:
+        raise DataError(f"{where}: values of setting '{raw['setting']}' must be among {', '.join(sorted(allowed))}")
     shots = raw.get("shots")
     if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int)):
         raise DataError(f"{where}: 'shots' must be an integer")
+    for key in _OPTIONAL_TEXT:
+        if not isinstance(raw.get(key, ""), str):
+            raise DataError(f"{where}: '{key}' must be a string")
+    if raw["setting"] == "ood" and not (raw.get("score") and raw.get("id_dataset")):
+        raise DataError(f"{where}: an 'ood' entry needs 'score' (mcm, glmcm, ...) and 'id_dataset'")
     return PaperEntry(paper=raw["paper"], table=raw["table"], backbone=raw["backbone"], setting=raw["setting"],
                       method=raw["method"], dataset=raw["dataset"],
                       values={str(k): float(v) for k, v in values.items()}, shots=shots,
-                      paper_method=str(raw.get("paper_method", "")))
+                      **{key: raw.get(key, "") for key in _OPTIONAL_TEXT})
+
+
+def _group(e: PaperEntry) -> tuple[Any, ...]:
+    """What makes one published row apart from its dataset: (paper, table, backbone, setting, method, ...)."""
+    return (e.paper, e.table, normalize_backbone(e.backbone), e.setting, e.method, e.paper_method, e.shots,
+            e.score, e.id_dataset)
 
 
 def load_paper_results(path: str | Path | None = None) -> list[PaperEntry]:
@@ -81,9 +109,9 @@ def load_paper_results(path: str | Path | None = None) -> list[PaperEntry]:
     if not isinstance(results, list):
         raise DataError(f"paper results file '{path}' must be an object with a 'results' list")
     entries = [_entry(r, f"paper results file '{path}', entry {i}") for i, r in enumerate(results)]
-    seen: set[tuple[str, ...]] = set()
+    seen: set[tuple[Any, ...]] = set()
     for e in entries:
-        key = (e.paper, e.table, normalize_backbone(e.backbone), e.setting, e.method, e.dataset)
+        key = (*_group(e), e.dataset)
         if key in seen:
             raise DataError(f"paper results file '{path}': {key} is listed twice")
         seen.add(key)
@@ -103,15 +131,27 @@ def select_papers(entries: Sequence[PaperEntry], papers: Iterable[str]) -> list[
     return [e for e in entries if e.paper in wanted]
 
 
-def find_entry(entries: Sequence[PaperEntry], setting: str, method: str, dataset: str,
-               backbone: str) -> PaperEntry | None:
-    """The entry for (setting, method, dataset), preferring the same backbone; None when there is none."""
-    matches = [e for e in entries if (e.setting, e.method, e.dataset) == (setting, method, dataset)]
+def find_entry(entries: Sequence[PaperEntry], setting: str, method: str, dataset: str, backbone: str, *,
+               shots: int | None = None, score: str | None = None, id_dataset: str | None = None
+               ) -> PaperEntry | None:
+    """The entry for (setting, method, dataset), preferring the same backbone; None when there is none.
+
+    ``score`` / ``id_dataset`` (OOD) must be equal when given. ``shots`` must be equal when both sides
+    know it (zero-shot rows match any shot count); when the run's shots are unknown and the paper lists
+    several shot counts, there is no single counterpart and the answer is None. Among entries of one
+    paper row and its variants (UPL and UPL*), the one named like the method is preferred.
+    """
+    matches = [e for e in entries if (e.setting, e.method, e.dataset) == (setting, method, dataset)
+               and (score is None or e.score == score) and (id_dataset is None or e.id_dataset == id_dataset)
+               and (shots is None or e.shots is None or e.shots == shots or method == "zeroshot")]
     same = [e for e in matches if normalize_backbone(e.backbone) == normalize_backbone(backbone)]
-    return (same or matches or [None])[0]
+    pool = same or matches
+    if shots is None and method != "zeroshot" and len({e.shots for e in pool}) > 1:
+        return None
+    named = [e for e in pool if e.paper_method.lower() == method.lower()]
+    return (named or pool or [None])[0]
 
 
 def averaged_datasets(entries: Sequence[PaperEntry], ref: PaperEntry) -> set[str]:
-    """The datasets a paper's ``average`` row ``ref`` averages over (its per-dataset rows in the same table)."""
-    return {e.dataset for e in entries if (e.paper, e.table, e.backbone, e.setting, e.method)
-            == (ref.paper, ref.table, ref.backbone, ref.setting, ref.method) and e.dataset != "average"}
+    """The datasets (OOD sets) a paper's ``average`` row ``ref`` averages over: its other rows in the same table."""
+    return {e.dataset for e in entries if _group(e) == _group(ref) and e.dataset != "average"}

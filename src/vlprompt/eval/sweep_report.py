@@ -10,20 +10,24 @@ or a mix of both work alike:
   mean ± std over its seeds): one row per method, backbone and dataset; base-to-new also gets an average
   row per method (H of the average row = harmonic mean of the averaged base and new, as CoCoOp's Table 1).
 * **OOD detection** (``ood_results.json`` of ``vlprompt ood``, one per seed): FPR95↓ / AUROC↑ / AUPR↑ per
-  OOD set and their average, mean ± std over seeds, one table per method, backbone, ID dataset and
-  score (MCM, GL-MCM, ...).
+  OOD set and their average, mean ± std over seeds, one table per method, backbone, ID dataset, shots
+  (the run's ``shots``, else a ``<k>shots`` folder of a sweep's layout; unknown: runs of all shot counts
+  together) and score (MCM, GL-MCM, ...).
 * **Comparison** (when the folder holds several methods of one backbone): rows dataset, columns method,
   for few-shot at each shot count, for base-to-new H and for the OOD averages.
-* **Published numbers** (``--paper cocoop`` or ``--paper-file``): a ``paper`` value next to ours for every
-  (method, dataset, setting) listed in :mod:`vlprompt.eval.papers` (same backbone preferred; the paper's
-  backbone is shown).
+* **Published numbers** (``--paper cocoop|locoop|upl|all`` or ``--paper-file``): a ``paper`` value next to
+  ours for every (method, dataset, setting) listed in :mod:`vlprompt.eval.papers` (same backbone
+  preferred; the paper's backbone is shown): protocol columns (``base2new`` / ``dg``), FPR95 / AUROC in
+  the OOD tables (``ood``: same method, score, ID dataset, OOD set and shots) and accuracy in the
+  few-shot table of UPL runs (``unsupervised``).
 
 Written to the output folder (default ``RUNS_DIR``):
 
 * ``report.md``: all tables and links to the plots; ``report.json``: the same numbers.
 * ``report.csv`` (few-shot: method, backbone, dataset, shots, mean, std, seeds),
   ``report_protocols.csv`` (one row per protocol, method, backbone, dataset and column, with the paper
-  value), ``report_ood.csv`` (one row per method, backbone, ID dataset, score, OOD set and metric).
+  value), ``report_ood.csv`` (one row per method, backbone, ID dataset, shots, score, OOD set and metric,
+  with the paper value).
 * Plots, PNG + SVG: ``report_fewshot`` (accuracy vs shots), ``report_base2new`` (base / new / H bars per
   method, per dataset and averaged; paper values as markers), ``report_ood_hist_<method>_<backbone>_<id>``
   (ID vs each OOD set score histograms of the lowest seed, from its ``ood_scores.json``).
@@ -48,10 +52,12 @@ from vlprompt.eval.report import markdown_table
 from vlprompt.io import atomic_write_json, atomic_write_text
 
 FewKey = tuple[str, str, str, int]  # (method, backbone, dataset, shots)
-OodKey = tuple[str, str, str]  # (method, backbone, ID dataset)
+OodKey = tuple[str, str, str, int | None]  # (method, backbone, ID dataset, shots or None when unknown)
 PROTOCOL_KINDS = ("base2new", "dg", "xd")
 OOD_METRICS = (("fpr95", "FPR95↓"), ("auroc", "AUROC↑"), ("aupr", "AUPR↑"))
 SCORE_NAMES = {"mcm": "MCM", "glmcm": "GL-MCM", "maxlogit": "max-logit", "energy": "energy"}
+PAPER_OOD_METRICS = (("fpr95", "FPR95"), ("auroc", "AUROC"))  # what LoCoOp's table reports
+UNSUPERVISED_METHODS = ("upl",)  # few-shot table runs compared with a paper's ``unsupervised`` setting
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -127,8 +133,30 @@ def collect_protocols(root: Path, skipped: list[str]) -> list[dict[str, Any]]:
     return found
 
 
+def _ood_shots(r: dict[str, Any], path: Path, root: Path) -> int | None:
+    """The run's shot count: its ``shots`` field, else a ``<k>shots`` folder (a sweep's layout), else None."""
+    if isinstance(r.get("shots"), int) and not isinstance(r["shots"], bool):
+        return int(r["shots"])
+    try:
+        parts = path.parent.relative_to(root).parts
+    except ValueError:
+        parts = path.parent.parts
+    found = [int(m.group(1)) for part in parts if (m := re.fullmatch(r"(\d+)shots", part))]
+    return found[-1] if found else None
+
+
+def _ood_order(item: tuple[OodKey, Any]) -> tuple[Any, ...]:
+    key = item[0]
+    return (*key[:3], -1 if key[3] is None else key[3])
+
+
+def _ood_name(key: OodKey) -> str:
+    """``locoop|ViT-B-16|imagenet`` (+ ``|16shots`` when the shots are known): the report.json key."""
+    return "|".join(key[:3]) + ("" if key[3] is None else f"|{key[3]}shots")
+
+
 def collect_ood(root: Path, skipped: list[str]) -> dict[OodKey, list[dict[str, Any]]]:
-    """(method, backbone, ID dataset) -> the ``ood_results.json`` of each seed (with ``_folder`` added)."""
+    """(method, backbone, ID dataset, shots) -> the ``ood_results.json`` of each seed (with ``_folder`` added)."""
     groups: dict[OodKey, list[dict[str, Any]]] = defaultdict(list)
     for path in sorted(root.rglob("ood_results.json")):
         r = _read_json(path, skipped)
@@ -138,15 +166,22 @@ def collect_ood(root: Path, skipped: list[str]) -> dict[OodKey, list[dict[str, A
                 skipped.append(str(path))
             continue
         r["_folder"] = str(path.parent)
-        groups[(str(r["method"]), _model(r.get("backbone")), str(r["id_dataset"]))].append(r)
+        groups[(str(r["method"]), _model(r.get("backbone")), str(r["id_dataset"]), _ood_shots(r, path, root))
+               ].append(r)
     for runs in groups.values():
         runs.sort(key=lambda r: (r.get("seed") is None, r.get("seed") or 0, r["_folder"]))
     return dict(groups)
 
 
 # ------------------------------------------------------------------------------------ few-shot
-def fewshot_tables(groups: dict[FewKey, list[float]]) -> tuple[str, list[list[Any]], dict]:
-    """Markdown per (method, backbone), CSV rows and a JSON summary."""
+def fewshot_tables(groups: dict[FewKey, list[float]], paper: Sequence[PaperEntry] | None = None
+                   ) -> tuple[str, list[list[Any]], dict]:
+    """Markdown per (method, backbone), CSV rows and a JSON summary.
+
+    With ``paper``, the tables of UPL runs (:data:`UNSUPERVISED_METHODS`) get ``paper`` and ``paper source``
+    columns: the published ``unsupervised`` accuracy of the same method and dataset (the paper's average
+    only next to our average over the same datasets).
+    """
     by_method: dict[tuple[str, str], dict[tuple[str, int], list[float]]] = defaultdict(dict)
     for (method, bb, ds, k), accs in groups.items():
         by_method[(method, bb)][(ds, k)] = accs
@@ -154,6 +189,7 @@ def fewshot_tables(groups: dict[FewKey, list[float]]) -> tuple[str, list[list[An
     for (method, bb), cells in sorted(by_method.items()):
         datasets = sorted({d for d, _ in cells})
         shots = sorted({k for _, k in cells})
+        with_paper = paper is not None and method in UNSUPERVISED_METHODS
         table = []
         for ds in datasets:
             row: list[Any] = [ds]
@@ -166,16 +202,31 @@ def fewshot_tables(groups: dict[FewKey, list[float]]) -> tuple[str, list[list[An
                         "mean": mean, "std": std, "seeds": len(cells[(ds, k)])}
                 else:
                     row.append("-")
+            if with_paper:
+                row += _unsupervised_paper(paper, method, bb, ds, set(datasets), js)
             table.append(row)
         if len(datasets) > 1:
             avg: list[Any] = ["average"]
             for k in shots:
                 per = [statistics.fmean(cells[(d, k)]) for d in datasets if (d, k) in cells]
                 avg.append(f"{statistics.fmean(per):.2f}" if len(per) == len(datasets) else "-")
+            if with_paper:
+                avg += _unsupervised_paper(paper, method, bb, "average", set(datasets), js)
             table.append(avg)
-        md.append(f"### {method} ({bb}): test accuracy %, mean ± std over seeds\n\n"
-                  + markdown_table(["dataset", *[f"{k} shots" for k in shots]], table))
+        head = ["dataset", *[f"{k} shots" for k in shots]] + (["paper", "paper source"] if with_paper else [])
+        md.append(f"### {method} ({bb}): test accuracy %, mean ± std over seeds\n\n" + markdown_table(head, table))
     return "\n".join(md), rows, js
+
+
+def _unsupervised_paper(paper: Sequence[PaperEntry] | None, method: str, bb: str, ds: str, our_datasets: set[str],
+                        js: dict) -> list[str]:
+    """The ``paper`` and ``paper source`` cells of one few-shot table row (recorded in ``js`` when found)."""
+    entry = _paper_for(paper or [], "unsupervised", method, ds, bb, our_datasets)
+    if entry is None or "accuracy" not in entry.values:
+        return ["-", "-"]
+    js.setdefault(f"{method}|{bb}", {}).setdefault(ds, {})["paper"] = {
+        "ref": entry.label, "paper_method": entry.paper_method, "accuracy": entry.values["accuracy"]}
+    return [_fmt(entry.values["accuracy"]), f"{entry.label} ({entry.paper_method or entry.method})"]
 
 
 def _fewshot_cell(groups: dict[FewKey, list[float]], method: str, bb: str, ds: str, k: int) -> list[float] | None:
@@ -217,9 +268,12 @@ def fewshot_comparison(groups: dict[FewKey, list[float]]) -> tuple[str, dict]:
 
 # ------------------------------------------------------------------------------------ protocols
 def _paper_for(paper: Sequence[PaperEntry], kind: str, method: str, dataset: str, bb: str,
-               our_datasets: set[str] | None = None) -> PaperEntry | None:
-    """The published entry for a row; an ``average`` row only matches when it averages the same datasets."""
-    entry = find_entry(paper, kind, method, dataset, bb)
+               our_datasets: set[str] | None = None, **match: Any) -> PaperEntry | None:
+    """The published entry for a row; an ``average`` row only matches when it averages the same datasets.
+
+    ``match``: ``shots`` / ``score`` / ``id_dataset`` for :func:`~vlprompt.eval.papers.find_entry`.
+    """
+    entry = find_entry(paper, kind, method, dataset, bb, **match)
     if entry is not None and dataset == "average" and averaged_datasets(paper, entry) != our_datasets:
         return None
     return entry
@@ -346,49 +400,82 @@ def _ood_scores(runs: list[dict[str, Any]]) -> list[str]:
     return [s for s in runs[0]["scores"] if all(s in r["scores"] for r in runs)]
 
 
-def ood_section(groups: dict[OodKey, list[dict[str, Any]]]) -> tuple[str, list[list[Any]], dict]:
-    """One table per (method, backbone, ID dataset, score): rows OOD sets + average, mean ± std over seeds."""
+def _ood_paper(paper: Sequence[PaperEntry], key: OodKey, score: str, ood_set: str | None,
+               our_sets: list[str]) -> PaperEntry | None:
+    """The published OOD row for one of our rows (same method, score, ID dataset, OOD set and shots)."""
+    method, bb, id_ds, shots = key
+    return _paper_for(paper, "ood", method, ood_set or "average", bb, set(our_sets), shots=shots, score=score,
+                      id_dataset=id_ds)
+
+
+def _ood_ref(entry: PaperEntry) -> str:
+    """``locoop Table 1, ViT-B/16 (LoCoOp_GL, 16-shot)``."""
+    detail = ", ".join(x for x in (entry.paper_method, None if entry.shots is None else f"{entry.shots}-shot") if x)
+    return f"{entry.label} ({detail})" if detail else entry.label
+
+
+def ood_section(groups: dict[OodKey, list[dict[str, Any]]], paper: Sequence[PaperEntry] | None = None
+                ) -> tuple[str, list[list[Any]], dict]:
+    """One table per (method, backbone, ID dataset, shots, score): rows OOD sets + average, mean ± std over seeds.
+
+    With ``paper``: ``paper FPR95`` / ``paper AUROC`` / ``paper source`` columns from the ``ood`` entries.
+    """
     md, js = [], {}
-    rows: list[list[Any]] = [["method", "backbone", "id_dataset", "score", "ood_set", "metric", "mean", "std",
-                              "seeds"]]
-    for (method, bb, id_ds), runs in sorted(groups.items()):
+    rows: list[list[Any]] = [["method", "backbone", "id_dataset", "shots", "score", "ood_set", "metric", "mean",
+                              "std", "seeds", "paper", "paper_ref"]]
+    for key, runs in sorted(groups.items(), key=_ood_order):
+        method, bb, id_ds, shots = key
         seeds = [r.get("seed") for r in runs]
-        entry: dict[str, Any] = {"seeds": seeds, "folders": [r["_folder"] for r in runs], "scores": {}}
+        entry: dict[str, Any] = {"seeds": seeds, "folders": [r["_folder"] for r in runs], "shots": shots,
+                                 "scores": {}}
+        sets = _ood_sets(runs)
         for score in _ood_scores(runs):
             table = []
-            for ood_set in [*_ood_sets(runs), None]:
+            for ood_set in [*sets, None]:
                 name = ood_set or "average"
+                ref = _ood_paper(paper, key, score, ood_set, sets) if paper is not None else None
+                if ref is not None:
+                    entry.setdefault("paper", {}).setdefault(score, {})[name] = {"ref": _ood_ref(ref),
+                                                                                "values": ref.values}
                 row: list[Any] = [name]
                 for metric, _ in OOD_METRICS:
                     values = _ood_values(runs, score, ood_set, metric)
                     row.append(_pm(values) if values else "-")
                     if values:
                         mean, std = _ms(values)
-                        rows.append([method, bb, id_ds, score, name, metric, round(mean, 4), round(std, 4),
-                                     len(values)])
+                        rows.append([method, bb, id_ds, "" if shots is None else shots, score, name, metric,
+                                     round(mean, 4), round(std, 4), len(values),
+                                     ref.values.get(metric, "") if ref else "", _ood_ref(ref) if ref else ""])
                         entry["scores"].setdefault(score, {}).setdefault(name, {})[metric] = {
                             "mean": mean, "std": std, "n": len(values)}
+                if paper is not None:
+                    row += [_fmt(ref.values.get(m) if ref else None) for m, _ in PAPER_OOD_METRICS]
+                    row.append(_ood_ref(ref) if ref else "-")
                 table.append(row)
             seed_text = ", ".join("?" if s is None else str(s) for s in seeds)
-            md.append(f"### OOD: {method} ({bb}), ID {id_ds}, score {SCORE_NAMES.get(score, score)}: %, "
-                      f"mean ± std over {len(runs)} run(s) (seeds {seed_text})\n\n"
-                      + markdown_table(["OOD set", *[label for _, label in OOD_METRICS]], table))
-        js[f"{method}|{bb}|{id_ds}"] = entry
+            head = ["OOD set", *[label for _, label in OOD_METRICS]]
+            if paper is not None:
+                head += [f"paper {label}" for _, label in PAPER_OOD_METRICS] + ["paper source"]
+            shot_text = "" if shots is None else f", {shots}-shot"
+            md.append(f"### OOD: {method} ({bb}{shot_text}), ID {id_ds}, score {SCORE_NAMES.get(score, score)}: %, "
+                      f"mean ± std over {len(runs)} run(s) (seeds {seed_text})\n\n" + markdown_table(head, table))
+        js[_ood_name(key)] = entry
     return "\n".join(md), rows, js
 
 
 def ood_comparison(groups: dict[OodKey, list[dict[str, Any]]]) -> str:
-    """Per (backbone, ID dataset) with several methods: average FPR95 / AUROC over OOD sets per method and score."""
+    """Per (backbone, ID dataset) with several methods or shot counts: average FPR95 / AUROC over OOD sets."""
     md = []
-    for bb, id_ds in sorted({(b, i) for _, b, i in groups}):
-        methods = sorted(m for m, b, i in groups if (b, i) == (bb, id_ds))
-        if len(methods) < 2:
+    for bb, id_ds in sorted({(k[1], k[2]) for k in groups}):
+        keys = [k for k, _ in sorted(groups.items(), key=_ood_order) if (k[1], k[2]) == (bb, id_ds)]
+        if len(keys) < 2:
             continue
         table = []
-        for m in methods:
-            runs = groups[(m, bb, id_ds)]
+        for key in keys:
+            runs = groups[key]
+            label = key[0] if key[3] is None else f"{key[0]} ({key[3]}-shot)"
             for score in _ood_scores(runs):
-                table.append([m, SCORE_NAMES.get(score, score), *[
+                table.append([label, SCORE_NAMES.get(score, score), *[
                     _pm(v) if (v := _ood_values(runs, score, None, metric)) else "-" for metric, _ in OOD_METRICS]])
         md.append(f"### OOD average over OOD sets ({bb}, ID {id_ds}): %, mean ± std over seeds\n\n"
                   + markdown_table(["method", "score", *[label for _, label in OOD_METRICS]], table))
@@ -520,9 +607,10 @@ def plot_ood_histograms(key: OodKey, runs: list[dict[str, Any]], out_dir: Path) 
             ax.hist(oods, bins=bins, alpha=0.6, density=True, label=name)
             ax.set_title(f"{SCORE_NAMES.get(kind, kind)}: ID vs {name}", fontsize=9)
             ax.legend(fontsize=7)
-    fig.suptitle(f"{key[0]} ({key[1]}), seed {run.get('seed', '?')}", fontsize=10)
+    shot_text = "" if key[3] is None else f", {key[3]}-shot"
+    fig.suptitle(f"{key[0]} ({key[1]}{shot_text}), seed {run.get('seed', '?')}", fontsize=10)
     fig.tight_layout()
-    return _save(fig, out_dir / _slug("report_ood_hist", *key))
+    return _save(fig, out_dir / _slug("report_ood_hist", *key[:3], *([] if key[3] is None else [f"{key[3]}shots"])))
 
 
 # ------------------------------------------------------------------------------------ report
@@ -566,9 +654,9 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         raise VlpromptError(f"no finished runs (metrics.json), protocol results (*_results.json) or OOD results "
                             f"(ood_results.json) found under '{root}'")
     out.mkdir(parents=True, exist_ok=True)
-    md_few, few_rows, few_js = fewshot_tables(groups)
+    md_few, few_rows, few_js = fewshot_tables(groups, paper)
     md_proto, proto_rows, proto_js = protocol_section(protocols, paper)
-    md_ood, ood_rows, ood_js = ood_section(ood)
+    md_ood, ood_rows, ood_js = ood_section(ood, paper)
     md_cmp_few, cmp_few_js = fewshot_comparison(groups)
     md_cmp_b2n, cmp_b2n_js = base2new_comparison(protocols, paper)
     md_cmp_ood = ood_comparison(ood)
@@ -577,14 +665,17 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         plots += plot_fewshot(groups, out / "report_fewshot")
     if any(r["kind"] == "base2new" for r in protocols):
         plots += plot_base2new(protocols, paper, out / "report_base2new")
-    for key, runs in sorted(ood.items()):
+    for key, runs in sorted(ood.items(), key=_ood_order):
         plots += plot_ood_histograms(key, runs, out)
-    matched = sum(1 for records in proto_js.values() for rec in records if rec.get("paper"))
+    matched = (sum(1 for records in proto_js.values() for rec in records if rec.get("paper"))
+               + sum(len(per) for e in ood_js.values() for per in e.get("paper", {}).values())
+               + sum(1 for per in few_js.values() for cell in per.values() if "paper" in cell))
     paper_note = ""
     if paper is not None:
         refs = sorted({f"{e.label} ({e.setting})" for e in paper})
         paper_note = (f"Published numbers from: {'; '.join(refs)}. {matched} of our rows have a published "
-                      "counterpart (same method, dataset and setting).\n" if matched else
+                      "counterpart (same method, dataset and setting; for OOD also score, ID dataset and "
+                      "shots).\n" if matched else
                       f"No published numbers match these runs (paper data covers: {'; '.join(refs)}).\n")
     text = "\n".join(p for p in (
         f"# Results in {root}\n",
