@@ -13,11 +13,19 @@ import pytest
 from vlprompt.cli.main import main
 from vlprompt.errors import DataError
 from vlprompt.eval.ood import ood_metrics
-from vlprompt.eval.papers import PAPER_RESULTS, load_paper_results, normalize_backbone, select_papers
+from vlprompt.eval.papers import (
+    PAPER_RESULTS,
+    averaged_datasets,
+    find_entry,
+    load_paper_results,
+    normalize_backbone,
+    select_papers,
+)
 from vlprompt.eval.protocols import harmonic_mean
 from vlprompt.eval.sweep_report import make_report
 
 VIT = {"model": "ViT-B-16", "pretrained": "openai"}
+LOCOOP_SETS = ("iNaturalist", "SUN", "Places", "dtd/images")  # configs/sweeps/locoop_ood.yaml's targets
 
 
 # ------------------------------------------------------------------------------------ fake run files
@@ -50,22 +58,23 @@ def b2n(seed: int, base: float, new: float) -> dict:
 
 
 def write_ood(folder: Path, method: str, seed: int, rng: np.random.Generator, *, shift: float = 1.0,
-              save_scores: bool = True) -> dict:
+              save_scores: bool = True, sets: tuple[str, ...] = ("novel", "textures"),
+              id_dataset: str = "world_shapes") -> dict:
     """``ood_results.json`` (+ ``ood_scores.json``) as :func:`vlprompt.eval.ood_eval.ood_evaluate` writes them."""
     scores = ("mcm", "glmcm")
     id_scores = {s: rng.normal(shift, 1.0, 60) for s in scores}
-    ood = {name: {s: rng.normal(0.0, 1.0, 40) for s in scores} for name in ("novel", "textures")}
+    ood = {name: {s: rng.normal(0.0, 1.0, 40) for s in scores} for name in sets}
     per_set = {n: {s: ood_metrics(id_scores[s], ood[n][s]) for s in scores} for n in ood}
     average = {s: {m: statistics.fmean(per_set[n][s][m] for n in per_set) for m in ("fpr95", "auroc", "aupr")}
                for s in scores}
-    result = {"method": method, "prompt": None, "id_dataset": "world_shapes", "backbone": VIT, "seed": seed,
+    result = {"method": method, "prompt": None, "id_dataset": id_dataset, "backbone": VIT, "seed": seed,
               "id_accuracy": 50.0, "scores": list(scores), "temperature": 1.0, "per_set": per_set,
               "average": average, "convention": "ID = positive; higher score = more ID", "table": "..."}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "ood_results.json").write_text(json.dumps(result))
     if save_scores:
         (folder / "ood_scores.json").write_text(json.dumps({
-            "method": method, "id_dataset": "world_shapes", "convention": result["convention"],
+            "method": method, "id_dataset": id_dataset, "convention": result["convention"],
             "id": {s: v.tolist() for s, v in id_scores.items()},
             "ood": {n: {s: v.tolist() for s, v in per.items()} for n, per in ood.items()}}))
     return result
@@ -102,15 +111,26 @@ def test_paper_data_is_well_formed_and_self_consistent():
         if e.setting == "base2new":
             assert set(e.values) == {"base", "new", "H"}
             assert abs(harmonic_mean(e.values["base"], e.values["new"]) - e.values["H"]) <= 0.01, e
+        elif e.setting == "dg":
+            assert set(e.values) <= datasets and e.dataset in e.values
+        elif e.setting == "ood":  # LoCoOp's layout: ImageNet ID, 4 OOD sets named as in the sweep file
+            assert e.id_dataset == "imagenet" and e.score in {"mcm", "glmcm"} and e.shots is not None
+            assert e.dataset in set(LOCOOP_SETS) | {"average"} and set(e.values) == {"fpr95", "auroc"}
+            assert e.source.startswith("http"), e  # every newly added number names the text it was read from
         else:
-            assert e.setting == "dg" and set(e.values) <= datasets and e.dataset in e.values
-    # each average row is the mean of its 11 per-dataset rows (base and new, to the table's rounding)
+            assert e.setting == "unsupervised" and set(e.values) == {"accuracy"} and e.dataset in datasets | {
+                "average"} and e.source.startswith("http"), e
+    # each average row is the plain mean of its per-dataset / per-OOD-set rows (to the table's rounding)
     for avg in (e for e in entries if e.dataset == "average"):
-        rows = [e for e in entries if (e.setting, e.method, e.table) == (avg.setting, avg.method, avg.table)
-                and e.dataset != "average"]
-        assert len(rows) == 11
-        for col in ("base", "new"):
-            assert abs(statistics.fmean(r.values[col] for r in rows) - avg.values[col]) <= 0.01
+        same_row = ("paper", "table", "backbone", "setting", "method", "paper_method", "shots", "score",
+                    "id_dataset")
+        rows = [e for e in entries if e.dataset != "average"
+                and all(getattr(e, f) == getattr(avg, f) for f in same_row)]
+        assert {r.dataset for r in rows} == averaged_datasets(entries, avg)
+        assert len(rows) == {"ood": 4}.get(avg.setting, 11), avg
+        for col in {"base2new": ("base", "new"), "ood": ("fpr95", "auroc"), "unsupervised": ("accuracy",)
+                    }.get(avg.setting, ()):
+            assert abs(statistics.fmean(r.values[col] for r in rows) - avg.values[col]) <= 0.01, (avg, col)
 
 
 def test_paper_data_ships_with_the_package():
@@ -134,6 +154,14 @@ def test_paper_selection_and_backbone_names():
                    "values": {"H": 120}}]}, "0..100"),
     ({"results": [{"paper": "p", "table": "T", "values": {"H": 1}}]}, "'backbone' must be a non-empty string"),
     ({"nothing": 1}, "'results' list"),
+    ({"results": [{"paper": "p", "table": "T", "backbone": "b", "setting": "ood", "method": "m", "dataset": "SUN",
+                   "id_dataset": "imagenet", "values": {"fpr95": 30.0}}]}, "needs 'score'"),
+    ({"results": [{"paper": "p", "table": "T", "backbone": "b", "setting": "ood", "method": "m", "dataset": "SUN",
+                   "id_dataset": "imagenet", "score": "mcm", "values": {"accuracy": 30.0}}]}, "fpr95"),
+    ({"results": [{"paper": "p", "table": "T", "backbone": "b", "setting": "unsupervised", "method": "upl",
+                   "dataset": "dtd", "values": {"accuracy": 50.0}, "source": 3}]}, "'source' must be a string"),
+    ({"results": [{"paper": "p", "table": "T", "backbone": "b", "setting": "unsupervised", "method": "upl",
+                   "dataset": "dtd", "values": {"accuracy": 50.0}}] * 2}, "listed twice"),
 ])
 def test_bad_paper_files_are_one_line_errors(tmp_path, bad, message):
     path = tmp_path / "p.json"
@@ -194,6 +222,107 @@ def test_own_paper_file(tmp_path, capsys):
     assert main(["report", str(tmp_path / "runs"), "--paper-file", str(mine)]) == 0
     row = table_row(capsys.readouterr().out, ["coop", "ViT-B-16", "dtd"])
     assert row[-4:] == ["79.00", "41.00", "53.98", "mine Table 2, ViT-B/16"]
+
+
+def ood_entry(method: str, paper_method: str, shots: int, score: str, ood_set: str, fpr95: float,
+              auroc: float) -> dict:
+    return {"paper": "mine", "table": "Table 1", "backbone": "ViT-B/16", "setting": "ood", "method": method,
+            "paper_method": paper_method, "shots": shots, "score": score, "id_dataset": "imagenet",
+            "dataset": ood_set, "values": {"fpr95": fpr95, "auroc": auroc}, "source": "https://example.org/t1"}
+
+
+def test_paper_fpr95_and_auroc_next_to_ours_in_ood_tables(tmp_path, capsys):
+    """A LoCoOp-style sweep folder (<method>/<backbone>/imagenet/<k>shots/seed<s>/ood) and published OOD rows."""
+    rng = np.random.default_rng(1)
+    sweep = tmp_path / "runs"
+    runs = {k: [write_ood(sweep / "locoop" / "vit_b16" / "imagenet" / f"{k}shots" / f"seed{s}" / "ood", "locoop",
+                          s, rng, sets=LOCOOP_SETS, id_dataset="imagenet") for s in (1, 2)] for k in (1, 16)}
+    write_ood(sweep / "zeroshot" / "vit_b16" / "imagenet" / "1shots" / "seed1" / "ood", "zeroshot", 1, rng,
+              sets=LOCOOP_SETS, id_dataset="imagenet")
+    entries = []
+    for k, base in ((1, 40.0), (16, 30.0)):
+        per = {n: (base + i, 90.0 + i) for i, n in enumerate(LOCOOP_SETS)}
+        entries += [ood_entry("locoop", "LoCoOp_GL", k, "glmcm", n, *v) for n, v in per.items()]
+        entries.append(ood_entry("locoop", "LoCoOp_GL", k, "glmcm", "average", base + 1.5, 91.5))
+    entries.append(ood_entry("zeroshot", "MCM", 0, "mcm", "SUN", 55.0, 80.0))
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"results": entries}))
+    assert main(["report", str(sweep), "--paper-file", str(mine)]) == 0
+    out = capsys.readouterr().out
+    # 1-shot and 16-shot runs are separate tables, each next to the paper's row of the same shot count
+    section = out.split("### OOD: locoop (ViT-B-16, 16-shot), ID imagenet, score GL-MCM")[1].split("###")[0]
+    assert "(seeds 1, 2)" in section
+    assert table_row(section, ["OOD set"])[-3:] == ["paper FPR95", "paper AUROC", "paper source"]
+    sun = table_row(section, ["SUN"])
+    fpr = [r["per_set"]["SUN"]["glmcm"]["fpr95"] for r in runs[16]]
+    assert sun[1] == f"{statistics.fmean(fpr):.2f} ± {statistics.pstdev(fpr):.2f}"  # ours
+    assert sun[-3:] == ["31.00", "91.00", "mine Table 1, ViT-B/16 (LoCoOp_GL, 16-shot)"]  # the paper's
+    assert table_row(section, ["average"])[-3:-1] == ["31.50", "91.50"]  # same 4 sets: the paper's average
+    one = out.split("### OOD: locoop (ViT-B-16, 1-shot), ID imagenet, score GL-MCM")[1].split("###")[0]
+    assert table_row(one, ["dtd/images"])[-3:-1] == ["43.00", "93.00"]
+    mcm = out.split("### OOD: locoop (ViT-B-16, 16-shot), ID imagenet, score MCM")[1].split("###")[0]
+    assert table_row(mcm, ["SUN"])[-3:] == ["-", "-", "-"]  # no MCM rows for LoCoOp in this file
+    # zero-shot runs of a sweep's shot folder match the paper's zero-shot (0-shot) rows
+    zs = out.split("### OOD: zeroshot (ViT-B-16, 1-shot), ID imagenet, score MCM")[1].split("###")[0]
+    assert table_row(zs, ["SUN"])[-3:-1] == ["55.00", "80.00"]
+    assert "11 of our rows have a published counterpart" in out  # 2 x 5 LoCoOp rows + 1 zero-shot row
+    assert table_row(out, ["locoop (16-shot)", "GL-MCM"])  # the comparison tells the shot counts apart
+    js = json.loads((sweep / "report.json").read_text())
+    assert js["ood"]["locoop|ViT-B-16|imagenet|16shots"]["paper"]["glmcm"]["Places"]["values"] == {
+        "fpr95": 32.0, "auroc": 92.0}
+    csv_rows = [r for r in read_csv(sweep / "report_ood.csv") if (r["method"], r["shots"], r["score"], r["ood_set"])
+                == ("locoop", "16", "glmcm", "iNaturalist")]
+    assert [(r["metric"], r["paper"]) for r in csv_rows] == [("fpr95", "30.0"), ("auroc", "90.0"), ("aupr", "")]
+
+
+def test_ood_paper_average_and_unknown_shots(tmp_path):
+    """An average over other OOD sets than the paper's is not compared; runs without shots match no shot row."""
+    rng = np.random.default_rng(2)
+    write_ood(tmp_path / "a" / "seed1" / "ood", "locoop", 1, rng, sets=("SUN", "Places"), id_dataset="imagenet")
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"results": [
+        ood_entry("locoop", "LoCoOp_GL", k, "glmcm", n, 30.0 + k, 90.0) for k in (1, 16)
+        for n in (*LOCOOP_SETS, "average")]}))
+    text = make_report(tmp_path / "a", paper_file=mine)["markdown"]
+    section = text.split("### OOD: locoop (ViT-B-16), ID imagenet, score GL-MCM")[1]
+    assert table_row(section, ["SUN"])[-3:] == ["-", "-", "-"]  # shots unknown, the paper has 1 and 16
+    entries = load_paper_results(mine)
+    assert find_entry(entries, "ood", "locoop", "SUN", "ViT-B-16", shots=16, score="glmcm",
+                      id_dataset="imagenet").values["fpr95"] == 46.0
+    assert find_entry(entries, "ood", "locoop", "SUN", "ViT-B-16", score="glmcm", id_dataset="imagenet") is None
+    write_ood(tmp_path / "b" / "16shots" / "seed1" / "ood", "locoop", 1, rng, sets=("SUN", "Places"),
+              id_dataset="imagenet")
+    text = make_report(tmp_path / "b", paper_file=mine)["markdown"]
+    section = text.split("### OOD: locoop (ViT-B-16, 16-shot), ID imagenet, score GL-MCM")[1]
+    assert table_row(section, ["SUN"])[-3:-1] == ["46.00", "90.00"]
+    assert table_row(section, ["average"])[-3:] == ["-", "-", "-"]  # ours: 2 sets, the paper's: 4
+
+
+def test_paper_accuracy_next_to_ours_for_upl_runs(tmp_path, capsys):
+    for ds, acc in (("dtd", 45.0), ("eurosat", 60.0)):
+        for seed in (1, 2):
+            write_fewshot(tmp_path / "runs", "upl", ds, 16, seed, acc + seed, backbone={"model": "RN50"})
+        write_fewshot(tmp_path / "runs", "zeroshot", ds, 0, 1, acc - 5, backbone={"model": "RN50"})
+    entry = {"paper": "mine", "table": "Table 2", "backbone": "RN50", "setting": "unsupervised",
+             "source": "https://example.org/t2"}
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"results": [
+        {**entry, "method": "upl", "paper_method": "UPL", "dataset": "dtd", "values": {"accuracy": 46.0}},
+        {**entry, "method": "upl", "paper_method": "UPL*", "dataset": "dtd", "values": {"accuracy": 48.0}},
+        {**entry, "method": "upl", "paper_method": "UPL", "dataset": "eurosat", "values": {"accuracy": 62.0}},
+        {**entry, "method": "upl", "paper_method": "UPL", "dataset": "average", "values": {"accuracy": 54.0}},
+        {**entry, "method": "zeroshot", "paper_method": "CLIP", "dataset": "dtd", "values": {"accuracy": 40.0}},
+    ]}))
+    assert main(["report", str(tmp_path / "runs"), "--paper-file", str(mine)]) == 0
+    out = capsys.readouterr().out
+    section = out.split("### upl (RN50)")[1].split("###")[0]
+    assert table_row(section, ["dataset"]) == ["dataset", "16 shots", "paper", "paper source"]
+    assert table_row(section, ["dtd"]) == ["dtd", "46.50 ± 0.50", "46.00", "mine Table 2, RN50 (UPL)"]  # not UPL*
+    assert table_row(section, ["average"]) == ["average", "54.00", "54.00", "mine Table 2, RN50 (UPL)"]
+    assert "paper" not in table_row(out.split("### zeroshot (RN50)")[1], ["dataset"])  # only UPL runs
+    assert "3 of our rows have a published counterpart" in out
+    js = json.loads((tmp_path / "runs" / "report.json").read_text())
+    assert js["fewshot"]["upl|RN50"]["eurosat"]["paper"]["accuracy"] == 62.0
 
 
 def test_unknown_paper_is_a_one_line_cli_error(tmp_path, capsys):
