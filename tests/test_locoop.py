@@ -80,6 +80,7 @@ def test_locoop_trains_then_ood_reports_table_json_and_plot(tmp_path, capsys):
     assert "glmcm FPR95" in out and "average" in out
     result = json.loads((tmp_path / "run" / "ood" / "ood_results.json").read_text())
     assert set(result["per_set"]) == {"world_ood_novel", "world_ood_textures"}
+    assert result["shots"] == 2  # the learned prompt's training shots, for the report's grouping
     for s in ("mcm", "glmcm", "energy"):
         assert 0 <= result["average"][s]["auroc"] <= 100
     assert (tmp_path / "run" / "ood" / "ood_scores.png").stat().st_size > 1000
@@ -97,6 +98,7 @@ def test_zero_shot_ood_against_an_image_folder(tmp_path, tiny_imagefolder, capsy
                  "-o", str(tmp_path / "o")]) == 0
     result = json.loads((tmp_path / "o" / "ood_results.json").read_text())
     assert result["method"] == "zeroshot" and list(result["per_set"]) == ["train"]
+    assert result["shots"] is None  # zero-shot CLIP saw no training shots
     assert main(["ood", "-c", str(cfg), "--ood-sets", str(tmp_path / "nothing")]) == 2
     assert "neither a folder nor a known dataset" in capsys.readouterr().err
 

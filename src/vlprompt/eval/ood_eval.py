@@ -3,8 +3,9 @@
 The ID set is the config's dataset (test split); each OOD set is a registered dataset (its test split,
 e.g. ``world_ood_novel``) or a folder of images searched recursively (MCM / LoCoOp's iNaturalist,
 SUN, Places and Textures folders: ``iNaturalist/images``, ``SUN/images``, ``Places/images``,
-``dtd/images``). Writes ``ood_results.json`` (with the backbone and ``train.seed``, so ``vlprompt report``
-can average seeds), ``ood_results.md`` (per set and average FPR95 / AUROC / AUPR for each score),
+``dtd/images``). Writes ``ood_results.json`` (with the backbone, ``train.seed`` and, for a learned prompt,
+``data.shots``, so ``vlprompt report`` can average seeds and tell shot counts apart), ``ood_results.md``
+(per set and average FPR95 / AUROC / AUPR for each score),
 ``ood_scores.json`` (every image's scores: ``{"id": {score: [...]}, "ood": {set: {score: [...]}}}``, 6
 significant digits) and a score-histogram plot ``ood_scores.png`` (ID vs each OOD set).
 """
@@ -127,6 +128,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
                for s in scores}
     result = {"method": method.method_name, "prompt": str(prompt) if prompt else None, "id_dataset": cfg.data.dataset,
               "backbone": {"model": b.model, "pretrained": b.pretrained}, "seed": cfg.train.seed,
+              "shots": cfg.data.shots if prompt else None,  # a learned prompt's training shots (zero-shot: none)
               "id_accuracy": acc["accuracy"], "scores": list(scores), "temperature": temperature,
               "per_set": per_set, "average": average, "convention": "ID = positive; higher score = more ID"}
     result["table"] = ood_table(result)

@@ -134,7 +134,8 @@ def collect_protocols(root: Path, skipped: list[str]) -> list[dict[str, Any]]:
 
 
 def _ood_shots(r: dict[str, Any], path: Path, root: Path) -> int | None:
-    """The run's shot count: its ``shots`` field, else a ``<k>shots`` folder (a sweep's layout), else None."""
+    """The run's shot count: its ``shots`` field (written by ``vlprompt ood`` for a learned prompt), else a
+    ``<k>shots`` folder of a sweep's layout (zero-shot runs, older results), else None."""
     if isinstance(r.get("shots"), int) and not isinstance(r["shots"], bool):
         return int(r["shots"])
     try:
