@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlprompt.config import config_from_dict
 from vlprompt.errors import VlpromptError
 from vlprompt.eval.report import markdown_table
 from vlprompt.io import atomic_write_json, atomic_write_text
+from vlprompt.world.demo_methods import world_config
 
 DEFAULT_MODEL = "vlprompt-world-rn"
 DEFAULT_PRETRAINED = "world"
@@ -36,18 +36,6 @@ DEFAULT_DATASETS = (
     "world_shapes", "world_objects", "world_scenes", "world_positions", "world_textures", "world_patterns",
 )  # fmt: skip
 DEFAULT_SHOTS = (1, 4, 16)
-
-
-def _experiment(dataset: str, *, model: str, pretrained: str | None, shots: int, seed: int, epochs: int,
-                out: Path, method: dict[str, Any], device: str) -> dict[str, Any]:
-    return {
-        "method": method,
-        "backbone": {"model": model, "pretrained": pretrained},
-        "data": {"dataset": dataset, "shots": shots, "augment": False, "num_workers": 0},
-        "optim": {"max_epoch": epochs, "batch_size": 32},
-        "train": {"seed": seed, "device": device, "progress": False, "tensorboard": False,
-                  "output_dir": str(out / f"{method['name']}_{dataset}_{shots}shots_seed{seed}")},
-    }
 
 
 def epochs_for(n_classes: int, shots: int, epochs: int, max_steps: int, batch_size: int = 32) -> int:
@@ -85,17 +73,15 @@ def run_demo(
     backbone = load_backbone(model, pretrained, device=dev)
     rows: list[dict[str, Any]] = []
     for dataset in datasets:
-        base_cfg = _experiment(dataset, model=model, pretrained=pretrained, shots=shots[0], seed=seed,
-                               epochs=epochs, out=out, method={"name": "coop"}, device=device)
-        zs = zeroshot(config_from_dict(base_cfg), progress=False, backbone=backbone)
+        common = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}
+        zs = zeroshot(world_config({"name": "zeroshot"}, {}, dataset, **common), progress=False, backbone=backbone)
         row: dict[str, Any] = {"dataset": dataset, "classes": len(zs["per_class"]), "zeroshot": zs["accuracy"],
                                "coop": {}}
         log(f"[{time.time() - t0:5.0f}s] {dataset}: zero-shot {zs['accuracy']:.1f}%")
         for k in shots:
             n_ep = epochs_for(row["classes"], k, epochs, max_steps)
-            cfg = config_from_dict(_experiment(dataset, model=model, pretrained=pretrained, shots=k, seed=seed,
-                                               epochs=n_ep, out=out, method={"name": "coop", "n_ctx": 16},
-                                               device=device))
+            cfg = world_config({"name": "coop", "n_ctx": 16}, {"max_epoch": n_ep, "batch_size": 32}, dataset,
+                               shots=k, out=out / f"coop_{dataset}_{k}shots_seed{seed}", **common)
             metrics = train(cfg, backbone=backbone)
             row["coop"][k] = metrics["test"]["accuracy"]
             log(f"[{time.time() - t0:5.0f}s] {dataset}: CoOp {k:2d} shots {metrics['test']['accuracy']:.1f}%")

@@ -36,12 +36,12 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 def world_config(method: dict[str, Any], optim: dict[str, Any], dataset: str, *, model: str,
                  pretrained: str | None, seed: int = 1, device: str = "auto", out: Path | None = None,
-                 **data: Any) -> ExperimentConfig:
-    """A CPU-sized experiment on a world dataset: 16 shots, no augmentation (cached features), quiet."""
+                 shots: int = 16, **data: Any) -> ExperimentConfig:
+    """A CPU-sized experiment on a world dataset: ``shots`` per class, no augmentation (cached features), quiet."""
     return config_from_dict({
         "method": method,
         "backbone": {"model": model, "pretrained": pretrained},
-        "data": {"dataset": dataset, "shots": 16, "augment": False, "num_workers": 0, **data},
+        "data": {"dataset": dataset, "shots": shots, "augment": False, "num_workers": 0, **data},
         "optim": optim,
         "train": {"seed": seed, "device": device, "progress": False, "tensorboard": False,
                   "output_dir": str(out) if out else ""},
