@@ -162,8 +162,8 @@ def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, sh
         atomic_write_json(run_dir / "metrics.json", {
             "method": "zeroshot", "dataset": dataset, "shots": shots, "seed": seed,
             "backbone": rep["backbone"], "test": {k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}})
-    elif not (run_dir / "metrics.json").exists():
-        train(cfg, resume=True)
+    else:
+        train(cfg, resume=True)  # a finished run (OOD sweep killed before scoring) returns its metrics as is
     if sw.protocol == "ood":
         from vlprompt.eval.ood_eval import ood_evaluate
 
