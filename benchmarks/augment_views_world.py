@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from vlprompt.config import config_from_dict
-from vlprompt.eval.report import markdown_table
+from vlprompt.core.tables import markdown_table
 
 
 def main() -> None:

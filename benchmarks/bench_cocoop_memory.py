@@ -6,7 +6,7 @@ The reference implementation runs one full 77-token text pass per image (batch s
 vlprompt runs B x n_cls prompts per step, each image's SOS + context encoded once and shared by its
 classes (chunked by ``max_prompts_per_pass``). Random weights, real architecture. On CUDA prints
 ``torch.cuda.max_memory_allocated`` (target: 1000 classes at batch >= 8 under 40 GB, with
-``--precision amp``: bf16 autocast as ``train.precision: amp``); on CPU the process's peak resident
+``--precision amp``: bf16 autocast as ``train.compute_precision: amp``); on CPU the process's peak resident
 memory (``ru_maxrss``), which bounds the same tensors.
 """
 

@@ -4,7 +4,7 @@
 
 Random weights, real architecture. "raw" = ``encode_image`` on ready-made tensors in batches (the upper
 bound: no data loading, no text, no logits). "ours" = the whole ``vlprompt zeroshot`` path
-(:func:`vlprompt.api.zeroshot`): load + transform every image of a world dataset's test split, encode
+(:func:`vlprompt.tasks.api.zeroshot`): load + transform every image of a world dataset's test split, encode
 it, build the class text features once (chunked), compute logits, accuracy and the report. Prints images
 per second of both and their ratio (target: ours >= 80% of raw).
 """
@@ -44,7 +44,7 @@ def main() -> None:
     _sync(device)
     raw = n_batches * args.batch / (time.perf_counter() - t0)
 
-    from vlprompt.api import zeroshot
+    from vlprompt.tasks.api import zeroshot
 
     cfg = config_from_dict({
         "method": {"name": "zeroshot"},

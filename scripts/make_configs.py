@@ -46,7 +46,7 @@ def coop_config(dataset: str, short: str, model: str, shots: int) -> dict:
         "optim": {"name": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 0.0005,
                   "max_epoch": coop_epochs(dataset, shots), "batch_size": 32, "warmup_epoch": 1, "warmup_lr": 1.0e-5,
                   "lr_scheduler": "cosine", "test_batch_size": 100},
-        "train": {"seed": 1, "precision": "amp",
+        "train": {"seed": 1, "compute_precision": "amp",
                   "output_dir": f"runs/coop/{dataset}/{short}_{shots}shots_nctx16_cscFalse_ctpend/seed{{seed}}"},
     }
 
@@ -86,7 +86,7 @@ def cocoop_config(method: str, dataset: str, subsample: str, out: str) -> dict:
         "backbone": {"model": MODEL, "pretrained": "openai"},
         "data": {"dataset": dataset, "root": "./data", "shots": 16, "subsample_classes": subsample, "num_workers": 8},
         "optim": optim_block(method, dataset),
-        "train": {"seed": 1, "precision": "amp", "output_dir": out},
+        "train": {"seed": 1, "compute_precision": "amp", "output_dir": out},
     }
 
 
@@ -119,7 +119,7 @@ def upl(dataset: str) -> dict:
         "backbone": {"model": "RN50-quickgelu", "pretrained": "openai"},
         "data": {"dataset": dataset, "root": "./data", "shots": 16, "num_workers": 8},
         "optim": OPTIM,
-        "train": {"seed": 1, "precision": "amp", "output_dir": f"runs/upl/{dataset}/rn50_ens16/seed{{seed}}"},
+        "train": {"seed": 1, "compute_precision": "amp", "output_dir": f"runs/upl/{dataset}/rn50_ens16/seed{{seed}}"},
     }
 
 
@@ -130,7 +130,7 @@ def locoop(shots: int) -> dict:
         "backbone": {"model": "ViT-B-16-quickgelu", "pretrained": "openai"},
         "data": {"dataset": "imagenet", "root": "./data", "shots": shots, "num_workers": 8},
         "optim": OPTIM,
-        "train": {"seed": 1, "precision": "amp",
+        "train": {"seed": 1, "compute_precision": "amp",
                   "output_dir": f"runs/locoop/imagenet/vit_b16_{shots}shots/seed{{seed}}"},
     }
 

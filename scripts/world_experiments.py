@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlprompt.eval.report import markdown_table
+from vlprompt.core.tables import markdown_table
 
 MODEL, PRETRAINED = "vlprompt-world-rn", "world"
 LONG = {"max_epoch": 50, "batch_size": 32}
@@ -45,7 +45,7 @@ OOD_SETS = ("world_ood_shapes", "world_ood_objects", "world_ood_novel", "world_o
 
 
 def cfg(method: str, dataset: str, out: Path | None = None, **data: Any):
-    from vlprompt.world.demo_methods import world_config
+    from vlprompt.cli.demo_methods import world_config
 
     m, optim = METHODS[method]
     return world_config(m, optim, dataset, model=MODEL, pretrained=PRETRAINED, out=out, **data)
@@ -61,7 +61,7 @@ def fmt(summary: dict, col: str) -> str:
 
 
 def run_b2n(seeds: list[int], out: Path, log: Any) -> str:
-    from vlprompt.eval.protocols import base_to_new
+    from vlprompt.tasks.protocols import base_to_new
 
     sections = []
     for dataset in B2N_DATASETS:
@@ -75,7 +75,7 @@ def run_b2n(seeds: list[int], out: Path, log: Any) -> str:
 
 
 def run_dg(seeds: list[int], out: Path, log: Any) -> str:
-    from vlprompt.eval.protocols import transfer
+    from vlprompt.tasks.protocols import transfer
 
     rows = []
     for method in ("zeroshot", "coop", "cocoop"):
@@ -88,9 +88,9 @@ def run_dg(seeds: list[int], out: Path, log: Any) -> str:
 
 
 def run_upl(seeds: list[int], out: Path, log: Any) -> str:
-    from vlprompt.api import evaluate, zeroshot
     from vlprompt.engine.trainer import train
-    from vlprompt.methods.upl.pseudo import pseudo_label
+    from vlprompt.tasks.api import evaluate, zeroshot
+    from vlprompt.tasks.pseudo_label import pseudo_label
 
     pseudo = out / "upl" / "pseudo.json"
     report = pseudo_label(cfg("upl", SOURCE), pseudo, top_k=16, progress=False)
@@ -116,7 +116,7 @@ def run_upl(seeds: list[int], out: Path, log: Any) -> str:
 
 def run_ood(seeds: list[int], out: Path, log: Any) -> str:
     from vlprompt.engine.trainer import train
-    from vlprompt.eval.ood_eval import ood_evaluate
+    from vlprompt.tasks.ood import ood_evaluate
 
     rows = []
     for method in ("zeroshot", "coop", "locoop"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlprompt.backbones.openclip import load_backbone
-from vlprompt.errors import ModelError, VlpromptError
+from vlprompt.core.errors import ModelError, VlpromptError
 
 TEXTS = ["a photo of a dog.", "x", "an unusually long caption about a small red striped triangle on grass", ""]
 

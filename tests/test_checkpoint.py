@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vlprompt.backbones.openclip import load_backbone
+from vlprompt.core.errors import CheckpointError
 from vlprompt.engine.checkpoint import (
     list_checkpoints,
     load_latest_training_state,
@@ -18,7 +19,6 @@ from vlprompt.engine.checkpoint import (
     save_training_state,
     write_safetensors,
 )
-from vlprompt.errors import CheckpointError
 from vlprompt.methods.registry import build_method
 
 CLASSES = ["cat", "dog", "bird"]

@@ -87,7 +87,7 @@ def test_cocoop_trains_and_round_trips_through_a_prompt_file(tmp_path, tiny_imag
     metrics = train(config_from_dict(raw))
     model = load_prompt(tmp_path / "run" / "prompt.safetensors")
     assert model.method_name == "cocoop"
-    from vlprompt.api import evaluate
+    from vlprompt.tasks.api import evaluate
 
     report = evaluate(config_from_dict(raw), tmp_path / "run" / "prompt.safetensors", progress=False)
     assert report["accuracy"] == pytest.approx(metrics["test"]["accuracy"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vlprompt.config import config_from_dict, load_config
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,8 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
     ("method: {name: coop, nctx: 2}\ndata: {dataset: dtd}\n", r"unknown option 'method.nctx'"),
     ("method: {name: coop}\ndata: {dataset: dtd}\noptim: {lr: fast}\n", r"optim.lr must be a number"),
     ("method: {name: coop}\ndata: {dataset: dtd, shots: 0}\n", r"data.shots must be >= 1"),
-    ("method: {name: coop}\ndata: {dataset: dtd}\ntrain: {precision: fp8}\n", r"train.precision must be one of"),
+    ("method: {name: coop}\ndata: {dataset: dtd}\ntrain: {precision: fp8}\n",
+     r"train.compute_precision must be one of"),
     ("method: {name: coopp}\ndata: {dataset: dtd}\n", r"unknown method 'coopp'.*coop"),
     ("method: {name: coop}\ndatta: {dataset: dtd}\n", r"unknown config section 'datta'.*data"),
     ("method: {name: coop}\ndata: {}\n", r"data.dataset is required"),
@@ -88,7 +89,7 @@ def test_every_shipped_config_loads(monkeypatch, tmp_path):
         load_config(f)
     import itertools
 
-    from vlprompt.sweep import build_config, load_sweep
+    from vlprompt.tasks.sweep import build_config, load_sweep
 
     monkeypatch.chdir(REPO)  # sweep files name their configs relative to the repository
     sweeps = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))

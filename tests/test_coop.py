@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.methods.registry import build_method
 
 CLASSES = ["dog", "golden_retriever", "traffic light"]

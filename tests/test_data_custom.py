@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.registry import build_dataset
-from vlprompt.errors import DataError
 
 from data_trees import class_color, make_csv_dataset, make_imagefolder, write_image
 

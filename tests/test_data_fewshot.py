@@ -9,11 +9,11 @@ from collections import Counter
 
 import pytest
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.coop_layouts import DGSplits
 from vlprompt.data.fewshot import load_fewshot_json, make_fewshot, sample_fewshot, save_fewshot_json
 from vlprompt.data.registry import build_dataset
 from vlprompt.data.types import DatasetSplits, Datum
-from vlprompt.errors import DataError
 
 from data_trees import make_imagenet_dg
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.coop_layouts import DGSplits
 from vlprompt.data.registry import build_dataset
 from vlprompt.data.templates import (
@@ -15,7 +16,6 @@ from vlprompt.data.templates import (
     dataset_template,
     get_templates,
 )
-from vlprompt.errors import DataError
 
 from data_trees import (
     DG_DATASETS,

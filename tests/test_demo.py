@@ -28,8 +28,8 @@ def test_demo_writes_table_json_and_plot(tmp_path, capsys):
 
 
 def test_demo_methods_section_runs_cocoop_upl_locoop(tmp_path):
-    from vlprompt.eval.protocols import harmonic_mean
-    from vlprompt.world.demo_methods import method_tables, run_method_demo
+    from vlprompt.cli.demo_methods import method_tables, run_method_demo
+    from vlprompt.tasks.protocols import harmonic_mean
 
     res = run_method_demo(tmp_path, model="vlprompt-test-vit", pretrained=None, seed=1, device="cpu",
                           log=lambda _msg: None)

@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from vlprompt.config import config_from_dict
+from vlprompt.core.errors import ConfigError
 from vlprompt.engine.checkpoint import read_prompt
 from vlprompt.engine.distributed import DistContext, check_batch_size, shard
 from vlprompt.engine.features import feature_loader
-from vlprompt.errors import ConfigError
 
 from conftest import write_config
 

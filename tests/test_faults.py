@@ -16,9 +16,9 @@ import torch
 
 import vlprompt.engine.trainer as trainer_mod
 from vlprompt.config import config_from_dict
+from vlprompt.core.errors import VlpromptError
 from vlprompt.engine.checkpoint import list_checkpoints, read_prompt
 from vlprompt.engine.run import RunLock
-from vlprompt.errors import VlpromptError
 
 from conftest import tiny_config, write_config
 

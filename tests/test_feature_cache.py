@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from vlprompt.data.registry import build_dataset
+from vlprompt.engine.evaluate import evaluate_items
 from vlprompt.engine.features import encode_items
-from vlprompt.eval.evaluate import evaluate_items
 from vlprompt.methods.registry import build_method
 
 

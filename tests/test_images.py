@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.images import IMAGE_EXTENSIONS, list_images, load_image
-from vlprompt.errors import DataError
 
 from data_trees import write_image
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
-from vlprompt.engine.import_coop import import_dassl_prompt, read_dassl_prompt
-from vlprompt.errors import CheckpointError
+from vlprompt.core.errors import CheckpointError
+from vlprompt.tasks.import_coop import import_dassl_prompt, read_dassl_prompt
 
 CLASSES = ["cat", "dog", "bird"]
 

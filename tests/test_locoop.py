@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.methods.locoop.model import entropy_of_selected
 from vlprompt.methods.registry import build_method
 
@@ -105,7 +105,7 @@ def test_zero_shot_ood_against_an_image_folder(tmp_path, tiny_imagefolder, capsy
 
 def test_a_relative_ood_folder_is_found_under_data_root_and_named_as_given(tmp_path, monkeypatch):
     from vlprompt.config import config_from_dict
-    from vlprompt.eval.ood_eval import resolve_ood_set
+    from vlprompt.tasks.ood import resolve_ood_set
 
     from data_trees import make_imagefolder
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score
 
-from vlprompt.eval.metrics import accuracy_report
+from vlprompt.core.metrics import accuracy_report
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from vlprompt.eval.ood import aupr, auroc, fpr_at_tpr, ood_metrics, ood_scores
+from vlprompt.core.ood import aupr, auroc, fpr_at_tpr, ood_metrics, ood_scores
 
 
 def _sk_fpr95(pos, neg):

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from vlprompt.config import config_from_dict
+from vlprompt.core.errors import VlpromptError
+from vlprompt.core.ood import aupr, auroc, fpr_at_tpr
 from vlprompt.data.fewshot import sample_fewshot
 from vlprompt.data.types import Datum
-from vlprompt.errors import VlpromptError
-from vlprompt.eval.ood import aupr, auroc, fpr_at_tpr
-from vlprompt.methods.upl.pseudo import select_top_k
+from vlprompt.tasks.pseudo_label import select_top_k
 
 scores = st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 1.0]) | st.floats(-5, 5, allow_nan=False),
                   min_size=1, max_size=40)

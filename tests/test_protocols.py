@@ -9,7 +9,7 @@ import pytest
 from vlprompt.cli.main import main
 from vlprompt.data.registry import build_dataset
 from vlprompt.data.subsample import subsample_classes
-from vlprompt.eval.protocols import harmonic_mean
+from vlprompt.tasks.protocols import harmonic_mean
 
 
 def _world_cfg(tmp_path, method: dict, dataset="world_patterns"):

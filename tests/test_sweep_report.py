@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from vlprompt.cli.main import main
-from vlprompt.errors import DataError
-from vlprompt.eval.ood import ood_metrics
-from vlprompt.eval.papers import (
+from vlprompt.core.errors import DataError
+from vlprompt.core.ood import ood_metrics
+from vlprompt.report.papers import (
     PAPER_RESULTS,
     averaged_datasets,
     find_entry,
@@ -21,8 +21,8 @@ from vlprompt.eval.papers import (
     normalize_backbone,
     select_papers,
 )
-from vlprompt.eval.protocols import harmonic_mean
-from vlprompt.eval.sweep_report import make_report
+from vlprompt.report.sweep_report import make_report
+from vlprompt.tasks.protocols import harmonic_mean
 
 VIT = {"model": "ViT-B-16", "pretrained": "openai"}
 LOCOOP_SETS = ("iNaturalist", "SUN", "Places", "dtd/images")  # configs/sweeps/locoop_ood.yaml's targets
@@ -41,7 +41,7 @@ def write_fewshot(root: Path, method: str, dataset: str, shots: int, seed: int, 
 
 def write_protocol(folder: Path, kind: str, method: str, dataset: str, per_seed: list[dict],
                    backbone: dict | None = None) -> None:
-    """``<kind>_results.json`` in the layout of :func:`vlprompt.eval.protocols._finish`."""
+    """``<kind>_results.json`` in the layout of :func:`vlprompt.tasks.protocols._finish`."""
     columns = [c for c in per_seed[0] if c != "seed"]
     summary = {c: {"mean": statistics.fmean(r[c] for r in per_seed),
                    "std": statistics.pstdev([r[c] for r in per_seed]) if len(per_seed) > 1 else 0.0}
@@ -60,7 +60,7 @@ def b2n(seed: int, base: float, new: float) -> dict:
 def write_ood(folder: Path, method: str, seed: int, rng: np.random.Generator, *, shift: float = 1.0,
               save_scores: bool = True, sets: tuple[str, ...] = ("novel", "textures"),
               id_dataset: str = "world_shapes") -> dict:
-    """``ood_results.json`` (+ ``ood_scores.json``) as :func:`vlprompt.eval.ood_eval.ood_evaluate` writes them."""
+    """``ood_results.json`` (+ ``ood_scores.json``) as :func:`vlprompt.tasks.ood.ood_evaluate` writes them."""
     scores = ("mcm", "glmcm")
     id_scores = {s: rng.normal(shift, 1.0, 60) for s in scores}
     ood = {name: {s: rng.normal(0.0, 1.0, 40) for s in scores} for name in sets}
@@ -137,7 +137,7 @@ def test_paper_data_ships_with_the_package():
     import tomllib
 
     cfg = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert "eval/paper_results.json" in cfg["tool"]["setuptools"]["package-data"]["vlprompt"]
+    assert "report/paper_results.json" in cfg["tool"]["setuptools"]["package-data"]["vlprompt"]
     assert PAPER_RESULTS.is_file()
 
 

@@ -9,7 +9,7 @@ import torch
 
 from vlprompt.cli.main import main
 from vlprompt.methods.registry import build_method
-from vlprompt.methods.upl.pseudo import select_top_k
+from vlprompt.tasks.pseudo_label import select_top_k
 
 from conftest import tiny_config, write_config
 

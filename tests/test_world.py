@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.registry import build_dataset
-from vlprompt.errors import DataError
 from vlprompt.world import generate as g
 from vlprompt.world.datasets import (
     OOD_DATASETS,

@@ -19,11 +19,12 @@ import json
 
 import pytest
 
-from vlprompt.backbones.openclip import VLPROMPT_PRETRAINED, shared_backbone
+from vlprompt.backbones.configs import pretrained_weights
+from vlprompt.backbones.openclip import shared_backbone
 from vlprompt.config import config_from_dict
 
 MODEL, TAG = "vlprompt-world-rn", "world"
-WEIGHTS = VLPROMPT_PRETRAINED[(MODEL, TAG)]
+WEIGHTS = pretrained_weights()[(MODEL, TAG)]
 
 # dataset -> (number of classes, minimum zero-shot test accuracy %, dataset options)
 ZERO_SHOT = {
@@ -64,7 +65,7 @@ def test_shipped_weights_are_small_and_match_their_hash():
 
 @pytest.mark.parametrize("dataset", list(ZERO_SHOT))
 def test_zero_shot_is_far_above_chance(dataset):
-    from vlprompt.api import zeroshot
+    from vlprompt.tasks.api import zeroshot
 
     n_cls, minimum, options = ZERO_SHOT[dataset]
     report = zeroshot(_cfg(dataset, {"name": "zeroshot"}, options=options), progress=False)
@@ -73,8 +74,8 @@ def test_zero_shot_is_far_above_chance(dataset):
 
 @pytest.mark.parametrize("dataset", list(COOP_GAIN))
 def test_coop_16_shots_beats_zero_shot(dataset, tmp_path):
-    from vlprompt.api import zeroshot
     from vlprompt.engine.trainer import train
+    from vlprompt.tasks.api import zeroshot
 
     options, gain = COOP_GAIN[dataset]
     backbone = shared_backbone(MODEL, TAG)

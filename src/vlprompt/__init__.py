@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from vlprompt.core.version import __version__
 
 _LAZY = {
     "load_backbone": ("vlprompt.backbones.openclip", "load_backbone"),
@@ -28,27 +28,27 @@ _LAZY = {
     "load_config": ("vlprompt.config", "load_config"),
     "ExperimentConfig": ("vlprompt.config", "ExperimentConfig"),
     "train": ("vlprompt.engine.trainer", "train"),
-    "evaluate": ("vlprompt.api", "evaluate"),
-    "zeroshot": ("vlprompt.api", "zeroshot"),
-    "predict": ("vlprompt.api", "predict"),
+    "evaluate": ("vlprompt.tasks.api", "evaluate"),
+    "zeroshot": ("vlprompt.tasks.api", "zeroshot"),
+    "predict": ("vlprompt.tasks.api", "predict"),
     "save_prompt": ("vlprompt.engine.checkpoint", "save_prompt"),
     "load_prompt": ("vlprompt.engine.checkpoint", "load_prompt"),
     "nearest_words": ("vlprompt.methods.coop.interpret", "nearest_words"),
-    "VlpromptError": ("vlprompt.errors", "VlpromptError"),
+    "VlpromptError": ("vlprompt.core.errors", "VlpromptError"),
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vlprompt.api import evaluate, predict, zeroshot  # noqa: F401
     from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone  # noqa: F401
     from vlprompt.config import ExperimentConfig, load_config  # noqa: F401
+    from vlprompt.core.errors import VlpromptError  # noqa: F401
     from vlprompt.data.registry import build_dataset, list_datasets  # noqa: F401
     from vlprompt.engine.checkpoint import load_prompt, save_prompt  # noqa: F401
     from vlprompt.engine.trainer import train  # noqa: F401
-    from vlprompt.errors import VlpromptError  # noqa: F401
     from vlprompt.methods.coop.interpret import nearest_words  # noqa: F401
     from vlprompt.methods.registry import build_method, list_methods, register_method  # noqa: F401
+    from vlprompt.tasks.api import evaluate, predict, zeroshot  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -19,14 +19,15 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from vlprompt.errors import ConfigError
-from vlprompt.validate import check_choice, check_float, check_int
+from vlprompt.core.errors import ConfigError
+from vlprompt.core.validate import check_choice, check_float, check_int
 
 
 @dataclass
@@ -37,11 +38,11 @@ class BackboneConfig:
     pretrained: str | None = field(
         default="openai", metadata={"help": "open_clip pretrained tag, local weights file, or null (random)"}
     )
-    precision: str = field(default="fp32", metadata={"help": "frozen weight precision: fp32, fp16 or bf16"})
+    weight_dtype: str = field(default="fp32", metadata={"help": "dtype of the frozen weights: fp32, fp16 or bf16"})
     cache_dir: str | None = field(default=None, metadata={"help": "open_clip download cache"})
 
     def __post_init__(self) -> None:
-        check_choice(self.precision, "backbone.precision", ("fp32", "fp16", "bf16"))
+        check_choice(self.weight_dtype, "backbone.weight_dtype", ("fp32", "fp16", "bf16"))
 
 
 @dataclass
@@ -125,7 +126,7 @@ class TrainConfig:
     seed: int = 1
     output_dir: str = field(default="", metadata={"help": "run folder (config, log, checkpoints, results)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
-    precision: str = field(default="fp32", metadata={"help": "fp32 or amp (bf16 autocast)"})
+    compute_precision: str = field(default="fp32", metadata={"help": "fp32, or amp (bf16 autocast of the step)"})
     eval_every: int = field(default=0, metadata={"help": "validate every N epochs (0 = only at the end)"})
     checkpoint_every: int = field(default=1, metadata={"help": "save a resumable checkpoint every N epochs"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
@@ -148,7 +149,7 @@ class TrainConfig:
         check_float(self.dist_timeout_min, "train.dist_timeout_min", minimum=0.0, strict=True)
         if isinstance(self.compile, str) and not self.compile.strip():
             raise ConfigError("option train.compile must be true, false or a torch.compile backend name, got ''")
-        check_choice(self.precision, "train.precision", ("fp32", "amp"))
+        check_choice(self.compute_precision, "train.compute_precision", ("fp32", "amp"))
         check_int(self.eval_every, "train.eval_every", minimum=0)
         check_int(self.checkpoint_every, "train.checkpoint_every", minimum=1)
         check_int(self.keep_checkpoints, "train.keep_checkpoints", minimum=1)
@@ -262,12 +263,31 @@ def coerce(value: Any, tp: Any, option: str) -> Any:
     return value
 
 
+#: Options renamed so that each says what it sets: (section, old key) -> new key. Old keys still load.
+RENAMED_OPTIONS = {("backbone", "precision"): "weight_dtype", ("train", "precision"): "compute_precision"}
+
+
+def _renamed(values: dict[str, Any], section: str) -> dict[str, Any]:
+    """``values`` with deprecated keys moved to their new names (a FutureWarning says so)."""
+    out = dict(values)
+    for (sec, old), new in RENAMED_OPTIONS.items():
+        if sec == section and old in out:
+            if new in out:
+                raise ConfigError(f"options '{section}.{old}' (deprecated) and '{section}.{new}' are both set; "
+                                  f"keep only '{section}.{new}'")
+            warnings.warn(f"option '{section}.{old}' is deprecated; use '{section}.{new}' (same values)",
+                          FutureWarning, stacklevel=3)
+            out[new] = out.pop(old)
+    return out
+
+
 def build_dataclass(cls: type, values: dict[str, Any], section: str) -> Any:
     """Instantiate dataclass ``cls`` from ``values``, checking every key and type."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"section '{section}' must be a mapping of options, got {values!r}")
+    values = _renamed(values, section)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

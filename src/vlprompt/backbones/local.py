@@ -10,7 +10,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlprompt.errors import ModelError
+from vlprompt.core.errors import ModelError
 
 
 def vit_value_path(block: nn.Module, tokens: Tensor) -> Tensor:

@@ -21,21 +21,13 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vlprompt.backbones.configs import register_model_configs
-from vlprompt.errors import ModelError, VlpromptError
-
-#: Pretrained tags vlprompt itself provides: (model name, tag) -> weights file in the package.
-_WORLD_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "world" / "weights"
-VLPROMPT_PRETRAINED: dict[tuple[str, str], Path] = {
-    ("vlprompt-world-vit", "world"): _WORLD_WEIGHTS_DIR / "vlprompt-world-vit.safetensors",
-    ("vlprompt-world-rn", "world"): _WORLD_WEIGHTS_DIR / "vlprompt-world-rn.safetensors",
-}
+from vlprompt.backbones.configs import pretrained_weights, register_model_configs
+from vlprompt.core.errors import ModelError, VlpromptError
 
 
 @dataclass(frozen=True)
@@ -325,7 +317,7 @@ def list_pretrained_tags(model: str) -> list[str]:
     import open_clip
 
     tags = list(open_clip.list_pretrained_tags_by_model(model))
-    tags += [tag for (name, tag) in VLPROMPT_PRETRAINED if name == model]
+    tags += [tag for (name, tag) in pretrained_weights() if name == model]
     return tags
 
 
@@ -334,12 +326,13 @@ def _resolve_pretrained(model: str, pretrained: str | None) -> str | None:
     if pretrained in (None, "", "none", "random"):
         return None
     assert pretrained is not None
-    if (model, pretrained) in VLPROMPT_PRETRAINED:
-        path = VLPROMPT_PRETRAINED[(model, pretrained)]
+    shipped = pretrained_weights()
+    if (model, pretrained) in shipped:
+        path = shipped[(model, pretrained)]
         if not path.is_file():
             raise ModelError(
                 f"the shipped weights for '{model}' (pretrained '{pretrained}') are missing at {path}; "
-                "reinstall vlprompt or train them with `python -m vlprompt.world.pretrain`."
+                "reinstall the package that provides them."
             )
         return str(path)
     if os.path.exists(pretrained):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import VlpromptError, user_message
+from vlprompt.core.errors import VlpromptError, user_message
 
 EPILOG = "Docs: README.md. Every option of a config can be overridden with --set section.option=value."
 
@@ -84,9 +84,9 @@ def _rank_prefix() -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vlprompt.api import evaluate
     from vlprompt.config import apply_overrides, config_from_dict, load_config
     from vlprompt.engine.run import RunPaths
+    from vlprompt.tasks.api import evaluate
 
     if args.run:
         import yaml
@@ -115,7 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    from vlprompt.api import zeroshot
+    from vlprompt.tasks.api import zeroshot
 
     extra = {"templates": "data.templates"}
     cfg = _load_cfg(args, extra)
@@ -127,7 +127,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vlprompt.api import predict
+    from vlprompt.tasks.api import predict
 
     classnames = None
     if args.classnames:
@@ -140,7 +140,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         top = ", ".join(f"{name} ({p:.3f})" for name, p in r["top"])
         print(f"{r['image']}: {top}")
     if args.json:
-        from vlprompt.io import atomic_write_json
+        from vlprompt.core.io import atomic_write_json
 
         atomic_write_json(args.json, results)
         print(f"saved {args.json}")
@@ -164,7 +164,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vlprompt.world.demo import results_table, run_demo
+    from vlprompt.cli.demo import results_table, run_demo
 
     shots = [int(s) for s in args.shots.split(",")] if args.shots else None
     kwargs: dict[str, Any] = {"seed": args.seed, "epochs": args.epochs, "device": args.device,
@@ -191,7 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
-    from vlprompt.eval.protocols import base_to_new, transfer
+    from vlprompt.tasks.protocols import base_to_new, transfer
 
     cfg = _load_cfg(args)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -207,7 +207,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from vlprompt.methods.upl.pseudo import format_report, pseudo_label
+    from vlprompt.tasks.pseudo_label import format_report, pseudo_label
 
     cfg = _load_cfg(args)
     backbones = []
@@ -224,7 +224,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 def cmd_ood(args: argparse.Namespace) -> int:
     from vlprompt.engine.run import RunPaths
-    from vlprompt.eval.ood_eval import ood_evaluate
+    from vlprompt.tasks.ood import ood_evaluate
 
     prompt = Path(args.prompt) if args.prompt else (RunPaths(Path(args.run)).prompt if args.run else None)
     if args.run and not args.config:
@@ -242,7 +242,7 @@ def cmd_ood(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from vlprompt.sweep import load_sweep, run_sweep
+    from vlprompt.tasks.sweep import load_sweep, run_sweep
 
     sw = load_sweep(args.sweep)
     if args.output_dir:
@@ -257,7 +257,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from vlprompt.eval.sweep_report import make_report
+    from vlprompt.report.sweep_report import make_report
 
     papers = [p for p in (args.paper or "").split(",") if p.strip()]
     result = make_report(args.runs, args.output, papers=papers, paper_file=args.paper_file)
@@ -269,13 +269,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_import_coop(args: argparse.Namespace) -> int:
-    from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.backbones.build import build_backbone
     from vlprompt.data.pipeline import load_dataset
     from vlprompt.engine.checkpoint import save_prompt
-    from vlprompt.engine.import_coop import import_dassl_prompt
+    from vlprompt.tasks.import_coop import import_dassl_prompt
 
     cfg = _load_cfg(args)
-    backbone = load_backbone(cfg.backbone.model, cfg.backbone.pretrained, cache_dir=cfg.backbone.cache_dir)
+    backbone = build_backbone(cfg.backbone, shared=False)
     classnames = load_dataset(cfg.data).classnames
     method = import_dassl_prompt(args.checkpoint, backbone, classnames,
                                  class_token_position=args.class_token_position)
@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prompt learning (zero-shot CLIP, CoOp, ...) on frozen open_clip models.",
         epilog=EPILOG,
     )
-    from vlprompt import __version__
+    from vlprompt.core.version import __version__
 
     parser.add_argument("--version", action="version", version=f"vlprompt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run methods x datasets x shots x seeds x backbones (resumable)",
                        description="Run every combination of a sweep file; finished runs are skipped, failures "
-                                   "reported at the end. See vlprompt.sweep for the file format.")
+                                   "reported at the end. See vlprompt.tasks.sweep for the file format.")
     p.add_argument("sweep", help="sweep YAML file")
     p.add_argument("--output-dir", "-o", help="override the sweep's output_dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show published numbers next to ours: comma-separated papers of the shipped data "
                         "(cocoop) or 'all'")
     p.add_argument("--paper-file", help="published numbers from this JSON file instead (same format as "
-                                        "vlprompt/eval/paper_results.json)")
+                                        "vlprompt/report/paper_results.json)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("import-coop", help="import a prompt trained with the published CoOp / CoCoOp code",

@@ -21,7 +21,7 @@ Options shared by all readers (:data:`COMMON_OPTIONS`):
   leave the image folder through ``..``;
 * ``check_files`` (bool, default True): check that every image a split file lists exists.
 
-Everything that can go wrong with the user's files raises :class:`~vlprompt.errors.DataError`.
+Everything that can go wrong with the user's files raises :class:`~vlprompt.core.errors.DataError`.
 The small helpers here (option checking, path resolution, existence checks, JSON/text reading)
 are shared with :mod:`vlprompt.data.custom`.
 """
@@ -34,11 +34,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.images import list_images
 from vlprompt.data.registry import register_dataset
 from vlprompt.data.templates import dataset_template
 from vlprompt.data.types import DatasetSplits, Datum
-from vlprompt.errors import DataError
 
 COOP_DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 COMMON_OPTIONS: dict[str, Any] = {"allow_outside_root": False, "check_files": True}

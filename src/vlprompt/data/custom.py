@@ -28,6 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.coop_layouts import (
     COMMON_OPTIONS,
     check_files_exist,
@@ -43,7 +44,6 @@ from vlprompt.data.coop_layouts import (
 from vlprompt.data.registry import register_dataset
 from vlprompt.data.templates import DEFAULT_TEMPLATE, check_template
 from vlprompt.data.types import DatasetSplits, Datum
-from vlprompt.errors import DataError
 
 IMAGEFOLDER_OPTIONS: dict[str, Any] = {**COMMON_OPTIONS, "classnames_file": None, "template": None}
 CSV_OPTIONS: dict[str, Any] = {

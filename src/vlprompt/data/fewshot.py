@@ -23,10 +23,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from vlprompt.core.errors import DataError
+from vlprompt.core.io import atomic_write_text
 from vlprompt.data.coop_layouts import read_json_file
 from vlprompt.data.types import DatasetSplits, Datum
-from vlprompt.errors import DataError
-from vlprompt.io import atomic_write_text
 
 FEWSHOT_FORMAT = "vlprompt-fewshot"
 FEWSHOT_VERSION = 1

@@ -11,7 +11,7 @@ uses for every dataset) but converts the modes that a bare ``convert("RGB")`` ge
 * float images ("F") are scaled from [0, 1] when they lie in that range.
 
 Unreadable files (missing, zero bytes, truncated, not an image, decompression bombs) raise
-:class:`~vlprompt.errors.DataError` naming the file. Like CoOp, EXIF orientation is not applied.
+:class:`~vlprompt.core.errors.DataError` naming the file. Like CoOp, EXIF orientation is not applied.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from vlprompt.errors import DataError
+from vlprompt.core.errors import DataError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlprompt.config import DataConfig
+from vlprompt.core.errors import DataError
 from vlprompt.data.fewshot import load_fewshot_json, make_fewshot, save_fewshot_json
 from vlprompt.data.registry import build_dataset
 from vlprompt.data.subsample import subsample_classes
 from vlprompt.data.types import DatasetSplits, Datum
-from vlprompt.errors import DataError
 
 
 @dataclass

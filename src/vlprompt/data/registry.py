@@ -6,13 +6,13 @@ CoOp's class names (``OxfordPets``) work as aliases of the snake-case names (``o
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 from collections.abc import Callable
 from typing import Any
 
+from vlprompt.core.errors import DataError
+from vlprompt.core.plugins import load_plugins
 from vlprompt.data.types import DatasetSplits
-from vlprompt.errors import DataError
 
 DatasetBuilder = Callable[..., DatasetSplits]
 _DATASETS: dict[str, DatasetBuilder] = {}
@@ -40,8 +40,7 @@ def _ensure_builtin() -> None:
     import vlprompt.data.coop_layouts  # noqa: F401
     import vlprompt.data.custom  # noqa: F401
 
-    with contextlib.suppress(ImportError):  # the world package may be absent in a stripped install
-        import vlprompt.world.datasets  # noqa: F401
+    load_plugins()  # plugins (e.g. the synthetic world) register their datasets
 
 
 def list_datasets() -> list[str]:

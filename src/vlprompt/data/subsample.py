@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from vlprompt.core.errors import ConfigError
 from vlprompt.data.types import DatasetSplits, Datum
-from vlprompt.errors import ConfigError
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 

@@ -17,7 +17,7 @@ import functools
 import string
 from typing import Any
 
-from vlprompt.errors import DataError
+from vlprompt.core.errors import DataError
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 """Template for datasets CoOp has no template for (custom ImageFolder / CSV data)."""

@@ -6,7 +6,7 @@
 * Training checkpoint ``checkpoints/epoch-NNNN.safetensors``: learned tensors, optimiser state
   tensors and RNG states, plus JSON metadata (epoch, optimiser hyper-parameters, python RNG).
 
-Both are written atomically (:mod:`vlprompt.io`); loading never unpickles anything.
+Both are written atomically (:mod:`vlprompt.core.io`); loading never unpickles anything.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from vlprompt.errors import CheckpointError
-from vlprompt.io import atomic_write_bytes, atomic_write_json
+from vlprompt.core.errors import CheckpointError
+from vlprompt.core.io import atomic_write_bytes, atomic_write_json
 
 PROMPT_FORMAT = "vlprompt-prompt"
 CKPT_FORMAT = "vlprompt-checkpoint"
@@ -73,7 +73,7 @@ def _check_format(meta: dict[str, Any], expected: str, path: Path, what: str) ->
 
 # ---------------------------------------------------------------------------------- prompts
 def prompt_metadata(method: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    from vlprompt import __version__
+    from vlprompt.core.version import __version__
 
     return {
         "format": PROMPT_FORMAT,

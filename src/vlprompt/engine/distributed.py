@@ -30,8 +30,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from vlprompt import errors
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.core import errors
+from vlprompt.core.errors import ConfigError, VlpromptError
 
 T = TypeVar("T")
 
@@ -234,20 +234,6 @@ def main_first(ctx: DistContext, fn: Callable[[], T]) -> T:
 
     main_only(ctx, first)
     return result if ctx.is_main else fn()  # type: ignore[return-value]
-
-
-def all_reduce_sum(values: Sequence[float]) -> list[float]:
-    """``values`` summed over every rank of the active process group (unchanged without one).
-
-    For losses whose normaliser spans the global batch (LoCoOp's mean over the selected patches of all
-    ranks' images). Every rank must call it at the same point of the step.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [float(v) for v in values]
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return [float(v) for v in t.tolist()]
 
 
 def reduce_step(ctx: DistContext, params: Sequence[Tensor], loss: float, correct: int,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vlprompt.errors import ConfigError, VlpromptError
+from vlprompt.core.errors import ConfigError, VlpromptError
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vlprompt.backbones.openclip import OpenClipBackbone, shared_backbone
+from vlprompt.backbones.build import build_backbone
+from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.config import ExperimentConfig, config_from_dict
+from vlprompt.core.errors import ConfigError, VlpromptError
+from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.core.tables import accuracy_table
 from vlprompt.data.loading import ImageDataset
 from vlprompt.data.pipeline import PreparedData, prepare_data
 from vlprompt.engine.checkpoint import (
@@ -55,6 +59,7 @@ from vlprompt.engine.distributed import (
     reduce_step,
     reseed_worker_rng,
 )
+from vlprompt.engine.evaluate import evaluate_items
 from vlprompt.engine.features import encode_items, feature_loader, train_batches, view_loader
 from vlprompt.engine.optim import build_optimizer, default_max_epoch, lr_at_epoch, set_lr
 from vlprompt.engine.run import (
@@ -66,10 +71,6 @@ from vlprompt.engine.run import (
     resolve_device,
     seed_everything,
 )
-from vlprompt.errors import ConfigError, VlpromptError
-from vlprompt.eval.evaluate import evaluate_items
-from vlprompt.eval.report import accuracy_table
-from vlprompt.io import atomic_write_json, atomic_write_text
 from vlprompt.methods.base import PromptMethod
 from vlprompt.methods.registry import build_method, get_method
 
@@ -162,8 +163,7 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
     progress = cfg.train.progress and ctx.is_main
     seed_everything(cfg.train.seed)
     if backbone is None:
-        backbone = shared_backbone(cfg.backbone.model, cfg.backbone.pretrained, device=device,
-                                   precision=cfg.backbone.precision, cache_dir=cfg.backbone.cache_dir)
+        backbone = build_backbone(cfg.backbone, device=device)
     data = main_first(ctx, lambda: prepare_data(cfg.data, seed=cfg.train.seed, fewshot_path=paths.fewshot))
     if data.skipped and ctx.is_main:
         atomic_write_json(paths.root / "skipped_images.json", data.skipped)
@@ -322,7 +322,7 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
     for step, (images, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
                                                  disable=not progress)):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(device, cfg.train.precision):
+        with autocast(device, cfg.train.compute_precision):
             feats = method.encode_images(images) if images.dim() == 4 else images  # else: cached features
             loss, logits = loss_fn(feats, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -335,7 +335,7 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
             raise VlpromptError(
                 f"the loss became {batch_loss} at epoch {epoch + 1}, step {step + 1}; training stopped and "
                 "the last good checkpoint is kept. Likely causes: learning rate too high (optim.lr) or "
-                "reduced precision (train.precision=fp32 avoids it)."
+                "reduced precision (train.compute_precision=fp32 avoids it)."
             )
         optimizer.step()
         total_loss += batch_loss * batch_n
@@ -348,7 +348,7 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
 
 def _evaluate_split(method: PromptMethod, data: PreparedData, items: list, backbone: OpenClipBackbone,
                     cfg: ExperimentConfig, device: torch.device, name: str) -> dict[str, Any]:
-    with autocast(device, cfg.train.precision):
+    with autocast(device, cfg.train.compute_precision):
         return evaluate_items(method, items, data.splits.loader, batch_size=cfg.optim.test_batch_size,
                               num_workers=cfg.data.num_workers, progress=cfg.train.progress, desc=name,
                               disk_dir=cfg.data.feature_cache_dir)

@@ -9,11 +9,45 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.methods.base import PromptMethod
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method needs and does, declared where it is registered; engine, tasks and report read
+    these instead of testing method names.
+
+    Attributes:
+        training: ``"sgd"`` (learned by the trainer's gradient loop), ``"fit"`` (fitted in closed form on
+            the few-shot features) or ``"none"`` (training-free, e.g. zero-shot CLIP).
+        supervision: ``"labels"`` (ground-truth few-shot labels) or ``"none"`` (no labels: training-free,
+            or unsupervised such as UPL, which learns from its own pseudo-labels).
+        image_conditional: text features depend on the image (CoCoOp): they cannot be computed once
+            for an evaluation.
+        local_features: needs patch-level (local) image features besides the global one (LoCoOp).
+        modifies_encoders: changes the encoders themselves (LoRA, deep prompts): image features cannot
+            be cached and the shared-prefix text shortcut does not apply.
+    """
+
+    training: Literal["sgd", "fit", "none"] = "sgd"
+    supervision: Literal["labels", "none"] = "labels"
+    image_conditional: bool = False
+    local_features: bool = False
+    modifies_encoders: bool = False
+
+    @property
+    def trainable(self) -> bool:
+        """Whether a run learns anything (a training-free method is evaluated directly)."""
+        return self.training != "none"
+
+    @property
+    def unsupervised(self) -> bool:
+        """Learns without ground-truth labels (UPL)."""
+        return self.trainable and self.supervision == "none"
 
 
 @dataclass(frozen=True)
@@ -21,15 +55,30 @@ class MethodEntry:
     name: str
     config_cls: type
     model_cls: type[PromptMethod]
-    trainable: bool = True
+    capabilities: Capabilities = Capabilities()
+
+    @property
+    def trainable(self) -> bool:
+        return self.capabilities.trainable
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], *, trainable: bool = True) -> None:
-    """Register ``model_cls`` (built from ``config_cls(**options)``) under ``name``."""
-    _METHODS[name] = MethodEntry(name, config_cls, model_cls, trainable)
+def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], *,
+                    capabilities: Capabilities | None = None, **flags: Any) -> None:
+    """Register ``model_cls`` (built from ``config_cls(**options)``) under ``name``.
+
+    Capabilities are given as a :class:`Capabilities` or as its fields (``training="none"``, ...);
+    ``image_conditional`` and ``local_features`` default to what ``model_cls`` declares.
+    """
+    if capabilities is None:
+        flags.setdefault("image_conditional", bool(model_cls.image_conditional))
+        flags.setdefault("local_features", model_cls.feature_kind != "global")
+        capabilities = Capabilities(**flags)
+    elif flags:
+        raise TypeError("pass either capabilities or its fields to register_method, not both")
+    _METHODS[name] = MethodEntry(name, config_cls, model_cls, capabilities)
 
 
 def _ensure_builtin() -> None:

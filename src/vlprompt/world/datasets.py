@@ -59,10 +59,10 @@ from urllib.parse import parse_qs
 import numpy as np
 from PIL import Image
 
+from vlprompt.core.errors import DataError
 from vlprompt.data.registry import register_dataset
 from vlprompt.data.subsample import subsample_classes
 from vlprompt.data.types import DatasetSplits, Datum
-from vlprompt.errors import DataError
 from vlprompt.world.generate import (
     COLOUR_NAMES,
     ID_SHAPES,

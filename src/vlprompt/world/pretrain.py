@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vlprompt.errors import ConfigError, ModelError, VlpromptError
+from vlprompt.core.errors import ConfigError, ModelError, VlpromptError
 from vlprompt.world.datasets import TEMPLATE, build_world_dataset, render_item
 from vlprompt.world.generate import HELDOUT_PAIRS, PRETRAIN_DOMAIN, PRETRAIN_GROUP_SIZE, Domain, pretrain_item
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vlprompt.errors import ConfigError
-from vlprompt.validate import check_int
+from vlprompt.core.errors import ConfigError
+from vlprompt.core.validate import check_int
 
 
 @dataclass

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.engine.distributed import all_reduce_sum
-from vlprompt.errors import ConfigError
+from vlprompt.core.collective import all_reduce_sum
+from vlprompt.core.errors import ConfigError
+from vlprompt.core.validate import check_float, check_int
 from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.model import CoOp
-from vlprompt.validate import check_float, check_int
 
 
 @dataclass

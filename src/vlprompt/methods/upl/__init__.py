@@ -4,6 +4,6 @@ from vlprompt.methods.registry import register_method
 from vlprompt.methods.upl.config import UPLConfig
 from vlprompt.methods.upl.model import UPL
 
-register_method("upl", UPLConfig, UPL)
+register_method("upl", UPLConfig, UPL, supervision="none")
 
 __all__ = ["UPL", "UPLConfig"]

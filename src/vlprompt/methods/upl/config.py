@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vlprompt.validate import check_float, check_int
+from vlprompt.core.validate import check_float, check_int
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 from vlprompt.methods.base import PromptMethod
 from vlprompt.methods.registry import register_method
 
@@ -67,6 +67,6 @@ class ZeroShotCLIP(PromptMethod):
         return self.classifier
 
 
-register_method("zeroshot", ZeroShotConfig, ZeroShotCLIP, trainable=False)
+register_method("zeroshot", ZeroShotConfig, ZeroShotCLIP, training="none", supervision="none")
 
 __all__ = ["ZeroShotCLIP", "ZeroShotConfig"]

@@ -7,25 +7,25 @@ from typing import Any
 
 import torch
 
-from vlprompt.backbones.openclip import OpenClipBackbone, shared_backbone
+from vlprompt.backbones.build import build_backbone
+from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.config import ExperimentConfig
+from vlprompt.core.errors import DataError, VlpromptError
+from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.core.tables import accuracy_table
 from vlprompt.data.images import list_images, load_image
 from vlprompt.data.pipeline import load_dataset
 from vlprompt.data.templates import get_templates
 from vlprompt.data.types import DatasetSplits
 from vlprompt.engine.checkpoint import load_prompt
+from vlprompt.engine.evaluate import evaluate_items
 from vlprompt.engine.run import resolve_device
-from vlprompt.errors import DataError, VlpromptError
-from vlprompt.eval.evaluate import evaluate_items
-from vlprompt.eval.report import accuracy_table
-from vlprompt.io import atomic_write_json, atomic_write_text
 from vlprompt.methods.base import PromptMethod
 from vlprompt.methods.registry import build_method
 
 
 def _backbone(cfg: ExperimentConfig, device: torch.device) -> OpenClipBackbone:
-    b = cfg.backbone
-    return shared_backbone(b.model, b.pretrained, device=device, precision=b.precision, cache_dir=b.cache_dir)
+    return build_backbone(cfg.backbone, device=device)
 
 
 def _split(splits: DatasetSplits, split: str) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from vlprompt.errors import ConfigError
+from vlprompt.core.errors import ConfigError
 
 
 def check_int(value: Any, option: str, *, minimum: int | None = None) -> int:

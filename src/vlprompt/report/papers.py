@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import DataError
+from vlprompt.core.errors import DataError
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 _REQUIRED = {"paper": str, "table": str, "backbone": str, "setting": str, "method": str, "dataset": str}

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict
-from vlprompt.errors import ConfigError
-from vlprompt.eval.report import markdown_table
-from vlprompt.io import atomic_write_json, atomic_write_text
+from vlprompt.core.errors import ConfigError
+from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.core.tables import markdown_table
 from vlprompt.methods.registry import get_method
 
 PROTOCOLS = ("base2new", "dg", "xd")
@@ -46,7 +46,7 @@ def _q(value: Any) -> str:
 
 def _accuracy(cfg: ExperimentConfig, prompt: Path | None, progress: bool) -> float:
     """Test accuracy of a learned prompt (or of zero-shot CLIP when ``prompt`` is None) on ``cfg.data``."""
-    from vlprompt.api import evaluate, zeroshot
+    from vlprompt.tasks.api import evaluate, zeroshot
 
     if prompt is None:
         return float(zeroshot(cfg, progress=progress)["accuracy"])

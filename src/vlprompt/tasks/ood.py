@@ -20,14 +20,14 @@ import torch
 from torch import Tensor
 
 from vlprompt.config import ExperimentConfig
+from vlprompt.core.errors import DataError, VlpromptError
+from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.core.metrics import accuracy_report
+from vlprompt.core.ood import SCORES, ood_metrics, ood_scores
+from vlprompt.core.tables import markdown_table
 from vlprompt.data.images import list_images
 from vlprompt.data.pipeline import load_dataset
 from vlprompt.data.types import Datum
-from vlprompt.errors import DataError, VlpromptError
-from vlprompt.eval.metrics import accuracy_report
-from vlprompt.eval.ood import SCORES, ood_metrics, ood_scores
-from vlprompt.eval.report import markdown_table
-from vlprompt.io import atomic_write_json, atomic_write_text
 
 
 def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum], Any]:
@@ -80,7 +80,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
                  scores: Sequence[str] = ("mcm", "glmcm"), temperature: float = 1.0,
                  output_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """OOD metrics of a prompt (``None``: zero-shot CLIP with ``cfg.data.templates``) per set and score."""
-    from vlprompt.backbones.openclip import shared_backbone
+    from vlprompt.backbones.build import build_backbone
     from vlprompt.data.templates import get_templates
     from vlprompt.engine.checkpoint import load_prompt
     from vlprompt.engine.run import resolve_device
@@ -92,8 +92,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
     if not ood_sets:
         raise VlpromptError("give at least one OOD set (--ood-sets NAME_OR_FOLDER,...)")
     device = resolve_device(cfg.train.device)
-    b = cfg.backbone
-    backbone = shared_backbone(b.model, b.pretrained, device=device, precision=b.precision, cache_dir=b.cache_dir)
+    backbone = build_backbone(cfg.backbone, device=device)
     splits = load_dataset(cfg.data)
     if prompt is None:
         templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
@@ -127,7 +126,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
     average = {s: {m: sum(per_set[n][s][m] for n in per_set) / len(per_set) for m in ("fpr95", "auroc", "aupr")}
                for s in scores}
     result = {"method": method.method_name, "prompt": str(prompt) if prompt else None, "id_dataset": cfg.data.dataset,
-              "backbone": {"model": b.model, "pretrained": b.pretrained}, "seed": cfg.train.seed,
+              "backbone": {"model": cfg.backbone.model, "pretrained": cfg.backbone.pretrained}, "seed": cfg.train.seed,
               "shots": cfg.data.shots if prompt else None,  # a learned prompt's training shots (zero-shot: none)
               "id_accuracy": acc["accuracy"], "scores": list(scores), "temperature": temperature,
               "per_set": per_set, "average": average, "convention": "ID = positive; higher score = more ID"}

@@ -40,8 +40,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vlprompt.config import apply_overrides, config_from_dict, read_yaml
-from vlprompt.errors import ConfigError, VlpromptError, user_message
-from vlprompt.io import atomic_write_json
+from vlprompt.core.errors import ConfigError, VlpromptError, user_message
+from vlprompt.core.io import atomic_write_json
+from vlprompt.methods.registry import get_method
 
 PROTOCOLS = ("fewshot", "base2new", "dg", "xd", "ood", "unsupervised")
 SEEDS_INSIDE = ("base2new", "dg", "xd")  # protocol functions that run every seed themselves
@@ -148,33 +149,34 @@ def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, datas
 def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, shots: int, seed: int,
               train: Any) -> None:
     """One seed of a per-seed protocol (fewshot, ood, unsupervised) into ``run_dir``."""
-    if sw.protocol == "unsupervised" and cfg.method.name != "zeroshot":
-        from vlprompt.methods.upl.pseudo import pseudo_label
+    trainable = get_method(cfg.method.name).trainable
+    if sw.protocol == "unsupervised" and trainable:
+        from vlprompt.tasks.pseudo_label import pseudo_label
 
         pseudo = folder / "pseudo_labels.json"
         if not pseudo.exists():  # frozen work shared by the seeds
             pseudo_label(cfg, pseudo, top_k=shots, progress=False)
         cfg.data.fewshot_file = str(pseudo)
-    if cfg.method.name == "zeroshot":  # nothing to train: record zero-shot accuracy as the run
-        from vlprompt.api import zeroshot
+    if not trainable:  # nothing to train (zero-shot): record its accuracy as the run
+        from vlprompt.tasks.api import zeroshot
 
         rep = zeroshot(cfg, progress=False)
         atomic_write_json(run_dir / "metrics.json", {
-            "method": "zeroshot", "dataset": dataset, "shots": shots, "seed": seed,
+            "method": cfg.method.name, "dataset": dataset, "shots": shots, "seed": seed,
             "backbone": rep["backbone"], "test": {k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}})
     else:
         train(cfg, resume=True)  # a finished run (OOD sweep killed before scoring) returns its metrics as is
     if sw.protocol == "ood":
-        from vlprompt.eval.ood_eval import ood_evaluate
+        from vlprompt.tasks.ood import ood_evaluate
 
-        prompt = None if cfg.method.name == "zeroshot" else run_dir / "prompt.safetensors"
+        prompt = run_dir / "prompt.safetensors" if trainable else None
         ood_evaluate(cfg, prompt, sw.targets, progress=False, output_dir=run_dir / "ood")
 
 
 def run_sweep(sw: Sweep, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Run (or resume) every combination; returns ``{"done", "skipped", "failed": [...]}``."""
     from vlprompt.engine.trainer import train
-    from vlprompt.eval.protocols import base_to_new, transfer
+    from vlprompt.tasks.protocols import base_to_new, transfer
 
     if sw.protocol in ("dg", "xd", "ood") and not sw.targets:
         raise ConfigError(f"sweep protocol {sw.protocol} needs 'targets' (the target / OOD datasets)")

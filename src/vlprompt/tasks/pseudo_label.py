@@ -14,6 +14,7 @@ The output is a few-shot split file (``data.fewshot_file``) that every training 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -23,8 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlprompt.backbones.openclip import load_backbone
+from vlprompt.backbones.build import build_backbone
 from vlprompt.config import ExperimentConfig
+from vlprompt.core.errors import DataError
+from vlprompt.core.io import atomic_write_json
+from vlprompt.core.metrics import accuracy_report
 from vlprompt.data.fewshot import save_fewshot_json
 from vlprompt.data.pipeline import load_dataset
 from vlprompt.data.templates import get_templates
@@ -32,9 +36,6 @@ from vlprompt.data.types import DatasetSplits, Datum
 from vlprompt.engine.checkpoint import read_safetensors, write_safetensors
 from vlprompt.engine.features import encode_items
 from vlprompt.engine.run import resolve_device
-from vlprompt.errors import DataError
-from vlprompt.eval.metrics import accuracy_report
-from vlprompt.io import atomic_write_json
 from vlprompt.methods.registry import build_method
 
 
@@ -78,7 +79,8 @@ def zero_shot_probs(cfg: ExperimentConfig, splits: DatasetSplits, model: str, pr
             if meta.get("items") == digest and meta.get("templates") == templates:
                 return tensors["probs"]
     device = resolve_device(cfg.train.device)
-    backbone = load_backbone(model, pretrained, device=device, cache_dir=cfg.backbone.cache_dir)
+    spec = dataclasses.replace(cfg.backbone, model=model, pretrained=pretrained)
+    backbone = build_backbone(spec, device=device, shared=False)
     zs = build_method("zeroshot", backbone, splits.classnames, templates=templates).to(device)
     feats, _ = encode_items(backbone.encode_image, items, splits.loader, backbone.eval_transform(),
                             batch_size=cfg.optim.test_batch_size,

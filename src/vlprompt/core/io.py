@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import VlpromptError
+from vlprompt.core.errors import VlpromptError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlprompt.errors import CheckpointError
+from vlprompt.core.errors import CheckpointError
 
 _MAX_STUBS = 32
 

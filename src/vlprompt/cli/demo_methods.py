@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.config import ExperimentConfig, config_from_dict
-from vlprompt.eval.report import markdown_table
+from vlprompt.core.tables import markdown_table
 
 B2N_DATASET = "world_positions"
 UPL_DATASET = "world_positions"
@@ -56,11 +56,11 @@ def _cfg(method: str, dataset: str, **kw: Any) -> ExperimentConfig:
 def run_method_demo(out: Path, *, model: str, pretrained: str | None, seed: int, device: str,
                     log: Any = print, t0: float | None = None) -> dict[str, Any]:
     """Run the three sections into ``out`` (run folders below it); returns their rows (see module doc)."""
-    from vlprompt.api import zeroshot
     from vlprompt.engine.trainer import train
-    from vlprompt.eval.ood_eval import ood_evaluate
-    from vlprompt.eval.protocols import base_to_new
-    from vlprompt.methods.upl.pseudo import pseudo_label
+    from vlprompt.tasks.api import zeroshot
+    from vlprompt.tasks.ood import ood_evaluate
+    from vlprompt.tasks.protocols import base_to_new
+    from vlprompt.tasks.pseudo_label import pseudo_label
 
     t0 = time.time() if t0 is None else t0
     kw = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}

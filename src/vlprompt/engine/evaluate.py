@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vlprompt.core.metrics import accuracy_report
 from vlprompt.data.types import Datum
 from vlprompt.engine.features import encode_items
-from vlprompt.eval.metrics import accuracy_report
 from vlprompt.methods.base import PromptMethod
 
 

@@ -9,7 +9,7 @@ shot counts through exactly the same ``train()`` the CLI uses, and writes
     OUT/demo_plot.png       accuracy vs shots per dataset, zero-shot as a dashed line
 
 and then (unless ``methods=False``, CLI ``--coop-only``) runs CoCoOp base-to-new, UPL and LoCoOp OOD
-detection on the world, one seed each (:mod:`vlprompt.world.demo_methods`); their tables join the
+detection on the world, one seed each (:mod:`vlprompt.cli.demo_methods`); their tables join the
 Markdown file and the JSON under ``"methods"``.
 
 To fit in a few CPU minutes the demo trains without augmentation (features cached, exact), with at
@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import VlpromptError
-from vlprompt.eval.report import markdown_table
-from vlprompt.io import atomic_write_json, atomic_write_text
-from vlprompt.world.demo_methods import world_config
+from vlprompt.cli.demo_methods import world_config
+from vlprompt.core.errors import VlpromptError
+from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.core.tables import markdown_table
 
 DEFAULT_MODEL = "vlprompt-world-rn"
 DEFAULT_PRETRAINED = "world"
@@ -59,10 +59,10 @@ def run_demo(
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` and return the results dict (see module doc)."""
-    from vlprompt.api import zeroshot
     from vlprompt.backbones.openclip import load_backbone
     from vlprompt.engine.run import resolve_device
     from vlprompt.engine.trainer import train
+    from vlprompt.tasks.api import zeroshot
 
     out = Path(out_dir)
     if (out / "demo_results.json").exists():
@@ -88,7 +88,7 @@ def run_demo(
         rows.append(row)
     others = None
     if methods:
-        from vlprompt.world.demo_methods import run_method_demo
+        from vlprompt.cli.demo_methods import run_method_demo
 
         others = run_method_demo(out / "methods", model=model, pretrained=pretrained, seed=seed, device=device,
                                  log=log, t0=t0)
@@ -113,7 +113,7 @@ def results_table(results: dict[str, Any]) -> str:
         rows.append(["average", "", *mean])
     table = markdown_table(headers, rows)
     if results.get("methods"):
-        from vlprompt.world.demo_methods import method_tables
+        from vlprompt.cli.demo_methods import method_tables
 
         table += "\n" + method_tables(results["methods"])
     return table

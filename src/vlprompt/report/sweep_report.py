@@ -16,7 +16,7 @@ or a mix of both work alike:
 * **Comparison** (when the folder holds several methods of one backbone): rows dataset, columns method,
   for few-shot at each shot count, for base-to-new H and for the OOD averages.
 * **Published numbers** (``--paper cocoop|locoop|upl|all`` or ``--paper-file``): a ``paper`` value next to
-  ours for every (method, dataset, setting) listed in :mod:`vlprompt.eval.papers` (same backbone
+  ours for every (method, dataset, setting) listed in :mod:`vlprompt.report.papers` (same backbone
   preferred; the paper's backbone is shown): protocol columns (``base2new`` / ``dg``), FPR95 / AUROC in
   the OOD tables (``ood``: same method, score, ID dataset, OOD set and shots) and accuracy in the
   few-shot table of UPL runs (``unsupervised``).
@@ -46,10 +46,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlprompt.errors import VlpromptError
-from vlprompt.eval.papers import PaperEntry, averaged_datasets, find_entry, load_paper_results, select_papers
-from vlprompt.eval.report import markdown_table
-from vlprompt.io import atomic_write_json, atomic_write_text
+from vlprompt.core.errors import VlpromptError
+from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.core.tables import markdown_table
+from vlprompt.report.papers import PaperEntry, averaged_datasets, find_entry, load_paper_results, select_papers
 
 FewKey = tuple[str, str, str, int]  # (method, backbone, dataset, shots)
 OodKey = tuple[str, str, str, int | None]  # (method, backbone, ID dataset, shots or None when unknown)
@@ -272,7 +272,7 @@ def _paper_for(paper: Sequence[PaperEntry], kind: str, method: str, dataset: str
                our_datasets: set[str] | None = None, **match: Any) -> PaperEntry | None:
     """The published entry for a row; an ``average`` row only matches when it averages the same datasets.
 
-    ``match``: ``shots`` / ``score`` / ``id_dataset`` for :func:`~vlprompt.eval.papers.find_entry`.
+    ``match``: ``shots`` / ``score`` / ``id_dataset`` for :func:`~vlprompt.report.papers.find_entry`.
     """
     entry = find_entry(paper, kind, method, dataset, bb, **match)
     if entry is not None and dataset == "average" and averaged_datasets(paper, entry) != our_datasets:
