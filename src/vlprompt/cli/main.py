@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.core.errors import VlpromptError, user_message
+from vlprompt.core.results import PROTOCOLS
 
 EPILOG = "Docs: README.md. Every option of a config can be overridden with --set section.option=value."
 
@@ -397,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG,
                        description="Run an evaluation protocol of CoOp/CoCoOp for the config's method over "
                                    "several seeds; prints mean ± std. Finished seed runs are reused.")
-    p.add_argument("protocol", choices=["base2new", "dg", "xd"],
+    p.add_argument("protocol", choices=list(PROTOCOLS),
                    help="base2new: train on base classes, test base and new; dg: domain generalisation; "
                         "xd: cross-dataset transfer")
     _add_config_args(p, config_required=True)

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from vlprompt.core.errors import CheckpointError
+from vlprompt.core.errors import CheckpointError, VlpromptError
 from vlprompt.core.io import atomic_write_bytes, atomic_write_json
 
 PROMPT_FORMAT = "vlprompt-prompt"
@@ -117,13 +117,24 @@ def check_backbone_matches(meta: dict[str, Any], backbone: Any, path: str | Path
         )
 
 
+def _is_class_specific(meta: dict[str, Any]) -> bool:
+    """Whether the prompt in ``meta`` holds per-class tensors (asked of its method; False if unknown)."""
+    from vlprompt.methods.registry import get_method, make_method_config
+
+    try:
+        entry = get_method(str(meta.get("method")))
+        return entry.model_cls.is_class_specific(make_method_config(entry.name, dict(meta.get("config") or {})))
+    except (VlpromptError, TypeError, ValueError, AttributeError):
+        return False
+
+
 def check_classnames_match(meta: dict[str, Any], classnames: list[str], path: str | Path,
                            *, allow_new_classes: bool) -> None:
     """Refuse a prompt learned for another class list unless transfer to new classes is allowed."""
     saved = list(meta.get("classnames", []))
     if saved == list(classnames):
         return
-    class_specific = bool(meta.get("config", {}).get("csc", False))
+    class_specific = _is_class_specific(meta)
     if allow_new_classes and not class_specific:
         return
     first = next((i for i, (a, b) in enumerate(zip(saved, classnames)) if a != b), min(len(saved), len(classnames)))

@@ -38,6 +38,7 @@ from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.config import ExperimentConfig, config_from_dict
 from vlprompt.core.errors import ConfigError, VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.core.results import RunResult, read_result, write_result
 from vlprompt.core.tables import accuracy_table
 from vlprompt.data.loading import ImageDataset
 from vlprompt.data.pipeline import PreparedData, prepare_data
@@ -150,9 +151,7 @@ def _open_run(paths: RunPaths, cfg: ExperimentConfig, resume: bool, stack: conte
     paths.root.mkdir(parents=True, exist_ok=True)
     stack.enter_context(RunLock(paths.lock))
     if resume and paths.metrics.exists():
-        import json
-
-        return json.loads(paths.metrics.read_text(encoding="utf-8"))
+        return read_result(paths.metrics, RunResult).to_dict()
     atomic_write_text(paths.config, cfg.to_yaml())
     return None
 
@@ -235,20 +234,10 @@ def _finish(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone
     log.info("evaluating on the test split")
     test = _evaluate_split(method, data, data.splits.test, backbone, cfg, device, "test")
     val_report = _evaluate_split(method, data, data.val, backbone, cfg, device, "val") if data.val else None
-    metrics = {
-        "method": cfg.method.name,
-        "dataset": cfg.data.dataset,
-        "shots": cfg.data.shots,
-        "seed": cfg.train.seed,
-        "backbone": backbone.info.as_dict(),
-        "epochs": max_epoch,
-        "train_time_s": train_time,
-        "skipped_images": len(data.skipped),
-        "test": test,
-        "val": val_report,
-        "history": history,
-    }
-    atomic_write_json(paths.metrics, metrics)
+    metrics = write_result(paths.metrics, RunResult(
+        method=cfg.method.name, dataset=cfg.data.dataset, shots=cfg.data.shots, seed=cfg.train.seed,
+        backbone=backbone.info.as_dict(), epochs=max_epoch, train_time_s=train_time,
+        skipped_images=len(data.skipped), test=test, val=val_report, history=history))
     table = accuracy_table(test, title=f"{cfg.method.name} on {cfg.data.dataset} ({cfg.data.shots} shots, "
                                          f"seed {cfg.train.seed}) - test")
     atomic_write_text(paths.results_table, table)

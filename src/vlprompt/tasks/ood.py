@@ -24,6 +24,7 @@ from vlprompt.core.errors import DataError, VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.core.metrics import accuracy_report
 from vlprompt.core.ood import SCORES, ood_metrics, ood_scores
+from vlprompt.core.results import OodResult, from_dict, write_result
 from vlprompt.core.tables import markdown_table
 from vlprompt.data.images import list_images
 from vlprompt.data.pipeline import load_dataset
@@ -84,7 +85,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
     from vlprompt.data.templates import get_templates
     from vlprompt.engine.checkpoint import load_prompt
     from vlprompt.engine.run import resolve_device
-    from vlprompt.methods.registry import build_method
+    from vlprompt.methods.zeroshot import zeroshot_classifier
 
     for s in scores:
         if s not in SCORES:
@@ -96,7 +97,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
     splits = load_dataset(cfg.data)
     if prompt is None:
         templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
-        method = build_method("zeroshot", backbone, splits.classnames, templates=templates).to(device)
+        method = zeroshot_classifier(backbone, splits.classnames, templates).to(device)
     else:
         method = load_prompt(prompt, backbone, splits.classnames).to(device)
     if method.image_conditional:
@@ -130,11 +131,13 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
               "shots": cfg.data.shots if prompt else None,  # a learned prompt's training shots (zero-shot: none)
               "id_accuracy": acc["accuracy"], "scores": list(scores), "temperature": temperature,
               "per_set": per_set, "average": average, "convention": "ID = positive; higher score = more ID"}
-    result["table"] = ood_table(result)
+    record = from_dict(OodResult, result, source="OOD result")
+    record.table = ood_table(result)
+    result = record.to_dict()
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "ood_results.json", result)
+        write_result(out / "ood_results.json", record)
         atomic_write_text(out / "ood_results.md", result["table"])
         atomic_write_json(out / "ood_scores.json", per_image_scores(result, id_scores, ood_raw))
         plot_histograms(id_scores, ood_raw, out / "ood_scores.png")

@@ -42,9 +42,9 @@ from tqdm.auto import tqdm
 from vlprompt.config import apply_overrides, config_from_dict, read_yaml
 from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json
+from vlprompt.core.results import SWEEP_PROTOCOLS, RunResult, write_result
 from vlprompt.methods.registry import get_method
 
-PROTOCOLS = ("fewshot", "base2new", "dg", "xd", "ood", "unsupervised")
 SEEDS_INSIDE = ("base2new", "dg", "xd")  # protocol functions that run every seed themselves
 _KEYS = {"name", "protocol", "config", "methods", "datasets", "shots", "seeds", "backbones", "targets", "set",
          "output_dir"}
@@ -80,8 +80,8 @@ def load_sweep(path: str | Path) -> Sweep:
     if unknown:
         raise ConfigError(f"unknown sweep option(s) {unknown} in '{path}'; valid: {', '.join(sorted(_KEYS))}")
     protocol = raw.get("protocol", "fewshot")
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"sweep protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol not in SWEEP_PROTOCOLS:
+        raise ConfigError(f"sweep protocol must be one of {', '.join(SWEEP_PROTOCOLS)}, got {protocol!r}")
     name = str(raw.get("name") or Path(path).stem)
     sweep = Sweep(
         name=name, protocol=protocol,
@@ -161,9 +161,9 @@ def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, sh
         from vlprompt.tasks.api import zeroshot
 
         rep = zeroshot(cfg, progress=False)
-        atomic_write_json(run_dir / "metrics.json", {
-            "method": cfg.method.name, "dataset": dataset, "shots": shots, "seed": seed,
-            "backbone": rep["backbone"], "test": {k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}})
+        write_result(run_dir / "metrics.json", RunResult(
+            method=rep["method"], dataset=dataset, shots=shots, seed=seed, backbone=rep["backbone"],
+            test={k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}))
     else:
         train(cfg, resume=True)  # a finished run (OOD sweep killed before scoring) returns its metrics as is
     if sw.protocol == "ood":
