@@ -85,20 +85,14 @@ def _rank_prefix() -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vlprompt.config import apply_overrides, config_from_dict, load_config
+    from vlprompt.config import load_config
     from vlprompt.engine.run import RunPaths
+    from vlprompt.engine.trainer import load_run_config
     from vlprompt.tasks.api import evaluate
 
     if args.run:
-        import yaml
-
         paths = RunPaths(Path(args.run))
-        if not paths.config.exists():
-            raise VlpromptError(f"'{args.run}' is not a vlprompt run folder (no config.yaml); "
-                                "pass a run folder made by `vlprompt train`, or --config and --prompt")
-        raw = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
-        raw.setdefault("train", {})["output_dir"] = str(paths.root)
-        cfg = config_from_dict(apply_overrides(raw, _overrides(args)))
+        cfg = load_run_config(paths.root, _overrides(args))
         prompt = Path(args.prompt) if args.prompt else paths.prompt
         default_out = paths.root / f"eval_{cfg.data.dataset}_{args.split}.json"
     else:

@@ -3,7 +3,7 @@
 Each reader expects exactly the folder layout of CoOp's ``DATASETS.md`` and reads the data the way
 the matching ``datasets/*.py`` of CoOp does:
 
-* the 8 datasets that ship a ``split_zhou_*.json`` file (Caltech101, OxfordPets, StanfordCars,
+* the 9 datasets that ship a ``split_zhou_*.json`` file (Caltech101, OxfordPets, StanfordCars,
   OxfordFlowers, Food101, SUN397, DescribableTextures, EuroSAT, UCF101) are one generic reader
   (:func:`read_split_zhou`, mirroring ``OxfordPets.read_split``) parameterised by the table
   :data:`SPLIT_JSON_LAYOUTS`;

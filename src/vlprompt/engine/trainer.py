@@ -23,7 +23,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from vlprompt.backbones.build import build_backbone
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.config import ExperimentConfig, config_from_dict
+from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict, read_yaml
 from vlprompt.core.errors import ConfigError, VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.core.results import RunResult, read_result, write_result
@@ -353,9 +353,14 @@ def _tensorboard(paths: RunPaths, cfg: ExperimentConfig, start_epoch: int) -> An
     return SummaryWriter(str(paths.tensorboard), purge_step=start_epoch + 1 if start_epoch else None)
 
 
-def load_run_config(run_dir: str | Path) -> ExperimentConfig:
-    """The resolved config saved in a run folder."""
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The resolved config saved in a run folder (its ``output_dir`` = the folder), with ``--set`` overrides."""
     paths = RunPaths(Path(run_dir))
     if not paths.config.exists():
-        raise VlpromptError(f"'{run_dir}' is not a vlprompt run folder (no config.yaml)")
-    return config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {})
+        raise VlpromptError(f"'{run_dir}' is not a vlprompt run folder (no config.yaml); "
+                            "pass a run folder made by `vlprompt train`, or --config and --prompt")
+    raw = read_yaml(paths.config) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{paths.config}' must contain a mapping of config sections, not {type(raw).__name__}")
+    raw.setdefault("train", {})["output_dir"] = str(paths.root)
+    return config_from_dict(apply_overrides(raw, list(overrides)))

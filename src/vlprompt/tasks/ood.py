@@ -12,6 +12,7 @@ significant digits) and a score-histogram plot ``ood_scores.png`` (ID vs each OO
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,16 +61,14 @@ def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum],
 
 def _encode(backbone: Any, items: Sequence[Datum], loader: Any, cfg: ExperimentConfig, need_local: bool,
             progress: bool, desc: str) -> tuple[Tensor, Tensor | None]:
+    from vlprompt.backbones.local import GLOBAL_LOCAL, packed_global_local
     from vlprompt.engine.features import encode_items
 
-    def packed(images: Tensor) -> Tensor:  # [B, 1 + P, E]: global first, then the patches
-        g, loc = backbone.local_features(images)
-        return torch.cat([g.unsqueeze(1), loc], dim=1)
-
     if need_local:
-        feats, _ = encode_items(packed, items, loader, backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
+        feats, _ = encode_items(functools.partial(packed_global_local, backbone), items, loader,
+                                backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
                                 num_workers=cfg.data.num_workers, progress=progress, desc=desc,
-                                cache_owner=backbone, cache_kind="global+local")
+                                cache_owner=backbone, cache_kind=GLOBAL_LOCAL)
         return feats[:, 0], feats[:, 1:]
     feats, _ = encode_items(backbone.encode_image, items, loader, backbone.eval_transform(),
                             batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
