@@ -252,7 +252,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from vlprompt.report.sweep_report import make_report
+    from vlprompt.report.build import make_report
 
     papers = [p for p in (args.paper or "").split(",") if p.strip()]
     result = make_report(args.runs, args.output, papers=papers, paper_file=args.paper_file)

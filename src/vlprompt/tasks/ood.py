@@ -25,6 +25,7 @@ from vlprompt.core.errors import DataError, VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.core.metrics import accuracy_report
 from vlprompt.core.ood import SCORES, ood_metrics, ood_scores
+from vlprompt.core.plots import plot_score_histograms
 from vlprompt.core.results import OodResult, from_dict, write_result
 from vlprompt.core.tables import markdown_table
 from vlprompt.data.images import list_images
@@ -139,7 +140,10 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
         write_result(out / "ood_results.json", record)
         atomic_write_text(out / "ood_results.md", result["table"])
         atomic_write_json(out / "ood_scores.json", per_image_scores(result, id_scores, ood_raw))
-        plot_histograms(id_scores, ood_raw, out / "ood_scores.png")
+        plot_score_histograms({k: v.numpy() for k, v in id_scores.items()},
+                              {n: {k: v.numpy() for k, v in per.items()} for n, per in ood_raw.items()},
+                              [out / "ood_scores.png"], id_label=f"ID ({cfg.data.dataset})",
+                              title=f"{result['method']} ({cfg.backbone.model}), seed {cfg.train.seed}")
     return result
 
 
@@ -169,24 +173,3 @@ def ood_table(result: dict[str, Any]) -> str:
     head = (f"OOD detection: {result['method']} on {result['id_dataset']} (ID accuracy "
             f"{result['id_accuracy']:.2f}%), ID = positive\n\n")
     return head + markdown_table(headers, rows)
-
-
-def plot_histograms(id_scores: dict[str, Tensor], ood: dict[str, dict[str, Tensor]], path: Path) -> None:
-    """One row per score, one panel per OOD set: ID vs OOD score histograms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names, kinds = list(ood), list(id_scores)
-    fig, axes = plt.subplots(len(kinds), len(names), figsize=(3.6 * len(names), 2.8 * len(kinds)), squeeze=False)
-    for i, kind in enumerate(kinds):
-        for j, name in enumerate(names):
-            ax = axes[i][j]
-            ax.hist(id_scores[kind].numpy(), bins=40, alpha=0.6, density=True, label="ID")
-            ax.hist(ood[name][kind].numpy(), bins=40, alpha=0.6, density=True, label=name)
-            ax.set_title(f"{kind}: ID vs {name}", fontsize=9)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
