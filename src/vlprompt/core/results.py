@@ -165,10 +165,10 @@ class OodResult(Result):
     kind: ClassVar[str] = "ood"
     method: str
     id_dataset: str
-    backbone: dict[str, Any]
     scores: list[str]
     per_set: dict[str, dict[str, dict[str, float]]]
     average: dict[str, dict[str, float]]
+    backbone: dict[str, Any] = field(default_factory=dict)  # absent in the earliest OOD files
     id_accuracy: float | None = None
     prompt: str | None = None
     seed: int | None = None
