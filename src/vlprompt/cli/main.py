@@ -256,6 +256,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vlprompt.tasks.export import export_classifier, load_source, zeroshot_source
+
+    if args.source:
+        method, extra = load_source(args.source)
+    elif args.config or args.model:
+        method, extra = zeroshot_source(_load_cfg(args))
+    else:
+        raise VlpromptError("vlprompt export needs a run folder or prompt file, or --config / --model (zero-shot CLIP)")
+    info = export_classifier(method, args.output, fmt=args.format, extra=extra)
+    shape = info["input"]["shape"]
+    print(f"exported {info['method']} ({len(info['classnames'])} classes; input uint8 {shape}) -> {args.output}; "
+          f"max |logit difference| vs vlprompt {info['max_abs_diff']:.2g} (tolerance {info['tolerance']:.2g})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from vlprompt.report.sweep_report import make_report
 
@@ -363,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images with a learned prompt",
                        description="Top-k classes for image files / folders with a learned prompt file.")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--prompt", "-p", required=True, help="prompt file (.safetensors) from `vlprompt train`")
+    p.add_argument("--prompt", "-p", required=True,
+                   help="prompt file (.safetensors) from `vlprompt train`, or a classifier from `vlprompt export`")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--classnames", help="text file with one class name per line (unified prompts only)")
     p.add_argument("--device", default="auto")
@@ -439,6 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override applied to every run (repeatable)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("export", help="a learned classifier as one ONNX / TorchScript graph (docs/deploy.md)",
+                       epilog=EPILOG,
+                       description="Image encoder + class text features (+ normalisation) as one graph with the "
+                                   "class names in its metadata; runs without vlprompt or torch (onnxruntime).")
+    p.add_argument("source", nargs="?", help="run folder or prompt file; omit for zero-shot CLIP of --config")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--output", "-o", required=True, help="file to write (.onnx; .pt or .ts for TorchScript)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="tables and plots from a folder of runs",
                        description="Mean ± std tables (Markdown, CSV, JSON) of few-shot runs, protocol results "
