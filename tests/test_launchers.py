@@ -266,3 +266,20 @@ def test_a_run_resumes_under_a_launcher_that_sets_the_shared_feature_cache(tmp_p
     other = config_from_dict({**raw, "data": {**raw["data"], "shots": 8}})
     with pytest.raises(VlpromptError, match="differs in data"):
         _check_run_folder(paths, other, resume=True)
+
+
+def test_shared_work_is_computed_once_and_reused(tmp_path):
+    """prepare_shared computes the UPL pseudo-labels of each setting and the test features once (under a lock);
+    a second call (another shard, a rerun) finds them and computes nothing."""
+    from vlprompt.tasks.sweep_jobs import job_config, prepare_shared
+
+    sw = load_sweep(_sweep(tmp_path, protocol="unsupervised", methods=["upl"], shots=[2], seeds=[1, 2]))
+    jobs = plan_jobs(sw)
+    assert prepare_shared(sw, jobs, log=lambda _: None) == {"pseudo_labels": 1, "features": 1}
+    pseudo = tmp_path / "out" / "upl" / "default" / "world_patterns" / "2shots" / "pseudo_labels.json"
+    features = sorted((tmp_path / "out" / "shared" / "features").glob("features-*.safetensors"))
+    assert pseudo.is_file() and len(features) == 1
+    stamps = [p.stat().st_mtime_ns for p in (pseudo, *features)]
+    assert prepare_shared(sw, jobs, log=lambda _: None)["pseudo_labels"] == 0
+    assert [p.stat().st_mtime_ns for p in (pseudo, *features)] == stamps  # read back, not recomputed
+    assert job_config(sw, jobs[0]).data.feature_cache_dir == str(tmp_path / "out" / "shared" / "features")
