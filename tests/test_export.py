@@ -50,7 +50,7 @@ def test_deploy_preprocessing_equals_open_clip_eval_transform(tmp_path, tiny_bac
         img = load_image(f)
         ours = preprocess(img, tiny_backbone.image_size, interpolation=cfg["interpolation"],
                           resize_mode=cfg["resize_mode"])
-        x = (torch.from_numpy(ours).permute(2, 0, 1).float() / 255.0 - mean) / std
+        x = (torch.from_numpy(ours.copy()).permute(2, 0, 1).float() / 255.0 - mean) / std
         assert torch.allclose(x, tiny_backbone.eval_transform()(img), atol=1e-6)
 
 
@@ -138,7 +138,7 @@ files = sorted(truth)
 predicted = classify([{str(img_dir)!r} + "/" + f for f in files])
 acc = 100.0 * sum(p == truth[f] for p, f in zip(predicted, files)) / len(files)
 assert "torch" not in sys.modules and "vlprompt" not in sys.modules, "the deployment imported torch / vlprompt"
-print(json.dumps({{"accuracy": acc, "n": len(files)}}))
+print(json.dumps({{"accuracy": acc, "n": len(files), "predicted": dict(zip(files, predicted))}}))
 """
     env = {"PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root,
@@ -149,6 +149,10 @@ print(json.dumps({{"accuracy": acc, "n": len(files)}}))
     # the same images right (vlprompt computes the percentage in float32: compare counts)
     assert round(result["accuracy"] * result["n"] / 100) == round(metrics["test"]["accuracy"] * result["n"] / 100)
     assert result["accuracy"] > 100.0 / len(splits.classnames) + 20  # a real classifier, not chance
+    from vlprompt.tasks.api import predict  # and image by image the same class as vlprompt with the prompt file
+
+    ours = predict(root / "run" / "prompt.safetensors", [str(img_dir)], topk=1, device="cpu")
+    assert {Path(r["image"]).name: r["top"][0][0] for r in ours} == result["predicted"]
 
 
 def test_predict_accepts_the_exported_file(world_run, tmp_path, capsys):
