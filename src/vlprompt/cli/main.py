@@ -243,12 +243,64 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.output_dir:
         sw.output_dir = Path(args.output_dir)
     sw.overrides += list(args.overrides)
+    if args.status or args.launcher or args.shard:
+        return _sweep_elsewhere(args, sw)
     summary = run_sweep(sw, progress=not args.no_progress)
     print(f"sweep {sw.name}: {summary['done']} runs done, {summary['skipped']} already finished, "
           f"{len(summary['failed'])} failed - results in {sw.output_dir} (vlprompt report {sw.output_dir})")
     for f in summary["failed"]:
         print(f"  failed: {f['run']}: {f['error']}")
     return 1 if summary["failed"] else 0
+
+
+def _sweep_elsewhere(args: argparse.Namespace, sw: Any) -> int:
+    """``vlprompt sweep --launcher`` / ``--shard`` / ``--status`` (vlprompt.tasks.launchers, sweep_jobs)."""
+    from vlprompt.tasks.sweep_jobs import parse_shard, run_shard, sweep_status
+
+    if args.status:
+        status = sweep_status(sw.output_dir)
+        print(f"sweep {sw.name} in {sw.output_dir} ({', '.join(status['files']) or 'no state file'}): "
+              + ", ".join(f"{n} {s}" for s, n in status["counts"].items()))
+        for run_id, r in sorted(status["runs"].items()):
+            if r.get("status") == "failed":
+                print(f"  failed: {run_id}: {r.get('error')} (log {r.get('log')})")
+        return 0
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.launcher:
+        from vlprompt.tasks.launchers import LaunchOptions, launch_sweep
+
+        opts = LaunchOptions(launcher=args.launcher, partition=args.partition, gpus_per_run=args.gpus_per_run,
+                             cpus_per_task=args.cpus_per_task, time_min=args.time, mem_gb=args.mem_gb,
+                             account=args.account, max_parallel=args.max_parallel, retries=args.retries,
+                             wait=not args.no_wait, sbatch=dict(kv.split("=", 1) for kv in args.sbatch),
+                             setup=list(args.setup))
+        summary = launch_sweep(sw, opts, shard=shard)
+    else:
+        summary = run_shard(sw, shard)
+    where = f" shard {summary['shard']}" if summary.get("shard") else ""
+    running = f", {summary['running']} submitted and running" if summary.get("running") else ""
+    print(f"sweep {sw.name}{where}: {summary['done']} runs done, {summary['skipped']} already finished, "
+          f"{summary.get('resubmitted', 0)} resubmitted, {len(summary['failed'])} failed{running} - results in "
+          f"{sw.output_dir} (vlprompt report {sw.output_dir}; vlprompt sweep {args.sweep} --status)")
+    for f in summary["failed"]:
+        print(f"  failed: {f['run']}: {f['error']}" + (f" (log {f['log']})" if f.get("log") else ""))
+    return 1 if summary["failed"] else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vlprompt.tasks.export import export_classifier, load_source, zeroshot_source
+
+    if args.source:
+        method, extra = load_source(args.source)
+    elif args.config or args.model:
+        method, extra = zeroshot_source(_load_cfg(args))
+    else:
+        raise VlpromptError("vlprompt export needs a run folder or prompt file, or --config / --model (zero-shot CLIP)")
+    info = export_classifier(method, args.output, fmt=args.format, extra=extra)
+    shape = info["input"]["shape"]
+    print(f"exported {info['method']} ({len(info['classnames'])} classes; input uint8 {shape}) -> {args.output}; "
+          f"max |logit difference| vs vlprompt {info['max_abs_diff']:.2g} (tolerance {info['tolerance']:.2g})")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -358,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images with a learned prompt",
                        description="Top-k classes for image files / folders with a learned prompt file.")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--prompt", "-p", required=True, help="prompt file (.safetensors) from `vlprompt train`")
+    p.add_argument("--prompt", "-p", required=True,
+                   help="prompt file (.safetensors) from `vlprompt train`, or a classifier from `vlprompt export`")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--classnames", help="text file with one class name per line (unified prompts only)")
     p.add_argument("--device", default="auto")
@@ -433,7 +486,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every run (repeatable)")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("running elsewhere (docs/distributed.md)")
+    g.add_argument("--launcher", choices=["slurm", "local"],
+                   help="submit each run as a job: SLURM through submitit, or local processes")
+    g.add_argument("--shard", metavar="I/N", help="only shard I of N (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/8")
+    g.add_argument("--partition")
+    g.add_argument("--account")
+    g.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (> 1: data-parallel; 0: CPU)")
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--time", type=int, default=240, help="minutes per job (default 240)")
+    g.add_argument("--mem-gb", type=float)
+    g.add_argument("--max-parallel", type=int, default=16, help="jobs running at once (default 16)")
+    g.add_argument("--retries", type=int, default=2, help="resubmissions of a failed job (default 2)")
+    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="more #SBATCH options")
+    g.add_argument("--setup", action="append", default=[], metavar="CMD", help="shell line run before each job")
+    g.add_argument("--no-wait", action="store_true", help="SLURM: submit and return (rerun to watch / resubmit)")
+    g.add_argument("--status", action="store_true", help="print the state of the sweep's runs and exit")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("export", help="a learned classifier as one ONNX / TorchScript graph (docs/deploy.md)",
+                       epilog=EPILOG,
+                       description="Image encoder + class text features (+ normalisation) as one graph with the "
+                                   "class names in its metadata; runs without vlprompt or torch (onnxruntime).")
+    p.add_argument("source", nargs="?", help="run folder or prompt file; omit for zero-shot CLIP of --config")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--output", "-o", required=True, help="file to write (.onnx; .pt or .ts for TorchScript)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="tables and plots from a folder of runs",
                        description="Mean ± std tables (Markdown, CSV, JSON) of few-shot runs, protocol results "

@@ -77,6 +77,16 @@ from vlprompt.methods.registry import build_method, get_method
 
 #: Config parts that must not change between a run and its resumption.
 _RESUME_KEYS = ("method", "backbone", "data", "optim")
+#: Options of those parts that say where files go, not what is computed: they may differ on resumption
+#: (a sweep's launcher points every run at a shared feature cache).
+_LOCATIONS = {"data": ("feature_cache_dir",)}
+
+
+def _resume_view(cfg: dict, key: str) -> object:
+    section = cfg.get(key)
+    if not isinstance(section, dict):
+        return section
+    return {k: v for k, v in section.items() if k not in _LOCATIONS.get(key, ())}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -99,7 +109,7 @@ def _check_run_folder(paths: RunPaths, cfg: ExperimentConfig, resume: bool) -> N
     if resume and paths.config.exists():
         saved = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
         now = cfg.as_dict()
-        diffs = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+        diffs = [k for k in _RESUME_KEYS if _resume_view(saved, k) != _resume_view(now, k)]
         if saved.get("train", {}).get("seed") != cfg.train.seed:
             diffs.append("train.seed")
         if diffs:

@@ -109,8 +109,18 @@ def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames:
             batch_size: int = 32) -> list[dict[str, Any]]:
     """Classify image files with a learned prompt: ``[{"image", "top": [[class, probability], ...]}]``.
 
-    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes).
+    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes). ``prompt`` may
+    also be a classifier written by ``vlprompt export`` (``.onnx``, ``.pt`` / ``.ts``).
     """
+    from vlprompt.core.deploy import exported_format
+
+    if exported_format(prompt):
+        if classnames is not None:
+            raise VlpromptError(f"'{prompt}' is an exported classifier: its classes are fixed; export the prompt "
+                                "again for other classes (--classnames works with prompt files)")
+        from vlprompt.tasks.export import predict_exported
+
+        return predict_exported(prompt, images, topk=topk, batch_size=batch_size)
     dev = resolve_device(device)
     method = load_prompt(prompt, backbone, classnames, allow_new_classes=classnames is not None, device=dev)
     method = method.to(dev).eval()
