@@ -106,12 +106,17 @@ def collect_images(inputs: list[str]) -> list[str]:
 @torch.no_grad()
 def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames: list[str] | None = None,
             device: str = "auto", backbone: OpenClipBackbone | None = None,
-            batch_size: int = 32) -> list[dict[str, Any]]:
+            batch_size: int = 32, device_option: str = "device") -> list[dict[str, Any]]:
     """Classify image files with a learned prompt: ``[{"image", "top": [[class, probability], ...]}]``.
 
-    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes).
+    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes);
+    ``device_option`` names the device argument in errors (the CLI's ``--device``).
     """
-    dev = resolve_device(device)
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise VlpromptError(f"topk must be a whole number >= 1, got {topk!r}")
+    if classnames is not None and not classnames:
+        raise VlpromptError("classnames is empty; give at least one class name (or None for the prompt's own)")
+    dev = resolve_device(device, device_option)
     method = load_prompt(prompt, backbone, classnames, allow_new_classes=classnames is not None, device=dev)
     method = method.to(dev).eval()
     transform = method.backbone.eval_transform()
