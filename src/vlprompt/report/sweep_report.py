@@ -108,10 +108,10 @@ def collect_fewshot(root: Path) -> dict[FewKey, list[float]]:
     for path in sorted(root.rglob("metrics.json")):
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
-            key = (m["method"], str(m.get("backbone", {}).get("model", "?")), m["dataset"], int(m["shots"]))
+            key = (str(m["method"]), _model(m.get("backbone")), str(m["dataset"]), int(m["shots"]))
             groups[key].append(float(m["test"]["accuracy"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue  # not a finished run's metrics
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a finished run's metrics (unreadable, a folder, another layout)
     return dict(groups)
 
 
@@ -127,7 +127,7 @@ def collect_protocols(root: Path, skipped: list[str]) -> list[dict[str, Any]]:
                 found.append({"kind": kind, "method": str(r["method"]), "backbone": _model(r.get("backbone")),
                               "dataset": str(r["dataset"]), "columns": cols, "summary": summary,
                               "seeds": list(r.get("seeds", [])), "path": str(path)})
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
                 if r is not None:
                     skipped.append(str(path))
     return found
