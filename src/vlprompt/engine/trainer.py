@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from vlprompt.backbones.build import build_backbone
 from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.config import ExperimentConfig, config_from_dict, read_yaml
-from vlprompt.core.errors import ConfigError, VlpromptError
+from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json, atomic_write_text, ensure_dir
 from vlprompt.core.tables import accuracy_table
 from vlprompt.data.loading import ImageDataset
@@ -180,8 +180,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: OpenClipBack
             return _train(cfg, paths, resume, backbone, log, ctx, device)
         except VlpromptError as exc:
             if ctx.is_main and not list_checkpoints(paths.checkpoints) and not paths.metrics.exists():
-                exc.args = (f"{exc.args[0] if exc.args else exc} (Run folder '{paths.root}' holds no checkpoint "
-                            "yet, only its config and log; the same command starts it afresh.)", *exc.args[1:])
+                exc.args = (f"{user_message(exc)} (Run folder '{paths.root}' holds no checkpoint yet, only its config "
+                            "and log; the same command starts it afresh.)",)
             raise
         finally:
             close_logger(log)
