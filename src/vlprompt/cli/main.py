@@ -55,6 +55,30 @@ def _print_table(text: str) -> None:
     print(text.rstrip())
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]``; anything else is one error line naming ``option``."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values:
+        raise VlpromptError(f"{option} expects comma-separated whole numbers (e.g. 1,2,3), got '{text}'")
+    return values
+
+
+#: Longest error message printed; longer ones keep their start and end (one line, never megabytes).
+MAX_ERROR_CHARS = 1000
+
+
+def _capped(msg: str) -> str:
+    msg = " ".join(msg.split("\n")) if "\n" in msg else msg
+    if len(msg) <= MAX_ERROR_CHARS:
+        return msg
+    cut = len(msg) - MAX_ERROR_CHARS + 60
+    return f"{msg[:700]} ... [{cut:,} characters left out] ... {msg[-(MAX_ERROR_CHARS - 760):]}"
+
+
 # ------------------------------------------------------------------------------------ commands
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one run; under ``torchrun`` every process runs this and rank 0 alone prints and writes."""
@@ -124,13 +148,23 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vlprompt.tasks.api import predict
 
+    if args.topk < 1:
+        raise VlpromptError(f"--topk must be at least 1, got {args.topk}")
     classnames = None
     if args.classnames:
         path = Path(args.classnames)
         if not path.is_file():
             raise VlpromptError(f"class-name file '{path}' does not exist (option --classnames)")
-        classnames = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    results = predict(args.prompt, args.images, topk=args.topk, classnames=classnames, device=args.device)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VlpromptError(f"cannot read class-name file '{path}' (option --classnames): {exc}") from exc
+        classnames = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if not classnames:
+            raise VlpromptError(f"class-name file '{path}' (option --classnames) lists no class names; write one "
+                                "class name per line")
+    results = predict(args.prompt, args.images, topk=args.topk, classnames=classnames, device=args.device,
+                      device_option="--device")
     for r in results:
         top = ", ".join(f"{name} ({p:.3f})" for name, p in r["top"])
         print(f"{r['image']}: {top}")
@@ -161,7 +195,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlprompt.cli.demo import results_table, run_demo
 
-    shots = [int(s) for s in args.shots.split(",")] if args.shots else None
+    shots = _int_list(args.shots, "--shots") if args.shots else None
     kwargs: dict[str, Any] = {"seed": args.seed, "epochs": args.epochs, "device": args.device,
                               "methods": not args.coop_only}
     if shots:
@@ -189,7 +223,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     from vlprompt.tasks.protocols import base_to_new, transfer
 
     cfg = _load_cfg(args)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = _int_list(args.seeds, "--seeds")
     out = Path(args.output_dir or f"runs/{args.protocol}/{cfg.method.name}/{cfg.data.dataset}")
     if args.protocol == "base2new":
         result = base_to_new(cfg, seeds, out, progress=cfg.train.progress)
@@ -558,14 +592,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except VlpromptError as exc:
         if not getattr(exc, "relayed", False):  # a copy of rank 0's error under torchrun: rank 0 prints it
-            print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
+            print(f"{_rank_prefix()}error: {_capped(user_message(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; finished checkpoints and results are kept (resume with --resume)", file=sys.stderr)
         return 130
+    except OSError as exc:  # a place that cannot be written or read (read-only disk, a file in the way, ...)
+        if exc.filename is None:
+            raise
+        from vlprompt.core.io import write_error
+
+        print(f"{_rank_prefix()}error: {_capped(str(write_error(exc.filename, exc, 'use')))}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:  # errors re-raised from DataLoader workers keep their message
         if "Original Traceback" in str(exc) and "Error" in str(exc).splitlines()[-1]:
-            print(f"error: {user_message(exc)}", file=sys.stderr)
+            print(f"error: {_capped(user_message(exc))}", file=sys.stderr)
             return 2
         raise
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vlprompt.config import DataConfig
 from vlprompt.core.errors import DataError
-from vlprompt.data.fewshot import load_fewshot_json, make_fewshot, save_fewshot_json
+from vlprompt.data.fewshot import check_split_file_entries, load_fewshot_json, make_fewshot, save_fewshot_json
 from vlprompt.data.registry import build_dataset
 from vlprompt.data.subsample import subsample_classes
 from vlprompt.data.types import DatasetSplits, Datum
@@ -74,6 +74,8 @@ def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None
                 f"few-shot file '{source}' lists other classes than dataset '{cfg.dataset}'; "
                 "it was made for another dataset (option data.fewshot_file)."
             )
+        check_split_file_entries(train, val, splits, root=cfg.root, source=source,
+                                 allow_outside_root=bool(cfg.options.get("allow_outside_root", False)))
     else:
         sampled = make_fewshot(splits, None if cfg.shots == -1 else cfg.shots, seed)
         train, val = sampled.train, sampled.val

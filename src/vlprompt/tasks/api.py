@@ -106,14 +106,19 @@ def collect_images(inputs: list[str]) -> list[str]:
 @torch.no_grad()
 def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames: list[str] | None = None,
             device: str = "auto", backbone: OpenClipBackbone | None = None,
-            batch_size: int = 32) -> list[dict[str, Any]]:
+            batch_size: int = 32, device_option: str = "device") -> list[dict[str, Any]]:
     """Classify image files with a learned prompt: ``[{"image", "top": [[class, probability], ...]}]``.
 
-    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes). ``prompt`` may
-    also be a classifier written by ``vlprompt export`` (``.onnx``, ``.pt`` / ``.ts``).
+    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes);
+    ``device_option`` names the device argument in errors (the CLI's ``--device``). ``prompt`` may also be
+    a classifier written by ``vlprompt export`` (``.onnx``, ``.pt`` / ``.ts``).
     """
     from vlprompt.core.deploy import exported_format
 
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise VlpromptError(f"topk must be a whole number >= 1, got {topk!r}")
+    if classnames is not None and not classnames:
+        raise VlpromptError("classnames is empty; give at least one class name (or None for the prompt's own)")
     if exported_format(prompt):
         if classnames is not None:
             raise VlpromptError(f"'{prompt}' is an exported classifier: its classes are fixed; export the prompt "
@@ -121,7 +126,7 @@ def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames:
         from vlprompt.tasks.export import predict_exported
 
         return predict_exported(prompt, images, topk=topk, batch_size=batch_size)
-    dev = resolve_device(device)
+    dev = resolve_device(device, device_option)
     method = load_prompt(prompt, backbone, classnames, allow_new_classes=classnames is not None, device=dev)
     method = method.to(dev).eval()
     transform = method.backbone.eval_transform()
