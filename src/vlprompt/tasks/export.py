@@ -113,13 +113,13 @@ def zeroshot_source(cfg: Any) -> tuple[PromptMethod, dict[str, Any]]:
     from vlprompt.backbones.build import build_backbone
     from vlprompt.data.pipeline import load_dataset
     from vlprompt.data.templates import get_templates
-    from vlprompt.methods.registry import build_method
+    from vlprompt.methods.zeroshot import zeroshot_classifier
 
     backbone = build_backbone(cfg.backbone, device="cpu", shared=False)
     splits = load_dataset(cfg.data)
     templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
-    method = build_method("zeroshot", backbone, splits.classnames, templates=templates)
-    return method.eval(), {"source": "zeroshot", "dataset": cfg.data.dataset, "templates": templates}
+    method = zeroshot_classifier(backbone, splits.classnames, templates)
+    return method.eval(), {"source": method.method_name, "dataset": cfg.data.dataset, "templates": templates}
 
 
 # ------------------------------------------------------------------------------------ export
