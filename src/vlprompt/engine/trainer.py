@@ -250,12 +250,14 @@ def _train_loader(method: PromptMethod, data: PreparedData, backbone: OpenClipBa
     """Training batches (this rank's share of each global batch): cached features ``[B, ...]``, cached
     augmented views, or images ``[B, 3, H, W]`` encoded every step."""
     bs = cfg.optim.batch_size
-    if cfg.data.augment and cfg.data.augment_views > 0:  # opt-in: K cached augmented views per image
+    # issue 17: a method that modifies the encoders (deep prompts) must encode its images every step
+    modifies = get_method(cfg.method.name).capabilities.modifies_encoders or method.modifies_encoders
+    if cfg.data.augment and cfg.data.augment_views > 0 and not modifies:  # opt-in: K cached augmented views per image
         with torch.random.fork_rng(devices=[]):  # the views depend on the seed only (same after --resume)
             torch.manual_seed(cfg.train.seed + 7919)
             views = [_augmented_view(method, data, backbone, cfg, v) for v in range(cfg.data.augment_views)]
         return view_loader(torch.stack([f for f, _ in views]), views[0][1], batch_size=bs, ctx=ctx)
-    if cfg.data.augment or not cfg.data.cache_features:  # images are encoded anew every step
+    if cfg.data.augment or not cfg.data.cache_features or modifies:  # images are encoded anew every step
         tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
         dataset = ImageDataset(data.train, data.splits.loader, tf)
         return DataLoader(dataset, batch_sampler=train_batches(len(dataset), bs, ctx),
