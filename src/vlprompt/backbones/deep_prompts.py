@@ -2,7 +2,7 @@
 
 Learnable tokens enter a transformer tower at layer 0 and, at every block ``1 .. J-1``, the hidden
 states those tokens produced are *replaced* by fresh learnable tokens (Jia et al., VPT-deep, ECCV 2022;
-Khattak et al., MaPLe, CVPR 2023, Sec. 3.2-3.3). From block J on, the tokens are carried through
+Khattak et al., MaPLe, CVPR 2023). From block J on, the tokens are carried through
 like any other token. This module runs open_clip's towers block by block to do that, computing what
 the authors' ``ResidualAttentionBlock_IVLP`` / ``ResidualAttentionBlock_MaPLe`` compute
 (muzairkhattak/multimodal-prompt-learning, ``clip/model.py`` lines 191-331):

@@ -1,4 +1,4 @@
-"""IVLP: independent vision-language deep prompts (the baseline of Khattak et al., MaPLe, CVPR 2023, Sec. 4),
+"""IVLP: independent vision-language deep prompts (the baseline of Khattak et al., MaPLe, CVPR 2023),
 with its two one-tower cases, VPT-deep (Jia et al., ECCV 2022; vision only) and deep language prompting.
 
 Language prompts ``P_i [n_t, D]`` and vision prompts ``V_i [n_v, W]`` are learned independently for the

@@ -1,9 +1,9 @@
-"""MaPLe: Multi-modal Prompt Learning (Khattak et al., CVPR 2023, Sec. 3.3, Eq. 5-8).
+"""MaPLe: Multi-modal Prompt Learning (Khattak et al., CVPR 2023).
 
 Language prompts ``P_i [n, D]`` at blocks ``i = 0 .. J-1`` of the text tower; the vision prompts of the
 same blocks are obtained from them by per-layer *coupling functions* ``F_i`` (linear maps ``D -> W``)::
 
-    V_i = F_i(P_i)                                                    # [n, W], Eq. 7
+    V_i = F_i(P_i)                                                    # [n, W]
     logits[b, c] = logit_scale * cos(f(x_b; V), g(t_c; P))            # [B, n_cls]
 
 trained with cross-entropy. As in the reference (muzairkhattak/multimodal-prompt-learning,
