@@ -210,7 +210,7 @@ def test_gradients_reach_only_the_learned_tensors(vit, images, name):
 
 
 def test_capabilities_are_declared():
-    for name in ("ivlp", "vpt_deep", "deep_language", "maple"):
+    for name in ("ivlp", "vpt_deep", "deep_language", "maple", "promptsrc"):
         caps = get_method(name).capabilities
         assert caps.modifies_encoders and caps.training == "sgd" and not caps.image_conditional
 
@@ -219,7 +219,7 @@ def test_image_towers_without_tokens_are_refused_clearly():
     from vlprompt.backbones.openclip import load_backbone
 
     rn = load_backbone("vlprompt-test-rn", None)
-    for name in ("maple", "ivlp", "vpt_deep"):
+    for name in ("maple", "ivlp", "vpt_deep", "promptsrc"):
         with pytest.raises(ModelError, match="not a vision transformer"):
             build_method(name, rn, CLASSES)
     m = build_method("deep_language", rn, CLASSES)  # text prompts alone are fine on a ResNet model
@@ -317,3 +317,89 @@ def test_maple_on_a_resnet_model_is_one_error_line(tmp_path, capsys):
     assert main(["train", "-c", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "not a vision transformer" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------- PromptSRC
+def test_promptsrc_loss_matches_the_reference(vit, images):
+    """muzairkhattak/PromptSRC trainers/promptsrc.py: teacher text = mean over the 60 templates of
+    trainers/imagenet_templates.py (the first 60 of CLIP's 80) of the frozen encode_text, then normalised
+    (lines 116-128, 199-200); loss = CE + KL(sum, log_target) / numel + 25 * L1(text) + 10 * L1(image)
+    (lines 297-313); the prompted model is IVLP's (clip/model.py, trainer 'IVLP' blocks)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    m = build_method("promptsrc", vit, CLASSES).train()
+    _randomise(m, seed=3)
+    model, labels = vit.model, torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        names = [c.replace("_", " ") for c in CLASSES]
+        per_template = [model.encode_text(vit.tokenizer([t("{}").replace("{}", n) for n in names]))
+                        for t in OPENAI_IMAGENET_TEMPLATES[:60]]
+        fixed = torch.stack(per_template, dim=1).mean(dim=1)
+        fixed = fixed / fixed.norm(dim=-1, keepdim=True)
+        prompts, tokenized, _ = ref_prompts(model, vit.tokenizer, CLASSES, m.text_prompt.ctx)
+        txt = F.normalize(ref_text(model, prompts, tokenized, list(m.text_deep), 4), dim=-1)
+        img = F.normalize(ref_image(model.visual, images, m.vision_ctx, list(m.vision_deep)), dim=-1)
+        scale = model.logit_scale.exp()
+        logits = scale * img @ txt.t()
+        zs_img = F.normalize(model.visual(images), dim=-1)
+        zs_logits = scale * zs_img @ fixed.t()
+        expected = (F.cross_entropy(logits, labels)
+                    + F.kl_div(F.log_softmax(logits, 1), F.log_softmax(zs_logits, 1), reduction="sum",
+                               log_target=True) / logits.numel()
+                    + F.l1_loss(txt, fixed) * 25 + F.l1_loss(img, zs_img) * 10)
+    loss, got_logits = m.training_loss(m.encode_images(images), labels)
+    torch.testing.assert_close(got_logits.detach(), logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-4, rtol=1e-4)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in m.learned_parameters())
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(images), logits, atol=1e-4, rtol=1e-4)  # inference = IVLP's logits
+
+
+def test_promptsrc_gaussian_prompt_aggregation(vit):
+    """promptsrc.py lines 262-335: weights N(e; 15, 1) at epochs 1..N normalised; after the last epoch the
+    prompts are sum_e w_e * prompts_e."""
+    import numpy as np
+
+    m = build_method("promptsrc", vit, CLASSES, gpa_mean=2.0, gpa_std=1.0)
+    n = 4
+    e = np.arange(1, n + 1)
+    w = np.exp(-0.5 * (e - 2.0) ** 2) / np.sqrt(2 * np.pi)
+    w = w / w.sum()
+    snapshots = []
+    for epoch in range(n):
+        with torch.no_grad():
+            for _, p in m.learned_parameters():
+                p.normal_()
+        snapshots.append({k: p.detach().clone() for k, p in m.learned_parameters()})
+        m.on_epoch_end(epoch, n)
+    for k, p in m.learned_parameters():
+        expected = sum(float(w[i]) * snapshots[i][k] for i in range(n))
+        torch.testing.assert_close(p.detach(), expected, atol=1e-6, rtol=1e-5)
+    state = m.learned_state()  # the aggregate travels with checkpoints (exact resume)
+    assert any(k.startswith("gpa.") for k in state)
+    m2 = build_method("promptsrc", vit, CLASSES, gpa_mean=2.0, gpa_std=1.0)
+    m2.load_learned_state(state)
+    for k, p in m2.learned_parameters():
+        torch.testing.assert_close(p, dict(m.learned_parameters())[k])
+
+
+def test_promptsrc_trains_and_evaluates_through_the_cli(tmp_path):
+    from vlprompt.cli.main import main
+
+    from conftest import write_config
+
+    cfg = write_config(
+        tmp_path / "cfg.yaml", method={"name": "promptsrc"},
+        backbone={"model": "vlprompt-test-vit", "pretrained": None},
+        data={"dataset": "world_shapes", "shots": 1, "num_workers": 0,
+              "options": {"n_train": 1, "n_val": 1, "n_test": 1, "image_size": 32}},
+        optim={"max_epoch": 2, "batch_size": 4, "lr": 0.0025},
+        train={"device": "cpu", "progress": False, "tensorboard": False, "output_dir": str(tmp_path / "run")})
+    assert main(["train", "-c", str(cfg)]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and all(math.isfinite(h["loss"]) for h in metrics["history"])
+    assert main(["eval", "--run", str(tmp_path / "run"), "--no-progress"]) == 0
+    report = json.loads(next((tmp_path / "run").glob("eval_*_test.json")).read_text())
+    assert report["accuracy"] == pytest.approx(metrics["test"]["accuracy"])

@@ -204,6 +204,9 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
         reseed_worker_rng(ctx, cfg.train.seed, epoch)
         stats = _train_one_epoch(method, train_loader, optimizer, device, cfg, epoch, ctx=ctx, loss_fn=loss_fn,
                                  progress=progress)
+        epoch_end = getattr(method, "on_epoch_end", None)  # issue 17: e.g. PromptSRC's prompt aggregation
+        if epoch_end is not None:
+            epoch_end(epoch, max_epoch)
         record = {"epoch": epoch + 1, "lr": lr, **stats}
         if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and data.val:
             val = main_only(ctx, lambda: _evaluate_split(method, data, data.val, backbone, cfg, device, "val"))

@@ -88,6 +88,7 @@ def _ensure_builtin() -> None:
     import vlprompt.methods.ivlp  # noqa: F401
     import vlprompt.methods.locoop  # noqa: F401
     import vlprompt.methods.maple  # noqa: F401
+    import vlprompt.methods.promptsrc  # noqa: F401
     import vlprompt.methods.upl  # noqa: F401
     import vlprompt.methods.zeroshot  # noqa: F401
 
