@@ -327,13 +327,16 @@ def test_promptsrc_loss_matches_the_reference(vit, images):
     (lines 297-313); the prompted model is IVLP's (clip/model.py, trainer 'IVLP' blocks)."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    m = build_method("promptsrc", vit, CLASSES).train()
+    from vlprompt.methods.promptsrc.config import PromptSRCConfig
+
+    assert PromptSRCConfig().n_templates == 60  # the default; 12 here keeps the test fast
+    m = build_method("promptsrc", vit, CLASSES, n_templates=12).train()
     _randomise(m, seed=3)
     model, labels = vit.model, torch.tensor([0, 1, 2, 1])
     with torch.no_grad():
         names = [c.replace("_", " ") for c in CLASSES]
         per_template = [model.encode_text(vit.tokenizer([t("{}").replace("{}", n) for n in names]))
-                        for t in OPENAI_IMAGENET_TEMPLATES[:60]]
+                        for t in OPENAI_IMAGENET_TEMPLATES[:12]]
         fixed = torch.stack(per_template, dim=1).mean(dim=1)
         fixed = fixed / fixed.norm(dim=-1, keepdim=True)
         prompts, tokenized, _ = ref_prompts(model, vit.tokenizer, CLASSES, m.text_prompt.ctx)
@@ -362,7 +365,7 @@ def test_promptsrc_gaussian_prompt_aggregation(vit):
     prompts are sum_e w_e * prompts_e."""
     import numpy as np
 
-    m = build_method("promptsrc", vit, CLASSES, gpa_mean=2.0, gpa_std=1.0)
+    m = build_method("promptsrc", vit, CLASSES, gpa_mean=2.0, gpa_std=1.0, n_templates=2)
     n = 4
     e = np.arange(1, n + 1)
     w = np.exp(-0.5 * (e - 2.0) ** 2) / np.sqrt(2 * np.pi)
@@ -379,7 +382,7 @@ def test_promptsrc_gaussian_prompt_aggregation(vit):
         torch.testing.assert_close(p.detach(), expected, atol=1e-6, rtol=1e-5)
     state = m.learned_state()  # the aggregate travels with checkpoints (exact resume)
     assert any(k.startswith("gpa.") for k in state)
-    m2 = build_method("promptsrc", vit, CLASSES, gpa_mean=2.0, gpa_std=1.0)
+    m2 = build_method("promptsrc", vit, CLASSES, gpa_mean=2.0, gpa_std=1.0, n_templates=2)
     m2.load_learned_state(state)
     for k, p in m2.learned_parameters():
         torch.testing.assert_close(p, dict(m.learned_parameters())[k])
@@ -391,7 +394,7 @@ def test_promptsrc_trains_and_evaluates_through_the_cli(tmp_path):
     from conftest import write_config
 
     cfg = write_config(
-        tmp_path / "cfg.yaml", method={"name": "promptsrc"},
+        tmp_path / "cfg.yaml", method={"name": "promptsrc", "n_templates": 2},
         backbone={"model": "vlprompt-test-vit", "pretrained": None},
         data={"dataset": "world_shapes", "shots": 1, "num_workers": 0,
               "options": {"n_train": 1, "n_val": 1, "n_test": 1, "image_size": 32}},
