@@ -406,3 +406,45 @@ def test_promptsrc_trains_and_evaluates_through_the_cli(tmp_path):
     assert main(["eval", "--run", str(tmp_path / "run"), "--no-progress"]) == 0
     report = json.loads(next((tmp_path / "run").glob("eval_*_test.json")).read_text())
     assert report["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_promptsrc_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_imagefolder, monkeypatch):
+    """The Gaussian aggregate travels with the training checkpoints: a resumed run ends with the same prompt."""
+    import vlprompt.engine.trainer as trainer_mod
+    from vlprompt.config import config_from_dict
+    from vlprompt.engine.checkpoint import read_prompt
+
+    from conftest import tiny_config
+
+    def raw(name):
+        cfg = tiny_config(tmp_path, tiny_imagefolder, data={"shots": 2},
+                          optim={"max_epoch": 3, "batch_size": 4, "lr": 0.01},
+                          train={"output_dir": str(tmp_path / name)})
+        cfg["method"] = {"name": "promptsrc", "n_templates": 1, "gpa_mean": 2.0, "gpa_std": 1.0}
+        return cfg
+
+    raw_full = raw("full")
+    trainer_mod.train(config_from_dict(raw_full))
+    ref, _ = read_prompt(tmp_path / "full" / "prompt.safetensors")
+
+    original = trainer_mod.save_training_state
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(folder, epoch, *args, **kwargs):
+        path = original(folder, epoch, *args, **kwargs)
+        if epoch + 1 == 2:
+            raise Killed()
+        return path
+
+    raw_cut = raw("cut")
+    monkeypatch.setattr(trainer_mod, "save_training_state", save_then_die)
+    with pytest.raises(Killed):
+        trainer_mod.train(config_from_dict(raw_cut))
+    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    trainer_mod.train(config_from_dict(raw_cut), resume=True)
+    got, _ = read_prompt(tmp_path / "cut" / "prompt.safetensors")
+    assert set(got) == set(ref) and any(k.startswith("gpa.") for k in got)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-6)
