@@ -173,6 +173,24 @@ def test_maple_couplings_start_as_copies_of_one_layer(vit):
     assert len(m3.compound_prompt_projections) == 0 and len(m3.compound_prompts_text) == 0
 
 
+def test_shared_prefix_pass_equals_the_full_deep_text_pass(vit):
+    """SOS + deep prompts are class-independent at every block (causal mask): the shared-prefix pass that the
+    methods use gives the full pass's features and gradients."""
+    from vlprompt.backbones.shared_prefix import supports_shared_prefix
+
+    assert supports_shared_prefix(vit._text.transformer)
+    m = build_method("ivlp", vit, CLASSES, n_ctx_text=2, prompt_depth_text=2)
+    _randomise(m, seed=5)
+    tp, deep = m.text_prompt, list(m.text_deep)
+    shared = tp.encode(vit, deep)
+    full = encode_text_deep(vit, tp(), tp.eot_index, deep, n_ctx=tp.n_ctx, truncate=False)
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    g_shared = torch.autograd.grad(shared.square().sum(), [tp.ctx, *deep])
+    g_full = torch.autograd.grad(full.square().sum(), [tp.ctx, *deep])
+    for a, b in zip(g_shared, g_full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_without_prompts_the_deep_path_is_the_plain_encoder(vit, images):
     with torch.no_grad():
         torch.testing.assert_close(encode_image_deep(vit, images, None, []), vit.encode_image(images))

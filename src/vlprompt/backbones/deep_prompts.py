@@ -112,6 +112,29 @@ def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tens
     return x
 
 
+def encode_text_deep_shared(backbone: OpenClipBackbone, ctx: Tensor, sos: Tensor, suffix: Tensor,
+                            eot_in_suffix: Tensor, deep: Sequence[Tensor]) -> Tensor:
+    """:func:`encode_text_deep` for prompts ``[SOS, ctx, suffix_c]`` whose SOS + deep prompts are the same for
+    every class: exact shared-prefix pass (:mod:`vlprompt.backbones.shared_prefix`) where the tower allows it.
+
+    Args:
+        ctx: ``[n, D]`` layer-0 prompt; ``sos``: ``[1, D]`` SOS embedding; ``suffix``: ``[C, S, D]`` each class's
+            remaining tokens (cut after the longest EOT); ``eot_in_suffix``: ``[C]``; ``deep``: as in
+            :func:`encode_text_deep`.
+
+    Returns:
+        ``[C, E]`` unnormalised text features.
+    """
+    from vlprompt.backbones.shared_prefix import encode_shared_prefix, supports_shared_prefix
+
+    n = ctx.shape[0]
+    prefix = torch.cat([sos.to(ctx.dtype), ctx], dim=0).unsqueeze(0)  # [1, 1 + n, D]
+    if supports_shared_prefix(backbone._text.transformer):
+        return encode_shared_prefix(backbone._text, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep)[0]
+    full = torch.cat([prefix.expand(suffix.shape[0], -1, -1), suffix.to(ctx.dtype)], dim=1)
+    return encode_text_deep(backbone, full, eot_in_suffix + 1 + n, deep, n_ctx=n)
+
+
 # ---------------------------------------------------------------------------------------------- image
 def check_vision_deep(backbone: OpenClipBackbone) -> nn.Module:
     """The ViT image tower of ``backbone``, or :class:`ModelError` if it cannot take prompt tokens."""

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from vlprompt.backbones.deep_prompts import (
     check_vision_deep,
     encode_image_deep,
-    encode_text_deep,
     text_depth,
     vision_depth,
     vision_width,
@@ -84,7 +83,7 @@ class IVLP(PromptMethod):
         tp = self.text_prompt
         if tp is None:
             return self.fixed_text
-        feats = encode_text_deep(self.backbone, tp(), tp.eot_index, list(self.text_deep), n_ctx=tp.n_ctx)
+        feats = tp.encode(self.backbone, list(self.text_deep))
         return F.normalize(feats.float(), dim=-1)
 
     def encode_images(self, images: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vlprompt.backbones.deep_prompts import encode_text_deep_shared
 from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.core.errors import ConfigError
 
@@ -48,6 +49,12 @@ class DeepTextPrompt(nn.Module):
         self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)  # SOS
         self.register_buffer("token_suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)  # rest, name . EOT
         self.register_buffer("eot_index", eot, persistent=False)
+
+    def encode(self, backbone: OpenClipBackbone, deep: list[Tensor]) -> Tensor:
+        """``[n_cls, E]`` unnormalised text features with deep prompts ``deep`` (each ``[n_ctx, D]``): SOS and the
+        prompts are the same for every class, so the exact shared-prefix pass runs them once."""
+        return encode_text_deep_shared(backbone, self.ctx, self.token_prefix[0], self.token_suffix,
+                                       self.eot_index - (1 + self.n_ctx), deep)
 
     def forward(self) -> Tensor:
         """Prompt embeddings ``[n_cls, L, D]`` with the learned context at positions ``1 .. n_ctx``."""

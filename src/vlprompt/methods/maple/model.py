@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from vlprompt.backbones.deep_prompts import (
     check_vision_deep,
     encode_image_deep,
-    encode_text_deep,
     text_depth,
     vision_depth,
     vision_width,
@@ -69,7 +68,7 @@ class MaPLe(PromptMethod):
     def text_features(self) -> Tensor:
         """``[n_cls, E]`` normalised text features of the deep language prompts."""
         tp = self.text_prompt
-        feats = encode_text_deep(self.backbone, tp(), tp.eot_index, list(self.compound_prompts_text), n_ctx=tp.n_ctx)
+        feats = tp.encode(self.backbone, list(self.compound_prompts_text))
         return F.normalize(feats.float(), dim=-1)
 
     def encode_images(self, images: Tensor) -> Tensor:
