@@ -13,6 +13,7 @@ blocks fall back to the plain path (:func:`supports_shared_prefix`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -47,7 +48,8 @@ def _merge(attn: nn.MultiheadAttention, o: Tensor) -> Tensor:
     return attn.out_proj(o.transpose(1, 2).reshape(b, t, h * d))
 
 
-def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffix: Tensor) -> Tensor:
+def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffix: Tensor,
+                         deep: Sequence[Tensor] = ()) -> Tensor:
     """Text features of ``G`` groups of ``n`` prompts, each group sharing one prefix.
 
     Args:
@@ -58,6 +60,9 @@ def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffi
         suffix: ``[n, S, D]`` embeddings of each prompt's remaining tokens (cut after the last EOT),
             the same for every group.
         eot_in_suffix: ``[n]`` EOT position within the suffix.
+        deep: deep prompts (:mod:`vlprompt.backbones.deep_prompts`): before block ``i = 1 .. len(deep)``
+            the prefix tokens after SOS are replaced by ``deep[i - 1]`` ``[P - 1, D]`` (the same for every
+            group and class, so the prefix stays shared and the result stays exact).
 
     Returns:
         ``[G, n, E]`` unnormalised text features, equal to running each full prompt.
@@ -71,7 +76,11 @@ def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffi
     # suffix queries see every prefix key and their own earlier suffix keys
     allowed = torch.ones(s, p + s, dtype=torch.bool, device=hs.device)
     allowed[:, p:] = torch.ones(s, s, dtype=torch.bool, device=hs.device).tril()
-    for block in text.transformer.resblocks:
+    if any(d.shape[0] != p - 1 for d in deep):
+        raise ValueError(f"deep prompts must replace the {p - 1} prefix tokens after SOS")
+    for i, block in enumerate(text.transformer.resblocks):
+        if 1 <= i <= len(deep):
+            hp = torch.cat([hp[:, :1], deep[i - 1].to(hp.dtype).unsqueeze(0).expand(g, -1, -1)], dim=1)
         attn: nn.MultiheadAttention = block.attn
         qp, kp, vp = _heads(attn, block.ln_1(hp))  # [G, h, P, d]
         op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)

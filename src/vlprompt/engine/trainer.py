@@ -250,6 +250,9 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
         reseed_worker_rng(ctx, cfg.train.seed, epoch)
         stats = _train_one_epoch(method, train_loader, optimizer, device, cfg, epoch, ctx=ctx, loss_fn=loss_fn,
                                  progress=progress)
+        epoch_end = getattr(method, "on_epoch_end", None)  # issue 17: e.g. PromptSRC's prompt aggregation
+        if epoch_end is not None:
+            epoch_end(epoch, max_epoch)
         record = {"epoch": epoch + 1, "lr": lr, **stats}
         if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and data.val:
             val = main_only(ctx, lambda: _evaluate_split(method, data, data.val, backbone, cfg, device, "val"))
@@ -296,12 +299,14 @@ def _train_loader(method: PromptMethod, data: PreparedData, backbone: OpenClipBa
     """Training batches (this rank's share of each global batch): cached features ``[B, ...]``, cached
     augmented views, or images ``[B, 3, H, W]`` encoded every step."""
     bs = cfg.optim.batch_size
-    if cfg.data.augment and cfg.data.augment_views > 0:  # opt-in: K cached augmented views per image
+    # issue 17: a method that modifies the encoders (deep prompts) must encode its images every step
+    modifies = get_method(cfg.method.name).capabilities.modifies_encoders or method.modifies_encoders
+    if cfg.data.augment and cfg.data.augment_views > 0 and not modifies:  # opt-in: K cached augmented views per image
         with torch.random.fork_rng(devices=[]):  # the views depend on the seed only (same after --resume)
             torch.manual_seed(cfg.train.seed + 7919)
             views = [_augmented_view(method, data, backbone, cfg, v) for v in range(cfg.data.augment_views)]
         return view_loader(torch.stack([f for f, _ in views]), views[0][1], batch_size=bs, ctx=ctx)
-    if cfg.data.augment or not cfg.data.cache_features:  # images are encoded anew every step
+    if cfg.data.augment or not cfg.data.cache_features or modifies:  # images are encoded anew every step
         tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
         dataset = ImageDataset(data.train, data.splits.loader, tf)
         return DataLoader(dataset, batch_sampler=train_batches(len(dataset), bs, ctx),

@@ -32,6 +32,10 @@ class PromptMethod(nn.Module):
     image_conditional: ClassVar[bool] = False
     #: What :meth:`encode_images` returns (a key of the per-backbone feature cache).
     feature_kind: ClassVar[str] = "global"
+    #: True when the method changes the encoders themselves (deep prompts, LoRA): its image features
+    #: depend on learned tensors, so they are never cached. An instance may set it to False when it
+    #: learns nothing inside the image tower (e.g. deep text prompts only).
+    modifies_encoders: ClassVar[bool] = False
 
     def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: Any) -> None:
         super().__init__()

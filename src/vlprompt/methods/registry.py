@@ -70,11 +70,12 @@ def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], 
     """Register ``model_cls`` (built from ``config_cls(**options)``) under ``name``.
 
     Capabilities are given as a :class:`Capabilities` or as its fields (``training="none"``, ...);
-    ``image_conditional`` and ``local_features`` default to what ``model_cls`` declares.
+    ``image_conditional``, ``local_features`` and ``modifies_encoders`` default to what ``model_cls`` declares.
     """
     if capabilities is None:
         flags.setdefault("image_conditional", bool(model_cls.image_conditional))
         flags.setdefault("local_features", model_cls.feature_kind != "global")
+        flags.setdefault("modifies_encoders", bool(model_cls.modifies_encoders))
         capabilities = Capabilities(**flags)
     elif flags:
         raise TypeError("pass either capabilities or its fields to register_method, not both")
@@ -84,7 +85,10 @@ def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], 
 def _ensure_builtin() -> None:
     import vlprompt.methods.cocoop  # noqa: F401
     import vlprompt.methods.coop  # noqa: F401
+    import vlprompt.methods.ivlp  # noqa: F401
     import vlprompt.methods.locoop  # noqa: F401
+    import vlprompt.methods.maple  # noqa: F401
+    import vlprompt.methods.promptsrc  # noqa: F401
     import vlprompt.methods.upl  # noqa: F401
     import vlprompt.methods.zeroshot  # noqa: F401
 

@@ -102,6 +102,9 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
         method = load_prompt(prompt, backbone, splits.classnames).to(device)
     if method.image_conditional:
         raise VlpromptError(f"OOD scores need fixed class prompts; method '{method.method_name}' is image-conditional")
+    if method.modifies_encoders:  # OOD features come from the frozen image tower below
+        raise VlpromptError(f"OOD scores use the frozen image tower; method '{method.method_name}' learns prompts "
+                            "inside the image tower, which OOD evaluation does not support yet")
     with torch.no_grad():
         text = method.text_features().float()
     if text.dim() != 2:  # a prompt ensemble: average its normalised class features

@@ -1,0 +1,206 @@
+"""Deep prompts inside open_clip towers (VPT-deep / IVLP / MaPLe scheme).
+
+Learnable tokens enter a transformer tower at layer 0 and, at every block ``1 .. J-1``, the hidden
+states those tokens produced are *replaced* by fresh learnable tokens (Jia et al., VPT-deep, ECCV 2022;
+Khattak et al., MaPLe, CVPR 2023). From block J on, the tokens are carried through
+like any other token. This module runs open_clip's towers block by block to do that, computing what
+the authors' ``ResidualAttentionBlock_IVLP`` / ``ResidualAttentionBlock_MaPLe`` compute
+(muzairkhattak/multimodal-prompt-learning, ``clip/model.py`` lines 191-331):
+
+Text tower (``[P, L, D]``, causal mask, EOT pooling)::
+
+    x_0 = [SOS, p_0 (n tokens), rest of the prompt, EOT, ...] + positional embedding
+    x_i = block_i([x_{i-1}[:, :1], p_i, x_{i-1}[:, 1+n:]])    for i = 1 .. J-1   (no positional embedding
+    x_i = block_i(x_{i-1})                                    otherwise          is added to p_i)
+    feature = ln_final(x_last)[EOT] @ text_projection
+
+The prompt tokens sit right after SOS, so the causal mask and the EOT position are unchanged, and
+sequences can still be cut after the longest EOT (exact).
+
+Image tower (ViT only; ``[B, 1 + N, W]`` class token + N patches)::
+
+    x_0 = ln_pre([class + pos_0, patches + pos, v_0 (n tokens)])     # prompts appended after the patches,
+    x_i = block_i([x_{i-1}[:, :-n], v_i])  for i = 1 .. J-1          # before ln_pre (clip/model.py 456-463)
+    feature = ln_post(x_last[:, 0]) @ proj                           # class-token pooling
+
+Towers without a token sequence (ModifiedResNet, ConvNeXt / timm towers), attention-pooled (CoCa)
+or average-pooled ViTs cannot take such tokens: :func:`check_vision_deep` refuses them with a
+:class:`~vlprompt.core.errors.ModelError`. The reference casts prompts to fp16 (``.half()``); here they
+are cast to the tower's compute dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from vlprompt.core.errors import ModelError
+
+if TYPE_CHECKING:
+    from vlprompt.backbones.openclip import OpenClipBackbone
+
+
+def _blocks(transformer: nn.Module) -> nn.ModuleList:
+    blocks = getattr(transformer, "resblocks", None)
+    if blocks is None:
+        raise ModelError("this tower's transformer has no list of blocks ('resblocks'); deep prompts need "
+                         "an open_clip Transformer.")
+    return blocks
+
+
+def _run_blocks(transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
+                replace: Sequence[Tensor], splice: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Run ``transformer``'s blocks on ``x [B, T, W]`` (batch first), calling ``splice(x, p)`` before
+    block ``i`` (i = 1 .. len(replace)) with ``p = replace[i - 1]`` ``[n, W]``."""
+    blocks = _blocks(transformer)
+    if len(replace) > len(blocks) - 1:
+        raise ModelError(f"{len(replace)} deep prompt layers given for a tower of {len(blocks)} blocks "
+                         f"(at most {len(blocks) - 1}: layer 0 takes the input prompts).")
+    batch_first = getattr(transformer, "batch_first", True)
+    for i, block in enumerate(blocks):
+        if 1 <= i <= len(replace):
+            x = splice(x, replace[i - 1].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1))
+        if batch_first:
+            x = block(x, attn_mask=attn_mask)
+        else:  # open_clip towers built with batch_first=False take [T, B, W]
+            x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------- text
+def text_depth(backbone: OpenClipBackbone) -> int:
+    """Number of blocks of the text transformer."""
+    return len(_blocks(backbone._text.transformer))
+
+
+def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tensor, deep: Sequence[Tensor], *,
+                     n_ctx: int, truncate: bool = True) -> Tensor:
+    """Text features of prompts whose tokens ``1 .. n_ctx`` are deep prompts.
+
+    Args:
+        backbone: an :class:`~vlprompt.backbones.openclip.OpenClipBackbone`.
+        embeds: ``[P, L, D]`` token embeddings with the layer-0 prompt tokens already at positions
+            ``1 .. n_ctx`` (right after SOS).
+        eot_index: ``[P]`` EOT position of each prompt.
+        deep: the replacement tokens of blocks 1, 2, ...: each ``[n_ctx, D]`` (empty = shallow).
+        n_ctx: number of prompt tokens.
+        truncate: cut the sequences after ``max(eot_index)`` (exact: causal mask, prompts before EOT).
+
+    Returns:
+        ``[P, E]`` unnormalised text features.
+    """
+    t = backbone._text
+    if deep and int(eot_index.min()) <= n_ctx:
+        raise ModelError("deep text prompts must sit before every EOT token")
+    length = int(eot_index.max().item()) + 1 if truncate else embeds.shape[1]
+    cast = backbone.dtype
+    x = embeds[:, :length].to(cast) + t.positional_embedding[:length].to(cast)
+    mask = t.attn_mask[:length, :length].to(x.device) if t.attn_mask is not None else None
+
+    def splice(h: Tensor, p: Tensor) -> Tensor:
+        return torch.cat([h[:, :1], p, h[:, 1 + n_ctx:]], dim=1)
+
+    x = _run_blocks(t.transformer, x, mask, deep, splice)
+    x = t.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
+    proj = t.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+    return x
+
+
+def encode_text_deep_shared(backbone: OpenClipBackbone, ctx: Tensor, sos: Tensor, suffix: Tensor,
+                            eot_in_suffix: Tensor, deep: Sequence[Tensor]) -> Tensor:
+    """:func:`encode_text_deep` for prompts ``[SOS, ctx, suffix_c]`` whose SOS + deep prompts are the same for
+    every class: exact shared-prefix pass (:mod:`vlprompt.backbones.shared_prefix`) where the tower allows it.
+
+    Args:
+        ctx: ``[n, D]`` layer-0 prompt; ``sos``: ``[1, D]`` SOS embedding; ``suffix``: ``[C, S, D]`` each class's
+            remaining tokens (cut after the longest EOT); ``eot_in_suffix``: ``[C]``; ``deep``: as in
+            :func:`encode_text_deep`.
+
+    Returns:
+        ``[C, E]`` unnormalised text features.
+    """
+    from vlprompt.backbones.shared_prefix import encode_shared_prefix, supports_shared_prefix
+
+    n = ctx.shape[0]
+    prefix = torch.cat([sos.to(ctx.dtype), ctx], dim=0).unsqueeze(0)  # [1, 1 + n, D]
+    if supports_shared_prefix(backbone._text.transformer):
+        return encode_shared_prefix(backbone._text, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep)[0]
+    full = torch.cat([prefix.expand(suffix.shape[0], -1, -1), suffix.to(ctx.dtype)], dim=1)
+    return encode_text_deep(backbone, full, eot_in_suffix + 1 + n, deep, n_ctx=n)
+
+
+# ---------------------------------------------------------------------------------------------- image
+def check_vision_deep(backbone: OpenClipBackbone) -> nn.Module:
+    """The ViT image tower of ``backbone``, or :class:`ModelError` if it cannot take prompt tokens."""
+    visual = backbone.model.visual
+    name = backbone.name
+    kind = type(visual).__name__
+    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
+    if not all(hasattr(visual, a) for a in needed) or not hasattr(visual.transformer, "resblocks"):
+        raise ModelError(
+            f"model '{name}': its image tower ({kind}) is not a vision transformer, so it cannot take "
+            "learnable prompt tokens (vision / multi-modal deep prompts need a ViT image tower: e.g. "
+            "ViT-B-16, not RN50 or ConvNeXt); use a ViT model, or a text-only method (coop, "
+            "deep_language).")
+    if getattr(visual, "attn_pool", None) is not None:
+        raise ModelError(f"model '{name}': its ViT pools with attention (CoCa-style); deep vision prompts "
+                         "need class-token pooling.")
+    if getattr(visual, "pool_type", "tok") != "tok":
+        raise ModelError(f"model '{name}': its ViT pools with '{visual.pool_type}'; deep vision prompts need "
+                         "class-token pooling ('tok'), as in CLIP.")
+    return visual
+
+
+def vision_width(backbone: OpenClipBackbone) -> int:
+    """W: width of the ViT image tower's tokens (ModelError for other towers)."""
+    return int(check_vision_deep(backbone).class_embedding.shape[-1])
+
+
+def vision_depth(backbone: OpenClipBackbone) -> int:
+    """Number of blocks of the ViT image tower (ModelError for other towers)."""
+    return len(_blocks(check_vision_deep(backbone).transformer))
+
+
+def encode_image_deep(backbone: OpenClipBackbone, images: Tensor, first: Tensor | None,
+                      deep: Sequence[Tensor]) -> Tensor:
+    """Image features of a ViT with prompt tokens appended after the patch tokens.
+
+    Args:
+        backbone: an :class:`~vlprompt.backbones.openclip.OpenClipBackbone` with a ViT image tower.
+        images: ``[B, 3, H, W]`` preprocessed images.
+        first: ``[n, W]`` tokens appended at the input (before ``ln_pre``), or None (no prompts: the
+            plain image feature).
+        deep: replacement tokens of blocks 1, 2, ...: each ``[n, W]``.
+
+    Returns:
+        ``[B, E]`` unnormalised image features (differentiable w.r.t. the prompts).
+    """
+    visual = check_vision_deep(backbone)
+    dtype = visual.conv1.weight.dtype
+    x = visual.conv1(images.to(backbone.device, dtype))  # [B, W, g, g]
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [B, N, W]
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # [B, 1 + N, W]
+    x = visual.patch_dropout(x)  # identity: the frozen tower is always in eval mode
+    n = 0
+    if first is not None:
+        n = first.shape[0]
+        x = torch.cat([x, first.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
+    elif deep:
+        raise ValueError("deep vision prompts need input prompts (first)")
+    x = visual.ln_pre(x)
+
+    def splice(h: Tensor, p: Tensor) -> Tensor:
+        return torch.cat([h[:, : h.shape[1] - n], p], dim=1)
+
+    x = _run_blocks(visual.transformer, x, None, deep, splice)
+    pooled, _ = visual._pool(x)  # ln_post + class token (pool_type 'tok')
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return pooled

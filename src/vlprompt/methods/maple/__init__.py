@@ -1,0 +1,9 @@
+"""MaPLe (Khattak et al., CVPR 2023)."""
+
+from vlprompt.methods.maple.config import MaPLeConfig
+from vlprompt.methods.maple.model import MaPLe
+from vlprompt.methods.registry import register_method
+
+register_method("maple", MaPLeConfig, MaPLe, modifies_encoders=True)
+
+__all__ = ["MaPLe", "MaPLeConfig"]
