@@ -109,7 +109,7 @@ def read_fewshot_file(
     if subsample != "all" and names == list(full.classnames):
         return _subsample_lists(full, train, val, subsample)
     raise DataError(
-        f"few-shot file '{source}' lists other classes than dataset '{splits.name}'; "
+        f"few-shot file '{source}' lists other classes than dataset '{full.name}'; "
         "it was made for another dataset (option data.fewshot_file)."
     )
 

@@ -34,7 +34,7 @@ import random
 import warnings
 from collections.abc import Sequence
 
-from vlprompt.core.errors import ConfigError
+from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.data.fewshot import MAX_VAL_SHOTS, check_shots
 from vlprompt.data.types import DatasetSplits, Datum
 
@@ -109,6 +109,8 @@ def make_fewshot_reference(splits: DatasetSplits, shots: int | None, seed: int) 
     a class with no training image at all is named too. Test is never touched.
     """
     k = check_shots(shots)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"the few-shot sampling seed (train.seed) must be an integer, got {seed!r}.")
     if k is None:
         return dataclasses.replace(splits, train=list(splits.train), val=list(splits.val))
     rng = random.Random(seed)
