@@ -177,3 +177,27 @@ def test_unreadable_files(tmp_path):
     cfg = DataConfig(dataset="eurosat", root=str(root), fewshot_file=str(tmp_path / "l.pkl"))
     with pytest.raises(DataError, match=r"l\.pkl' holds a list, not the dict of CoOp's splits"):
         prepare_data(cfg, seed=1)
+
+
+def test_matching_pickled_paths(tmp_path, dassl_datum):
+    """Paths saved on another machine (even Windows) are found by their tail; wrong labels are refused."""
+    root = tmp_path / "data"
+    build_tree(root, "caltech101", "sorted")
+    ds = build_dataset("caltech101", str(root))
+    first = ds.train[0]
+    rel = first.path[len(str(root)) + 1:]
+    win = "C:\\Users\\me\\DATA\\" + rel.replace("/", "\\")
+    ok = _write(tmp_path / "ok.pkl", {"train": [dassl_datum(win, first.label, 0, first.classname)], "val": []})
+    cfg = DataConfig(dataset="caltech101", root=str(root), fewshot_file=str(ok))
+    assert prepare_data(cfg, seed=1).train == [first]
+    wrong = _write(tmp_path / "wrong.pkl",
+                   {"train": [dassl_datum(win, first.label + 1, 0, first.classname)], "val": []})
+    cfg.fewshot_file = str(wrong)
+    with pytest.raises(DataError, match=r"has label 1 .* labels that image 0"):
+        prepare_data(cfg, seed=1)
+    test_img = ds.test[0].path
+    leak = _write(tmp_path / "leak.pkl",
+                  {"train": [dassl_datum(test_img, ds.test[0].label, 0, ds.test[0].classname)], "val": []})
+    cfg.fewshot_file = str(leak)
+    with pytest.raises(DataError, match="is not an image of this dataset's train split"):
+        prepare_data(cfg, seed=1)
