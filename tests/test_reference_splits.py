@@ -116,6 +116,9 @@ def test_imagenet_pickles(tmp_path, dassl_datum):
                                          "test": _pickle_items(dassl_datum, test, root)})
     full = build_dataset("imagenet", str(root), order="preprocessed")
     assert as_items(full.train) == train and as_items(full.test) == test and full.val == full.test
+    cfg = DataConfig(dataset="imagenet", root=str(root), shots=1, fewshot_file=str(ds_dir / "preprocessed.pkl"))
+    with pytest.raises(DataError, match="it is ImageNet's preprocessed.pkl .* data.options.order: preprocessed"):
+        prepare_data(cfg, seed=1)
     pkl = _write(tmp_path / "shot_1-seed_1.pkl", {"train": _pickle_items(dassl_datum, train[:4], root)})
     cfg = DataConfig(dataset="imagenet", root=str(root), shots=1, fewshot_file=str(pkl))
     data = prepare_data(cfg, seed=1)

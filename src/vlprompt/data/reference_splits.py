@@ -208,6 +208,11 @@ def load_reference_fewshot(
     """
     path = os.fspath(path)
     data = read_reference_pickle(path)
+    if isinstance(data, dict) and "test" in data:
+        raise DataError(
+            f"'{path}' lists train and test images: it is ImageNet's preprocessed.pkl (the full listing), not a "
+            "few-shot split; use it with data.options.order: preprocessed."
+        )
     lists = reference_lists(data, path, ("train",), optional=("val",))
     train = match_reference_items(lists["train"], splits.train, splits.classnames, source=path, split="train")
     if "val" in lists and not val_is_test:
