@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from vlprompt.engine.optim import default_max_epoch  # CoOp's epochs-by-shots rule, one copy
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 COOP_ROOT = CONFIGS / "coop"
@@ -32,19 +34,14 @@ BACKBONES = {"rn50": "RN50-quickgelu", "vit_b16": "ViT-B-16-quickgelu"}
 SHOTS = [1, 2, 4, 8, 16]
 
 
-def coop_epochs(dataset: str, shots: int) -> int:
-    if dataset == "imagenet" or shots == 1:
-        return 50
-    return 100 if shots in (2, 4) else 200
-
-
 def coop_config(dataset: str, short: str, model: str, shots: int) -> dict:
     return {
         "method": {"name": "coop", "n_ctx": 16, "ctx_init": None, "csc": False, "class_token_position": "end"},
         "backbone": {"model": model, "pretrained": "openai"},
         "data": {"dataset": dataset, "root": "./data", "shots": shots, "num_workers": 8},
         "optim": {"name": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 0.0005,
-                  "max_epoch": coop_epochs(dataset, shots), "batch_size": 32, "warmup_epoch": 1, "warmup_lr": 1.0e-5,
+                  "max_epoch": default_max_epoch(dataset, shots), "batch_size": 32, "warmup_epoch": 1,
+                  "warmup_lr": 1.0e-5,
                   "lr_scheduler": "cosine", "test_batch_size": 100},
         "train": {"seed": 1, "compute_precision": "amp",
                   "output_dir": f"runs/coop/{dataset}/{short}_{shots}shots_nctx16_cscFalse_ctpend/seed{{seed}}"},

@@ -82,3 +82,54 @@ def test_config_loader_never_crashes_with_a_traceback(raw):
         return
     with contextlib.suppress(VlpromptError):  # a clear, user-facing error is the expected outcome
         config_from_dict(yaml.safe_load(text))
+
+
+number_texts = st.sampled_from(["1", "0.5", "-2", ".inf", "-.inf", ".nan", ".NaN", "1e300", "1.0e+300", "3.0e+38",
+                                "-1e39", "99999999999999999999", "1e-3", "true", "null", "x", "[]", "{}"])
+numeric_options = st.sampled_from(["optim.lr", "optim.momentum", "optim.weight_decay", "optim.warmup_lr",
+                                   "optim.max_epoch", "optim.batch_size", "train.seed", "train.dist_timeout_min",
+                                   "data.shots", "method.n_ctx"])
+
+
+def _floats(obj):
+    if isinstance(obj, dict):
+        return [f for v in obj.values() for f in _floats(v)]
+    if isinstance(obj, list):
+        return [f for v in obj for f in _floats(v)]
+    return [obj] if isinstance(obj, float) else []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(option=numeric_options, value=number_texts, duplicate=st.booleans(), depth=st.integers(0, 9),
+       fan=st.integers(1, 12), recursive=st.booleans())
+def test_config_text_with_aliases_duplicate_keys_and_non_finite_numbers(option, value, duplicate, depth, fan,
+                                                                        recursive):
+    """Any such text gives a config with finite numbers only, or one short ConfigError, and quickly."""
+    import time
+
+    from vlprompt.config import MAX_YAML_VALUES, parse_yaml
+    from vlprompt.core.errors import ConfigError
+    from vlprompt.methods.registry import list_methods
+
+    list_methods()  # the first import of the method registry (torch, open_clip) is not what is timed
+
+    section, key = option.split(".")
+    lines = ["data:", "  dataset: imagefolder", "  options:", "    a0: &a0 [x, x]"]
+    lines += [f"    a{d}: &a{d} [{', '.join([f'*a{d - 1}'] * fan)}]" for d in range(1, depth + 1)]
+    if recursive:
+        lines.append("    loop: &loop {again: *loop}")
+    lines += [f"{section}:", f"  {key}: {value}"] + ([f"  {key}: 1"] if duplicate else [])
+    if section == "method":
+        lines.append("  name: coop")
+    start = time.monotonic()
+    try:
+        cfg = config_from_dict(parse_yaml("\n".join(lines) + "\n", "'fuzz.yaml'"))
+    except ConfigError as exc:
+        assert len(str(exc)) < 1000 and "\n" not in str(exc)
+    else:
+        assert not duplicate and not recursive
+        assert 2 * (fan ** depth) < MAX_YAML_VALUES  # a bomb is refused, not expanded
+        settings_ = {k: v for k, v in cfg.as_dict().items() if k != "data"}
+        assert all(abs(f) <= 3.5e38 for f in _floats(settings_))  # finite (NaN fails this too), float32 range
+        cfg.to_yaml()  # copying the config (config.yaml) stays cheap
+    assert time.monotonic() - start < 20  # generous (a busy machine); an accepted bomb would take hours

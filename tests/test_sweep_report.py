@@ -13,6 +13,7 @@ import pytest
 from vlprompt.cli.main import main
 from vlprompt.core.errors import DataError
 from vlprompt.core.ood import ood_metrics
+from vlprompt.report.build import make_report
 from vlprompt.report.papers import (
     PAPER_RESULTS,
     averaged_datasets,
@@ -21,7 +22,6 @@ from vlprompt.report.papers import (
     normalize_backbone,
     select_papers,
 )
-from vlprompt.report.sweep_report import make_report
 from vlprompt.tasks.protocols import harmonic_mean
 
 VIT = {"model": "ViT-B-16", "pretrained": "openai"}

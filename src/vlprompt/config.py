@@ -11,10 +11,17 @@ A config file has five sections::
 Every key is checked: an unknown key or a wrong type raises :class:`ConfigError` naming the key
 (``optim.lr``) and, for YAML syntax errors, the file, line and column. ``--set key=value``
 overrides use the same dotted names; values are parsed as YAML (``--set method.csc=true``).
+
+YAML is read by one strict loader (:func:`parse_yaml`): a key given twice in one mapping is an
+error naming the key and both lines; anchors and aliases are allowed, but a document whose
+aliases would expand it beyond :data:`MAX_YAML_VALUES` values (an "alias bomb") or that refers to
+itself is refused before anything is built. Numbers must be finite and fit the tensors they end
+in: floats within float32's range (±3.4e38), integers within 64 bits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -27,7 +34,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from vlprompt.core.errors import ConfigError
-from vlprompt.core.validate import check_choice, check_float, check_int
+from vlprompt.core.validate import FLOAT_MAX, INT_MAX, INT_MIN, check_choice, check_float, check_int, shown
 
 
 @dataclass
@@ -189,9 +196,10 @@ class ExperimentConfig:
                   "seed": self.train.seed, "model": self.backbone.model.replace("/", "-")}
         try:
             return self.train.output_dir.format(**fields)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"option train.output_dir '{self.train.output_dir}': unknown placeholder {exc}; "
-                              f"use {', '.join('{' + k + '}' for k in fields)}") from exc
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+            raise ConfigError(f"option train.output_dir {shown(self.train.output_dir)}: unusable placeholder "
+                              f"({exc}); use {', '.join('{' + k + '}' for k in fields)} (write {{{{ and }}}} for "
+                              "literal braces)") from exc
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -230,11 +238,11 @@ def coerce(value: Any, tp: Any, option: str) -> Any:
             except ConfigError as exc:
                 errors.append(exc)
         names = " or ".join(_type_name(a) if a is not type(None) else "null" for a in get_args(tp))
-        raise ConfigError(f"option {option} must be {names}, got {value!r}")
+        raise ConfigError(f"option {option} must be {names}, got {shown(value)}")
     if tp is type(None):
         if value is None:
             return None
-        raise ConfigError(f"option {option} must be null, got {value!r}")
+        raise ConfigError(f"option {option} must be null, got {shown(value)}")
     if tp is Any:
         return value
     if origin is Literal:
@@ -242,32 +250,38 @@ def coerce(value: Any, tp: Any, option: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"option {option} must be true or false, got {value!r}")
+        raise ConfigError(f"option {option} must be true or false, got {shown(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not INT_MIN <= value <= INT_MAX:
+                raise ConfigError(f"option {option} must fit in 64 bits (at most {INT_MAX}), got {shown(value)}")
             return value
-        raise ConfigError(f"option {option} must be an integer, got {value!r}")
+        raise ConfigError(f"option {option} must be an integer, got {shown(value)}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as text
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"option {option} must be a number, got {value!r}")
+            number = float(value) if abs(value) < 1e309 else float("inf")
+        elif isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as text
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise ConfigError(f"option {option} must be a number, got {shown(value)}")
+        if not abs(number) <= FLOAT_MAX:  # also NaN
+            raise ConfigError(f"option {option} must be a finite number within ±{FLOAT_MAX:.3g} (float32), "
+                              f"got {shown(value)}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"option {option} must be text, got {value!r}")
+        raise ConfigError(f"option {option} must be text, got {shown(value)}")
     if origin is list or tp is list:
         if not isinstance(value, list):
-            raise ConfigError(f"option {option} must be a list, got {value!r}")
+            raise ConfigError(f"option {option} must be a list, got {shown(value)}")
         (arm,) = get_args(tp) or (Any,)
         return [coerce(v, arm, f"{option}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"option {option} must be a mapping, got {value!r}")
+            raise ConfigError(f"option {option} must be a mapping, got {shown(value)}")
         return dict(value)
     return value
 
@@ -295,7 +309,7 @@ def build_dataclass(cls: type, values: dict[str, Any], section: str) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"section '{section}' must be a mapping of options, got {values!r}")
+        raise ConfigError(f"section '{section}' must be a mapping of options, got {shown(values)}")
     values = _renamed(values, section)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -339,8 +353,82 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
     return ExperimentConfig(method=_build_method(raw.get("method") or {"name": "coop"}), **sections)
 
 
+#: Most values (mapping / list entries, scalars) a YAML document may expand to through its aliases.
+MAX_YAML_VALUES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (naming the key and both lines)."""
+
+    source = "YAML"
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(f"{self.source}: duplicate key {shown(key_node.value)} at line {line} (first "
+                                      f"given at line {seen[key]}); keep only one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root: yaml.Node, source: str) -> int:
+    """How many values ``root`` expands to when its aliases are copied out; refuses self-reference."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"{source}: the alias at line {node.start_mark.line + 1} refers to a value that "
+                              "contains it (a recursive alias); write the value out instead")
+        active.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        active.discard(key)
+        sizes[key] = min(total, MAX_YAML_VALUES + 1)
+        return sizes[key]
+
+    return size(root)
+
+
+def parse_yaml(text: str, source: str = "YAML") -> Any:
+    """Parse one YAML document strictly (see module doc); errors are :class:`ConfigError` naming ``source``
+    and the line."""
+    loader = _StrictLoader(text)
+    loader.source = source
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, source) > MAX_YAML_VALUES:
+            raise ConfigError(f"{source}: its aliases (*name) expand it to more than {MAX_YAML_VALUES:,} values "
+                              "(an alias bomb?); write the values out or use fewer aliases")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML in {source}{where}: {problem}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"invalid YAML in {source}: nested too deeply") from exc
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file; syntax errors become :class:`ConfigError` with file, line and column."""
+    """Read a YAML file (:func:`parse_yaml`); errors become :class:`ConfigError` with file, line and column."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
@@ -348,13 +436,7 @@ def read_yaml(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file '{path}': {exc}") from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"invalid YAML in '{path}'{where}: {problem}") from exc
+    return parse_yaml(text, f"'{path}'")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -366,10 +448,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         parts = [p for p in key.strip().split(".") if p]
         if len(parts) < 2:
             raise ConfigError(f"--set key '{key}' must be section.option (e.g. optim.lr), got '{key}'")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse value '{text}': {exc}") from exc
+        value = parse_yaml(text, f"--set {key}") if text.strip() else None
         node = raw
         for p in parts[:-1]:
             if node.get(p) is None:

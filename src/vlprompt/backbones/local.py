@@ -7,10 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlprompt.core.errors import ModelError
+
+#: Feature-cache kind of :func:`packed_global_local` (LoCoOp training and GL-MCM scoring share the cache).
+GLOBAL_LOCAL = "global+local"
+
+
+def packed_global_local(backbone: Any, images: Tensor) -> Tensor:
+    """Global and local features packed as one tensor ``[B, 1 + P, E]`` (global first, then the patches),
+    so that they can be cached and batched like ordinary image features."""
+    g, loc = backbone.local_features(images)
+    return torch.cat([g.unsqueeze(1), loc], dim=1)
 
 
 def vit_value_path(block: nn.Module, tokens: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Adapter over open_clip models: the only module that knows open_clip's internals.
 
 Methods never touch open_clip directly. :class:`OpenClipBackbone` exposes what every prompt
-method needs (see DESIGN.md, "The backbone adapter"):
+method needs (the backbone seam of docs/architecture.md):
 
 * ``tokenize(texts) -> LongTensor [B, L]`` (no silent truncation) and ``eot_index(ids) -> [B]``;
 * ``token_embedding(ids) -> [B, L, D]``;

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.core.errors import VlpromptError, user_message
+from vlprompt.core.results import PROTOCOLS
 
 EPILOG = "Docs: README.md. Every option of a config can be overridden with --set section.option=value."
 
@@ -54,6 +55,30 @@ def _print_table(text: str) -> None:
     print(text.rstrip())
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]``; anything else is one error line naming ``option``."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values:
+        raise VlpromptError(f"{option} expects comma-separated whole numbers (e.g. 1,2,3), got '{text}'")
+    return values
+
+
+#: Longest error message printed; longer ones keep their start and end (one line, never megabytes).
+MAX_ERROR_CHARS = 1000
+
+
+def _capped(msg: str) -> str:
+    msg = " ".join(msg.split("\n")) if "\n" in msg else msg
+    if len(msg) <= MAX_ERROR_CHARS:
+        return msg
+    cut = len(msg) - MAX_ERROR_CHARS + 60
+    return f"{msg[:700]} ... [{cut:,} characters left out] ... {msg[-(MAX_ERROR_CHARS - 760):]}"
+
+
 # ------------------------------------------------------------------------------------ commands
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one run; under ``torchrun`` every process runs this and rank 0 alone prints and writes."""
@@ -84,20 +109,14 @@ def _rank_prefix() -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vlprompt.config import apply_overrides, config_from_dict, load_config
+    from vlprompt.config import load_config
     from vlprompt.engine.run import RunPaths
+    from vlprompt.engine.trainer import load_run_config
     from vlprompt.tasks.api import evaluate
 
     if args.run:
-        import yaml
-
         paths = RunPaths(Path(args.run))
-        if not paths.config.exists():
-            raise VlpromptError(f"'{args.run}' is not a vlprompt run folder (no config.yaml); "
-                                "pass a run folder made by `vlprompt train`, or --config and --prompt")
-        raw = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
-        raw.setdefault("train", {})["output_dir"] = str(paths.root)
-        cfg = config_from_dict(apply_overrides(raw, _overrides(args)))
+        cfg = load_run_config(paths.root, _overrides(args))
         prompt = Path(args.prompt) if args.prompt else paths.prompt
         default_out = paths.root / f"eval_{cfg.data.dataset}_{args.split}.json"
     else:
@@ -129,13 +148,23 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from vlprompt.tasks.api import predict
 
+    if args.topk < 1:
+        raise VlpromptError(f"--topk must be at least 1, got {args.topk}")
     classnames = None
     if args.classnames:
         path = Path(args.classnames)
         if not path.is_file():
             raise VlpromptError(f"class-name file '{path}' does not exist (option --classnames)")
-        classnames = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    results = predict(args.prompt, args.images, topk=args.topk, classnames=classnames, device=args.device)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VlpromptError(f"cannot read class-name file '{path}' (option --classnames): {exc}") from exc
+        classnames = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if not classnames:
+            raise VlpromptError(f"class-name file '{path}' (option --classnames) lists no class names; write one "
+                                "class name per line")
+    results = predict(args.prompt, args.images, topk=args.topk, classnames=classnames, device=args.device,
+                      device_option="--device")
     for r in results:
         top = ", ".join(f"{name} ({p:.3f})" for name, p in r["top"])
         print(f"{r['image']}: {top}")
@@ -166,7 +195,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlprompt.cli.demo import results_table, run_demo
 
-    shots = [int(s) for s in args.shots.split(",")] if args.shots else None
+    shots = _int_list(args.shots, "--shots") if args.shots else None
     kwargs: dict[str, Any] = {"seed": args.seed, "epochs": args.epochs, "device": args.device,
                               "methods": not args.coop_only}
     if shots:
@@ -194,7 +223,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     from vlprompt.tasks.protocols import base_to_new, transfer
 
     cfg = _load_cfg(args)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = _int_list(args.seeds, "--seeds")
     out = Path(args.output_dir or f"runs/{args.protocol}/{cfg.method.name}/{cfg.data.dataset}")
     if args.protocol == "base2new":
         result = base_to_new(cfg, seeds, out, progress=cfg.train.progress)
@@ -248,6 +277,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.output_dir:
         sw.output_dir = Path(args.output_dir)
     sw.overrides += list(args.overrides)
+    if args.status or args.launcher or args.shard:
+        return _sweep_elsewhere(args, sw)
     summary = run_sweep(sw, progress=not args.no_progress)
     print(f"sweep {sw.name}: {summary['done']} runs done, {summary['skipped']} already finished, "
           f"{len(summary['failed'])} failed - results in {sw.output_dir} (vlprompt report {sw.output_dir})")
@@ -256,8 +287,58 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _sweep_elsewhere(args: argparse.Namespace, sw: Any) -> int:
+    """``vlprompt sweep --launcher`` / ``--shard`` / ``--status`` (vlprompt.tasks.launchers, sweep_jobs)."""
+    from vlprompt.tasks.sweep_jobs import parse_shard, run_shard, sweep_status
+
+    if args.status:
+        status = sweep_status(sw.output_dir)
+        print(f"sweep {sw.name} in {sw.output_dir} ({', '.join(status['files']) or 'no state file'}): "
+              + ", ".join(f"{n} {s}" for s, n in status["counts"].items()))
+        for run_id, r in sorted(status["runs"].items()):
+            if r.get("status") == "failed":
+                print(f"  failed: {run_id}: {r.get('error')} (log {r.get('log')})")
+        return 0
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.launcher:
+        from vlprompt.tasks.launchers import LaunchOptions, launch_sweep
+
+        opts = LaunchOptions(launcher=args.launcher, partition=args.partition, gpus_per_run=args.gpus_per_run,
+                             cpus_per_task=args.cpus_per_task, time_min=args.time, mem_gb=args.mem_gb,
+                             account=args.account, max_parallel=args.max_parallel, retries=args.retries,
+                             wait=not args.no_wait, sbatch=dict(kv.split("=", 1) for kv in args.sbatch),
+                             setup=list(args.setup))
+        summary = launch_sweep(sw, opts, shard=shard)
+    else:
+        summary = run_shard(sw, shard)
+    where = f" shard {summary['shard']}" if summary.get("shard") else ""
+    running = f", {summary['running']} submitted and running" if summary.get("running") else ""
+    print(f"sweep {sw.name}{where}: {summary['done']} runs done, {summary['skipped']} already finished, "
+          f"{summary.get('resubmitted', 0)} resubmitted, {len(summary['failed'])} failed{running} - results in "
+          f"{sw.output_dir} (vlprompt report {sw.output_dir}; vlprompt sweep {args.sweep} --status)")
+    for f in summary["failed"]:
+        print(f"  failed: {f['run']}: {f['error']}" + (f" (log {f['log']})" if f.get("log") else ""))
+    return 1 if summary["failed"] else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vlprompt.tasks.export import export_classifier, load_source, zeroshot_source
+
+    if args.source:
+        method, extra = load_source(args.source)
+    elif args.config or args.model:
+        method, extra = zeroshot_source(_load_cfg(args))
+    else:
+        raise VlpromptError("vlprompt export needs a run folder or prompt file, or --config / --model (zero-shot CLIP)")
+    info = export_classifier(method, args.output, fmt=args.format, extra=extra)
+    shape = info["input"]["shape"]
+    print(f"exported {info['method']} ({len(info['classnames'])} classes; input uint8 {shape}) -> {args.output}; "
+          f"max |logit difference| vs vlprompt {info['max_abs_diff']:.2g} (tolerance {info['tolerance']:.2g})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from vlprompt.report.sweep_report import make_report
+    from vlprompt.report.build import make_report
 
     papers = [p for p in (args.paper or "").split(",") if p.strip()]
     result = make_report(args.runs, args.output, papers=papers, paper_file=args.paper_file)
@@ -373,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images with a learned prompt",
                        description="Top-k classes for image files / folders with a learned prompt file.")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--prompt", "-p", required=True, help="prompt file (.safetensors) from `vlprompt train`")
+    p.add_argument("--prompt", "-p", required=True,
+                   help="prompt file (.safetensors) from `vlprompt train`, or a classifier from `vlprompt export`")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--classnames", help="text file with one class name per line (unified prompts only)")
     p.add_argument("--device", default="auto")
@@ -407,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG,
                        description="Run an evaluation protocol of CoOp/CoCoOp for the config's method over "
                                    "several seeds; prints mean ± std. Finished seed runs are reused.")
-    p.add_argument("protocol", choices=["base2new", "dg", "xd"],
+    p.add_argument("protocol", choices=list(PROTOCOLS),
                    help="base2new: train on base classes, test base and new; dg: domain generalisation; "
                         "xd: cross-dataset transfer")
     _add_config_args(p, config_required=True)
@@ -448,7 +530,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override applied to every run (repeatable)")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("running elsewhere (docs/distributed.md)")
+    g.add_argument("--launcher", choices=["slurm", "local"],
+                   help="submit each run as a job: SLURM through submitit, or local processes")
+    g.add_argument("--shard", metavar="I/N", help="only shard I of N (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID/8")
+    g.add_argument("--partition")
+    g.add_argument("--account")
+    g.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run (> 1: data-parallel; 0: CPU)")
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--time", type=int, default=240, help="minutes per job (default 240)")
+    g.add_argument("--mem-gb", type=float)
+    g.add_argument("--max-parallel", type=int, default=16, help="jobs running at once (default 16)")
+    g.add_argument("--retries", type=int, default=2, help="resubmissions of a failed job (default 2)")
+    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="more #SBATCH options")
+    g.add_argument("--setup", action="append", default=[], metavar="CMD", help="shell line run before each job")
+    g.add_argument("--no-wait", action="store_true", help="SLURM: submit and return (rerun to watch / resubmit)")
+    g.add_argument("--status", action="store_true", help="print the state of the sweep's runs and exit")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("export", help="a learned classifier as one ONNX / TorchScript graph (docs/deploy.md)",
+                       epilog=EPILOG,
+                       description="Image encoder + class text features (+ normalisation) as one graph with the "
+                                   "class names in its metadata; runs without vlprompt or torch (onnxruntime).")
+    p.add_argument("source", nargs="?", help="run folder or prompt file; omit for zero-shot CLIP of --config")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--output", "-o", required=True, help="file to write (.onnx; .pt or .ts for TorchScript)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="tables and plots from a folder of runs",
                        description="Mean ± std tables (Markdown, CSV, JSON) of few-shot runs, protocol results "
@@ -503,14 +611,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except VlpromptError as exc:
         if not getattr(exc, "relayed", False):  # a copy of rank 0's error under torchrun: rank 0 prints it
-            print(f"{_rank_prefix()}error: {user_message(exc)}", file=sys.stderr)
+            print(f"{_rank_prefix()}error: {_capped(user_message(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; finished checkpoints and results are kept (resume with --resume)", file=sys.stderr)
         return 130
+    except OSError as exc:  # a place that cannot be written or read (read-only disk, a file in the way, ...)
+        if exc.filename is None:
+            raise
+        from vlprompt.core.io import write_error
+
+        print(f"{_rank_prefix()}error: {_capped(str(write_error(exc.filename, exc, 'use')))}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:  # errors re-raised from DataLoader workers keep their message
         if "Original Traceback" in str(exc) and "Error" in str(exc).splitlines()[-1]:
-            print(f"error: {user_message(exc)}", file=sys.stderr)
+            print(f"error: {_capped(user_message(exc))}", file=sys.stderr)
             return 2
         raise
 

@@ -1,4 +1,4 @@
-"""Classification metrics: accuracy overall and per class (pure torch)."""
+"""Classification metrics: accuracy overall and per class (pure torch), and the harmonic mean."""
 
 from __future__ import annotations
 
@@ -34,3 +34,9 @@ def accuracy_report(preds: Tensor, labels: Tensor, classnames: list[str]) -> dic
         "n": int(len(labels)),
         "per_class": per_class,
     }
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """H = 2ab / (a + b) of base and new accuracy (CoCoOp's base-to-new metric, Zhou et al., CVPR 2022);
+    0 when both are 0."""
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)

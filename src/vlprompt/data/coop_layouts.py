@@ -3,7 +3,7 @@
 Each reader expects exactly the folder layout of CoOp's ``DATASETS.md`` and reads the data the way
 the matching ``datasets/*.py`` of CoOp does:
 
-* the 8 datasets that ship a ``split_zhou_*.json`` file (Caltech101, OxfordPets, StanfordCars,
+* the 9 datasets that ship a ``split_zhou_*.json`` file (Caltech101, OxfordPets, StanfordCars,
   OxfordFlowers, Food101, SUN397, DescribableTextures, EuroSAT, UCF101) are one generic reader
   (:func:`read_split_zhou`, mirroring ``OxfordPets.read_split``) parameterised by the table
   :data:`SPLIT_JSON_LAYOUTS`;
@@ -119,12 +119,36 @@ def require_file(path: str, what: str, hint: str) -> str:
     return path
 
 
+_REAL_DIRS: dict[str, str] = {}
+
+
+def _real_dir(folder: str) -> str:
+    """``os.path.realpath`` of a folder, memoised (split files list many images per folder)."""
+    real = _REAL_DIRS.get(folder)
+    if real is None:
+        if len(_REAL_DIRS) > 100_000:
+            _REAL_DIRS.clear()
+        real = _REAL_DIRS[folder] = os.path.realpath(folder)
+    return real
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """True if ``path`` lies inside ``folder`` once symbolic links (of both) are resolved."""
+    base = _real_dir(os.path.abspath(folder)).rstrip(os.sep) + os.sep
+    parent, name = os.path.split(os.path.abspath(path))
+    real = os.path.join(_real_dir(parent), name)
+    if os.path.islink(real):
+        real = os.path.realpath(real)
+    return real.startswith(base)
+
+
 def resolve_entry(
     base_dir: str, entry: str, *, allow_outside_root: bool, where: str | Callable[[], str]
 ) -> str:
     """Join the relative path ``entry`` to ``base_dir`` and return the normalised absolute path.
 
-    Absolute entries and entries that leave ``base_dir`` through ``..`` raise DataError unless
+    Absolute entries, entries that leave ``base_dir`` through ``..`` and entries that lead outside it
+    through a symbolic link (checked on the real paths, symlinks resolved) raise DataError unless
     ``allow_outside_root`` (then they are used as they are / as joined). ``where`` (or what it
     returns, if callable) names the entry in error messages.
     """
@@ -136,6 +160,9 @@ def resolve_entry(
         problem = f"path '{entry}' is absolute; paths must be relative to '{base}'"
     elif not full.startswith(base.rstrip(os.sep) + os.sep):
         problem = f"path '{entry}' points outside '{base}' (through '..'); move the image under that folder"
+    elif not is_inside(full, base):
+        problem = (f"path '{entry}' leads outside '{base}' through a symbolic link (to '{os.path.realpath(full)}'); "
+                   "move the image under that folder")
     else:
         return full
     where = where if isinstance(where, str) else where()

@@ -258,3 +258,54 @@ def load_fewshot_json(path: str | os.PathLike[str]) -> tuple[list[Datum], list[D
     val = _load_items(data.get("val", []), "val", path, classnames)
     meta = {k: data.get(k) for k in ("format", "version", "dataset", "shots", "seed", "classnames")}
     return train, val, meta
+
+
+# --------------------------------------------------------------------------------------------
+# Confinement of split-file entries
+# --------------------------------------------------------------------------------------------
+
+
+def check_split_file_entries(
+    train: Sequence[Datum],
+    val: Sequence[Datum],
+    splits: DatasetSplits,
+    *,
+    root: str | None,
+    allow_outside_root: bool = False,
+    source: str | os.PathLike[str] = "few-shot file",
+) -> None:
+    """Refuse a few-shot / pseudo-label file whose entries leave the dataset or leak test images.
+
+    Called when a split file is loaded (``data.fewshot_file`` or a run's ``fewshot.json``):
+
+    * an entry that is not one of the dataset's own images must lie inside ``data.root`` once
+      symbolic links are resolved (``root`` None: it must be one of the dataset's images), unless
+      ``allow_outside_root`` (``data.options.allow_outside_root``, the explicit escape hatch);
+    * a training entry may never be an image of the test split (nor a validation entry, unless the
+      dataset itself lists it as validation, as ImageNet's reader does), whatever the options.
+    """
+    from vlprompt.data.coop_layouts import is_inside
+
+    own_train = {d.path for d in splits.train}
+    own_val = {d.path for d in splits.val}
+    test_paths = {d.path for d in splits.test}
+    unknown = [d for d in (*train, *val) if d.path not in own_train and d.path not in own_val]
+    real_test: set[str] = set()
+    if unknown:  # compare real paths too: a symlink or '..' spelling of a test image is still that image
+        real_test = {os.path.realpath(p) for p in test_paths if "://" not in p}
+    for key, items, allowed in (("train", train, own_train), ("val", val, own_train | own_val)):
+        for i, d in enumerate(items):
+            where = f"few-shot file '{source}', '{key}' entry #{i} '{d.path}'"
+            if d.path in allowed:
+                continue
+            if d.path in test_paths or ("://" not in d.path and os.path.realpath(d.path) in real_test):
+                raise DataError(f"{where} is an image of the test split; test images may never be used for "
+                                "training (test leakage). Remove it from the file or sample the split again.")
+            if allow_outside_root or d.path in own_val:
+                continue
+            if root is None:
+                raise DataError(f"{where} is not an image of dataset '{splits.name}' and data.root is not set; "
+                                "use the dataset's images (or set data.options.allow_outside_root: true).")
+            if not is_inside(d.path, root):
+                raise DataError(f"{where} lies outside data.root '{root}' (symbolic links resolved); move the image "
+                                "under data.root or set data.options.allow_outside_root: true.")

@@ -18,7 +18,7 @@ from typing import Any
 
 from vlprompt.config import DataConfig
 from vlprompt.core.errors import DataError
-from vlprompt.data.fewshot import load_fewshot_json, make_fewshot, save_fewshot_json
+from vlprompt.data.fewshot import check_split_file_entries, load_fewshot_json, make_fewshot, save_fewshot_json
 from vlprompt.data.reference_fewshot import VAL_IS_TEST, make_fewshot_reference, resolve_sampler
 from vlprompt.data.reference_splits import is_pickle_file, load_reference_fewshot
 from vlprompt.data.registry import build_dataset
@@ -126,6 +126,8 @@ def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None
         source = Path(cfg.fewshot_file)
     if source is not None:
         train, val = read_fewshot_file(source, full, splits, cfg.subsample_classes)
+        check_split_file_entries(train, val, splits, root=cfg.root, source=source,
+                                 allow_outside_root=bool(cfg.options.get("allow_outside_root", False)))
     else:
         sampled = fewshot_splits(full, shots=None if cfg.shots == -1 else cfg.shots, seed=seed,
                                  sampler=cfg.fewshot_sampler, subsample=cfg.subsample_classes)

@@ -7,11 +7,19 @@
   tensors and RNG states, plus JSON metadata (epoch, optimiser hyper-parameters, python RNG).
 
 Both are written atomically (:mod:`vlprompt.core.io`); loading never unpickles anything.
+
+Integrity: every file's header also holds ``vlprompt_sha256``, the SHA-256 of its tensors
+(:func:`tensor_checksum`: name, dtype, shape and raw bytes of each tensor, in name order). Reading
+recomputes it, so a flipped byte inside the tensor data (which safetensors itself cannot notice) is
+an error: a resumed run falls back to the previous checkpoint, ``predict`` / ``eval`` refuse the
+file. Learned tensors holding NaN / Inf are refused on reading and never written. Files written
+before checksums existed (no ``vlprompt_sha256``) are still read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import re
@@ -23,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from vlprompt.core.errors import CheckpointError
+from vlprompt.core.errors import CheckpointError, VlpromptError
 from vlprompt.core.io import atomic_write_bytes, atomic_write_json
 
 PROMPT_FORMAT = "vlprompt-prompt"
@@ -32,15 +40,35 @@ FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------- low level
+CHECKSUM_KEY = "vlprompt_sha256"
+
+
+def tensor_checksum(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 (hex) of ``tensors``: each tensor's name, dtype, shape and raw bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def non_finite(tensors: dict[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or Inf."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Atomically write ``tensors`` with ``meta`` (JSON) in the header under key ``vlprompt``."""
+    """Atomically write ``tensors`` with ``meta`` (JSON) in the header under key ``vlprompt`` and the
+    tensors' checksum under ``vlprompt_sha256``."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    data = st_save(tensors, metadata={"vlprompt": json.dumps(meta)})
+    data = st_save(tensors, metadata={"vlprompt": json.dumps(meta), CHECKSUM_KEY: tensor_checksum(tensors)})
     atomic_write_bytes(path, data)
 
 
 def read_safetensors(path: str | Path, *, what: str = "file") -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read tensors and the ``vlprompt`` JSON metadata; any corruption -> :class:`CheckpointError`."""
+    """Read tensors and the ``vlprompt`` JSON metadata, verifying the checksum; any corruption ->
+    :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} '{path}' does not exist")
@@ -56,6 +84,12 @@ def read_safetensors(path: str | Path, *, what: str = "file") -> tuple[dict[str,
         meta = json.loads(header.get("vlprompt", "{}"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{what} '{path}' has corrupted metadata: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{what} '{path}' has corrupted metadata: not a JSON object")
+    expected = header.get(CHECKSUM_KEY)
+    if expected is not None and tensor_checksum(tensors) != expected:
+        raise CheckpointError(f"{what} '{path}' is corrupted: its tensors do not match their checksum "
+                              f"(SHA-256 in the file's metadata); the file was damaged after it was written.")
     return tensors, meta
 
 
@@ -91,7 +125,12 @@ def save_prompt(path: str | Path, method: Any, extra: dict[str, Any] | None = No
     """Save ``method``'s learned tensors + metadata to ``path`` (.safetensors) and a ``.json`` sidecar."""
     path = Path(path)
     meta = prompt_metadata(method, extra)
-    write_safetensors(path, method.learned_state(), meta)
+    tensors = method.learned_state()
+    bad = non_finite(tensors)
+    if bad:
+        raise CheckpointError(f"not writing prompt file '{path}': the learned tensors {', '.join(bad)} hold "
+                              "non-finite values (NaN / Inf); lower optim.lr or use train.precision=fp32.")
+    write_safetensors(path, tensors, meta)
     atomic_write_json(path.with_suffix(".json"), meta)
     return path
 
@@ -101,7 +140,29 @@ def read_prompt(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     path = Path(path)
     tensors, meta = read_safetensors(path, what="prompt file")
     _check_format(meta, PROMPT_FORMAT, path, "prompt file")
+    _check_prompt_metadata(meta, path)
+    bad = non_finite(tensors)
+    if bad:
+        raise CheckpointError(f"prompt file '{path}' holds non-finite values (NaN / Inf) in {', '.join(bad)}; "
+                              "it cannot give meaningful predictions. Train it again (a lower optim.lr).")
     return tensors, meta
+
+
+def _check_prompt_metadata(meta: dict[str, Any], path: Path) -> None:
+    """The fields :func:`load_prompt` relies on, with their types; else one clear error."""
+    problems = []
+    if not isinstance(meta.get("method"), str) or not meta.get("method"):
+        problems.append("'method' must name the method (e.g. \"coop\")")
+    if not isinstance(meta.get("backbone"), dict):
+        problems.append("'backbone' must be a mapping (model, pretrained, embed_dim, text_width)")
+    names = meta.get("classnames")
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        problems.append("'classnames' must be a non-empty list of class names")
+    if not isinstance(meta.get("config", {}), dict):
+        problems.append("'config' must be a mapping of method options")
+    if problems:
+        raise CheckpointError(f"prompt file '{path}' has damaged metadata: {'; '.join(problems)}. "
+                              "Use a prompt file written by `vlprompt train` or `vlprompt import-coop`.")
 
 
 def check_backbone_matches(meta: dict[str, Any], backbone: Any, path: str | Path) -> None:
@@ -117,13 +178,24 @@ def check_backbone_matches(meta: dict[str, Any], backbone: Any, path: str | Path
         )
 
 
+def _is_class_specific(meta: dict[str, Any]) -> bool:
+    """Whether the prompt in ``meta`` holds per-class tensors (asked of its method; False if unknown)."""
+    from vlprompt.methods.registry import get_method, make_method_config
+
+    try:
+        entry = get_method(str(meta.get("method")))
+        return entry.model_cls.is_class_specific(make_method_config(entry.name, dict(meta.get("config") or {})))
+    except (VlpromptError, TypeError, ValueError, AttributeError):
+        return False
+
+
 def check_classnames_match(meta: dict[str, Any], classnames: list[str], path: str | Path,
                            *, allow_new_classes: bool) -> None:
     """Refuse a prompt learned for another class list unless transfer to new classes is allowed."""
     saved = list(meta.get("classnames", []))
     if saved == list(classnames):
         return
-    class_specific = bool(meta.get("config", {}).get("csc", False))
+    class_specific = _is_class_specific(meta)
     if allow_new_classes and not class_specific:
         return
     first = next((i for i, (a, b) in enumerate(zip(saved, classnames)) if a != b), min(len(saved), len(classnames)))
@@ -191,9 +263,19 @@ def save_training_state(
     Tensors: ``model.<name>`` learned tensors, ``optim.<i>.<key>`` optimiser state, ``rng.torch``
     (+ ``rng.cuda.<i>``). Metadata: epoch, optimiser param groups, python RNG state, ``extra``.
     Older checkpoints beyond the ``keep`` most recent are removed after the new one is safe.
+    Learned tensors holding NaN / Inf are never written: the error keeps the previous checkpoint as
+    the newest one, so ``--resume`` (e.g. with a lower learning rate) starts from good weights.
     """
     folder = Path(folder)
     tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in method.learned_state().items()}
+    bad = non_finite(tensors)
+    if bad:
+        raise VlpromptError(
+            f"the learned tensors became non-finite (NaN / Inf in {', '.join(k[len('model.'):] for k in bad)}) at "
+            f"epoch {epoch + 1}; training stopped and no checkpoint of this epoch was written (the last good one "
+            "is kept). Likely cause: learning rate too high (optim.lr); resume with a lower one: --resume "
+            "--set optim.lr=..."
+        )
     opt_state = optimizer.state_dict()
     scalar_state: dict[str, dict[str, Any]] = {}
     for idx, state in opt_state["state"].items():
@@ -237,12 +319,61 @@ def load_latest_training_state(folder: str | Path, log: Any = None) -> tuple[dic
     """Newest readable checkpoint in ``folder`` (falling back past corrupted ones), or None."""
     for path in reversed(list_checkpoints(folder)):
         try:
-            tensors, meta = read_safetensors(path, what="checkpoint")
-            _check_format(meta, CKPT_FORMAT, path, "checkpoint")
-            return tensors, meta
+            return _read_checkpoint(path)
         except CheckpointError as exc:
             if log is not None:
                 log(f"warning: skipping unusable checkpoint: {exc}")
+    return None
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read and check one training checkpoint (checksum, format, finite tensors, metadata types)."""
+    tensors, meta = read_safetensors(path, what="checkpoint")
+    _check_format(meta, CKPT_FORMAT, path, "checkpoint")
+    bad = non_finite({k: v for k, v in tensors.items() if not k.startswith("rng.")})
+    if bad:
+        raise CheckpointError(f"checkpoint '{path}' holds non-finite values (NaN / Inf) in {', '.join(bad)}")
+    epoch, groups, py = meta.get("epoch"), meta.get("param_groups"), meta.get("rng_python")
+    if (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0
+            or not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups)
+            or not isinstance(meta.get("optim_scalars", {}), dict) or not isinstance(meta.get("history", []), list)
+            or not (isinstance(py, list) and len(py) == 3 and isinstance(py[1], list))
+            or "rng.torch" not in tensors):
+        raise CheckpointError(f"checkpoint '{path}' has damaged metadata (epoch, param_groups, optim_scalars, "
+                              "history, rng_python or rng.torch missing or of the wrong type)")
+    return tensors, meta
+
+
+def resume_training_state(
+    folder: str | Path, method: Any, optimizer: torch.optim.Optimizer, log: Any = None
+) -> tuple[int, dict[str, Any]] | None:
+    """Restore the newest checkpoint of ``folder`` that reads, verifies and fits ``method`` / ``optimizer``.
+
+    Checkpoints are tried newest first; one that cannot be read (truncated, checksum mismatch), has
+    damaged metadata, non-finite tensors or tensors of another shape is skipped with a warning
+    (``log``) and the previous one is tried. Returns ``(next epoch, metadata)``, or None (nothing
+    restored: ``method``, ``optimizer`` and the RNGs are as they were) when no checkpoint is usable.
+    """
+    import copy
+
+    snapshot = ({k: v.detach().clone() for k, v in method.learned_state().items()},
+                copy.deepcopy(optimizer.state_dict()), torch.get_rng_state(), random.getstate(),
+                torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            tensors, meta = _read_checkpoint(path)
+            return restore_training_state(tensors, meta, method, optimizer), meta
+        except (CheckpointError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+            if log is not None:
+                detail = exc if isinstance(exc, CheckpointError) else f"'{path}' does not fit this run ({exc})"
+                log(f"warning: skipping unusable checkpoint: {detail}")
+            learned, opt_state, rng, py, cuda = snapshot
+            method.load_learned_state(learned)
+            optimizer.load_state_dict(copy.deepcopy(opt_state))
+            torch.set_rng_state(rng)
+            random.setstate(py)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
     return None
 
 
@@ -251,10 +382,14 @@ def restore_training_state(
 ) -> int:
     """Load a checkpoint into ``method`` / ``optimizer`` and the RNGs; return the next epoch to run."""
     method.load_learned_state({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, idx, name = key.split(".", 2)
+            if value.dim() and tuple(value.shape) != tuple(params[int(idx)].shape):
+                raise ValueError(f"optimiser state '{key}' has shape {tuple(value.shape)}, expected "
+                                 f"{tuple(params[int(idx)].shape)}")
             state.setdefault(int(idx), {})[name] = value
     for idx, scalars in meta.get("optim_scalars", {}).items():
         state.setdefault(int(idx), {}).update(scalars)

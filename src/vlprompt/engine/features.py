@@ -9,6 +9,8 @@ equals encoding every batch (up to float rounding of batched matmuls); it is the
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,43 @@ from vlprompt.engine.distributed import SINGLE, DistContext, GlobalBatchSampler
 #: Upper bound on cached images per backbone (ImageNet's 1.3M train images would not all be kept).
 MAX_CACHED = 400_000
 
+logger = logging.getLogger("vlprompt.features")
+_CONTENT_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+_WARNED: set[str] = set()
 
-def _cache_of(owner: Any) -> dict[tuple[str, str], Tensor] | None:
+
+def content_key(path: str) -> str:
+    """What a cached feature of image ``path`` depends on: the SHA-256 of the file's content.
+
+    The hash is memoised per process by (path, size, mtime, ctime, inode), so a file is read once
+    per process unless it changes (replacing or rewriting a file changes its ctime, which no tool can
+    set back). A path that is not a file (a generated ``world://`` image, whose key determines it)
+    gives ``"-"``.
+    """
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return "-"
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    digest = _CONTENT_HASHES.get(key)
+    if digest is None:
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            return "-"  # unreadable: the image loader reports it
+        _CONTENT_HASHES[key] = digest
+    return digest
+
+
+def _warn_once(path: Path, problem: str) -> None:
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        logger.warning(f"warning: feature cache entry '{path}' is unusable ({problem}); encoding the images again "
+                       "and replacing it")
+
+
+def _cache_of(owner: Any) -> dict[tuple[str, str, str], Tensor] | None:
     """The feature cache living on ``owner`` (a backbone): it dies with the backbone, never goes stale."""
     if owner is None:
         return None
@@ -55,11 +92,13 @@ def encode_items(
     """Features ``encode(images)`` (``[N, E]``, or ``[N, 1 + P, E]`` with local features; fp32) and labels ``[N]``.
 
     With ``cache_owner`` (the frozen backbone) each image is encoded once per process: features are
-    kept on the backbone, keyed by ``cache_kind`` (what ``encode`` returns), the transform and the
-    image path, and later calls (other seeds, shot counts, methods, evaluations) reuse them. Only
-    deterministic (evaluation) transforms may be cached. With ``disk_dir`` as well, the features of
-    the whole list are also stored on disk (safetensors, keyed by backbone name / tag, feature kind,
-    transform and the image paths) and reused by later processes.
+    kept on the backbone, keyed by ``cache_kind`` (what ``encode`` returns), the transform, the
+    image path and the SHA-256 of the image file's content (:func:`content_key`), and later calls
+    (other seeds, shot counts, methods, evaluations) reuse them. Only deterministic (evaluation)
+    transforms may be cached. With ``disk_dir`` as well, the features of the whole list are also
+    stored on disk (safetensors with a checksum, keyed by backbone name / tag, feature kind,
+    transform and each image's path and content hash) and reused by later processes; an entry that
+    cannot be read or verified is treated as missing (encoded again, one warning).
 
     The caller's RNG state is left untouched (a DataLoader draws a seed from it), so training with
     cached features shuffles exactly as training on images does.
@@ -70,39 +109,62 @@ def encode_items(
     cache = _cache_of(cache_owner)
     amp = any(torch.is_autocast_enabled(t) for t in ("cpu", "cuda"))  # bf16 features never serve fp32 runs
     kind = f"{cache_kind}|amp={amp}|{transform!r}"
+    keys = [content_key(d.path) for d in items]
     disk_file = None
     if disk_dir is not None and cache_owner is not None:
+        from vlprompt.core.io import ensure_dir
+
+        ensure_dir(disk_dir, "feature cache folder (option data.feature_cache_dir)")
         info = getattr(cache_owner, "info", None)
         ident = f"{info.model}|{info.pretrained}" if info is not None else type(cache_owner).__name__
-        digest = hashlib.sha256("\n".join([ident, kind, *(d.path for d in items)]).encode()).hexdigest()[:32]
+        lines = [ident, kind, *(f"{d.path}\t{k}" for d, k in zip(items, keys))]
+        digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
         disk_file = Path(disk_dir) / f"features-{digest}.safetensors"
         if disk_file.is_file():
-            from safetensors.torch import load_file
-
-            feats = load_file(str(disk_file))["features"]
-            device = getattr(cache_owner, "device", feats.device)
-            return feats.to(device), labels.to(device)
-    missing = [d for d in items if cache is None or (kind, d.path) not in cache]
+            feats = _read_disk_entry(disk_file, len(items))
+            if feats is not None:
+                device = getattr(cache_owner, "device", feats.device)
+                return feats.to(device), labels.to(device)
+    missing = [(d, k) for d, k in zip(items, keys) if cache is None or (kind, d.path, k) not in cache]
     fresh = None
     if missing:
         with torch.random.fork_rng(devices=[]):
-            fresh = _encode(encode, missing, loader, transform, batch_size, num_workers, progress, desc)
+            fresh = _encode(encode, [d for d, _ in missing], loader, transform, batch_size, num_workers, progress,
+                            desc)
     if cache is None:
         assert fresh is not None
         return fresh, labels.to(fresh.device)
     if fresh is not None:
         if len(cache) + len(missing) > MAX_CACHED:  # too big to keep: answer without caching
-            by_path = dict(zip((d.path for d in missing), fresh))
-            feats = torch.stack([by_path[d.path] if d.path in by_path else cache[(kind, d.path)] for d in items])
+            by_key = {(d.path, k): f for (d, k), f in zip(missing, fresh)}
+            feats = torch.stack([by_key[(d.path, k)] if (d.path, k) in by_key else cache[(kind, d.path, k)]
+                                 for d, k in zip(items, keys)])
             return feats, labels.to(feats.device)
-        for d, f in zip(missing, fresh):
-            cache[(kind, d.path)] = f
-    feats = torch.stack([cache[(kind, d.path)] for d in items])
+        for (d, k), f in zip(missing, fresh):
+            cache[(kind, d.path, k)] = f
+    feats = torch.stack([cache[(kind, d.path, k)] for d, k in zip(items, keys)])
     if disk_file is not None:
         from vlprompt.engine.checkpoint import write_safetensors
 
         write_safetensors(disk_file, {"features": feats}, {"kind": kind, "n": len(items)})
     return feats, labels.to(feats.device)
+
+
+def _read_disk_entry(path: Path, n: int) -> Tensor | None:
+    """The features stored in ``path`` (checksum verified), or None (with one warning) if unusable."""
+    from vlprompt.core.errors import CheckpointError
+    from vlprompt.engine.checkpoint import read_safetensors
+
+    try:
+        tensors, _ = read_safetensors(path, what="feature cache entry")
+    except CheckpointError as exc:
+        _warn_once(path, str(exc).split("; ")[0])
+        return None
+    feats = tensors.get("features")
+    if feats is None or feats.shape[0] != n or not bool(torch.isfinite(feats).all()):
+        _warn_once(path, "wrong content")
+        return None
+    return feats
 
 
 @torch.no_grad()

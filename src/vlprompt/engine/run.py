@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -14,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vlprompt.core.errors import ConfigError, VlpromptError
+from vlprompt.core.io import ensure_dir, write_error
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,32 @@ class RunPaths:
         return self.root / ".lock"
 
 
+#: File descriptors of the run locks this process holds: closed in every forked child.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_held_locks_in_child() -> None:
+    """After ``fork`` (DataLoader workers, multiprocessing): drop the child's copies of the lock descriptors.
+
+    ``flock`` locks belong to the open file description, which a forked child shares; a worker that
+    outlives a SIGKILLed parent by a few seconds would otherwise keep the run locked.
+    """
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
 class RunLock:
     """Exclusive lock on a run folder so two processes never write the same run.
 
-    Uses ``fcntl.flock`` on ``.lock`` (released automatically if the process dies).
+    Uses ``fcntl.flock`` on ``.lock``, released automatically when the process dies: the descriptor is
+    not inherited by programs it starts (close-on-exec) and is closed in forked children (DataLoader
+    workers), so only this process holds it.
     """
 
     def __init__(self, path: Path) -> None:
@@ -70,8 +94,11 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        ensure_dir(self.path.parent, "run folder")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise write_error(self.path, exc, "create the run lock") from exc
         try:
             import fcntl
 
@@ -84,13 +111,16 @@ class RunLock:
                 f"run folder '{self.path.parent}' is in use by another vlprompt process; wait for it to "
                 "finish or choose another train.output_dir."
             ) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        _HELD_LOCKS.add(fd)
         self._fd = fd
+        with contextlib.suppress(OSError):  # the pid is only informative
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._fd is not None:
+            _HELD_LOCKS.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 
@@ -107,8 +137,11 @@ def make_logger(path: Path | None, *, console: bool = True, name: str = "vlpromp
     logger.propagate = False
     logger.setLevel(logging.INFO)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(path, encoding="utf-8")
+        ensure_dir(path.parent)
+        try:
+            fh = logging.FileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            raise write_error(path, exc) from exc
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(fh)
     if console:
@@ -133,16 +166,16 @@ def close_logger(logger: logging.Logger) -> None:
         logger.removeHandler(handler)
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; otherwise ``torch.device(spec)`` (checked)."""
+def resolve_device(spec: str, option: str = "option train.device") -> torch.device:
+    """``auto`` -> cuda if available else cpu; otherwise ``torch.device(spec)`` (checked); errors name ``option``."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
-    except RuntimeError as exc:
-        raise ConfigError(f"option train.device: invalid device '{spec}' (use auto, cpu, cuda, cuda:0)") from exc
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{option}: invalid device '{spec}' (use auto, cpu, cuda, cuda:0)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"option train.device is '{spec}' but no CUDA GPU is available; use cpu or auto")
+        raise ConfigError(f"{option} is '{spec}' but no CUDA GPU is available; use cpu or auto")
     return device
 
 

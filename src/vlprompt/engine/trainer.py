@@ -23,28 +23,27 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vlprompt.backbones.build import build_backbone
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.config import ExperimentConfig, config_from_dict
-from vlprompt.core.errors import ConfigError, VlpromptError
-from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict, read_yaml
+from vlprompt.core.errors import ConfigError, DataError, VlpromptError, user_message
+from vlprompt.core.io import atomic_write_json, atomic_write_text, ensure_dir
+from vlprompt.core.results import RunResult, read_result, write_result
 from vlprompt.core.tables import accuracy_table
 from vlprompt.data.loading import ImageDataset
 from vlprompt.data.pipeline import PreparedData, prepare_data
 from vlprompt.engine.checkpoint import (
     list_checkpoints,
-    load_latest_training_state,
-    restore_training_state,
+    resume_training_state,
     save_prompt,
     save_training_state,
 )
@@ -74,8 +73,14 @@ from vlprompt.engine.run import (
 from vlprompt.methods.base import PromptMethod
 from vlprompt.methods.registry import build_method, get_method
 
-#: Config parts that must not change between a run and its resumption.
+#: Config parts that must not change between a run and its resumption ...
 _RESUME_KEYS = ("method", "backbone", "data", "optim")
+#: ... except these, which a user changes to recover a run (a NaN stop: lower the learning rate) or to
+#: train it longer / shorter; the log says what changed.
+_RESUME_MAY_CHANGE = ("optim.lr", "optim.max_epoch")
+#: Options that say where files go, not what is computed: they may differ on resumption (a sweep's
+#: launcher points every run at a shared feature cache); not even logged.
+_RESUME_LOCATIONS = ("data.feature_cache_dir",)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -85,8 +90,18 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _check_run_folder(paths: RunPaths, cfg: ExperimentConfig, resume: bool) -> None:
-    """Never overwrite a finished or half-finished run unless asked to resume it."""
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_run_folder(paths: RunPaths, cfg: ExperimentConfig, resume: bool) -> list[str]:
+    """Never overwrite a finished or half-finished run unless asked to resume it; returns the notes
+    ("optim.lr changed from ... to ...") of the options a resumption may change."""
     finished = paths.metrics.exists()
     started = bool(list_checkpoints(paths.checkpoints))
     if not resume and (finished or started):
@@ -95,17 +110,38 @@ def _check_run_folder(paths: RunPaths, cfg: ExperimentConfig, resume: bool) -> N
             f"run folder '{paths.root}' already holds {state}; pass --resume to continue it, or choose "
             "another folder (option train.output_dir / --output-dir). Nothing was changed."
         )
-    if resume and paths.config.exists():
-        saved = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
-        now = cfg.as_dict()
-        diffs = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
-        if saved.get("train", {}).get("seed") != cfg.train.seed:
-            diffs.append("train.seed")
-        if diffs:
-            raise VlpromptError(
-                f"cannot resume '{paths.root}': its config differs in {', '.join(diffs)}. Resume with the "
-                f"same config ({paths.config}) or start a new run in another folder."
-            )
+    if not (resume and paths.config.exists()):
+        return []
+    saved = read_yaml(paths.config)
+    if not isinstance(saved, dict):
+        raise ConfigError(f"cannot resume '{paths.root}': its config file '{paths.config}' is damaged (not a "
+                          "mapping of sections); restore it or start a new run in another folder.")
+    now = cfg.as_dict()
+    before = _flatten({k: saved.get(k) for k in _RESUME_KEYS})
+    after = _flatten({k: now.get(k) for k in _RESUME_KEYS})
+    changed = sorted(k for k in set(before) | set(after)
+                     if before.get(k, "<unset>") != after.get(k, "<unset>") and k not in _RESUME_LOCATIONS)
+    saved_train = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+    if saved_train.get("seed") != cfg.train.seed:
+        changed.append("train.seed")
+    fixed = [k for k in changed if k not in _RESUME_MAY_CHANGE]
+    if fixed:
+        shown = ", ".join(fixed[:6]) + (f" and {len(fixed) - 6} more" if len(fixed) > 6 else "")
+        raise VlpromptError(
+            f"cannot resume '{paths.root}': its config differs in {shown}. Resume with the same config "
+            f"({paths.config}; only {' and '.join(_RESUME_MAY_CHANGE)} may change) or start a new run in another "
+            "folder."
+        )
+    return [f"{k} changed from {before.get(k)} to {after.get(k)}" for k in changed]
+
+
+def _read_finished_metrics(paths: RunPaths) -> dict[str, Any] | None:
+    """The metrics of a finished run, or None when ``metrics.json`` is unreadable / not a run's metrics
+    (the run is then finished again from its checkpoints, which rewrites it)."""
+    try:
+        return read_result(paths.metrics, RunResult).to_dict()
+    except DataError:
+        return None
 
 
 def build_training_method(cfg: ExperimentConfig, backbone: OpenClipBackbone, classnames: list[str]) -> PromptMethod:
@@ -132,29 +168,39 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: OpenClipBack
     ctx, device = init_distributed(resolve_device(cfg.train.device), timeout_min=cfg.train.dist_timeout_min)
     main_only(ctx, lambda: check_batch_size(ctx, cfg.optim.batch_size))  # before anything is written
     with contextlib.ExitStack() as stack:
-        finished = main_only(ctx, lambda: _open_run(paths, cfg, resume, stack))
+        finished, notes = main_only(ctx, lambda: _open_run(paths, cfg, resume, stack))
         if finished is not None:
             return finished
         console = cfg.train.progress and cfg.train.console_log
         log = make_logger(paths.log, console=console) if ctx.is_main else quiet_logger(ctx.rank)
+        for note in notes:
+            log.warning(note)
         try:
             return _train(cfg, paths, resume, backbone, log, ctx, device)
+        except VlpromptError as exc:
+            if ctx.is_main and not list_checkpoints(paths.checkpoints) and not paths.metrics.exists():
+                exc.args = (f"{user_message(exc)} (Run folder '{paths.root}' holds no checkpoint yet, only its config "
+                            "and log; the same command starts it afresh.)",)
+            raise
         finally:
             close_logger(log)
 
 
-def _open_run(paths: RunPaths, cfg: ExperimentConfig, resume: bool, stack: contextlib.ExitStack) -> dict | None:
+def _open_run(paths: RunPaths, cfg: ExperimentConfig, resume: bool,
+              stack: contextlib.ExitStack) -> tuple[dict | None, list[str]]:
     """Check and lock the run folder (held until ``stack`` closes), save the config; the metrics of an
-    already finished run being resumed, else None. Rank 0 only."""
-    _check_run_folder(paths, cfg, resume)
-    paths.root.mkdir(parents=True, exist_ok=True)
+    already finished run being resumed (else None) and notes on changed options. Rank 0 only."""
+    notes = _check_run_folder(paths, cfg, resume)
+    ensure_dir(paths.root, "run folder (option train.output_dir)")
     stack.enter_context(RunLock(paths.lock))
     if resume and paths.metrics.exists():
-        import json
-
-        return json.loads(paths.metrics.read_text(encoding="utf-8"))
+        metrics = _read_finished_metrics(paths)
+        if metrics is not None:
+            return metrics, []
+        notes.append(f"warning: '{paths.metrics}' is unreadable or not a run's metrics; finishing the run again "
+                     "from its checkpoints")
     atomic_write_text(paths.config, cfg.to_yaml())
-    return None
+    return None, notes
 
 
 def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenClipBackbone | None,
@@ -186,11 +232,10 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
 
     start_epoch, history = 0, []
     if resume:  # every rank reads the same newest good checkpoint (rank 0's RNG states)
-        state = load_latest_training_state(paths.checkpoints, log=log.warning)
+        state = resume_training_state(paths.checkpoints, method, optimizer, log=log.warning)
         if state is not None:
-            tensors, meta = state
-            start_epoch = restore_training_state(tensors, meta, method, optimizer)
-            history = list(meta.get("history", []))
+            start_epoch, meta = state
+            history = list(meta.get("history", []))[:start_epoch]
             log.info(f"resumed from epoch {start_epoch} ({len(history)} epochs done)")
 
     train_loader = _train_loader(method, data, backbone, cfg, device, ctx, progress)
@@ -235,20 +280,10 @@ def _finish(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone
     log.info("evaluating on the test split")
     test = _evaluate_split(method, data, data.splits.test, backbone, cfg, device, "test")
     val_report = _evaluate_split(method, data, data.val, backbone, cfg, device, "val") if data.val else None
-    metrics = {
-        "method": cfg.method.name,
-        "dataset": cfg.data.dataset,
-        "shots": cfg.data.shots,
-        "seed": cfg.train.seed,
-        "backbone": backbone.info.as_dict(),
-        "epochs": max_epoch,
-        "train_time_s": train_time,
-        "skipped_images": len(data.skipped),
-        "test": test,
-        "val": val_report,
-        "history": history,
-    }
-    atomic_write_json(paths.metrics, metrics)
+    metrics = write_result(paths.metrics, RunResult(
+        method=cfg.method.name, dataset=cfg.data.dataset, shots=cfg.data.shots, seed=cfg.train.seed,
+        backbone=backbone.info.as_dict(), epochs=max_epoch, train_time_s=train_time,
+        skipped_images=len(data.skipped), test=test, val=val_report, history=history))
     table = accuracy_table(test, title=f"{cfg.method.name} on {cfg.data.dataset} ({cfg.data.shots} shots, "
                                          f"seed {cfg.train.seed}) - test")
     atomic_write_text(paths.results_table, table)
@@ -364,9 +399,15 @@ def _tensorboard(paths: RunPaths, cfg: ExperimentConfig, start_epoch: int) -> An
     return SummaryWriter(str(paths.tensorboard), purge_step=start_epoch + 1 if start_epoch else None)
 
 
-def load_run_config(run_dir: str | Path) -> ExperimentConfig:
-    """The resolved config saved in a run folder."""
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The resolved config saved in a run folder (its ``output_dir`` = the folder), with ``--set`` overrides."""
     paths = RunPaths(Path(run_dir))
     if not paths.config.exists():
-        raise VlpromptError(f"'{run_dir}' is not a vlprompt run folder (no config.yaml)")
-    return config_from_dict(yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {})
+        raise VlpromptError(f"'{run_dir}' is not a vlprompt run folder (no config.yaml); "
+                            "pass a run folder made by `vlprompt train`, or --config and --prompt")
+    raw = read_yaml(paths.config)
+    if not isinstance(raw, dict) or not isinstance(raw.get("train", {}), dict):
+        raise ConfigError(f"config file '{paths.config}' of run '{run_dir}' is damaged (not a mapping of "
+                          "sections); restore it, or pass --config and --prompt")
+    raw.setdefault("train", {})["output_dir"] = str(paths.root)
+    return config_from_dict(apply_overrides(raw, list(overrides)))

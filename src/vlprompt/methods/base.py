@@ -45,6 +45,12 @@ class PromptMethod(nn.Module):
     def n_cls(self) -> int:
         return len(self.classnames)
 
+    @classmethod
+    def is_class_specific(cls, config: Any) -> bool:
+        """True when the learned state holds one tensor per class (CoOp's CSC): such a prompt only fits its
+        own class list and cannot transfer to new classes."""
+        return False
+
     # -------------------------------------------------------------- learned state
     def learned_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """(name, parameter) of everything the method learns; never the backbone's."""

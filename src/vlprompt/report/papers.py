@@ -132,21 +132,22 @@ def select_papers(entries: Sequence[PaperEntry], papers: Iterable[str]) -> list[
 
 
 def find_entry(entries: Sequence[PaperEntry], setting: str, method: str, dataset: str, backbone: str, *,
-               shots: int | None = None, score: str | None = None, id_dataset: str | None = None
-               ) -> PaperEntry | None:
+               shots: int | None = None, score: str | None = None, id_dataset: str | None = None,
+               training_free: bool = False) -> PaperEntry | None:
     """The entry for (setting, method, dataset), preferring the same backbone; None when there is none.
 
     ``score`` / ``id_dataset`` (OOD) must be equal when given. ``shots`` must be equal when both sides
-    know it (zero-shot rows match any shot count); when the run's shots are unknown and the paper lists
-    several shot counts, there is no single counterpart and the answer is None. Among entries of one
-    paper row and its variants (UPL and UPL*), the one named like the method is preferred.
+    know it (``training_free``: the method learns nothing, e.g. zero-shot CLIP, so its rows match any
+    shot count); when the run's shots are unknown and the paper lists several shot counts, there is no
+    single counterpart and the answer is None. Among entries of one paper row and its variants (UPL and
+    UPL*), the one named like the method is preferred.
     """
     matches = [e for e in entries if (e.setting, e.method, e.dataset) == (setting, method, dataset)
                and (score is None or e.score == score) and (id_dataset is None or e.id_dataset == id_dataset)
-               and (shots is None or e.shots is None or e.shots == shots or method == "zeroshot")]
+               and (shots is None or e.shots is None or e.shots == shots or training_free)]
     same = [e for e in matches if normalize_backbone(e.backbone) == normalize_backbone(backbone)]
     pool = same or matches
-    if shots is None and method != "zeroshot" and len({e.shots for e in pool}) > 1:
+    if shots is None and not training_free and len({e.shots for e in pool}) > 1:
         return None
     named = [e for e in pool if e.paper_method.lower() == method.lower()]
     return (named or pool or [None])[0]
@@ -155,3 +156,16 @@ def find_entry(entries: Sequence[PaperEntry], setting: str, method: str, dataset
 def averaged_datasets(entries: Sequence[PaperEntry], ref: PaperEntry) -> set[str]:
     """The datasets (OOD sets) a paper's ``average`` row ``ref`` averages over: its other rows in the same table."""
     return {e.dataset for e in entries if _group(e) == _group(ref) and e.dataset != "average"}
+
+
+def paper_for(entries: Sequence[PaperEntry], setting: str, method: str, dataset: str, backbone: str,
+              our_datasets: set[str] | None = None, **match: Any) -> PaperEntry | None:
+    """The published entry for one of our rows; an ``average`` row only matches when the paper's average is
+    over the same datasets (OOD sets) as ``our_datasets``.
+
+    ``match``: ``shots`` / ``score`` / ``id_dataset`` / ``training_free`` for :func:`find_entry`.
+    """
+    entry = find_entry(entries, setting, method, dataset, backbone, **match)
+    if entry is not None and dataset == "average" and averaged_datasets(entries, entry) != our_datasets:
+        return None
+    return entry

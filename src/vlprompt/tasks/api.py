@@ -11,7 +11,8 @@ from vlprompt.backbones.build import build_backbone
 from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.core.errors import DataError, VlpromptError
-from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.core.io import atomic_write_text
+from vlprompt.core.results import EvalResult, from_dict, write_result
 from vlprompt.core.tables import accuracy_table
 from vlprompt.data.images import list_images, load_image
 from vlprompt.data.pipeline import load_dataset
@@ -21,7 +22,7 @@ from vlprompt.engine.checkpoint import load_prompt
 from vlprompt.engine.evaluate import evaluate_items
 from vlprompt.engine.run import resolve_device
 from vlprompt.methods.base import PromptMethod
-from vlprompt.methods.registry import build_method
+from vlprompt.methods.zeroshot import zeroshot_classifier
 
 
 def _backbone(cfg: ExperimentConfig, device: torch.device) -> OpenClipBackbone:
@@ -44,12 +45,14 @@ def _run_eval(method: PromptMethod, splits: DatasetSplits, split: str, cfg: Expe
                           disk_dir=cfg.data.feature_cache_dir)
 
 
-def _save(report: dict[str, Any], output: Path | None, title: str) -> str:
-    table = accuracy_table(report, title=title)
+def _save(report: dict[str, Any], output: Path | None, title: str) -> dict[str, Any]:
+    """The report as an :class:`EvalResult` dict with its table; written (JSON + ``.md``) when ``output``."""
+    record = from_dict(EvalResult, report, source="evaluation report")
+    record.table = accuracy_table(report, title=title)
     if output is not None:
-        atomic_write_json(output, report)
-        atomic_write_text(output.with_suffix(".md"), table)
-    return table
+        atomic_write_text(output.with_suffix(".md"), record.table)
+        return write_result(output, record)
+    return record.to_dict()
 
 
 def zeroshot(cfg: ExperimentConfig, *, split: str = "test", output: str | Path | None = None,
@@ -63,13 +66,12 @@ def zeroshot(cfg: ExperimentConfig, *, split: str = "test", output: str | Path |
     backbone = backbone or _backbone(cfg, device)
     splits = load_dataset(cfg.data)
     templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
-    method = build_method("zeroshot", backbone, splits.classnames, templates=templates).to(device)
+    method = zeroshot_classifier(backbone, splits.classnames, templates).to(device)
     report = _run_eval(method, splits, split, cfg, device, progress)
-    report = {"method": "zeroshot", "dataset": cfg.data.dataset, "split": split, "templates": templates,
+    report = {"method": method.method_name, "dataset": cfg.data.dataset, "split": split, "templates": templates,
               "backbone": backbone.info.as_dict(), **report}
-    report["table"] = _save(report, Path(output) if output else None,
-                            f"zero-shot CLIP on {cfg.data.dataset} ({split}, {len(templates)} template(s))")
-    return report
+    return _save(report, Path(output) if output else None,
+                 f"zero-shot CLIP on {cfg.data.dataset} ({split}, {len(templates)} template(s))")
 
 
 def evaluate(cfg: ExperimentConfig, prompt: str | Path, *, split: str = "test", output: str | Path | None = None,
@@ -82,9 +84,7 @@ def evaluate(cfg: ExperimentConfig, prompt: str | Path, *, split: str = "test", 
     report = _run_eval(method, splits, split, cfg, device, progress)
     report = {"method": method.method_name, "prompt": str(prompt), "dataset": cfg.data.dataset, "split": split,
               "backbone": backbone.info.as_dict(), **report}
-    report["table"] = _save(report, Path(output) if output else None,
-                            f"{method.method_name} on {cfg.data.dataset} ({split})")
-    return report
+    return _save(report, Path(output) if output else None, f"{method.method_name} on {cfg.data.dataset} ({split})")
 
 
 def collect_images(inputs: list[str]) -> list[str]:
@@ -106,12 +106,27 @@ def collect_images(inputs: list[str]) -> list[str]:
 @torch.no_grad()
 def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames: list[str] | None = None,
             device: str = "auto", backbone: OpenClipBackbone | None = None,
-            batch_size: int = 32) -> list[dict[str, Any]]:
+            batch_size: int = 32, device_option: str = "device") -> list[dict[str, Any]]:
     """Classify image files with a learned prompt: ``[{"image", "top": [[class, probability], ...]}]``.
 
-    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes).
+    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes);
+    ``device_option`` names the device argument in errors (the CLI's ``--device``). ``prompt`` may also be
+    a classifier written by ``vlprompt export`` (``.onnx``, ``.pt`` / ``.ts``).
     """
-    dev = resolve_device(device)
+    from vlprompt.core.deploy import exported_format
+
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise VlpromptError(f"topk must be a whole number >= 1, got {topk!r}")
+    if classnames is not None and not classnames:
+        raise VlpromptError("classnames is empty; give at least one class name (or None for the prompt's own)")
+    if exported_format(prompt):
+        if classnames is not None:
+            raise VlpromptError(f"'{prompt}' is an exported classifier: its classes are fixed; export the prompt "
+                                "again for other classes (--classnames works with prompt files)")
+        from vlprompt.tasks.export import predict_exported
+
+        return predict_exported(prompt, images, topk=topk, batch_size=batch_size)
+    dev = resolve_device(device, device_option)
     method = load_prompt(prompt, backbone, classnames, allow_new_classes=classnames is not None, device=dev)
     method = method.to(dev).eval()
     transform = method.backbone.eval_transform()

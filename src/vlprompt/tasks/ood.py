@@ -12,6 +12,7 @@ significant digits) and a score-histogram plot ``ood_scores.png`` (ID vs each OO
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from vlprompt.core.errors import DataError, VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.core.metrics import accuracy_report
 from vlprompt.core.ood import SCORES, ood_metrics, ood_scores
+from vlprompt.core.plots import plot_score_histograms
+from vlprompt.core.results import OodResult, from_dict, write_result
 from vlprompt.core.tables import markdown_table
 from vlprompt.data.images import list_images
 from vlprompt.data.pipeline import load_dataset
@@ -59,16 +62,14 @@ def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum],
 
 def _encode(backbone: Any, items: Sequence[Datum], loader: Any, cfg: ExperimentConfig, need_local: bool,
             progress: bool, desc: str) -> tuple[Tensor, Tensor | None]:
+    from vlprompt.backbones.local import GLOBAL_LOCAL, packed_global_local
     from vlprompt.engine.features import encode_items
 
-    def packed(images: Tensor) -> Tensor:  # [B, 1 + P, E]: global first, then the patches
-        g, loc = backbone.local_features(images)
-        return torch.cat([g.unsqueeze(1), loc], dim=1)
-
     if need_local:
-        feats, _ = encode_items(packed, items, loader, backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
+        feats, _ = encode_items(functools.partial(packed_global_local, backbone), items, loader,
+                                backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
                                 num_workers=cfg.data.num_workers, progress=progress, desc=desc,
-                                cache_owner=backbone, cache_kind="global+local")
+                                cache_owner=backbone, cache_kind=GLOBAL_LOCAL)
         return feats[:, 0], feats[:, 1:]
     feats, _ = encode_items(backbone.encode_image, items, loader, backbone.eval_transform(),
                             batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
@@ -84,7 +85,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
     from vlprompt.data.templates import get_templates
     from vlprompt.engine.checkpoint import load_prompt
     from vlprompt.engine.run import resolve_device
-    from vlprompt.methods.registry import build_method
+    from vlprompt.methods.zeroshot import zeroshot_classifier
 
     for s in scores:
         if s not in SCORES:
@@ -96,7 +97,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
     splits = load_dataset(cfg.data)
     if prompt is None:
         templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
-        method = build_method("zeroshot", backbone, splits.classnames, templates=templates).to(device)
+        method = zeroshot_classifier(backbone, splits.classnames, templates).to(device)
     else:
         method = load_prompt(prompt, backbone, splits.classnames).to(device)
     if method.image_conditional:
@@ -130,14 +131,19 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
               "shots": cfg.data.shots if prompt else None,  # a learned prompt's training shots (zero-shot: none)
               "id_accuracy": acc["accuracy"], "scores": list(scores), "temperature": temperature,
               "per_set": per_set, "average": average, "convention": "ID = positive; higher score = more ID"}
-    result["table"] = ood_table(result)
+    record = from_dict(OodResult, result, source="OOD result")
+    record.table = ood_table(result)
+    result = record.to_dict()
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "ood_results.json", result)
+        write_result(out / "ood_results.json", record)
         atomic_write_text(out / "ood_results.md", result["table"])
         atomic_write_json(out / "ood_scores.json", per_image_scores(result, id_scores, ood_raw))
-        plot_histograms(id_scores, ood_raw, out / "ood_scores.png")
+        plot_score_histograms({k: v.numpy() for k, v in id_scores.items()},
+                              {n: {k: v.numpy() for k, v in per.items()} for n, per in ood_raw.items()},
+                              [out / "ood_scores.png"], id_label=f"ID ({cfg.data.dataset})",
+                              title=f"{result['method']} ({cfg.backbone.model}), seed {cfg.train.seed}")
     return result
 
 
@@ -167,24 +173,3 @@ def ood_table(result: dict[str, Any]) -> str:
     head = (f"OOD detection: {result['method']} on {result['id_dataset']} (ID accuracy "
             f"{result['id_accuracy']:.2f}%), ID = positive\n\n")
     return head + markdown_table(headers, rows)
-
-
-def plot_histograms(id_scores: dict[str, Tensor], ood: dict[str, dict[str, Tensor]], path: Path) -> None:
-    """One row per score, one panel per OOD set: ID vs OOD score histograms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names, kinds = list(ood), list(id_scores)
-    fig, axes = plt.subplots(len(kinds), len(names), figsize=(3.6 * len(names), 2.8 * len(kinds)), squeeze=False)
-    for i, kind in enumerate(kinds):
-        for j, name in enumerate(names):
-            ax = axes[i][j]
-            ax.hist(id_scores[kind].numpy(), bins=40, alpha=0.6, density=True, label="ID")
-            ax.hist(ood[name][kind].numpy(), bins=40, alpha=0.6, density=True, label=name)
-            ax.set_title(f"{kind}: ID vs {name}", fontsize=9)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

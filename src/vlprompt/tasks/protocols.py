@@ -24,16 +24,11 @@ from typing import Any
 
 from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict
 from vlprompt.core.errors import ConfigError
-from vlprompt.core.io import atomic_write_json, atomic_write_text
+from vlprompt.core.io import atomic_write_text
+from vlprompt.core.metrics import harmonic_mean
+from vlprompt.core.results import ProtocolResult, write_result
 from vlprompt.core.tables import markdown_table
 from vlprompt.methods.registry import get_method
-
-PROTOCOLS = ("base2new", "dg", "xd")
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    """``2ab / (a + b)`` (0 when both are 0)."""
-    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
 def _with(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -108,13 +103,13 @@ def _finish(kind: str, cfg: ExperimentConfig, rows: list[dict[str, Any]], column
     for col in columns:
         values = [r[col] for r in rows]
         summary[col] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
-    result = {"protocol": kind, "method": cfg.method.name, "dataset": cfg.data.dataset,
-              "backbone": {"model": cfg.backbone.model, "pretrained": cfg.backbone.pretrained},
-              "seeds": [r["seed"] for r in rows], "columns": columns, "per_seed": rows, "summary": summary}
-    result["table"] = protocol_table(result)
+    record = ProtocolResult(protocol=kind, method=cfg.method.name, dataset=cfg.data.dataset,
+                            backbone={"model": cfg.backbone.model, "pretrained": cfg.backbone.pretrained},
+                            seeds=[r["seed"] for r in rows], columns=columns, per_seed=rows, summary=summary)
+    record.table = protocol_table(record.to_dict())
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"{kind}_results.json", result)
-    atomic_write_text(out / f"{kind}_results.md", result["table"])
+    result = write_result(out / f"{kind}_results.json", record)
+    atomic_write_text(out / f"{kind}_results.md", record.table)
     return result
 
 

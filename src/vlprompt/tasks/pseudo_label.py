@@ -36,7 +36,7 @@ from vlprompt.data.types import DatasetSplits, Datum
 from vlprompt.engine.checkpoint import read_safetensors, write_safetensors
 from vlprompt.engine.features import encode_items
 from vlprompt.engine.run import resolve_device
-from vlprompt.methods.registry import build_method
+from vlprompt.methods.zeroshot import zeroshot_classifier
 
 
 def select_top_k(probs: Tensor, k: int) -> tuple[list[int], list[int]]:
@@ -81,7 +81,7 @@ def zero_shot_probs(cfg: ExperimentConfig, splits: DatasetSplits, model: str, pr
     device = resolve_device(cfg.train.device)
     spec = dataclasses.replace(cfg.backbone, model=model, pretrained=pretrained)
     backbone = build_backbone(spec, device=device, shared=False)
-    zs = build_method("zeroshot", backbone, splits.classnames, templates=templates).to(device)
+    zs = zeroshot_classifier(backbone, splits.classnames, templates).to(device)
     feats, _ = encode_items(backbone.encode_image, items, splits.loader, backbone.eval_transform(),
                             batch_size=cfg.optim.test_batch_size,
                             num_workers=cfg.data.num_workers, progress=progress, desc=f"pseudo-labelling ({model})")

@@ -42,9 +42,10 @@ from tqdm.auto import tqdm
 from vlprompt.config import apply_overrides, config_from_dict, read_yaml
 from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json
+from vlprompt.core.results import SWEEP_PROTOCOLS, RunResult, write_result
+from vlprompt.core.validate import shown
 from vlprompt.methods.registry import get_method
 
-PROTOCOLS = ("fewshot", "base2new", "dg", "xd", "ood", "unsupervised")
 SEEDS_INSIDE = ("base2new", "dg", "xd")  # protocol functions that run every seed themselves
 _KEYS = {"name", "protocol", "config", "methods", "datasets", "shots", "seeds", "backbones", "targets", "set",
          "output_dir"}
@@ -65,10 +66,16 @@ class Sweep:
     overrides: list[str] = field(default_factory=list)
 
 
-def _list(raw: dict[str, Any], key: str, default: list[Any]) -> list[Any]:
+def _list(raw: dict[str, Any], key: str, default: list[Any], path: str | Path, kind: type | None = None) -> list[Any]:
+    """Sweep option ``key``: a non-empty list (of ``kind`` items when given)."""
     value = raw.get(key, default)
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"sweep option '{key}' must be a non-empty list, got {value!r}")
+        raise ConfigError(f"sweep option '{key}' in '{path}' must be a non-empty list, got {shown(value)}")
+    if kind is not None:
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, kind)]
+        if bad:
+            what = "whole numbers" if kind is int else "names"
+            raise ConfigError(f"sweep option '{key}' in '{path}' must list {what}, got {shown(bad[0])}")
     return value
 
 
@@ -76,27 +83,44 @@ def load_sweep(path: str | Path) -> Sweep:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file '{path}' must be a mapping")
-    unknown = sorted(set(raw) - _KEYS)
+    unknown = sorted(set(map(str, raw)) - _KEYS)
     if unknown:
         raise ConfigError(f"unknown sweep option(s) {unknown} in '{path}'; valid: {', '.join(sorted(_KEYS))}")
     protocol = raw.get("protocol", "fewshot")
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"sweep protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol not in SWEEP_PROTOCOLS:
+        raise ConfigError(f"sweep protocol must be one of {', '.join(SWEEP_PROTOCOLS)}, got {shown(protocol)}")
+    for key in ("name", "output_dir"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(f"sweep option '{key}' in '{path}' must be text, got {shown(raw[key])}")
+    for key in ("targets", "set"):
+        if not isinstance(raw.get(key, []), list):
+            raise ConfigError(f"sweep option '{key}' in '{path}' must be a list, got {shown(raw[key])}")
+    backbones = _list(raw, "backbones", [None], path)
+    for bb in backbones:
+        if bb is not None and not (isinstance(bb, dict) and isinstance(bb.get("model"), str)):
+            raise ConfigError(f"sweep option 'backbones' in '{path}' must list mappings like {{model: RN50-quickgelu, "
+                              f"pretrained: openai}}, got {shown(bb)}")
     name = str(raw.get("name") or Path(path).stem)
     sweep = Sweep(
         name=name, protocol=protocol,
         output_dir=Path(raw.get("output_dir") or f"runs/sweeps/{name}"),
-        datasets=[str(d) for d in _list(raw, "datasets", [])],
-        shots=[int(s) for s in _list(raw, "shots", [16])],
-        seeds=[int(s) for s in _list(raw, "seeds", [1, 2, 3])],
-        methods=_list(raw, "methods", [None]),
-        backbones=_list(raw, "backbones", [None]),
+        datasets=[str(d) for d in _list(raw, "datasets", [], path, str)],
+        shots=_list(raw, "shots", [16], path, int),
+        seeds=_list(raw, "seeds", [1, 2, 3], path, int),
+        methods=_list(raw, "methods", [None], path),
+        backbones=backbones,
         config=_config_template(raw.get("config"), path),
         targets=[str(t) for t in raw.get("targets", [])],
         overrides=[str(s) for s in raw.get("set", [])],
     )
     for method in sweep.methods:
-        _template_for(sweep, method)  # every method has a config (a mapping without 'default' may not)
+        template = _template_for(sweep, method)  # every method has a config (a mapping without 'default' may not)
+        if template:
+            try:
+                template.format(dataset="d", shots=1, method="m")
+            except (KeyError, IndexError, ValueError, AttributeError) as exc:
+                raise ConfigError(f"sweep option 'config' in '{path}': template {shown(template)} has an unusable "
+                                  f"placeholder ({exc}); use {{dataset}}, {{shots}} and {{method}}") from exc
     return sweep
 
 
@@ -161,9 +185,9 @@ def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, sh
         from vlprompt.tasks.api import zeroshot
 
         rep = zeroshot(cfg, progress=False)
-        atomic_write_json(run_dir / "metrics.json", {
-            "method": cfg.method.name, "dataset": dataset, "shots": shots, "seed": seed,
-            "backbone": rep["backbone"], "test": {k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}})
+        write_result(run_dir / "metrics.json", RunResult(
+            method=rep["method"], dataset=dataset, shots=shots, seed=seed, backbone=rep["backbone"],
+            test={k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}))
     else:
         train(cfg, resume=True)  # a finished run (OOD sweep killed before scoring) returns its metrics as is
     if sw.protocol == "ood":
@@ -185,31 +209,37 @@ def run_sweep(sw: Sweep, *, progress: bool = True, log: Any = print) -> dict[str
     jobs = [(c, s) for c in combos for s in ([None] if seeds_inside else sw.seeds)]
     summary: dict[str, Any] = {"sweep": sw.name, "protocol": sw.protocol, "done": 0, "skipped": 0, "failed": []}
     bar = tqdm(jobs, desc=f"sweep {sw.name}", disable=not progress, unit="run")
-    for (method, bb, dataset, shots), seed in bar:
-        folder = sw.output_dir / str(method or "config") / _backbone_name(bb) / dataset / f"{shots}shots"
-        label = f"{method or 'config'} {dataset} {shots}-shot" + (f" seed {seed}" if seed is not None else "")
-        bar.set_postfix_str(label)
-        try:
-            if seed is not None:
-                run_dir = folder / f"seed{seed}"
-                done = run_dir / ("ood/ood_results.json" if sw.protocol == "ood" else "metrics.json")
-                if done.exists():
-                    summary["skipped"] += 1
-                    continue
-                cfg = build_config(sw, method, bb, dataset, shots, seed, run_dir, progress=progress)
-                _run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train)
-            else:
-                cfg = build_config(sw, method, bb, dataset, shots, sw.seeds[0], folder / "unused", progress=progress)
-                if sw.protocol == "base2new":
-                    base_to_new(cfg, sw.seeds, folder)
+    try:
+        for (method, bb, dataset, shots), seed in bar:
+            folder = sw.output_dir / str(method or "config") / _backbone_name(bb) / dataset / f"{shots}shots"
+            label = f"{method or 'config'} {dataset} {shots}-shot" + (f" seed {seed}" if seed is not None else "")
+            bar.set_postfix_str(label)
+            try:
+                if seed is not None:
+                    run_dir = folder / f"seed{seed}"
+                    done = run_dir / ("ood/ood_results.json" if sw.protocol == "ood" else "metrics.json")
+                    if done.exists():
+                        summary["skipped"] += 1
+                        continue
+                    cfg = build_config(sw, method, bb, dataset, shots, seed, run_dir, progress=progress)
+                    _run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train)
                 else:
-                    transfer(cfg, sw.targets, sw.seeds, folder, kind=sw.protocol)
-            summary["done"] += 1
-        except (VlpromptError, RuntimeError, ValueError, OSError) as exc:
-            msg = user_message(exc)
-            summary["failed"].append({"run": label, "folder": str(folder), "error": msg,
-                                      "traceback": traceback.format_exc(limit=3)})
-            log(f"FAILED {label}: {msg}")
-    summary["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_json(sw.output_dir / "sweep_summary.json", summary)
+                    cfg = build_config(sw, method, bb, dataset, shots, sw.seeds[0], folder / "unused",
+                                       progress=progress)
+                    if sw.protocol == "base2new":
+                        base_to_new(cfg, sw.seeds, folder)
+                    else:
+                        transfer(cfg, sw.targets, sw.seeds, folder, kind=sw.protocol)
+                summary["done"] += 1
+            except Exception as exc:  # any failure of one run: report it, go on with the others
+                msg = user_message(exc) if isinstance(exc, VlpromptError) else f"{type(exc).__name__}: {exc}"
+                summary["failed"].append({"run": label, "folder": str(folder), "error": msg,
+                                          "traceback": traceback.format_exc(limit=3)})
+                log(f"FAILED {label}: {msg}")
+    except BaseException:  # interrupted (Ctrl-C): the summary of what ran is still written
+        summary["interrupted"] = True
+        raise
+    finally:
+        summary["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        atomic_write_json(sw.output_dir / "sweep_summary.json", summary)
     return summary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -19,6 +21,10 @@ class CoOp(PromptMethod):
     """
 
     method_name = "coop"
+
+    @classmethod
+    def is_class_specific(cls, config: Any) -> bool:
+        return bool(config.csc)
 
     def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoOpConfig) -> None:
         super().__init__(backbone, classnames, config)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vlprompt.backbones.local import GLOBAL_LOCAL, packed_global_local
 from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.core.collective import all_reduce_sum
 from vlprompt.core.errors import ConfigError
@@ -74,7 +75,7 @@ class LoCoOp(CoOp):
     """CoOp + LoCoOp's OOD regulariser on local features; inference is CoOp's (global features)."""
 
     method_name = "locoop"
-    feature_kind = "global+local"
+    feature_kind = GLOBAL_LOCAL
 
     def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: LoCoOpConfig) -> None:
         super().__init__(backbone, classnames, config)
@@ -85,8 +86,7 @@ class LoCoOp(CoOp):
 
     def encode_images(self, images: Tensor) -> Tensor:
         """Global and local features packed as ``[B, 1 + P, E]`` (global first)."""
-        g, loc = self.backbone.local_features(images)
-        return torch.cat([g.unsqueeze(1), loc], dim=1)
+        return packed_global_local(self.backbone, images)
 
     @staticmethod
     def _global(features: Tensor) -> Tensor:

@@ -69,4 +69,12 @@ class ZeroShotCLIP(PromptMethod):
 
 register_method("zeroshot", ZeroShotConfig, ZeroShotCLIP, training="none", supervision="none")
 
-__all__ = ["ZeroShotCLIP", "ZeroShotConfig"]
+
+
+def zeroshot_classifier(backbone: OpenClipBackbone, classnames: list[str], templates: list[str]) -> ZeroShotCLIP:
+    """The zero-shot CLIP classifier of ``classnames`` with ``templates`` (what workflows use as the baseline,
+    the OOD reference and UPL's pseudo-labeller)."""
+    return ZeroShotCLIP(backbone, classnames, ZeroShotConfig(templates=list(templates)))
+
+
+__all__ = ["ZeroShotCLIP", "ZeroShotConfig", "zeroshot_classifier"]

@@ -1,0 +1,237 @@
+"""The results schema: every result file vlprompt writes, as typed records with a format version.
+
+One module writes and reads them (:func:`write_result`, :func:`read_result`); the trainer, the
+sweep, the protocols, OOD evaluation, the API and the report all go through it. Files written before
+the schema existed (format 0: no ``format_version`` field) still load: their fields are the same, only
+the version and ``kind`` are missing.
+
+Records and their files:
+
+============================  =====================  =============================================
+record                        file                   written by
+============================  =====================  =============================================
+:class:`RunResult`            ``metrics.json``       the trainer; a sweep's training-free runs
+:class:`EvalResult`           ``eval_*.json`` etc.   ``vlprompt zeroshot`` / ``eval`` (tasks.api)
+:class:`ProtocolResult`       ``<kind>_results.json`` base-to-new / DG / cross-dataset protocols
+:class:`OodResult`            ``ood_results.json``   ``vlprompt ood``
+============================  =====================  =============================================
+
+Accuracy blocks (``test``, ``val`` and the fields of an :class:`EvalResult`) hold ``accuracy``,
+``macro_accuracy`` (%), ``n`` (images) and ``per_class`` (class -> % or None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from vlprompt.core.errors import DataError
+from vlprompt.core.io import atomic_write_json
+
+FORMAT_VERSION = 1
+
+#: The evaluation protocols run by ``vlprompt protocol`` (one ``<kind>_results.json`` each).
+PROTOCOLS = ("base2new", "dg", "xd")
+#: What a sweep can run: few-shot training, the protocols, OOD detection, unsupervised (UPL) runs.
+SWEEP_PROTOCOLS = ("fewshot", *PROTOCOLS, "ood", "unsupervised")
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _accuracy_block(value: Any, what: str) -> dict[str, Any]:
+    """Check an accuracy block (``accuracy`` is required; the rest is kept as written)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a mapping with 'accuracy'")
+    _number(value.get("accuracy"), f"{what}.accuracy")
+    return value
+
+
+def _backbone(value: Any) -> dict[str, Any]:
+    """Backbone descriptions are mappings (``model``, ``pretrained``, ...); anything else is malformed."""
+    if not isinstance(value, dict):
+        raise ValueError(f"'backbone' must be a mapping with 'model', got {type(value).__name__}")
+    return value
+
+
+@dataclass
+class Result:
+    """Base of every record: ``kind`` names the record type in the file, ``format_version`` its schema."""
+
+    kind: ClassVar[str] = ""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first malformed field."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"format_version": FORMAT_VERSION, "kind": self.kind}
+        out.update(dataclasses.asdict(self))
+        return out
+
+
+@dataclass
+class RunResult(Result):
+    """One trained (or training-free) run: ``metrics.json`` in its run folder."""
+
+    kind: ClassVar[str] = "run"
+    method: str
+    dataset: str
+    shots: int
+    seed: int
+    backbone: dict[str, Any]
+    test: dict[str, Any]
+    val: dict[str, Any] | None = None
+    epochs: int | None = None
+    train_time_s: float | None = None
+    skipped_images: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _backbone(self.backbone)
+        _accuracy_block(self.test, "test")
+        if self.val is not None:
+            _accuracy_block(self.val, "val")
+        if isinstance(self.shots, bool) or not isinstance(self.shots, int):
+            raise ValueError(f"'shots' must be an integer, got {self.shots!r}")
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.test["accuracy"])
+
+
+@dataclass
+class EvalResult(Result):
+    """Accuracy of a method on one split (``vlprompt zeroshot`` / ``vlprompt eval``)."""
+
+    kind: ClassVar[str] = "eval"
+    method: str
+    dataset: str
+    split: str
+    backbone: dict[str, Any]
+    accuracy: float
+    macro_accuracy: float
+    n: int
+    per_class: dict[str, float | None] = field(default_factory=dict)
+    templates: list[str] | None = None
+    prompt: str | None = None
+    table: str = ""
+
+    def validate(self) -> None:
+        _backbone(self.backbone)
+        _number(self.accuracy, "accuracy")
+
+
+@dataclass
+class ProtocolResult(Result):
+    """Mean ± std over seeds of a protocol (base-to-new, DG, cross-dataset): ``<kind>_results.json``.
+
+    ``per_seed`` rows map column -> accuracy (plus ``seed``); ``summary`` maps column -> {mean, std}.
+    """
+
+    kind: ClassVar[str] = "protocol"
+    protocol: str
+    method: str
+    dataset: str
+    backbone: dict[str, Any]
+    seeds: list[int]
+    columns: list[str]
+    per_seed: list[dict[str, Any]]
+    summary: dict[str, dict[str, float]]
+    table: str = ""
+
+    def validate(self) -> None:
+        _backbone(self.backbone)
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"'protocol' must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        for c in self.columns:
+            stats = self.summary.get(c) if isinstance(self.summary, dict) else None
+            if not isinstance(stats, dict):
+                raise ValueError(f"summary of column {c!r} is missing")
+            _number(stats.get("mean"), f"summary[{c!r}].mean")
+            _number(stats.get("std"), f"summary[{c!r}].std")
+
+
+@dataclass
+class OodResult(Result):
+    """OOD detection of one run: ``ood_results.json`` (metrics per OOD set and score, and their average)."""
+
+    kind: ClassVar[str] = "ood"
+    method: str
+    id_dataset: str
+    scores: list[str]
+    per_set: dict[str, dict[str, dict[str, float]]]
+    average: dict[str, dict[str, float]]
+    backbone: dict[str, Any] = field(default_factory=dict)  # absent in the earliest OOD files
+    id_accuracy: float | None = None
+    prompt: str | None = None
+    seed: int | None = None
+    shots: int | None = None
+    temperature: float = 1.0
+    convention: str = "ID = positive; higher score = more ID"
+    table: str = ""
+
+    def validate(self) -> None:
+        _backbone(self.backbone)
+        if not isinstance(self.per_set, dict) or not isinstance(self.average, dict):
+            raise ValueError("'per_set' and 'average' must be mappings")
+        if not isinstance(self.scores, list):
+            raise ValueError("'scores' must be a list")
+
+
+R = TypeVar("R", bound=Result)
+RECORDS: dict[str, type[Result]] = {c.kind: c for c in (RunResult, EvalResult, ProtocolResult, OodResult)}
+
+
+def from_dict(cls: type[R], data: Any, *, source: str = "result") -> R:
+    """Build a ``cls`` record from a parsed JSON object (any format version this release reads).
+
+    Unknown extra fields of newer writers are ignored; missing required fields or malformed values
+    raise :class:`DataError` naming ``source`` and the field.
+    """
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(f"{source}: results format {version!r} is newer than this vlprompt reads "
+                        f"({FORMAT_VERSION}); upgrade vlprompt")
+    kind = data.get("kind", cls.kind)
+    if kind != cls.kind:
+        raise DataError(f"{source}: holds a '{kind}' result, not a '{cls.kind}' result")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    try:
+        record = cls(**kwargs)
+        record.validate()
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{source}: not a valid {cls.kind} result ({exc})") from exc
+    return record
+
+
+def write_result(path: str | Path, record: Result) -> dict[str, Any]:
+    """Write ``record`` atomically as JSON (with ``format_version`` and ``kind``); return the dict written."""
+    record.validate()
+    data = record.to_dict()
+    atomic_write_json(path, data)
+    return data
+
+
+def read_result(path: str | Path, cls: type[R]) -> R:
+    """Read a ``cls`` record from ``path``; :class:`DataError` (naming the file) when it is unreadable,
+    not JSON, or not such a record."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read result file '{path}': {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"result file '{path}' is not valid JSON ({exc})") from exc
+    return from_dict(cls, data, source=f"result file '{path}'")

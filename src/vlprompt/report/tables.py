@@ -1,0 +1,350 @@
+"""The report's tables, each built once as a :class:`~vlprompt.core.tables.Table` (rendered as Markdown in
+``report.md``, as CSV in ``report*.csv`` and as JSON under ``tables`` in ``report.json``).
+
+Every section builder returns its Markdown tables, the long-format CSV table where the section has one,
+and the JSON summary ``report.json`` keeps under the section's key:
+
+* :func:`fewshot_tables`: per (method, backbone), datasets x shots (mean ± std over seeds) + average;
+* :func:`fewshot_comparison`: per backbone with several methods and per shot count, datasets x methods;
+* :func:`protocol_section`: per protocol and column set, one row per method, backbone and dataset;
+* :func:`base2new_comparison`: per backbone with several methods, datasets x methods' H;
+* :func:`ood_section`: per (method, backbone, ID dataset, shots, score), OOD sets x FPR95 / AUROC / AUPR;
+* :func:`ood_comparison`: per (backbone, ID dataset) with several methods or shot counts, the averages.
+
+With published numbers (``paper``, from :mod:`vlprompt.report.papers`) the tables get ``paper`` columns.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from vlprompt.core.results import PROTOCOLS
+from vlprompt.core.tables import SCORE_LABELS, Table
+from vlprompt.report.collect import (
+    FewKey,
+    OodKey,
+    OodRun,
+    ProtocolRow,
+    base2new_averages,
+    is_training_free,
+    method_capabilities,
+    ood_name,
+    ood_order,
+)
+from vlprompt.report.papers import PaperEntry, paper_for
+
+OOD_METRICS = (("fpr95", "FPR95↓"), ("auroc", "AUROC↑"), ("aupr", "AUPR↑"))
+PAPER_OOD_METRICS = (("fpr95", "FPR95"), ("auroc", "AUROC"))  # what LoCoOp's table reports
+
+
+# ------------------------------------------------------------------------------------ helpers
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population std (0 for one value) over seeds."""
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
+def _pm(values: Sequence[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _paper(paper: Sequence[PaperEntry], setting: str, method: str, dataset: str, bb: str,
+           our_datasets: set[str] | None = None, **match: Any) -> PaperEntry | None:
+    """:func:`~vlprompt.report.papers.paper_for`, told whether ``method`` is training-free."""
+    return paper_for(paper, setting, method, dataset, bb, our_datasets, training_free=is_training_free(method),
+                     **match)
+
+
+# ------------------------------------------------------------------------------------ few-shot
+def fewshot_tables(groups: dict[FewKey, list[float]], paper: Sequence[PaperEntry] | None = None
+                   ) -> tuple[list[Table], Table, dict]:
+    """Tables per (method, backbone), the ``report.csv`` table and a JSON summary.
+
+    With ``paper``, the tables of unsupervised methods (UPL: registered with ``supervision="none"``) get
+    ``paper`` and ``paper source`` columns: the published ``unsupervised`` accuracy of the same method and
+    dataset (the paper's average only next to our average over the same datasets).
+    """
+    by_method: dict[tuple[str, str], dict[tuple[str, int], list[float]]] = defaultdict(dict)
+    for (method, bb, ds, k), accs in groups.items():
+        by_method[(method, bb)][(ds, k)] = accs
+    tables: list[Table] = []
+    long = Table("few-shot test accuracy %: one row per method, backbone, dataset and shots",
+                 ["method", "backbone", "dataset", "shots", "mean", "std", "seeds"])
+    js: dict = {}
+    for (method, bb), cells in sorted(by_method.items()):
+        datasets = sorted({d for d, _ in cells})
+        shots = sorted({k for _, k in cells})
+        with_paper = paper is not None and method_capabilities(method).unsupervised
+        rows = []
+        for ds in datasets:
+            row: list[Any] = [ds]
+            for k in shots:
+                if (ds, k) in cells:
+                    mean, std = mean_std(cells[(ds, k)])
+                    row.append(f"{mean:.2f} ± {std:.2f}")
+                    long.rows.append([method, bb, ds, k, round(mean, 4), round(std, 4), len(cells[(ds, k)])])
+                    js.setdefault(f"{method}|{bb}", {}).setdefault(ds, {})[str(k)] = {
+                        "mean": mean, "std": std, "seeds": len(cells[(ds, k)])}
+                else:
+                    row.append("-")
+            if with_paper:
+                row += _unsupervised_paper(paper, method, bb, ds, set(datasets), js)
+            rows.append(row)
+        if len(datasets) > 1:
+            avg: list[Any] = ["average"]
+            for k in shots:
+                per = [statistics.fmean(cells[(d, k)]) for d in datasets if (d, k) in cells]
+                avg.append(f"{statistics.fmean(per):.2f}" if len(per) == len(datasets) else "-")
+            if with_paper:
+                avg += _unsupervised_paper(paper, method, bb, "average", set(datasets), js)
+            rows.append(avg)
+        head = ["dataset", *[f"{k} shots" for k in shots]] + (["paper", "paper source"] if with_paper else [])
+        tables.append(Table(f"{method} ({bb}): test accuracy %, mean ± std over seeds", head, rows))
+    return tables, long, js
+
+
+def _unsupervised_paper(paper: Sequence[PaperEntry] | None, method: str, bb: str, ds: str, our_datasets: set[str],
+                        js: dict) -> list[str]:
+    """The ``paper`` and ``paper source`` cells of one few-shot table row (recorded in ``js`` when found)."""
+    entry = _paper(paper or [], "unsupervised", method, ds, bb, our_datasets)
+    if entry is None or "accuracy" not in entry.values:
+        return ["-", "-"]
+    js.setdefault(f"{method}|{bb}", {}).setdefault(ds, {})["paper"] = {
+        "ref": entry.label, "paper_method": entry.paper_method, "accuracy": entry.values["accuracy"]}
+    return [_fmt(entry.values["accuracy"]), f"{entry.label} ({entry.paper_method or entry.method})"]
+
+
+def fewshot_cell(groups: dict[FewKey, list[float]], method: str, bb: str, ds: str, k: int) -> list[float] | None:
+    """Accuracies of one cell; a training-free method (which has no shots) falls back to its smallest shot count."""
+    if (method, bb, ds, k) in groups:
+        return groups[(method, bb, ds, k)]
+    if is_training_free(method):
+        own = sorted(s for m, b, d, s in groups if (m, b, d) == (method, bb, ds))
+        return groups[(method, bb, ds, own[0])] if own else None
+    return None
+
+
+def fewshot_comparison(groups: dict[FewKey, list[float]]) -> tuple[list[Table], dict]:
+    """Per backbone with several methods and per shot count: rows dataset, columns method (mean ± std)."""
+    tables, js = [], {}
+    for bb in sorted({b for _, b, _, _ in groups}):
+        methods = sorted({m for m, b, _, _ in groups if b == bb})
+        if len(methods) < 2:
+            continue
+        datasets = sorted({d for _, b, d, _ in groups if b == bb})
+        for k in sorted({s for m, b, _, s in groups if b == bb and not is_training_free(m)} or {0}):
+            rows, per_method = [], defaultdict(list)
+            for ds in datasets:
+                row: list[Any] = [ds]
+                for m in methods:
+                    cell = fewshot_cell(groups, m, bb, ds, k)
+                    row.append(_pm(cell) if cell else "-")
+                    if cell:
+                        per_method[m].append(statistics.fmean(cell))
+                        js.setdefault(bb, {}).setdefault(str(k), {}).setdefault(ds, {})[m] = mean_std(cell)[0]
+                rows.append(row)
+            if len(datasets) > 1:
+                rows.append(["average", *[f"{statistics.fmean(per_method[m]):.2f}"
+                                          if len(per_method[m]) == len(datasets) else "-" for m in methods]])
+            tables.append(Table(f"few-shot, {k} shots ({bb}): test accuracy %, mean ± std over seeds",
+                                ["dataset", *methods], rows))
+    return tables, js
+
+
+# ------------------------------------------------------------------------------------ protocols
+def _protocol_row(r: ProtocolRow, cols: list[str], paper: Sequence[PaperEntry] | None) -> tuple[list[Any], dict]:
+    """One table row (ours, then the paper's values and reference) and its JSON record."""
+    cells = [f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f}" for m, s in (r.summary[c] for c in cols)]
+    row: list[Any] = [r.method, r.backbone, r.dataset, len(r.seeds or []) or "-", *cells]
+    record: dict[str, Any] = {"method": r.method, "backbone": r.backbone, "dataset": r.dataset}
+    record.update(seeds=r.seeds, datasets=r.datasets, path=r.path,
+                  summary={c: {"mean": r.summary[c][0], "std": r.summary[c][1]} for c in cols})
+    if paper is not None:
+        entry = _paper(paper, r.kind, r.method, r.dataset, r.backbone, set(r.datasets or []))
+        values = entry.values if entry else {}
+        row += [_fmt(values.get(c)) for c in cols] + [entry.label if entry else "-"]
+        record["paper"] = {"ref": entry.label, "values": values} if entry else None
+    return row, record
+
+
+def protocol_section(results: list[ProtocolRow], paper: Sequence[PaperEntry] | None
+                     ) -> tuple[list[Table], Table, dict]:
+    """Tables (one per protocol and column set), the long-format ``report_protocols.csv`` table, JSON records."""
+    tables: list[Table] = []
+    js: dict[str, list[dict]] = defaultdict(list)
+    long = Table("protocols: one row per protocol, method, backbone, dataset and column",
+                 ["protocol", "method", "backbone", "dataset", "column", "mean", "std", "seeds", "paper",
+                  "paper_ref"])
+    everything = results + base2new_averages(results)
+    for kind in PROTOCOLS:
+        by_cols: dict[tuple[str, ...], list[ProtocolRow]] = defaultdict(list)
+        for r in everything:
+            if r.kind == kind:
+                by_cols[tuple(r.columns)].append(r)
+        for cols, group in by_cols.items():
+            group.sort(key=lambda r: (r.method, r.backbone, r.dataset == "average", r.dataset))
+            rows = []
+            for r in group:
+                row, record = _protocol_row(r, list(cols), paper)
+                rows.append(row)
+                js[kind].append(record)
+                ref = record.get("paper") or {}
+                for c in cols:
+                    mean, std = r.summary[c]
+                    long.rows.append([kind, r.method, r.backbone, r.dataset, c, round(mean, 4),
+                                      "" if std is None else round(std, 4), len(r.seeds or []) or "",
+                                      (ref.get("values") or {}).get(c, ""), ref.get("ref", "")])
+            head = ["method", "backbone", "dataset", "seeds", *cols]
+            if paper is not None:
+                head += [f"paper {c}" for c in cols] + ["paper source"]
+            note = " (average row: H of the averaged base and new)" if kind == "base2new" else ""
+            tables.append(Table(f"{kind}: test accuracy %, mean ± std over seeds{note}", head, rows))
+    return tables, long, dict(js)
+
+
+def base2new_comparison(results: list[ProtocolRow], paper: Sequence[PaperEntry] | None) -> tuple[list[Table], dict]:
+    """Per backbone with several methods: rows dataset (+ average), columns method's H (+ the paper's H)."""
+    everything = [r for r in results + base2new_averages(results) if r.kind == "base2new"]
+    tables, js = [], {}
+    for bb in sorted({r.backbone for r in everything}):
+        cells = {(r.method, r.dataset): r for r in reversed(everything) if r.backbone == bb}
+        methods = sorted({m for m, _ in cells})
+        if len(methods) < 2:
+            continue
+        datasets = sorted({d for _, d in cells if d != "average"}) + (["average"] if any(
+            d == "average" for _, d in cells) else [])
+        head, rows = ["dataset", *methods], []
+        if paper is not None:
+            head += [f"{m} (paper)" for m in methods]
+        for ds in datasets:
+            row: list[Any] = [ds]
+            for m in methods:
+                r = cells.get((m, ds))
+                mean, std = r.summary["H"] if r else (None, None)
+                row.append("-" if mean is None else (f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"))
+                if mean is not None:
+                    js.setdefault(bb, {}).setdefault(ds, {})[m] = mean
+            if paper is not None:
+                for m in methods:
+                    r = cells.get((m, ds))
+                    entry = _paper(paper, "base2new", m, ds, bb, set(r.datasets or []) if r else None)
+                    row.append(_fmt(entry.values.get("H")) if entry else "-")
+            rows.append(row)
+        tables.append(Table(f"base2new H ({bb}): harmonic mean of base and new accuracy %", head, rows))
+    return tables, js
+
+
+# ------------------------------------------------------------------------------------ OOD
+def _ood_values(runs: list[OodRun], score: str, ood_set: str | None, metric: str) -> list[float]:
+    """One metric of every run (``ood_set`` None: the run's average over its OOD sets)."""
+    out = []
+    for run in runs:
+        r = run.result
+        per = r.average if ood_set is None else r.per_set.get(ood_set, {})
+        value = per.get(score, {}).get(metric) if isinstance(per, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(float(value))
+    return out
+
+
+def _ood_sets(runs: list[OodRun]) -> list[str]:
+    names: list[str] = []
+    for run in runs:
+        names += [n for n in run.result.per_set if n not in names]
+    return names
+
+
+def _ood_scores(runs: list[OodRun]) -> list[str]:
+    return [s for s in runs[0].result.scores if all(s in run.result.scores for run in runs)]
+
+
+def _ood_paper(paper: Sequence[PaperEntry], key: OodKey, score: str, ood_set: str | None,
+               our_sets: list[str]) -> PaperEntry | None:
+    """The published OOD row for one of our rows (same method, score, ID dataset, OOD set and shots)."""
+    method, bb, id_ds, shots = key
+    return _paper(paper, "ood", method, ood_set or "average", bb, set(our_sets), shots=shots, score=score,
+                  id_dataset=id_ds)
+
+
+def _ood_ref(entry: PaperEntry) -> str:
+    """``locoop Table 1, ViT-B/16 (LoCoOp_GL, 16-shot)``."""
+    detail = ", ".join(x for x in (entry.paper_method, None if entry.shots is None else f"{entry.shots}-shot") if x)
+    return f"{entry.label} ({detail})" if detail else entry.label
+
+
+def ood_section(groups: dict[OodKey, list[OodRun]], paper: Sequence[PaperEntry] | None = None
+                ) -> tuple[list[Table], Table, dict]:
+    """One table per (method, backbone, ID dataset, shots, score): rows OOD sets + average, mean ± std over seeds;
+    the long-format ``report_ood.csv`` table; the JSON summary.
+
+    With ``paper``: ``paper FPR95`` / ``paper AUROC`` / ``paper source`` columns from the ``ood`` entries.
+    """
+    tables: list[Table] = []
+    js: dict[str, Any] = {}
+    long = Table("OOD detection: one row per method, backbone, ID dataset, shots, score, OOD set and metric",
+                 ["method", "backbone", "id_dataset", "shots", "score", "ood_set", "metric", "mean", "std", "seeds",
+                  "paper", "paper_ref"])
+    for key, runs in sorted(groups.items(), key=ood_order):
+        method, bb, id_ds, shots = key
+        seeds = [run.seed for run in runs]
+        entry: dict[str, Any] = {"seeds": seeds, "folders": [run.folder for run in runs], "shots": shots,
+                                 "scores": {}}
+        sets = _ood_sets(runs)
+        for score in _ood_scores(runs):
+            rows = []
+            for ood_set in [*sets, None]:
+                name = ood_set or "average"
+                ref = _ood_paper(paper, key, score, ood_set, sets) if paper is not None else None
+                if ref is not None:
+                    entry.setdefault("paper", {}).setdefault(score, {})[name] = {"ref": _ood_ref(ref),
+                                                                                "values": ref.values}
+                row: list[Any] = [name]
+                for metric, _ in OOD_METRICS:
+                    values = _ood_values(runs, score, ood_set, metric)
+                    row.append(_pm(values) if values else "-")
+                    if values:
+                        mean, std = mean_std(values)
+                        long.rows.append([method, bb, id_ds, "" if shots is None else shots, score, name, metric,
+                                          round(mean, 4), round(std, 4), len(values),
+                                          ref.values.get(metric, "") if ref else "", _ood_ref(ref) if ref else ""])
+                        entry["scores"].setdefault(score, {}).setdefault(name, {})[metric] = {
+                            "mean": mean, "std": std, "n": len(values)}
+                if paper is not None:
+                    row += [_fmt(ref.values.get(m) if ref else None) for m, _ in PAPER_OOD_METRICS]
+                    row.append(_ood_ref(ref) if ref else "-")
+                rows.append(row)
+            seed_text = ", ".join("?" if s is None else str(s) for s in seeds)
+            head = ["OOD set", *[label for _, label in OOD_METRICS]]
+            if paper is not None:
+                head += [f"paper {label}" for _, label in PAPER_OOD_METRICS] + ["paper source"]
+            shot_text = "" if shots is None else f", {shots}-shot"
+            tables.append(Table(f"OOD: {method} ({bb}{shot_text}), ID {id_ds}, score {SCORE_LABELS.get(score, score)}: "
+                                f"%, mean ± std over {len(runs)} run(s) (seeds {seed_text})", head, rows))
+        js[ood_name(key)] = entry
+    return tables, long, js
+
+
+def ood_comparison(groups: dict[OodKey, list[OodRun]]) -> list[Table]:
+    """Per (backbone, ID dataset) with several methods or shot counts: average FPR95 / AUROC over OOD sets."""
+    tables = []
+    for bb, id_ds in sorted({(k[1], k[2]) for k in groups}):
+        keys = [k for k, _ in sorted(groups.items(), key=ood_order) if (k[1], k[2]) == (bb, id_ds)]
+        if len(keys) < 2:
+            continue
+        rows = []
+        for key in keys:
+            runs = groups[key]
+            label = key[0] if key[3] is None else f"{key[0]} ({key[3]}-shot)"
+            for score in _ood_scores(runs):
+                rows.append([label, SCORE_LABELS.get(score, score), *[
+                    _pm(v) if (v := _ood_values(runs, score, None, metric)) else "-" for metric, _ in OOD_METRICS]])
+        tables.append(Table(f"OOD average over OOD sets ({bb}, ID {id_ds}): %, mean ± std over seeds",
+                            ["method", "score", *[label for _, label in OOD_METRICS]], rows))
+    return tables

@@ -1,0 +1,357 @@
+"""A sweep as a list of independent jobs: planning, shards, shared frozen work, state files.
+
+:func:`vlprompt.tasks.sweep.run_sweep` runs a sweep's combinations one after another in one process.
+Spread over several processes or machines (``vlprompt sweep --launcher slurm|local``, or ``--shard i/N``
+in one's own job-array script) the same combinations become :class:`SweepJob` s, each run by
+:func:`execute_job` into the same run folder as the sequential sweep, so ``vlprompt report`` reads the
+results of every launcher and shard alike.
+
+Frozen work shared by several jobs is computed once, before them (:func:`prepare_shared`), under a
+file lock so parallel shards never compute it twice:
+
+* the UPL pseudo-labels of an ``unsupervised`` sweep (``<folder>/pseudo_labels.json``, one per
+  method x backbone x dataset x K, shared by the seeds);
+* the test-split image features of every backbone x dataset x feature kind, in the disk feature cache
+  ``data.feature_cache_dir`` (default ``<output_dir>/shared/features``), which every later run and
+  evaluation reads instead of encoding the test images again.
+
+Each launcher (or shard) keeps a state file in the sweep folder, ``sweep_state.json`` (or
+``sweep_state.shard-<i>-of-<N>.json``): for every run its status (``done``, ``running``, ``failed``,
+``pending``), job id, attempts, and the log path of a failure. :func:`sweep_status` merges all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from vlprompt.core.errors import ConfigError, VlpromptError, user_message
+from vlprompt.core.io import atomic_write_json
+
+STATE_PREFIX = "sweep_state"
+STATUSES = ("done", "running", "failed", "pending")
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One unit of work of a sweep: a seed run, or (base2new / dg / xd) a protocol over all seeds."""
+
+    method: str | None
+    backbone: tuple[tuple[str, Any], ...] | None  # the sweep's backbone mapping, hashable
+    dataset: str
+    shots: int
+    seed: int | None  # None: the protocol function runs every seed itself
+
+    @property
+    def backbone_dict(self) -> dict[str, Any] | None:
+        return dict(self.backbone) if self.backbone is not None else None
+
+    @property
+    def group(self) -> str:
+        """The folder (relative to the sweep's output_dir) holding this job's seed runs."""
+        from vlprompt.tasks.sweep import _backbone_name
+
+        return f"{self.method or 'config'}/{_backbone_name(self.backbone_dict)}/{self.dataset}/{self.shots}shots"
+
+    @property
+    def run_id(self) -> str:
+        """Stable name of the job: its run folder relative to the sweep's output_dir."""
+        return self.group + (f"/seed{self.seed}" if self.seed is not None else "")
+
+    @property
+    def label(self) -> str:
+        return (f"{self.method or 'config'} {self.dataset} {self.shots}-shot"
+                + (f" seed {self.seed}" if self.seed is not None else ""))
+
+
+def plan_jobs(sw: Any) -> list[SweepJob]:
+    """Every job of sweep ``sw`` in :func:`run_sweep`'s order (methods x backbones x datasets x shots x seeds)."""
+    from vlprompt.tasks.sweep import SEEDS_INSIDE
+
+    seeds: Sequence[int | None] = [None] if sw.protocol in SEEDS_INSIDE else sw.seeds
+    jobs = []
+    for method in sw.methods:
+        for bb in sw.backbones:
+            frozen = tuple(sorted(bb.items())) if bb else None
+            for dataset in sw.datasets:
+                for shots in sw.shots:
+                    jobs.extend(SweepJob(method, frozen, dataset, shots, seed) for seed in seeds)
+    return jobs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N`` (``i`` is e.g. ``$SLURM_ARRAY_TASK_ID`` of ``--array=0-(N-1)``)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise ConfigError(f"--shard must be i/N with 0 <= i < N (e.g. --shard $SLURM_ARRAY_TASK_ID/8), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_jobs(jobs: Sequence[SweepJob], index: int, count: int) -> list[SweepJob]:
+    """Shard ``index`` of ``count``: jobs ``index, index + count, ...`` of the plan (deterministic, disjoint,
+    together the whole sweep; neighbouring jobs, e.g. the seeds of one setting, go to different shards)."""
+    return list(jobs[index::count])
+
+
+def state_file(output_dir: Path, shard: tuple[int, int] | None = None) -> Path:
+    suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
+    return Path(output_dir) / f"{STATE_PREFIX}{suffix}.json"
+
+
+def summary_file(output_dir: Path, shard: tuple[int, int] | None = None) -> Path:
+    suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
+    return Path(output_dir) / f"sweep_summary{suffix}.json"
+
+
+# ------------------------------------------------------------------------------------ one job
+def shared_dir(sw: Any) -> Path:
+    return Path(sw.output_dir) / "shared"
+
+
+def done_file(sw: Any, job: SweepJob) -> Path:
+    """The file whose existence means ``job`` is finished (as :func:`run_sweep` decides)."""
+    folder = Path(sw.output_dir) / job.run_id
+    if job.seed is None:
+        return folder / f"{sw.protocol}_results.json"
+    return folder / ("ood/ood_results.json" if sw.protocol == "ood" else "metrics.json")
+
+
+def job_config(sw: Any, job: SweepJob, *, progress: bool = False) -> Any:
+    """The experiment config of ``job`` (as the sequential sweep builds it), with the shared feature cache
+    ``data.feature_cache_dir`` set to ``<output_dir>/shared/features`` unless the sweep sets one."""
+    from vlprompt.tasks.sweep import build_config
+
+    folder = Path(sw.output_dir) / job.group
+    seed = job.seed if job.seed is not None else sw.seeds[0]
+    run_dir = folder / (f"seed{job.seed}" if job.seed is not None else "unused")
+    cfg = build_config(sw, job.method, job.backbone_dict, job.dataset, job.shots, seed, run_dir, progress=progress)
+    if cfg.data.feature_cache_dir is None:
+        cfg.data.feature_cache_dir = str(shared_dir(sw) / "features")
+    return cfg
+
+
+def execute_job(sw: Any, job: SweepJob, *, rank: int = 0) -> str:
+    """Run (or resume) ``job`` into its run folder; ``"skipped"`` if it was finished, else ``"done"``.
+
+    A job stopped at any point resumes from its last checkpoint (``train(resume=True)``). Under a
+    multi-process (torchrun-style) job every rank calls this: ranks > 0 join the training only, rank 0
+    does the rest (zero-shot evaluation, OOD scoring) alone.
+    """
+    from vlprompt.engine.trainer import train
+    from vlprompt.methods.registry import get_method
+    from vlprompt.tasks.protocols import base_to_new, transfer
+    from vlprompt.tasks.sweep import _run_seed
+
+    if done_file(sw, job).exists():
+        return "skipped"
+    cfg = job_config(sw, job)
+    folder = Path(sw.output_dir) / job.group
+    if job.seed is None:
+        if rank == 0:
+            if sw.protocol == "base2new":
+                base_to_new(cfg, sw.seeds, folder)
+            else:
+                transfer(cfg, sw.targets, sw.seeds, folder, kind=sw.protocol)
+        return "done"
+    if rank > 0:  # the other ranks of a data-parallel job: training only
+        if get_method(cfg.method.name).trainable:
+            if sw.protocol == "unsupervised":
+                cfg.data.fewshot_file = str(folder / "pseudo_labels.json")
+            train(cfg, resume=True)
+        return "done"
+    with shared_lock(sw, f"pseudo:{job.group}"):  # normally prepared already (prepare_shared)
+        _run_seed(sw, cfg, folder, folder / f"seed{job.seed}", job.dataset, job.shots, job.seed, train)
+    return "done"
+
+
+# ------------------------------------------------------------------------------------ shared work
+@contextlib.contextmanager
+def shared_lock(sw: Any, key: str) -> Iterator[None]:
+    """An exclusive lock (``fcntl.flock``, blocking) on ``key`` among every process of the sweep."""
+    path = shared_dir(sw) / "locks" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - non-POSIX: no locking
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def prepare_shared(sw: Any, jobs: Sequence[SweepJob], *, log: Any = print) -> dict[str, int]:
+    """Compute the frozen work ``jobs`` share (see the module docstring) once, each item under a lock.
+
+    Returns ``{"pseudo_labels": n, "features": n}``: pseudo-label files computed by this call, and feature
+    sets made sure of (computed, or read back from the cache when another process had computed them).
+    """
+    from vlprompt.methods.registry import get_method
+
+    counts = {"pseudo_labels": 0, "features": 0}
+    pending = [j for j in jobs if not done_file(sw, j).exists()]
+    seen: set[str] = set()
+    for job in pending:
+        if job.group in seen:
+            continue
+        seen.add(job.group)
+        cfg = job_config(sw, replace(job, seed=job.seed if job.seed is not None else sw.seeds[0]))
+        if sw.protocol == "unsupervised" and get_method(cfg.method.name).trainable:
+            pseudo = Path(sw.output_dir) / job.group / "pseudo_labels.json"
+            with shared_lock(sw, f"pseudo:{job.group}"):
+                if not pseudo.exists():
+                    from vlprompt.tasks.pseudo_label import pseudo_label
+
+                    log(f"shared: UPL pseudo-labels of {job.group}")
+                    pseudo_label(cfg, pseudo, top_k=job.shots, progress=False)
+                    counts["pseudo_labels"] += 1
+    feature_keys: set[tuple[Any, ...]] = set()
+    for job in pending:
+        if job.seed is None and sw.protocol == "base2new":
+            continue  # base2new evaluates class subsets: nothing shared across its runs beyond the seeds
+        cfg = job_config(sw, replace(job, seed=job.seed if job.seed is not None else sw.seeds[0]))
+        key = (json.dumps(cfg.as_dict()["backbone"], sort_keys=True, default=str), cfg.train.compute_precision,
+               json.dumps(cfg.as_dict()["data"], sort_keys=True, default=str),
+               get_method(cfg.method.name).model_cls.feature_kind)
+        if key in feature_keys:
+            continue
+        feature_keys.add(key)
+        with shared_lock(sw, "features:" + "|".join(map(str, key))):
+            counts["features"] += _encode_test_split(cfg, log)
+    return counts
+
+
+def _encode_test_split(cfg: Any, log: Any) -> int:
+    """Put the test-split features of ``cfg`` in its disk feature cache (read back if already there)."""
+    from vlprompt.backbones.build import build_backbone
+    from vlprompt.data.pipeline import load_dataset
+    from vlprompt.engine.features import encode_items
+    from vlprompt.engine.run import resolve_device
+    from vlprompt.engine.trainer import autocast
+    from vlprompt.methods.registry import build_method
+
+    device = resolve_device(cfg.train.device)
+    backbone = build_backbone(cfg.backbone, device=device)
+    splits = load_dataset(cfg.data)
+    if not splits.test:
+        return 0
+    method = build_method(cfg.method.name, backbone, splits.classnames, config=cfg.method.config).to(device)
+    transform = backbone.eval_transform()
+    log(f"shared: test-split features of {cfg.data.dataset} ({cfg.backbone.model}, {method.feature_kind})")
+    with autocast(device, cfg.train.compute_precision):  # the evaluation's autocast: same cache entry
+        encode_items(method.encode_images, splits.test, splits.loader, transform,
+                     batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
+                     cache_owner=backbone, cache_kind=method.feature_kind, disk_dir=cfg.data.feature_cache_dir)
+    return 1
+
+
+# ------------------------------------------------------------------------------------ state files
+class SweepState:
+    """The state file of one launcher or shard: ``runs[run_id] = {status, label, folder, job_id, attempts,
+    log, error}``, written atomically after every change."""
+
+    def __init__(self, sw: Any, launcher: str, shard: tuple[int, int] | None = None) -> None:
+        self.path = state_file(sw.output_dir, shard)
+        self.header = {"sweep": sw.name, "protocol": sw.protocol, "launcher": launcher,
+                       "shard": f"{shard[0]}/{shard[1]}" if shard else None}
+        old = _read(self.path)
+        self.runs: dict[str, dict[str, Any]] = dict(old.get("runs", {})) if isinstance(old, dict) else {}
+
+    def set(self, job: SweepJob, sw: Any, status: str, **fields: Any) -> dict[str, Any]:
+        entry = self.runs.setdefault(job.run_id, {})
+        entry.update({"status": status, "label": job.label, "folder": str(Path(sw.output_dir) / job.run_id),
+                      **fields})
+        if status != "failed":
+            entry.pop("error", None)
+        return entry
+
+    def save(self) -> None:
+        counts = {s: sum(1 for r in self.runs.values() if r.get("status") == s) for s in STATUSES}
+        atomic_write_json(self.path, {**self.header, "updated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                      "counts": counts, "runs": self.runs})
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def sweep_status(output_dir: str | Path) -> dict[str, Any]:
+    """Merge every state file of a sweep folder (all launchers and shards) into one view.
+
+    A run whose result file exists is ``done`` whatever the state files say; otherwise the entry of the
+    most recently written state file counts. Returns ``{"files", "counts", "runs"}``.
+    """
+    root = Path(output_dir)
+    files = sorted(root.glob(f"{STATE_PREFIX}*.json"), key=lambda p: p.stat().st_mtime)
+    runs: dict[str, dict[str, Any]] = {}
+    for path in files:
+        data = _read(path)
+        if not isinstance(data, dict):
+            continue
+        for run_id, entry in (data.get("runs") or {}).items():
+            if isinstance(entry, dict):
+                runs[run_id] = {**entry, "state_file": path.name}
+    for entry in runs.values():
+        folder = Path(entry.get("folder", ""))
+        if any((folder / f).exists() for f in ("metrics.json", "ood/ood_results.json")) or \
+                any(folder.glob("*_results.json")):
+            entry["status"] = "done"
+    counts = {s: sum(1 for r in runs.values() if r.get("status") == s) for s in STATUSES}
+    return {"files": [p.name for p in files], "counts": counts, "runs": runs}
+
+
+# ------------------------------------------------------------------------------------ a shard, in-process
+def run_shard(sw: Any, shard: tuple[int, int], *, log: Any = print) -> dict[str, Any]:
+    """Run shard ``i/N`` of the sweep one job after another in this process (one's own array script).
+
+    Shared work of the shard's jobs is prepared first (locks keep parallel shards from repeating it);
+    the shard's state and summary go to ``sweep_state.shard-i-of-N.json`` / ``sweep_summary.shard-i-of-N.json``.
+    """
+    if sw.protocol in ("dg", "xd", "ood") and not sw.targets:
+        raise ConfigError(f"sweep protocol {sw.protocol} needs 'targets' (the target / OOD datasets)")
+    jobs = shard_jobs(plan_jobs(sw), *shard)
+    state = SweepState(sw, "shard", shard)
+    summary: dict[str, Any] = {"sweep": sw.name, "protocol": sw.protocol, "shard": f"{shard[0]}/{shard[1]}",
+                               "jobs": len(jobs), "done": 0, "skipped": 0, "failed": []}
+    for job in jobs:
+        state.set(job, sw, "done" if done_file(sw, job).exists() else "pending")
+    state.save()
+    prepare_shared(sw, jobs, log=log)
+    for job in jobs:
+        if done_file(sw, job).exists():
+            summary["skipped"] += 1
+            state.set(job, sw, "done")
+            continue
+        state.set(job, sw, "running", job_id=f"pid {os.getpid()}", started_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+        state.save()
+        try:
+            execute_job(sw, job)
+            summary["done"] += 1
+            state.set(job, sw, "done")
+        except (VlpromptError, RuntimeError, ValueError, OSError) as exc:
+            msg = user_message(exc)
+            log_path = Path(sw.output_dir) / job.run_id / "log.txt"
+            summary["failed"].append({"run": job.label, "folder": str(Path(sw.output_dir) / job.run_id), "error": msg,
+                                      "traceback": traceback.format_exc(limit=3)})
+            state.set(job, sw, "failed", error=msg, log=str(log_path) if log_path.exists() else None)
+            log(f"FAILED {job.label}: {msg}")
+        state.save()
+    state.save()
+    summary["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_json(summary_file(sw.output_dir, shard), summary)
+    return summary
