@@ -59,7 +59,15 @@ class DataConfig:
     dataset: str = field(default="", metadata={"help": "dataset name (oxford_pets, imagefolder, csv, ...)"})
     root: str | None = field(default=None, metadata={"help": "folder holding the dataset(s)"})
     shots: int = field(default=16, metadata={"help": "K images per class for training; -1 = all"})
-    fewshot_file: str | None = field(default=None, metadata={"help": "reuse a saved few-shot split JSON"})
+    fewshot_file: str | None = field(
+        default=None,
+        metadata={"help": "reuse a saved few-shot split: vlprompt JSON or CoOp's split_fewshot/shot_K-seed_S.pkl"},
+    )
+    fewshot_sampler: str = field(
+        default="auto",
+        metadata={"help": "reference (CoOp's images for the seed), stable (independent of listing order), "
+                          "auto (reference for the CoOp datasets, else stable)"},
+    )
     templates: str | list[str] = field(
         default="dataset",
         metadata={"help": "zero-shot templates: dataset, imagenet80, imagenet_select, or a list"},
@@ -92,6 +100,7 @@ class DataConfig:
         check_int(self.num_workers, "data.num_workers", minimum=0)
         check_choice(self.subsample_classes, "data.subsample_classes", ("all", "base", "new"))
         check_choice(self.on_bad_image, "data.on_bad_image", ("stop", "skip"))
+        check_choice(self.fewshot_sampler, "data.fewshot_sampler", ("auto", "reference", "stable"))
         check_int(self.augment_views, "data.augment_views", minimum=0)
 
 

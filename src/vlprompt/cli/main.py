@@ -366,6 +366,16 @@ def cmd_import_coop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_split(args: argparse.Namespace) -> int:
+    from vlprompt.data.pipeline import import_reference_split
+
+    cfg = _load_cfg(args)
+    info = import_reference_split(args.split, cfg.data, args.output)
+    print(f"imported {info['train']} train / {info['val']} val images of {info['classes']} classes from "
+          f"{args.split} -> {args.output} (train with --set data.fewshot_file={args.output})")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import open_clip
 
@@ -570,6 +580,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-token-position", default="end", choices=["end", "middle", "front"],
                    help="CoOp's CLASS_TOKEN_POSITION used in training (not stored in the checkpoint)")
     p.set_defaults(func=cmd_import_coop)
+
+    p = sub.add_parser("import-split", help="convert CoOp's split_fewshot/shot_K-seed_S.pkl to a few-shot JSON",
+                       description="Reads the pickled few-shot split of a reference (CoOp / Dassl) run without "
+                                   "executing pickled code, finds its images in the dataset (data.dataset, "
+                                   "data.root) and writes vlprompt's few-shot JSON for data.fewshot_file.")
+    p.add_argument("split", help="e.g. DATA/oxford_pets/split_fewshot/shot_16-seed_1.pkl")
+    _add_config_args(p)
+    p.add_argument("--output", "-o", required=True, help="few-shot JSON to write")
+    p.set_defaults(func=cmd_import_split)
 
     p = sub.add_parser("models", help="list open_clip model names and pretrained tags")
     p.add_argument("--filter", help="only names containing this text")

@@ -7,7 +7,8 @@ the matching ``datasets/*.py`` of CoOp does:
   OxfordFlowers, Food101, SUN397, DescribableTextures, EuroSAT, UCF101) are one generic reader
   (:func:`read_split_zhou`, mirroring ``OxfordPets.read_split``) parameterised by the table
   :data:`SPLIT_JSON_LAYOUTS`;
-* ``imagenet`` mirrors ``datasets/imagenet.py`` (but never reads CoOp's ``preprocessed.pkl``);
+* ``imagenet`` mirrors ``datasets/imagenet.py`` (CoOp's ``preprocessed.pkl`` only with
+  ``data.options.order: preprocessed``);
 * ``fgvc_aircraft`` mirrors ``datasets/fgvc_aircraft.py``;
 * ``imagenetv2`` / ``imagenet_sketch`` / ``imagenet_a`` / ``imagenet_r`` mirror
   ``datasets/imagenetv2.py``, ``imagenet_sketch.py``, ``imagenet_a.py`` and ``imagenet_r.py`` and
@@ -36,6 +37,7 @@ from typing import Any
 
 from vlprompt.core.errors import DataError
 from vlprompt.data.images import list_images
+from vlprompt.data.reference_splits import listdir_order, preprocessed_order
 from vlprompt.data.registry import register_dataset
 from vlprompt.data.templates import dataset_template
 from vlprompt.data.types import DatasetSplits, Datum
@@ -607,16 +609,45 @@ def _read_wnid_folders(
     )
 
 
+IMAGENET_ORDERS = ("sorted", "listdir", "preprocessed")
+
+
+def _imagenet_order(
+    order: str, ds_dir: str, train: list[Datum], test: list[Datum], classnames: Sequence[str], hint: str
+) -> tuple[list[Datum], list[Datum]]:
+    """ImageNet's lists in the order ``data.options.order`` asks for (see :func:`read_imagenet`)."""
+    if order == "listdir":
+        return listdir_order(train), listdir_order(test)
+    if order == "preprocessed":
+        path = require_file(
+            os.path.join(ds_dir, "preprocessed.pkl"), "ImageNet listing",
+            "It is written by CoOp's datasets/imagenet.py on its first run; copy it there or use "
+            f"data.options.order: listdir. {hint}",
+        )
+        return preprocessed_order(path, train, test, classnames)
+    return train, test
+
+
 @register_dataset("imagenet", "ImageNet")
 def read_imagenet(root: str | None = None, **options: Any) -> DatasetSplits:
     """Read CoOp's ImageNet (``datasets/imagenet.py``) from the raw folders.
 
     Labels are the positions of the wnid folders of ``images/train`` in sorted order; class names
     come from ``classnames.txt``. train = ``images/train``, test = ``images/val`` and, as in CoOp,
-    val = test (ImageNet has no separate validation split). CoOp's ``preprocessed.pkl`` is never
-    read or written.
+    val = test (ImageNet has no separate validation split).
+
+    Option ``order`` sets the order of the images inside each class, which decides the reference
+    few-shot sampler's images: ``sorted`` (default; the same on every machine), ``listdir``
+    (``os.listdir`` order, as CoOp's ``ImageNet.read_data`` lists them: the reference's order on
+    this file system) or ``preprocessed`` (exactly the lists of CoOp's ``imagenet/preprocessed.pkl``,
+    read without executing pickled code, :mod:`vlprompt.data.reference_splits`; nothing is written).
     """
-    take_options("imagenet", options, COMMON_OPTIONS)
+    opts = take_options("imagenet", options, {**COMMON_OPTIONS, "order": "sorted"})
+    if opts["order"] not in IMAGENET_ORDERS:
+        raise DataError(
+            f"data.options.order (dataset 'imagenet') must be one of {', '.join(IMAGENET_ORDERS)}; "
+            f"got {opts['order']!r}."
+        )
     root = require_root(root, "imagenet")
     hint = _layout_hint(_IMAGENET_LAYOUT)
     ds_dir = dataset_folder(root, "imagenet", ["classnames.txt"], _IMAGENET_LAYOUT)
@@ -638,6 +669,7 @@ def read_imagenet(root: str | None = None, **options: Any) -> DatasetSplits:
     wnid_to_label = {w: i for i, w in enumerate(wnids)}
     train = _read_wnid_folders(train_dir, wnid_to_label, classnames, "classnames.txt", hint)
     test = _read_wnid_folders(val_dir, wnid_to_label, classnames, f"the wnid folders of '{train_dir}'", hint)
+    train, test = _imagenet_order(opts["order"], ds_dir, train, test, classnames, hint)
     return DatasetSplits(
         name="imagenet",
         classnames=classnames,
