@@ -713,3 +713,21 @@ def test_g10_a_failed_fresh_run_says_what_its_folder_holds(tmp_path, tiny_imagef
     assert "no checkpoint" in line and str(tmp_path / "run") in line
     raw = _raw(tmp_path, tiny_imagefolder)
     trainer_mod.train(config_from_dict(raw))  # the same folder starts afresh without --resume
+
+
+def test_a_run_saved_by_an_older_release_still_resumes(tmp_path, finished, tiny_imagefolder):
+    """Its config.yaml lacks options added since (data.fewshot_sampler) and uses renamed ones
+    (train.precision): resolved with this release's defaults it is the same config, so --resume goes on."""
+    import yaml
+
+    run = _copy_run(finished, tmp_path)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["data"].pop("fewshot_sampler")
+    saved["train"]["precision"] = saved["train"].pop("compute_precision")
+    saved["backbone"]["precision"] = saved["backbone"].pop("weight_dtype")
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    metrics = trainer_mod.train(config_from_dict(_raw(tmp_path, tiny_imagefolder)), resume=True)
+    assert metrics["test"] == json.loads((finished / "metrics.json").read_text())["test"]
+    changed = _raw(tmp_path, tiny_imagefolder, data={"augment": True})
+    with pytest.raises(VlpromptError, match="differs in data.augment"):
+        trainer_mod.train(config_from_dict(changed), resume=True)

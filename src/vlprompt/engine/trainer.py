@@ -20,9 +20,11 @@ takes its slice of each global batch, gradients are averaged over the global bat
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,7 @@ def _check_run_folder(paths: RunPaths, cfg: ExperimentConfig, resume: bool) -> l
     if not isinstance(saved, dict):
         raise ConfigError(f"cannot resume '{paths.root}': its config file '{paths.config}' is damaged (not a "
                           "mapping of sections); restore it or start a new run in another folder.")
+    saved = _with_defaults(saved)
     now = cfg.as_dict()
     before = _flatten({k: saved.get(k) for k in _RESUME_KEYS})
     after = _flatten({k: now.get(k) for k in _RESUME_KEYS})
@@ -133,6 +136,18 @@ def _check_run_folder(paths: RunPaths, cfg: ExperimentConfig, resume: bool) -> l
             "folder."
         )
     return [f"{k} changed from {before.get(k)} to {after.get(k)}" for k in changed]
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config as this release resolves it (options added since filled with their defaults,
+    renamed options under their new names), so that older runs compare equal to the same config; the raw
+    mapping when it no longer validates (the comparison then names what differs)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # renamed options: not the user's doing here
+            return config_from_dict(copy.deepcopy(saved)).as_dict()
+    except VlpromptError:
+        return saved
 
 
 def _read_finished_metrics(paths: RunPaths) -> dict[str, Any] | None:
