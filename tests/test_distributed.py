@@ -202,10 +202,10 @@ def _step_losses(backend: str | bool) -> tuple[float, float]:
     feats, labels = torch.randn(8, backbone.embed_dim), torch.arange(8) % 5
     opt = torch.optim.SGD([p for _, p in method.learned_parameters()], lr=0.1, momentum=0.9)
     step = _loss_step(method, backend)
-    loss, _ = step(feats, labels)
+    loss = step(feats, labels).total()
     loss.backward()
     opt.step()
-    after, _ = step(feats, labels)
+    after = step(feats, labels).total()
     return loss.item(), after.item()
 
 

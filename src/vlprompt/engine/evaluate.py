@@ -13,6 +13,7 @@ from vlprompt.core.metrics import accuracy_report
 from vlprompt.data.types import Datum
 from vlprompt.engine.features import encode_items
 from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.registry import get_method
 
 
 @torch.no_grad()
@@ -41,10 +42,14 @@ def evaluate_items(
     """Accuracy report (see :func:`accuracy_report`) of ``method`` on ``items``.
 
     Images go through the frozen encoder once per process (features cached on the backbone), then
-    the logits are computed on features. Evaluation never changes the caller's RNG state.
+    the logits are computed on features. A method that modifies its encoders (capability
+    ``modifies_encoders``, e.g. CLIP-LoRA) encodes them anew, without any cache. Evaluation never changes
+    the caller's RNG state.
     """
+    frozen = not get_method(method.method_name).capabilities.modifies_encoders
     feats, labels = encode_items(method.encode_images, items, loader, method.backbone.eval_transform(),
                                  batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc,
-                                 cache_owner=method.backbone, cache_kind=method.feature_kind, disk_dir=disk_dir)
+                                 cache_owner=method.backbone if frozen else None, cache_kind=method.feature_kind,
+                                 disk_dir=disk_dir if frozen else None)
     logits = logits_from_features(method, feats, batch_size=batch_size)
     return accuracy_report(logits.argmax(dim=-1), labels.cpu(), method.classnames)
