@@ -308,3 +308,15 @@ def test_clip_lora_equals_the_merged_low_rank_update(tiny_backbone):
     assert len(m.adapters) == n_text + (len(visual.resblocks) if visual is not None else 0)
     # the shared backbone is untouched
     assert not any(isinstance(mod, type(m.adapters[0])) for mod in tiny_backbone.modules())
+
+
+def test_linear_probe_without_scikit_learn_is_one_clear_error(vit_backbone, monkeypatch):
+    import sys
+
+    from vlprompt.core.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)  # as if scikit-learn were not installed
+    m = build_method("linear_probe", vit_backbone, NAMES, context=CONTEXT)
+    x = torch.randn(8, vit_backbone.embed_dim)
+    with pytest.raises(ConfigError, match=r"pip install 'vlprompt\[probe\]'"):
+        m.fit(_FitData(None, torch.arange(4).repeat(2), x, torch.arange(4).repeat(2), train=x))
