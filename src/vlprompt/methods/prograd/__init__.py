@@ -1,4 +1,4 @@
-"""ProGrad (Zhu, Niu, Han, Zhang; ICCV 2023): prompt-aligned gradients."""
+"""ProGrad (Zhu, Niu, Han, Wu, Zhang; ICCV 2023): prompt-aligned gradients."""
 
 from vlprompt.methods.prograd.model import ProGrad, ProGradConfig
 from vlprompt.methods.registry import register_method

@@ -1,4 +1,4 @@
-"""ProGrad: Prompt-aligned Gradient (Zhu, Niu, Han, Zhang; ICCV 2023).
+"""ProGrad: Prompt-aligned Gradient (Zhu, Niu, Han, Wu, Zhang; ICCV 2023).
 
 CoOp's prompt trained with two losses on the same batch (``ProGrad.public/trainers/prograd.py``
 l.280-293): the cross-entropy ``L_ce`` and the distillation loss towards zero-shot CLIP (the frozen
