@@ -47,7 +47,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     with amp:
-        loss, _ = method.training_loss(feats, labels)
+        loss = method.training_loss(feats, labels).total()
     opt.zero_grad()
     loss.backward()
     opt.step()

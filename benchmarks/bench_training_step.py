@@ -87,7 +87,7 @@ def bench(backbone, n_cls: int, args: argparse.Namespace, device: torch.device) 
         opt.step()
 
     def ours_coop() -> None:
-        loss, _ = coop.training_loss(feats, labels)
+        loss = coop.training_loss(feats, labels).total()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -121,7 +121,7 @@ def bench(backbone, n_cls: int, args: argparse.Namespace, device: torch.device) 
         opt2.step()
 
     def ours_cocoop() -> None:
-        loss, _ = cocoop.training_loss(feats_b, labels_b)
+        loss = cocoop.training_loss(feats_b, labels_b).total()
         opt2.zero_grad()
         loss.backward()
         opt2.step()

@@ -202,10 +202,10 @@ def _step_losses(backend: str | bool) -> tuple[float, float]:
     feats, labels = torch.randn(8, backbone.embed_dim), torch.arange(8) % 5
     opt = torch.optim.SGD([p for _, p in method.learned_parameters()], lr=0.1, momentum=0.9)
     step = _loss_step(method, backend)
-    loss, _ = step(feats, labels)
+    loss = step(feats, labels).total()
     loss.backward()
     opt.step()
-    after, _ = step(feats, labels)
+    after = step(feats, labels).total()
     return loss.item(), after.item()
 
 
@@ -233,3 +233,44 @@ def test_an_unknown_compile_backend_is_a_clear_error():
         _loss_step(object(), "warp9")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="train.compile"):
         config_from_dict({"data": {"dataset": "x"}, "train": {"compile": " "}})
+
+
+# ------------------------------------------------------------------------------------ the new methods, 2 processes
+#: one of each kind of loss / step: a per-batch penalty (KgCoOp), a method-owned gradient step (ProGrad),
+#: fit then SGD (Tip-Adapter-F), fit only (linear probe), encoders modified (CLIP-LoRA; dropout off: the ranks'
+#: dropout masks come from different RNG streams)
+NEW_METHODS = {
+    "kgcoop": {"name": "kgcoop", "n_ctx": 4, "ctx_init": None},
+    "prograd": {"name": "prograd", "n_ctx": 4, "lambda_value": 0.8},
+    "tip_adapter_f": {"name": "tip_adapter_f", "search_step": [20, 5], "augment_epoch": 2},
+    "linear_probe": {"name": "linear_probe", "search_steps": 2},
+    "clip_lora": {"name": "clip_lora", "dropout_rate": 0.0},
+}
+
+_NEW_DRIVER = textwrap.dedent('''
+    import sys
+    import vlprompt.engine.trainer as trainer_mod
+    from vlprompt.config import load_config
+    from vlprompt.engine.distributed import shutdown
+
+    for path in sys.argv[1:]:
+        trainer_mod.train(load_config(path))
+    shutdown()
+''')
+
+
+def test_new_methods_under_two_processes_equal_one_process(tmp_path):
+    from vlprompt.engine.trainer import train
+
+    configs = []
+    for name, method in NEW_METHODS.items():
+        train(config_from_dict(_raw(tmp_path / "single" / name, method, lr=0.01)))
+        configs.append(str(write_config(tmp_path / f"{name}.yaml", **_raw(tmp_path / "ddp" / name, method, lr=0.01))))
+    driver = tmp_path / "driver.py"
+    driver.write_text(_NEW_DRIVER)
+    _torchrun([str(driver), *configs], cwd=tmp_path)
+    for name in NEW_METHODS:
+        _assert_same_run(tmp_path / "single" / name, tmp_path / "ddp" / name)
+    assert _metrics(tmp_path / "ddp" / "linear_probe")["fit"]["C"] > 0
+    log = (tmp_path / "ddp" / "prograd" / "log.txt").read_text()
+    assert "loss_ce=" in log and "loss_kl=" in log  # each loss term is logged

@@ -36,7 +36,9 @@ def test_loss_is_ce_minus_lambda_entropy(tiny_backbone):
     labels = torch.tensor([0, 3, 4])
     feats = m.encode_images(images)
     assert feats.shape[1] > 1
-    loss, logits = m.training_loss(feats, labels)
+    out = m.training_loss(feats, labels)
+    loss, logits = out.total(), out.logits
+    assert set(out.terms) == {"ce", "ood"} and out.terms["ce"][1] == 3  # the ood count: selected patches
     text = m.text_features()
     ce = F.cross_entropy(m.logits(feats, text), labels)
     local = tiny_backbone.logit_scale * F.normalize(feats[:, 1:], dim=-1) @ text.t()

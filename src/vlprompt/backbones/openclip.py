@@ -286,8 +286,8 @@ class OpenClipBackbone(nn.Module):
 
         return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=False)
 
-    def train_transform(self) -> Any:
-        """CoOp's training transform: random resized crop (scale 0.08-1, bicubic), flip, normalise.
+    def train_transform(self, scale: tuple[float, float] = (0.08, 1.0)) -> Any:
+        """CoOp's training transform: random resized crop (``scale`` 0.08-1, bicubic), flip, normalise.
 
         This is Dassl's ``random_resized_crop, random_flip, normalize`` recipe used by every CoOp
         config, not open_clip's pretraining augmentation.
@@ -299,7 +299,7 @@ class OpenClipBackbone(nn.Module):
         return T.Compose(
             [
                 T.RandomResizedCrop(
-                    self.image_size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC
+                    self.image_size, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC
                 ),
                 T.RandomHorizontalFlip(),
                 T.ToTensor(),

@@ -92,6 +92,7 @@ class RunResult(Result):
     train_time_s: float | None = None
     skipped_images: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    fit: dict[str, Any] | None = None  # what a fitted method chose (e.g. the C of a linear probe)
 
     def validate(self) -> None:
         _backbone(self.backbone)

@@ -116,6 +116,7 @@ def prompt_metadata(method: Any, extra: dict[str, Any] | None = None) -> dict[st
         "method": method.method_name,
         "config": dataclasses.asdict(method.config),
         "classnames": list(method.classnames),
+        "context": method.context.as_dict(),
         "backbone": method.backbone.info.as_dict(),
         **(extra or {}),
     }
@@ -192,10 +193,14 @@ def _is_class_specific(meta: dict[str, Any]) -> bool:
 def check_classnames_match(meta: dict[str, Any], classnames: list[str], path: str | Path,
                            *, allow_new_classes: bool) -> None:
     """Refuse a prompt learned for another class list unless transfer to new classes is allowed."""
+    from vlprompt.methods.registry import get_method
+
     saved = list(meta.get("classnames", []))
     if saved == list(classnames):
         return
     class_specific = _is_class_specific(meta)
+    if meta.get("method") and get_method(meta["method"]).capabilities.class_specific:
+        class_specific = True
     if allow_new_classes and not class_specific:
         return
     first = next((i for i, (a, b) in enumerate(zip(saved, classnames)) if a != b), min(len(saved), len(classnames)))
@@ -203,8 +208,8 @@ def check_classnames_match(meta: dict[str, Any], classnames: list[str], path: st
               f"{saved[first] if first < len(saved) else '-'!r} vs "
               f"{classnames[first] if first < len(classnames) else '-'!r}")
     if class_specific:
-        raise CheckpointError(f"prompt file '{path}' holds class-specific contexts for another class list "
-                              f"({detail}); it can only be used with its own classes.")
+        raise CheckpointError(f"prompt file '{path}' holds class-specific state ({meta.get('method')}) for another "
+                              f"class list ({detail}); it can only be used with its own classes.")
     raise CheckpointError(
         f"prompt file '{path}' was learned for another class list ({detail}). To evaluate a unified "
         "prompt on new classes (cross-dataset / domain generalisation) pass --allow-new-classes."
@@ -218,6 +223,7 @@ def load_prompt(
     *,
     allow_new_classes: bool = False,
     device: str | torch.device = "cpu",
+    context: Any = None,
 ) -> Any:
     """Rebuild the method stored in a prompt file, ready for inference.
 
@@ -226,8 +232,11 @@ def load_prompt(
         backbone: the backbone to use (checked against the file); None = load the one recorded.
         classnames: classes to predict; None = the file's. A different list needs
             ``allow_new_classes`` and a unified (non class-specific) prompt.
+        context: the build context (:class:`~vlprompt.methods.base.MethodContext`: the dataset's
+            templates) to use; None = the one recorded in the file (the training dataset's).
     """
     from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.methods.base import MethodContext
     from vlprompt.methods.registry import build_method, make_method_config
 
     tensors, meta = read_prompt(path)
@@ -238,7 +247,13 @@ def load_prompt(
     names = list(meta.get("classnames", [])) if classnames is None else list(classnames)
     check_classnames_match(meta, names, path, allow_new_classes=allow_new_classes)
     config = make_method_config(meta["method"], dict(meta.get("config", {})))
-    method = build_method(meta["method"], backbone, names, config=config)
+    if context is None:
+        saved_context = meta.get("context") or {}
+        try:
+            context = MethodContext(**{k: saved_context[k] for k in ("templates", "dataset") if k in saved_context})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"prompt file '{path}' has an unusable build context: {exc}") from exc
+    method = build_method(meta["method"], backbone, names, config=config, context=context)
     try:
         method.load_learned_state(tensors)
     except (KeyError, ValueError) as exc:

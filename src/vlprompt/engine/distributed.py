@@ -1,14 +1,17 @@
 """Multi-process data-parallel training under ``torchrun`` (one process per GPU, or gloo on CPU).
 
 The learned tensors of a prompt method are tiny and the backbone is frozen, so no DDP wrapper is
-needed: every rank holds the whole method, takes a contiguous slice of every *global* batch (the
-batch a single process would draw), back-propagates its slice's mean loss and the learned
-parameters' gradients are combined with one all-reduce::
+needed: every rank holds the whole method and takes a contiguous slice of every *global* batch (the
+batch a single process would draw). A method's loss is a set of named terms, each a sum over items
+and a count (:class:`~vlprompt.methods.base.LossTerms`); the counts are summed over the ranks first
+(:func:`all_reduce_values`), each rank back-propagates ``sum_t S_t,r / C_t`` and the gradients are
+summed with one all-reduce (:func:`sum_gradients`; :mod:`vlprompt.engine.loss_step`)::
 
-    grad = sum_r n_r * grad_r / sum_r n_r            # = gradient of the global-batch mean loss
+    grad = sum_r grad(sum_t S_t,r / C_t)            # = gradient of sum_t (sum_r S_t,r) / C_t
 
-which is exactly the single-process gradient for losses that are a mean over samples (CoOp,
-CoCoOp, UPL's sum of cross-entropies). Rank 0 alone writes files (log, checkpoints, prompt,
+which is exactly the single-process gradient of the global batch for means over samples (CoOp,
+CoCoOp, UPL), means over a data-dependent subset of all ranks' items (LoCoOp's selected patches)
+and per-batch penalties (KgCoOp). Rank 0 alone writes files (log, checkpoints, prompt,
 metrics, TensorBoard) and evaluates; :func:`main_only` runs such a step on rank 0 and hands its
 result, or its error, to every rank so no process is left waiting.
 
@@ -236,40 +239,35 @@ def main_first(ctx: DistContext, fn: Callable[[], T]) -> T:
     return result if ctx.is_main else fn()  # type: ignore[return-value]
 
 
-def reduce_step(ctx: DistContext, params: Sequence[Tensor], loss: float, correct: int,
-                n: int) -> tuple[float, int, int]:
-    """Average the learned parameters' gradients over the global batch and sum the step's statistics.
-
-    Each rank's ``p.grad`` is the gradient of its slice's mean loss (``n`` samples); afterwards it is
-    ``sum_r n_r * grad_r / sum_r n_r`` on every rank (one float64 all-reduce of all gradients + stats).
-    A parameter no rank computed a gradient for keeps ``grad = None`` (the optimiser skips it, as in
-    a single process).
-
-    Args:
-        params: the learned parameters (same order on every rank).
-        loss: this rank's mean loss over its ``n`` samples; ``correct``: its correct predictions.
-
-    Returns:
-        ``(global mean loss, global correct, global batch size)``.
-    """
+def all_reduce_values(ctx: DistContext, values: Sequence[float]) -> list[float]:
+    """Sum of ``values`` over all ranks (float64; unchanged in a single process)."""
     if not ctx.enabled:
-        return loss, correct, n
-    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).to(ctx.comm_device,
-                                                                                              torch.float64) * n
-             for p in params]
-    has_grad = [float(p.grad is not None) for p in params]
-    stats = torch.tensor([*has_grad, loss * n, float(correct), float(n)], dtype=torch.float64,
-                         device=ctx.comm_device)
-    flat = torch.cat([*parts, stats])
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=ctx.comm_device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def sum_gradients(ctx: DistContext, grads: Sequence[Tensor | None], like: Sequence[Tensor],
+                  stats: Sequence[float]) -> tuple[list[Tensor | None], list[float]]:
+    """Sum gradients (``like[i]`` gives the shape, device and dtype of ``grads[i]``) and ``stats`` over all
+    ranks in one float64 all-reduce. A gradient no rank has stays None. Unchanged in a single process."""
+    if not ctx.enabled:
+        return list(grads), [float(v) for v in stats]
+    parts = [(g if g is not None else torch.zeros_like(p)).detach().reshape(-1).to(ctx.comm_device, torch.float64)
+             for g, p in zip(grads, like)]
+    flags = [float(g is not None) for g in grads]
+    flat = torch.cat([*parts, torch.tensor([*flags, *stats], dtype=torch.float64, device=ctx.comm_device)])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    total = float(flat[-1])
-    offset, flags = 0, flat[-3 - len(params):-3].tolist()
-    for p, flag in zip(params, flags):
+    out: list[Tensor | None] = []
+    offset, n_stats = 0, len(stats)
+    tail = flat[sum(p.numel() for p in like):]
+    for i, p in enumerate(like):
         size = p.numel()
-        grad = (flat[offset:offset + size] / total).view_as(p).to(device=p.device, dtype=p.dtype)
-        p.grad = grad if flag > 0 else None
+        grad = flat[offset:offset + size].view_as(p).to(device=p.device, dtype=p.dtype)
+        out.append(grad if float(tail[i]) > 0 else None)
         offset += size
-    return float(flat[-3]) / total, int(round(float(flat[-2]))), int(round(total))
+    return out, tail[len(like):len(like) + n_stats].tolist()
 
 
 def reseed_worker_rng(ctx: DistContext, seed: int, epoch: int) -> None:

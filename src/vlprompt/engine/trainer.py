@@ -43,6 +43,7 @@ from vlprompt.core.results import RunResult, read_result, write_result
 from vlprompt.core.tables import accuracy_table
 from vlprompt.data.loading import ImageDataset
 from vlprompt.data.pipeline import PreparedData, prepare_data
+from vlprompt.data.templates import get_templates
 from vlprompt.engine.checkpoint import (
     list_checkpoints,
     resume_training_state,
@@ -57,11 +58,12 @@ from vlprompt.engine.distributed import (
     init_distributed,
     main_first,
     main_only,
-    reduce_step,
     reseed_worker_rng,
 )
 from vlprompt.engine.evaluate import evaluate_items
 from vlprompt.engine.features import encode_items, feature_loader, train_batches, view_loader
+from vlprompt.engine.fitting import RunFitData, fit_summary
+from vlprompt.engine.loss_step import backward_terms
 from vlprompt.engine.optim import build_optimizer, default_max_epoch, lr_at_epoch, set_lr
 from vlprompt.engine.run import (
     RunLock,
@@ -72,7 +74,7 @@ from vlprompt.engine.run import (
     resolve_device,
     seed_everything,
 )
-from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.base import LossTerms, MethodContext, PromptMethod
 from vlprompt.methods.registry import build_method, get_method
 
 #: Config parts that must not change between a run and its resumption ...
@@ -159,13 +161,20 @@ def _read_finished_metrics(paths: RunPaths) -> dict[str, Any] | None:
         return None
 
 
-def build_training_method(cfg: ExperimentConfig, backbone: OpenClipBackbone, classnames: list[str]) -> PromptMethod:
+def method_context(cfg: ExperimentConfig, splits: Any) -> MethodContext:
+    """The build context of a run: the dataset's hand-crafted template(s) (option data.templates)."""
+    templates = get_templates(cfg.data.templates, cfg.data.dataset, template=getattr(splits, "template", None))
+    return MethodContext(templates=tuple(templates), dataset=cfg.data.dataset)
+
+
+def build_training_method(cfg: ExperimentConfig, backbone: OpenClipBackbone, classnames: list[str],
+                          context: MethodContext | None = None) -> PromptMethod:
     entry = get_method(cfg.method.name)
     if not entry.trainable:
         raise ConfigError(
             f"method '{cfg.method.name}' learns nothing; use `vlprompt zeroshot` (or `vlprompt eval`) instead."
         )
-    return build_method(cfg.method.name, backbone, classnames, config=cfg.method.config)
+    return build_method(cfg.method.name, backbone, classnames, config=cfg.method.config, context=context)
 
 
 def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: OpenClipBackbone | None = None) -> dict[str, Any]:
@@ -234,7 +243,16 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
              f"{len(data.val)} val / {len(data.splits.test)} test images "
              f"(shots {cfg.data.shots}, seed {cfg.train.seed})")
     main_only(ctx, lambda: check_batch_size(ctx, cfg.optim.batch_size, len(data.train)))  # one error line
-    method = build_training_method(cfg, backbone, data.splits.classnames).to(device)
+    caps = get_method(cfg.method.name).capabilities
+    method = build_training_method(cfg, backbone, data.splits.classnames, method_context(cfg, data.splits)).to(device)
+    fit_data = RunFitData(method, data, seed=cfg.train.seed, batch_size=cfg.optim.test_batch_size,
+                          num_workers=cfg.data.num_workers, disk_dir=cfg.data.feature_cache_dir,
+                          cache=not caps.modifies_encoders, progress=progress, log=log.info)
+    fit_info: dict[str, Any] = {}
+    if caps.fitted:  # closed-form state first (the same on every rank: seeded, no collective)
+        with torch.random.fork_rng(devices=[]), autocast(device, cfg.train.compute_precision):
+            fit_info = dict(method.fit(fit_data))
+        log.info(f"fitted {cfg.method.name}: {fit_summary(fit_info)}")
     params = [p for _, p in method.learned_parameters()]
     broadcast_parameters(ctx, params)
     log.info(f"method {cfg.method.name}: {sum(p.numel() for p in params):,} learned parameters; "
@@ -242,6 +260,8 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
     if ctx.enabled:
         log.info(f"data parallel: {ctx.world_size} processes ({device.type}), global batch {cfg.optim.batch_size} "
                  f"= {ctx.world_size} x {cfg.optim.batch_size // ctx.world_size}")
+    if not caps.uses_sgd:  # fitted only: no epochs, no optimiser, no checkpoints
+        return main_only(ctx, lambda: _finish(method, data, backbone, cfg, device, paths, log, [], 0, 0.0, fit_info))
     optimizer = build_optimizer(params, cfg.optim)
     max_epoch = cfg.optim.max_epoch or default_max_epoch(cfg.data.dataset, cfg.data.shots)
 
@@ -284,14 +304,20 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
                                              extra={"history": history}, keep=cfg.train.keep_checkpoints))
     if writer is not None:
         writer.close()
+    if caps.fitted:  # e.g. Tip-Adapter-F's search of alpha / beta with the trained keys
+        with torch.random.fork_rng(devices=[]), autocast(device, cfg.train.compute_precision):
+            after = dict(method.after_training(fit_data))
+        if after:
+            log.info(f"after training: {fit_summary(after)}")
+        fit_info.update(after)
     train_time = round(time.time() - t0, 2)
     return main_only(ctx, lambda: _finish(method, data, backbone, cfg, device, paths, log, history, max_epoch,
-                                          train_time))
+                                          train_time, fit_info))
 
 
 def _finish(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
             device: torch.device, paths: RunPaths, log: Any, history: list[dict[str, Any]], max_epoch: int,
-            train_time: float) -> dict[str, Any]:
+            train_time: float, fit_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save the prompt, evaluate on test (and val), write metrics.json and results.md (rank 0)."""
     save_prompt(paths.prompt, method, extra={"dataset": cfg.data.dataset, "shots": cfg.data.shots,
                                               "seed": cfg.train.seed, "epochs": max_epoch})
@@ -301,7 +327,7 @@ def _finish(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone
     metrics = write_result(paths.metrics, RunResult(
         method=cfg.method.name, dataset=cfg.data.dataset, shots=cfg.data.shots, seed=cfg.train.seed,
         backbone=backbone.info.as_dict(), epochs=max_epoch, train_time_s=train_time,
-        skipped_images=len(data.skipped), test=test, val=val_report, history=history))
+        skipped_images=len(data.skipped), test=test, val=val_report, history=history, fit=fit_info or None))
     table = accuracy_table(test, title=f"{cfg.method.name} on {cfg.data.dataset} ({cfg.data.shots} shots, "
                                          f"seed {cfg.train.seed}) - test")
     atomic_write_text(paths.results_table, table)
@@ -314,9 +340,14 @@ def _train_loader(method: PromptMethod, data: PreparedData, backbone: OpenClipBa
     """Training batches (this rank's share of each global batch): cached features ``[B, ...]``, cached
     augmented views, or images ``[B, 3, H, W]`` encoded every step."""
     bs = cfg.optim.batch_size
-    # issue 17: a method that modifies the encoders (deep prompts) must encode its images every step
+    # a method that modifies the encoders (deep prompts, CLIP-LoRA) must encode its images every step
     modifies = get_method(cfg.method.name).capabilities.modifies_encoders or method.modifies_encoders
-    if cfg.data.augment and cfg.data.augment_views > 0 and not modifies:  # opt-in: K cached augmented views per image
+    if modifies:  # features change with every step
+        tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
+        dataset = ImageDataset(data.train, data.splits.loader, tf)
+        return DataLoader(dataset, batch_sampler=train_batches(len(dataset), bs, ctx),
+                          num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+    if cfg.data.augment and cfg.data.augment_views > 0:  # opt-in: K cached augmented views per image
         with torch.random.fork_rng(devices=[]):  # the views depend on the seed only (same after --resume)
             torch.manual_seed(cfg.train.seed + 7919)
             views = [_augmented_view(method, data, backbone, cfg, v) for v in range(cfg.data.augment_views)]
@@ -334,9 +365,9 @@ def _train_loader(method: PromptMethod, data: PreparedData, backbone: OpenClipBa
     return feature_loader(feats, labels, batch_size=bs, ctx=ctx)
 
 
-def _loss_step(method: PromptMethod, compile_step: bool | str) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """``method.training_loss`` (features ``[B, ...]``, labels ``[B]`` -> loss, logits ``[B, C]``), optionally
-    wrapped in ``torch.compile`` (option train.compile: true = inductor, or a backend name)."""
+def _loss_step(method: PromptMethod, compile_step: bool | str) -> Callable[[Tensor, Tensor], LossTerms]:
+    """``method.training_loss`` (features ``[B, ...]``, labels ``[B]`` -> named loss terms and logits ``[B, C]``),
+    optionally wrapped in ``torch.compile`` (option train.compile: true = inductor, or a backend name)."""
     if compile_step is False:
         return method.training_loss
     backend = "inductor" if compile_step is True else str(compile_step)
@@ -366,39 +397,47 @@ def _augmented_view(method: PromptMethod, data: PreparedData, backbone: OpenClip
 
 def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Optimizer, device: torch.device,
                      cfg: ExperimentConfig, epoch: int, *, ctx: DistContext = SINGLE,
-                     loss_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+                     loss_fn: Callable[[Tensor, Tensor], LossTerms] | None = None,
                      progress: bool | None = None) -> dict[str, float]:
-    """One pass over ``loader``; loss and accuracy are over the global batches (all ranks)."""
+    """One pass over ``loader``; loss, each loss term (``loss_<term>``: mean per counted item) and accuracy
+    are over the global batches (all ranks)."""
     method.train()
     loss_fn = method.training_loss if loss_fn is None else loss_fn
     progress = cfg.train.progress if progress is None else progress
     params = [p for _, p in method.learned_parameters()]
+    owns_step = get_method(method.method_name).capabilities.owns_gradient_step
     total_loss, correct, seen = 0.0, 0, 0
+    term_sums: dict[str, float] = {}
+    term_counts: dict[str, int] = {}
     for step, (images, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
                                                  disable=not progress)):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.compute_precision):
             feats = method.encode_images(images) if images.dim() == 4 else images  # else: cached features
-            loss, logits = loss_fn(feats, labels)
+            out = loss_fn(feats, labels)
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        if math.isfinite(value):  # a non-finite loss stops training below (on every rank: it is all-reduced)
-            loss.backward()
-        batch_loss, batch_correct, batch_n = reduce_step(ctx, params, value, int((logits.argmax(-1) == labels).sum()),
-                                                         labels.shape[0])
-        if not math.isfinite(batch_loss):
+        # every cross-rank reduction happens here (non-finite values skip the backward pass on every rank)
+        stats = backward_terms(method, out, params, labels, ctx=ctx, owns_gradient_step=owns_step)
+        if not math.isfinite(stats.loss):
             raise VlpromptError(
-                f"the loss became {batch_loss} at epoch {epoch + 1}, step {step + 1}; training stopped and "
+                f"the loss became {stats.loss} at epoch {epoch + 1}, step {step + 1}; training stopped and "
                 "the last good checkpoint is kept. Likely causes: learning rate too high (optim.lr) or "
                 "reduced precision (train.compute_precision=fp32 avoids it)."
             )
         optimizer.step()
-        total_loss += batch_loss * batch_n
-        correct += batch_correct
-        seen += batch_n
+        total_loss += stats.loss * stats.n
+        correct += stats.correct
+        seen += stats.n
+        for name, value in stats.term_sums.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value
+            term_counts[name] = term_counts.get(name, 0) + stats.term_counts[name]
     if seen == 0:
         raise VlpromptError("the training split is empty; check data.dataset / data.root / data.shots")
-    return {"loss": total_loss / seen, "accuracy": 100.0 * correct / seen}
+    record = {"loss": total_loss / seen, "accuracy": 100.0 * correct / seen}
+    if len(term_sums) > 1:
+        for k in sorted(term_sums):
+            record[f"loss_{k}"] = term_sums[k] / term_counts[k] if term_counts[k] else 0.0
+    return record
 
 
 def _evaluate_split(method: PromptMethod, data: PreparedData, items: list, backbone: OpenClipBackbone,

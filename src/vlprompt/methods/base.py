@@ -10,14 +10,94 @@ where f_b is the image feature and t_c the text feature of class c's prompt.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlprompt.backbones.openclip import OpenClipBackbone
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know besides its class names (given at build time, saved in prompt files).
+
+    Attributes:
+        templates: the dataset's hand-crafted prompt template(s), one ``{}`` each (zero-shot classifier
+            of KgCoOp's penalty, ProGrad's teacher, CLIP-Adapter / Tip-Adapter's text classifier, CLIP-LoRA's
+            prompts); several are ensembled (mean of normalised text features).
+        dataset: the dataset's name ('' when unknown), for messages.
+    """
+
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    dataset: str = ""
+
+    def __post_init__(self) -> None:
+        templates = (self.templates,) if isinstance(self.templates, str) else tuple(self.templates)
+        if not templates or any(not isinstance(t, str) or t.count("{}") != 1 for t in templates):
+            raise ValueError(f"a method context needs templates with exactly one '{{}}', got {self.templates!r}")
+        object.__setattr__(self, "templates", templates)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"templates": list(self.templates), "dataset": self.dataset}
+
+
+class LossTerms(NamedTuple):
+    """One training step's named loss terms and logits.
+
+    ``terms[name] = (sum over this process's items, number of items)``: the optimised loss is
+    ``sum_name sum / count`` with the counts of the *global* batch, so the trainer reduces every term
+    across torchrun ranks itself (one all-reduce) and the result is exact for per-sample means (CE),
+    means over a data-dependent subset (LoCoOp's selected patches) and per-batch values (a value ``v``
+    given as ``(v * n, n)``). ``logits [B, n_cls]`` feed the accuracy log.
+    """
+
+    terms: dict[str, tuple[Tensor, int]]
+    logits: Tensor
+
+    def total(self) -> Tensor:
+        """The loss of this batch alone (single process): ``sum_name sum / count`` (empty terms skipped)."""
+        parts = [s / int(c) for s, c in self.terms.values() if int(c) > 0]
+        return sum(parts[1:], parts[0]) if parts else self.logits.sum() * 0.0
+
+
+class FitData(Protocol):
+    """What the engine hands to :meth:`PromptMethod.fit` (features of the few-shot splits, cached).
+
+    ``features(split)``: frozen features ``[N, ...]`` of ``"train"`` / ``"val"`` (test transform, what
+    :meth:`PromptMethod.encode_images` returns) and labels ``[N]``.
+    ``augmented_features(views, crop_scale)``: ``views`` randomly augmented passes over the training set
+    (random resized crop with ``crop_scale``, flip): ``[views, N, ...]`` and labels ``[N]``; seeded by the
+    run's seed, so a resumed or data-parallel run gets the same.
+    ``log(message)``: the run's log.
+    """
+
+    def features(self, split: str) -> tuple[Tensor, Tensor]: ...
+
+    def augmented_features(self, views: int,
+                           crop_scale: tuple[float, float] = (0.08, 1.0)) -> tuple[Tensor, Tensor]: ...
+
+    def log(self, message: str) -> None: ...
+
+
+@torch.no_grad()
+def template_text_features(backbone: OpenClipBackbone, classnames: list[str], templates: Sequence[str],
+                           chunk: int = 256) -> Tensor:
+    """Zero-shot classifier ``[n_cls, E]``: ``normalise(mean_t normalise(g(template_t(c))))`` (CLIP Sec. 3.1.4)."""
+    names = [c.replace("_", " ") for c in classnames]
+    feats = []
+    for start in range(0, len(names), chunk):
+        part = names[start : start + chunk]
+        acc = None
+        for template in templates:
+            ids = backbone.tokenize([template.format(n) for n in part], what="the prompt")
+            f = F.normalize(backbone.encode_text(ids).float(), dim=-1)
+            acc = f if acc is None else acc + f
+        feats.append(F.normalize(acc / len(templates), dim=-1))
+    return torch.cat(feats)
 
 
 class PromptMethod(nn.Module):
@@ -37,13 +117,15 @@ class PromptMethod(nn.Module):
     #: learns nothing inside the image tower (e.g. deep text prompts only).
     modifies_encoders: ClassVar[bool] = False
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: Any) -> None:
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: Any,
+                 context: MethodContext | None = None) -> None:
         super().__init__()
         if not classnames:
             raise ValueError("a method needs at least one class name")
         self.backbone = backbone
         self.classnames = list(classnames)
         self.config = config
+        self.context = context if context is not None else MethodContext()
 
     @property
     def n_cls(self) -> int:
@@ -62,24 +144,75 @@ class PromptMethod(nn.Module):
             if p.requires_grad and not name.startswith("backbone."):
                 yield name, p
 
+    def fitted_buffers(self) -> Iterator[tuple[str, Tensor]]:
+        """(name, buffer) of the state a ``fit`` step computes (persistent buffers outside the backbone:
+        Tip-Adapter's cache, the linear probe's weights); frozen helpers are non-persistent buffers."""
+        persistent = {f"{prefix}{'.' if prefix else ''}{n}" for prefix, mod in self.named_modules()
+                      for n in mod._buffers if n not in mod._non_persistent_buffers_set}
+        for name, b in self.named_buffers():
+            if name in persistent and not name.startswith("backbone."):
+                yield name, b
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        return {**dict(self.learned_parameters()), **dict(self.fitted_buffers())}
+
     def learned_state(self) -> dict[str, Tensor]:
-        """The tensors a prompt checkpoint stores (detached CPU copies)."""
-        return {name: p.detach().cpu().contiguous() for name, p in self.learned_parameters()}
+        """The tensors a prompt file / checkpoint stores (detached CPU copies): learned parameters and
+        fitted buffers."""
+        return {name: t.detach().cpu().contiguous() for name, t in self._state_tensors().items()}
 
     def load_learned_state(self, state: dict[str, Tensor]) -> None:
-        """Load tensors saved by :meth:`learned_state`; names and shapes must match exactly."""
-        own = dict(self.learned_parameters())
+        """Load tensors saved by :meth:`learned_state`; names must match, and shapes too, except for a
+        tensor that is empty until fitted (Tip-Adapter's cache), which takes the saved shape."""
+        own = self._state_tensors()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
             raise KeyError(f"learned state mismatch: missing {missing}, unexpected {unexpected}")
-        for name, p in own.items():
-            if tuple(state[name].shape) != tuple(p.shape):
-                raise ValueError(
-                    f"learned tensor '{name}' has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}"
-                )
+        for name, t in own.items():
+            saved = state[name]
+            if tuple(saved.shape) != tuple(t.shape):
+                if t.numel() != 0 or saved.dim() != t.dim():
+                    raise ValueError(
+                        f"learned tensor '{name}' has shape {tuple(saved.shape)}, expected {tuple(t.shape)}"
+                    )
+                self._replace_tensor(name, saved.to(t.device, t.dtype))
+                continue
             with torch.no_grad():
-                p.copy_(state[name].to(p.device, p.dtype))
+                t.copy_(saved.to(t.device, t.dtype))
+
+    def _replace_tensor(self, name: str, value: Tensor) -> None:
+        """Give the (empty, not yet fitted) parameter or buffer ``name`` a new tensor of another shape."""
+        owner_name, _, attr = name.rpartition(".")
+        owner = self.get_submodule(owner_name) if owner_name else self
+        if attr in owner._parameters:
+            setattr(owner, attr, nn.Parameter(value.clone(), requires_grad=owner._parameters[attr].requires_grad))
+        else:
+            setattr(owner, attr, value.clone())
+
+    # -------------------------------------------------------------- contract hooks
+    def fit(self, data: FitData) -> dict[str, Any]:
+        """Fit the method's state in closed form before any SGD (capability ``training`` "fit" or
+        "fit+sgd"): e.g. Tip-Adapter's cache, the linear probe. Returns values to log / record."""
+        return {}
+
+    def after_training(self, data: FitData) -> dict[str, Any]:
+        """Called once after the SGD epochs (e.g. Tip-Adapter-F's search of alpha / beta); returns values to log."""
+        return {}
+
+    def combine_gradients(self, grads: dict[str, list[Tensor | None]]) -> list[Tensor | None]:
+        """The update direction of the learned parameters from each loss term's gradient.
+
+        Only called for methods registered with ``owns_gradient_step`` (ProGrad): ``grads[term][i]`` is the
+        gradient of term ``term``'s mean over the global batch (summed over torchrun ranks) w.r.t. the i-th
+        learned parameter (None when it has none); the result becomes ``p.grad`` and the trainer's optimiser
+        steps as usual. The default (every other method) is the gradient of the sum of the terms.
+        """
+        out: list[Tensor | None] = []
+        for parts in zip(*grads.values()):
+            present = [g for g in parts if g is not None]
+            out.append(sum(present[1:], present[0]) if present else None)
+        return out
 
     # -------------------------------------------------------------- forward
     def train(self, mode: bool = True) -> PromptMethod:
@@ -115,7 +248,8 @@ class PromptMethod(nn.Module):
         """Cross-entropy (CoOp, Eq. 3 of Zhou et al., IJCV 2022)."""
         return F.cross_entropy(logits, labels)
 
-    def training_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """``(loss, logits [B, n_cls])`` of one training step on (possibly cached) image features."""
+    def training_loss(self, features: Tensor, labels: Tensor) -> LossTerms:
+        """Named loss terms ``{"ce": (sum of cross-entropies, B)}`` and logits ``[B, n_cls]`` of one step on
+        (possibly cached) image features (see :class:`LossTerms`)."""
         logits = self.forward_features(features)
-        return self.loss(logits.float(), labels), logits
+        return LossTerms({"ce": (F.cross_entropy(logits.float(), labels, reduction="sum"), labels.shape[0])}, logits)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.core.errors import ConfigError
-from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.base import MethodContext, PromptMethod
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,9 @@ class Capabilities:
 
     Attributes:
         training: ``"sgd"`` (learned by the trainer's gradient loop), ``"fit"`` (fitted in closed form on
-            the few-shot features) or ``"none"`` (training-free, e.g. zero-shot CLIP).
+            the few-shot features by :meth:`~vlprompt.methods.base.PromptMethod.fit`: linear probe,
+            Tip-Adapter), ``"fit+sgd"`` (fitted, then trained by the loop: Tip-Adapter-F) or ``"none"``
+            (training-free, e.g. zero-shot CLIP).
         supervision: ``"labels"`` (ground-truth few-shot labels) or ``"none"`` (no labels: training-free,
             or unsupervised such as UPL, which learns from its own pseudo-labels).
         image_conditional: text features depend on the image (CoCoOp): they cannot be computed once
@@ -31,13 +33,36 @@ class Capabilities:
         local_features: needs patch-level (local) image features besides the global one (LoCoOp).
         modifies_encoders: changes the encoders themselves (LoRA, deep prompts): image features cannot
             be cached and the shared-prefix text shortcut does not apply.
+        class_specific: what it learns belongs to the training classes (a linear probe's weights,
+            Tip-Adapter's cache): it predicts only those classes, so base-to-new and cross-dataset
+            evaluation on other class names are refused.
+        owns_gradient_step: the method turns its loss terms' gradients into the update itself
+            (:meth:`~vlprompt.methods.base.PromptMethod.combine_gradients`; ProGrad).
     """
 
-    training: Literal["sgd", "fit", "none"] = "sgd"
+    training: Literal["sgd", "fit", "fit+sgd", "none"] = "sgd"
     supervision: Literal["labels", "none"] = "labels"
     image_conditional: bool = False
     local_features: bool = False
     modifies_encoders: bool = False
+    class_specific: bool = False
+    owns_gradient_step: bool = False
+
+    def __post_init__(self) -> None:
+        if self.training not in ("sgd", "fit", "fit+sgd", "none"):
+            raise ValueError(f"capability training must be sgd, fit, fit+sgd or none, got {self.training!r}")
+        if self.owns_gradient_step and not self.uses_sgd:
+            raise ValueError("owns_gradient_step needs a method trained by SGD")
+
+    @property
+    def fitted(self) -> bool:
+        """Has a closed-form ``fit`` step (before any SGD)."""
+        return self.training in ("fit", "fit+sgd")
+
+    @property
+    def uses_sgd(self) -> bool:
+        """Trained by the trainer's gradient loop (learned parameters, optimiser, epochs)."""
+        return self.training in ("sgd", "fit+sgd")
 
     @property
     def trainable(self) -> bool:
@@ -83,13 +108,20 @@ def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], 
 
 
 def _ensure_builtin() -> None:
-    import vlprompt.methods.cocoop  # noqa: F401
-    import vlprompt.methods.coop  # noqa: F401
-    import vlprompt.methods.ivlp  # noqa: F401
-    import vlprompt.methods.locoop  # noqa: F401
-    import vlprompt.methods.maple  # noqa: F401
-    import vlprompt.methods.promptsrc  # noqa: F401
-    import vlprompt.methods.upl  # noqa: F401
+    """Import the built-in methods (each registers itself: one line per method)."""
+    import vlprompt.methods.clip_adapter
+    import vlprompt.methods.clip_lora
+    import vlprompt.methods.cocoop
+    import vlprompt.methods.coop
+    import vlprompt.methods.ivlp
+    import vlprompt.methods.kgcoop
+    import vlprompt.methods.linear_probe
+    import vlprompt.methods.locoop
+    import vlprompt.methods.maple
+    import vlprompt.methods.prograd
+    import vlprompt.methods.promptsrc
+    import vlprompt.methods.tip_adapter
+    import vlprompt.methods.upl
     import vlprompt.methods.zeroshot  # noqa: F401
 
 
@@ -123,16 +155,18 @@ def make_method_config(name: str, options: dict[str, Any]) -> Any:
 
 
 def build_method(
-    name: str, backbone: OpenClipBackbone, classnames: list[str], config: Any = None, **options: Any
+    name: str, backbone: OpenClipBackbone, classnames: list[str], config: Any = None, *,
+    context: MethodContext | None = None, **options: Any
 ) -> PromptMethod:
     """Build method ``name`` for ``classnames`` on ``backbone``.
 
     Options are the config dataclass's fields (e.g. ``n_ctx=16, csc=False`` for CoOp); pass
-    either a ready ``config`` object or keyword options, not both.
+    either a ready ``config`` object or keyword options, not both. ``context`` gives the dataset's
+    hand-crafted template(s) (default: ``"a photo of a {}."``).
     """
     entry = get_method(name)
     if config is None:
         config = make_method_config(name, options)
     elif options:
         raise ConfigError("pass either a config object or keyword options to build_method, not both")
-    return entry.model_cls(backbone, classnames, config)
+    return entry.model_cls(backbone, classnames, config, context)

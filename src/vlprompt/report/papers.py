@@ -29,7 +29,7 @@ PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 _REQUIRED = {"paper": str, "table": str, "backbone": str, "setting": str, "method": str, "dataset": str}
 _OPTIONAL_TEXT = ("paper_method", "score", "id_dataset", "source")
 #: the value keys a setting allows (settings not listed here take any column name)
-SETTING_VALUES = {"ood": {"fpr95", "auroc", "aupr"}, "unsupervised": {"accuracy"}}
+SETTING_VALUES = {"ood": {"fpr95", "auroc", "aupr"}, "unsupervised": {"accuracy"}, "fewshot": {"accuracy"}}
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class PaperEntry:
     score: str = ""
     id_dataset: str = ""
     source: str = ""
+    #: for an ``average`` row published without its per-dataset rows: the datasets it averages
+    datasets: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -82,12 +84,15 @@ def _entry(raw: Any, where: str) -> PaperEntry:
     for key in _OPTIONAL_TEXT:
         if not isinstance(raw.get(key, ""), str):
             raise DataError(f"{where}: '{key}' must be a string")
+    datasets = raw.get("datasets", [])
+    if not isinstance(datasets, list) or not all(isinstance(d, str) and d for d in datasets):
+        raise DataError(f"{where}: 'datasets' must be a list of dataset names")
     if raw["setting"] == "ood" and not (raw.get("score") and raw.get("id_dataset")):
         raise DataError(f"{where}: an 'ood' entry needs 'score' (mcm, glmcm, ...) and 'id_dataset'")
     return PaperEntry(paper=raw["paper"], table=raw["table"], backbone=raw["backbone"], setting=raw["setting"],
                       method=raw["method"], dataset=raw["dataset"],
                       values={str(k): float(v) for k, v in values.items()}, shots=shots,
-                      **{key: raw.get(key, "") for key in _OPTIONAL_TEXT})
+                      datasets=tuple(datasets), **{key: raw.get(key, "") for key in _OPTIONAL_TEXT})
 
 
 def _group(e: PaperEntry) -> tuple[Any, ...]:
@@ -154,7 +159,10 @@ def find_entry(entries: Sequence[PaperEntry], setting: str, method: str, dataset
 
 
 def averaged_datasets(entries: Sequence[PaperEntry], ref: PaperEntry) -> set[str]:
-    """The datasets (OOD sets) a paper's ``average`` row ``ref`` averages over: its other rows in the same table."""
+    """The datasets (OOD sets) a paper's ``average`` row ``ref`` averages over: its ``datasets`` field, else its
+    other rows in the same table."""
+    if ref.datasets:
+        return set(ref.datasets)
     return {e.dataset for e in entries if _group(e) == _group(ref) and e.dataset != "average"}
 
 

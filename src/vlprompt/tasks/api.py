@@ -21,6 +21,7 @@ from vlprompt.data.types import DatasetSplits
 from vlprompt.engine.checkpoint import load_prompt
 from vlprompt.engine.evaluate import evaluate_items
 from vlprompt.engine.run import resolve_device
+from vlprompt.engine.trainer import method_context
 from vlprompt.methods.base import PromptMethod
 from vlprompt.methods.zeroshot import zeroshot_classifier
 
@@ -80,7 +81,8 @@ def evaluate(cfg: ExperimentConfig, prompt: str | Path, *, split: str = "test", 
     device = resolve_device(cfg.train.device)
     backbone = _backbone(cfg, device)
     splits = load_dataset(cfg.data)
-    method = load_prompt(prompt, backbone, splits.classnames, allow_new_classes=allow_new_classes).to(device)
+    method = load_prompt(prompt, backbone, splits.classnames, allow_new_classes=allow_new_classes,
+                         context=method_context(cfg, splits)).to(device)
     report = _run_eval(method, splits, split, cfg, device, progress)
     report = {"method": method.method_name, "prompt": str(prompt), "dataset": cfg.data.dataset, "split": split,
               "backbone": backbone.info.as_dict(), **report}

@@ -60,9 +60,18 @@ def _train_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, extra: list[str
     return run_dir / "prompt.safetensors", float(metrics["test"]["accuracy"])
 
 
+def _check_transfers(cfg: ExperimentConfig, protocol: str) -> None:
+    """Refuse a class-specific method (linear probe, Tip-Adapter) for a protocol that predicts other classes."""
+    if get_method(cfg.method.name).capabilities.class_specific:
+        raise ConfigError(f"method '{cfg.method.name}' learns state for its training classes only (it is "
+                          f"class-specific) and cannot predict the other classes protocol '{protocol}' evaluates "
+                          "on; use it with the few-shot protocol, or a method that transfers (coop, cocoop, ...)")
+
+
 def base_to_new(cfg: ExperimentConfig, seeds: Sequence[int], out_dir: str | Path, *,
                 progress: bool = False) -> dict[str, Any]:
     """Base-to-new generalisation of ``cfg`` over ``seeds``: per-seed and mean/std of base, new, H."""
+    _check_transfers(cfg, "base2new")
     out = Path(out_dir)
     rows = []
     trainable = get_method(cfg.method.name).trainable
@@ -80,6 +89,8 @@ def transfer(cfg: ExperimentConfig, targets: Sequence[str], seeds: Sequence[int]
     """Domain generalisation (``kind="dg"``) or cross-dataset transfer (``"xd"``) from ``cfg.data``."""
     if not targets:
         raise ConfigError("this protocol needs target datasets (--targets a,b,c)")
+    if kind == "xd":
+        _check_transfers(cfg, kind)
     out = Path(out_dir)
     rows = []
     trainable = get_method(cfg.method.name).trainable

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.cocoop.config import CoCoOpConfig
 from vlprompt.methods.coop.prompt import PromptLearner
 
@@ -33,8 +33,9 @@ class CoCoOp(PromptMethod):
     method_name = "cocoop"
     image_conditional = True
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoCoOpConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoCoOpConfig,
+                 context: MethodContext | None = None) -> None:
+        super().__init__(backbone, classnames, config, context)
         self.prompt_learner = PromptLearner(backbone, self.classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
                                             csc=False, class_token_position="end", init_std=config.init_std)
         vis_dim, ctx_dim = backbone.embed_dim, backbone.text_width

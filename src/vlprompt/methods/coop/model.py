@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.prompt import PromptLearner
 
@@ -26,8 +26,9 @@ class CoOp(PromptMethod):
     def is_class_specific(cls, config: Any) -> bool:
         return bool(config.csc)
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoOpConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoOpConfig,
+                 context: MethodContext | None = None) -> None:
+        super().__init__(backbone, classnames, config, context)
         self.prompt_learner = PromptLearner(
             backbone,
             self.classnames,

@@ -23,9 +23,9 @@ from torch import Tensor
 
 from vlprompt.backbones.local import GLOBAL_LOCAL, packed_global_local
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.core.collective import all_reduce_sum
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.validate import check_float, check_int
+from vlprompt.methods.base import LossTerms, MethodContext
 from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.model import CoOp
 
@@ -77,8 +77,9 @@ class LoCoOp(CoOp):
     method_name = "locoop"
     feature_kind = GLOBAL_LOCAL
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: LoCoOpConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: LoCoOpConfig,
+                 context: MethodContext | None = None) -> None:
+        super().__init__(backbone, classnames, config, context)
         k = config.top_k if config.top_k is not None else max(1, round(0.2 * len(classnames)))
         if k > len(classnames):
             raise ConfigError(f"option method.top_k ({k}) is larger than the number of classes ({len(classnames)})")
@@ -95,18 +96,16 @@ class LoCoOp(CoOp):
     def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
         return super().logits(self._global(image_features), text_features)
 
-    def training_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """``CE(global) + lambda * (-entropy of ID-irrelevant patches)``; logits are the global ones."""
+    def training_loss(self, features: Tensor, labels: Tensor) -> LossTerms:
+        """Terms ``ce`` (global logits) and ``ood`` (``-lambda`` x entropy summed over the ID-irrelevant
+        patches, counted by the number of selected patches): the trainer divides each by its count over
+        the global batch, so the regulariser is the mean over the selected patches of all ranks."""
         text = self.text_features()
         logits = super().logits(self._global(features), text)
-        loss = F.cross_entropy(logits, labels)
+        terms = {"ce": (F.cross_entropy(logits, labels, reduction="sum"), labels.shape[0])}
         if features.dim() == 3 and self.config.lambda_value > 0:
             local = F.normalize(features[:, 1:].float(), dim=-1)
             local_logits = self.backbone.logit_scale.to(local.device) * local @ text.t()  # [B, P, C]
             total, n_sel = entropy_sum_of_selected(local_logits, labels, self.top_k)
-            # The mean runs over the selected patches of the GLOBAL batch (all torchrun ranks). The trainer
-            # weights each rank's loss by n_rank / N, so this rank's share is scaled by N / n_rank.
-            n_global, sel_global = all_reduce_sum([labels.shape[0], n_sel])
-            if sel_global > 0:
-                loss = loss - self.config.lambda_value * total * (n_global / labels.shape[0]) / sel_global
-        return loss, logits
+            terms["ood"] = (-self.config.lambda_value * total, n_sel)
+        return LossTerms(terms, logits)

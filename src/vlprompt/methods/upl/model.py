@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.base import LossTerms, MethodContext, PromptMethod
 from vlprompt.methods.coop.prompt import PromptLearner
 from vlprompt.methods.upl.config import UPLConfig
 
@@ -28,8 +28,9 @@ class UPL(PromptMethod):
 
     method_name = "upl"
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: UPLConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: UPLConfig,
+                 context: MethodContext | None = None) -> None:
+        super().__init__(backbone, classnames, config, context)
         self.prompt_learner = PromptLearner(backbone, self.classnames, n_ctx=config.n_ctx, init_std=config.init_std)
         ctx = torch.empty(config.n_prompts, config.n_ctx, backbone.text_width)
         nn.init.normal_(ctx, std=config.init_std)
@@ -66,10 +67,12 @@ class UPL(PromptMethod):
         per_prompt = self.logits_per_prompt(image_features)
         return per_prompt if self.training else per_prompt.mean(dim=0)
 
-    def training_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Sum of the N prompts' cross-entropies; the ensemble's logits for the accuracy log."""
+    def training_loss(self, features: Tensor, labels: Tensor) -> LossTerms:
+        """Sum of the N prompts' cross-entropies (term ``ce``: summed over prompts and images, counted by
+        images); the ensemble's logits for the accuracy log."""
         per_prompt = self.logits_per_prompt(features)
-        return self.loss(per_prompt, labels), per_prompt.mean(dim=0)
+        ce = sum(F.cross_entropy(lg, labels, reduction="sum") for lg in per_prompt)
+        return LossTerms({"ce": (ce, labels.shape[0])}, per_prompt.mean(dim=0))
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Sum over prompts of cross-entropy on the pseudo-labels (independent prompts)."""

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.core.errors import ConfigError
-from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.base import MethodContext, PromptMethod, template_text_features
 from vlprompt.methods.registry import register_method
 
 
@@ -44,24 +42,13 @@ class ZeroShotCLIP(PromptMethod):
 
     method_name = "zeroshot"
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: ZeroShotConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: ZeroShotConfig,
+                 context: MethodContext | None = None) -> None:
+        super().__init__(backbone, classnames, config, context)
         self.register_buffer("classifier", self._build_classifier(), persistent=False)
 
-    @torch.no_grad()
     def _build_classifier(self) -> Tensor:
-        names = [c.replace("_", " ") for c in self.classnames]
-        chunk = self.config.class_chunk
-        feats = []
-        for start in range(0, len(names), chunk):
-            part = names[start : start + chunk]
-            acc = None
-            for template in self.config.templates:
-                ids = self.backbone.tokenize([template.format(n) for n in part], what="the prompt")
-                f = F.normalize(self.backbone.encode_text(ids).float(), dim=-1)  # [chunk, E]
-                acc = f if acc is None else acc + f
-            feats.append(F.normalize(acc / len(self.config.templates), dim=-1))
-        return torch.cat(feats)  # [n_cls, E]
+        return template_text_features(self.backbone, self.classnames, self.config.templates, self.config.class_chunk)
 
     def text_features(self) -> Tensor:
         return self.classifier

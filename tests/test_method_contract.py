@@ -1,0 +1,229 @@
+"""The method contract, checked for every registered method on both tiny towers (timm-style).
+
+A method added later is covered by these tests without writing them again: it builds from its
+defaults and a build context, predicts ``[B, n_cls]``, sends gradients only to its learned tensors,
+survives save -> load with identical logits, resumes after a kill to the uninterrupted result, gives
+the same gradients when a global batch is split over two ranks (simulated here; a real torchrun run
+covers a subset in ``test_method_contract_torchrun``), and runs under ``vlprompt protocol base2new``
+(class-specific methods are refused there with one error line).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vlprompt.engine.trainer as trainer_mod
+from vlprompt.backbones.openclip import load_backbone
+from vlprompt.config import config_from_dict
+from vlprompt.engine.checkpoint import load_prompt, read_prompt, save_prompt
+from vlprompt.engine.loss_step import backward_terms, local_objectives
+from vlprompt.methods.base import MethodContext
+from vlprompt.methods.registry import build_method, get_method, list_methods
+
+from conftest import TINY_MODELS, tiny_config, write_config
+
+METHODS = list_methods()
+NAMES = ["red thing", "green thing", "blue thing"]
+CONTEXT = MethodContext(templates=["a photo of a {}.", "a drawing of a {}."])
+#: options that only make the contract runs smaller (never needed for correctness)
+SMALL = {"coop": {"n_ctx": 2}, "kgcoop": {"n_ctx": 2, "ctx_init": None}, "prograd": {"n_ctx": 2},
+         "locoop": {"n_ctx": 2, "top_k": 1}, "cocoop": {"n_ctx": 2}, "upl": {"n_ctx": 2, "n_prompts": 2},
+         "tip_adapter": {"search_step": [20, 5], "augment_epoch": 2},
+         "tip_adapter_f": {"search_step": [20, 5], "augment_epoch": 2}, "linear_probe": {"search_steps": 2}}
+
+
+@pytest.fixture(scope="module", params=TINY_MODELS)
+def backbone(request):
+    return load_backbone(request.param)
+
+
+def _images(backbone, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, backbone.image_size, backbone.image_size, generator=g)
+
+
+class _Fit:
+    """Few-shot data for ``fit``: random images of 3 classes through the method's own encoder."""
+
+    def __init__(self, method):
+        self.method = method
+        self.labels = torch.arange(3).repeat_interleave(2)
+
+    def features(self, split):
+        with torch.no_grad():
+            return self.method.encode_images(_images(self.method.backbone, 6, seed=1 if split == "train" else 2)), \
+                self.labels
+
+    def augmented_features(self, views, crop_scale=(0.5, 1.0)):
+        with torch.no_grad():
+            feats = [self.method.encode_images(_images(self.method.backbone, 6, seed=10 + v)) for v in range(views)]
+        return torch.stack(feats), self.labels
+
+    def log(self, msg):
+        pass
+
+
+def _build(name, backbone, names=NAMES):
+    torch.manual_seed(0)
+    method = build_method(name, backbone, names, context=CONTEXT, **SMALL.get(name, {}))
+    if get_method(name).capabilities.fitted:
+        method.fit(_Fit(method))
+    return method
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_builds_and_predicts_one_logit_per_class(name, backbone):
+    method = _build(name, backbone).eval()
+    with torch.no_grad():
+        logits = method(_images(backbone, 4))
+    assert logits.shape == (4, len(NAMES)) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_gradients_reach_only_the_learned_tensors(name, backbone):
+    caps = get_method(name).capabilities
+    method = _build(name, backbone).train()
+    learned = dict(method.learned_parameters())
+    others = [n for n, p in method.named_parameters() if n not in learned]
+    assert not any(p.requires_grad for n, p in method.named_parameters() if n in others), "frozen tensors need grad"
+    if not caps.uses_sgd:
+        assert not learned, f"{name} is not trained by SGD but has learned parameters"
+        return
+    assert learned, f"{name} is trained by SGD but learns nothing"
+    feats = method.encode_images(_images(backbone, 6, seed=3))
+    out = method.training_loss(feats, torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert out.logits.shape == (6, len(NAMES))
+    backward_terms(method, out, list(learned.values()))
+    grads = {n: p.grad for n, p in learned.items()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
+    assert any(float(g.abs().sum()) > 0 for g in grads.values())
+    assert all(p.grad is None for n, p in method.named_parameters() if n not in learned)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_save_then_load_gives_identical_logits(name, backbone, tmp_path):
+    method = _build(name, backbone)
+    if get_method(name).capabilities.uses_sgd:  # move the learned tensors away from their initial values
+        with torch.no_grad():
+            for _, p in method.learned_parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    path = save_prompt(tmp_path / "prompt.safetensors", method)
+    loaded = load_prompt(path, backbone)
+    images = _images(backbone, 5, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(images), method.eval()(images), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_two_simulated_ranks_give_the_single_process_gradient(name, backbone):
+    """The trainer's reduction (global counts, local objectives, summed gradients) on a batch split in two."""
+    caps = get_method(name).capabilities
+    if not caps.uses_sgd:
+        pytest.skip("nothing is trained by SGD")
+    method = _build(name, backbone).eval()  # eval: no dropout, the same function on both "ranks"
+    feats = method.encode_images(_images(backbone, 6, seed=5)).detach()
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    params = [p for _, p in method.learned_parameters()]
+    backward_terms(method, method.training_loss(feats, labels), params)
+    single = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+    outs = [method.training_loss(feats[:3], labels[:3]), method.training_loss(feats[3:], labels[3:])]
+    counts = {k: sum(int(o.terms[k][1]) for o in outs) for k in outs[0].terms}
+    per_rank = []
+    for out in outs:
+        objectives = local_objectives(out, counts)
+        if caps.owns_gradient_step:
+            per_rank.append({k: torch.autograd.grad(v, params, retain_graph=True, allow_unused=True,
+                                                 materialize_grads=True)
+                             for k, v in objectives.items()})
+        else:
+            per_rank.append({"all": torch.autograd.grad(sum(objectives.values()), params, allow_unused=True,
+                                                                 materialize_grads=True)})
+    summed = {k: [sum(r[k][i] for r in per_rank) for i in range(len(params))] for k in per_rank[0]}
+    grads = method.combine_gradients(summed) if caps.owns_gradient_step else summed["all"]
+    for p, a, b in zip(params, grads, single):
+        torch.testing.assert_close(torch.zeros_like(p) if a is None else a, b, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ through the trainer
+class _Killed(Exception):
+    pass
+
+
+def _run_cfg(tmp_path, root, name, model, out):
+    raw = tiny_config(tmp_path, root, method={"name": name, **SMALL.get(name, {})},
+                      backbone={"model": model, "pretrained": None},
+                      data={"shots": 2, "augment": False}, optim={"max_epoch": 2, "batch_size": 2},
+                      train={"output_dir": str(out)})
+    raw["method"] = {"name": name, **SMALL.get(name, {})}  # no CoOp options for other methods
+    return raw
+
+
+def _kill_midway(monkeypatch, caps):
+    """Kill an SGD run right after its first checkpoint, a fitted-only run before it writes its results."""
+    if caps.uses_sgd:
+        original = trainer_mod.save_training_state
+
+        def save_then_die(folder, epoch, *args, **kwargs):
+            original(folder, epoch, *args, **kwargs)
+            raise _Killed()
+
+        monkeypatch.setattr(trainer_mod, "save_training_state", save_then_die)
+    else:
+        def die(*args, **kwargs):
+            raise _Killed()
+
+        monkeypatch.setattr(trainer_mod, "_finish", die)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_killed_run_resumes_to_the_uninterrupted_result(name, backbone, tmp_path, tiny_imagefolder, monkeypatch):
+    caps = get_method(name).capabilities
+    if not caps.trainable:
+        pytest.skip("training-free: nothing to run")
+    model = backbone.name
+    full = trainer_mod.train(config_from_dict(_run_cfg(tmp_path, tiny_imagefolder, name, model, tmp_path / "full")))
+    raw = _run_cfg(tmp_path, tiny_imagefolder, name, model, tmp_path / "killed")
+    with monkeypatch.context() as m:
+        _kill_midway(m, caps)
+        with pytest.raises(_Killed):
+            trainer_mod.train(config_from_dict(raw))
+    torch.manual_seed(123)  # the resumed process starts from another RNG state
+    resumed = trainer_mod.train(config_from_dict(raw), resume=True)
+    a, _ = read_prompt(tmp_path / "full" / "prompt.safetensors")
+    b, meta = read_prompt(tmp_path / "killed" / "prompt.safetensors")
+    assert a.keys() == b.keys() and meta["context"]["templates"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    assert resumed["test"]["accuracy"] == full["test"]["accuracy"]
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]])
+    if caps.fitted:
+        assert resumed["fit"] == full["fit"]
+    # the run's prompt file predicts image files (`vlprompt predict`)
+    from vlprompt.tasks.api import predict
+
+    images = sorted(str(f) for f in (tiny_imagefolder / "test").rglob("*.png"))[:3]
+    preds = predict(tmp_path / "killed" / "prompt.safetensors", images, topk=2, backbone=backbone, device="cpu")
+    assert [len(p["top"]) for p in preds] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_runs_under_the_base2new_protocol(name, backbone, tmp_path, tiny_imagefolder, capsys):
+    from vlprompt.cli.main import main
+
+    caps = get_method(name).capabilities
+    cfg = write_config(tmp_path / "cfg.yaml", **_run_cfg(tmp_path, tiny_imagefolder, name, backbone.name,
+                                                         tmp_path / "unused"))
+    out = tmp_path / "b2n"
+    code = main(["protocol", "base2new", "-c", str(cfg), "--seeds", "1", "-o", str(out)])
+    if caps.class_specific:
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "class-specific" in err and "Traceback" not in err
+        return
+    assert code == 0
+    result = json.loads((out / "base2new_results.json").read_text())
+    assert result["method"] == name and set(result["summary"]) == {"base", "new", "H"}
+    assert all(0 <= result["summary"][k]["mean"] <= 100 for k in ("base", "new", "H"))
