@@ -27,7 +27,7 @@ from vlprompt.backbones.deep_prompts import (
     vision_width,
 )
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.ivlp.config import IVLPConfig
 from vlprompt.methods.ivlp.prompt import DeepTextPrompt
 
@@ -51,8 +51,9 @@ class IVLP(PromptMethod):
     method_name = "ivlp"
     modifies_encoders = True
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: IVLPConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: IVLPConfig,
+                 context: MethodContext | None = None) -> None:
+        super().__init__(backbone, classnames, config, context)
         std, dev = config.init_std, backbone.device
         self.text_prompt: DeepTextPrompt | None = None
         if config.learns_text:

@@ -31,7 +31,7 @@ from vlprompt.backbones.deep_prompts import (
     vision_width,
 )
 from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.methods.base import PromptMethod
+from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.ivlp.prompt import DeepTextPrompt
 from vlprompt.methods.maple.config import MaPLeConfig
 
@@ -42,8 +42,9 @@ class MaPLe(PromptMethod):
     method_name = "maple"
     modifies_encoders = True
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: MaPLeConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: MaPLeConfig,
+                 context: MethodContext | None = None) -> None:
+        super().__init__(backbone, classnames, config, context)
         check_vision_deep(backbone)
         d, w, dev = backbone.text_width, vision_width(backbone), backbone.device
         depth = min(config.prompt_depth, text_depth(backbone), vision_depth(backbone))

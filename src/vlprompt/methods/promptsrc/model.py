@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.methods.base import LossTerms, MethodContext
 from vlprompt.methods.ivlp.model import IVLP
 from vlprompt.methods.promptsrc.config import PromptSRCConfig
 
@@ -59,8 +60,9 @@ class PromptSRC(IVLP):
     method_name = "promptsrc"
     modifies_encoders = True
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: PromptSRCConfig) -> None:
-        super().__init__(backbone, classnames, config)
+    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: PromptSRCConfig,
+                 context: MethodContext | None = None) -> None:
+        super().__init__(backbone, classnames, config, context)
         names = [n.replace("_", " ") for n in self.classnames]
         with torch.no_grad():
             acc = None
@@ -90,13 +92,20 @@ class PromptSRC(IVLP):
         """CLIP logits of the prompted image features (the frozen half of packed features is ignored)."""
         return super().logits(self._split(image_features)[0], text_features)
 
-    def training_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """``(loss, logits [B, n_cls])`` from packed ``[B, 2E]`` prompted + frozen image features."""
+    def training_loss(self, features: Tensor, labels: Tensor) -> LossTerms:
+        """Named loss terms and logits ``[B, n_cls]`` from packed ``[B, 2E]`` prompted + frozen image features.
+
+        ``ce``: cross-entropy; ``scl_text``: L1 of prompted vs frozen class text features (a per-batch value,
+        given as ``(v * B, B)``); ``scl_image``: L1 of prompted vs frozen image features (mean over the feature
+        dimension, summed over images); ``scl_logits``: KL(frozen || prompted) summed over classes / n_cls.
+        Their sum equals the authors' ``loss_ce + L_SCL_text + L_SCL_image + L_SCL_logits`` of one batch.
+        """
         prompted, frozen = self._split(features)
         if frozen is None:
             raise ValueError("PromptSRC trains on packed prompted + frozen image features "
                              "(encode_images in train mode)")
         cfg = self.config
+        b = labels.shape[0]
         scale = self.backbone.logit_scale.to(prompted.device)
         img = F.normalize(prompted.float(), dim=-1)
         txt = self.text_features()
@@ -104,15 +113,13 @@ class PromptSRC(IVLP):
         with torch.no_grad():
             zs_img = F.normalize(frozen.float(), dim=-1)
             zs_logits = scale * zs_img @ self.teacher_text.t()
-        ce = F.cross_entropy(logits, labels)
+        ce = F.cross_entropy(logits, labels, reduction="sum")
         l_text = F.l1_loss(txt, self.teacher_text, reduction="mean") * cfg.text_loss_weight
-        l_image = F.l1_loss(img, zs_img, reduction="mean") * cfg.image_loss_weight
+        l_image = F.l1_loss(img, zs_img, reduction="none").mean(dim=-1).sum() * cfg.image_loss_weight
         l_kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zs_logits, dim=1), reduction="sum",
-                        log_target=True) / logits.numel()
-        #: the named loss terms of the last step (detached)
-        self.last_loss_terms = {"ce": ce.detach(), "scl_text": l_text.detach(), "scl_image": l_image.detach(),
-                                "scl_logits": l_kl.detach()}
-        return ce + l_kl + l_text + l_image, logits
+                        log_target=True) / logits.shape[1]
+        return LossTerms({"ce": (ce, b), "scl_text": (l_text * b, b), "scl_image": (l_image, b),
+                          "scl_logits": (l_kl, b)}, logits)
 
     # ------------------------------------------------------------------ Gaussian prompt aggregation
     def on_epoch_end(self, epoch: int, max_epoch: int) -> None:
