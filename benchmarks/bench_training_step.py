@@ -188,9 +188,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="CoOp batch size (CoOp's configs: 32)")
     ap.add_argument("--cocoop-batch", type=int, default=4, help="CoCoOp images per step")
     ap.add_argument("--image-tower", action="store_true", help="also time vlprompt with the image tower every step")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's choice, one per core); 1 is steadier on a loaded machine")
     ap.add_argument("--json", type=Path, default=None, help="append the result rows to this JSON file")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     backbone = load_backbone(args.model, None, device=device)
     clip = published.from_backbone(backbone)
     print(f"model {args.model} (random weights, shared by both paths), device {device}, "
