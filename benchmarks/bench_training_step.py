@@ -1,136 +1,215 @@
-"""Time per training step: the published code's path vs vlprompt's (ratios; absolute times on a GPU).
+"""Time per training step: the published CoOp / CoCoOp step vs vlprompt's, side by side in one process.
 
-    python benchmarks/bench_training_step.py [--model ViT-B-16] [--classes 50 1000] [--device cpu]
+    python benchmarks/bench_training_step.py [--model ViT-B-16-quickgelu] [--classes 50 1000]
+        [--methods coop cocoop] [--rounds 5] [--json out.json] [--device cpu]
 
-Random weights (timing needs no pretrained weights), real architecture shapes. For each class count:
+The reference is ``benchmarks/published_step.py``: the model code of KaiyangZhou/CoOp re-implemented
+(CLIP's ``clip/model.py``, ``CustomCLIP`` / ``PromptLearner`` / ``TextEncoder`` of trainers/coop.py and
+trainers/cocoop.py, fp32), running on the *same* random open_clip weights (the tensors are shared).
+Per method and class count:
 
-* CoOp, batch 32 — naive: image encoder every step + the full 77-token text pass over every class
-  prompt (as the published code); ours: cached image features + exact shared-prefix text pass.
-* CoCoOp, batch 4 (``--cocoop-batch``) — naive: image-by-image loop, one full text pass per image
-  (the reference); ours: the batched B x n_cls pass with each image's prefix shared by its classes.
+* CoOp, batch 32 (``--batch``): published = image tower on the batch + the 77-token text pass over
+  every class prompt, every step; vlprompt = its default training step on cached image features
+  (frozen encoder) with the exact shared-prefix text pass.
+* CoCoOp, 4 images (``--cocoop-batch``): published = image tower + one 77-token text pass over all
+  classes per image, image by image; vlprompt = the batched pass, each image's prefix shared by its
+  classes.
 
-Prints seconds per step (forward + backward + SGD step) and the ratio naive / ours; on CUDA also the
-peak memory. The two paths compute the same function (see tests/test_shared_prefix.py,
-tests/test_cocoop.py), so the ratio is a pure speed-up.
+A step is forward + loss + backward + SGD update; data loading is excluded from both. Before timing,
+one step of each is run on the same batch from the same parameters and the two losses are printed
+(they must agree: same function). Then the steps alternate: each round times one published step and
+``--ours-per-round`` vlprompt steps (their median), so a change of machine load hits both; the printed
+ratio is the median over rounds of (published step / vlprompt step). ``os.getloadavg()`` is printed
+before and after each measurement: on a shared machine absolute times drift, the alternating ratio
+much less. ``--image-tower`` also times vlprompt with the image tower run every step (what on-the-fly
+augmentation costs it). On CUDA the peak memory of each path is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from vlprompt.backbones.openclip import load_backbone
-from vlprompt.methods.registry import build_method
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import published_step as published  # noqa: E402
+
+from vlprompt.backbones.openclip import load_backbone  # noqa: E402
+from vlprompt.methods.registry import build_method  # noqa: E402
 
 
-def _time(step: Callable[[], None], device: torch.device, repeats: int, warmup: bool = True) -> tuple[float, float]:
-    if warmup:
-        step()
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _timed(step: Callable[[], Any], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    for _ in range(repeats):
-        step()
+    step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return (time.perf_counter() - t0) / repeats, peak
+    return time.perf_counter() - t0
 
 
-def full_text_features(backbone, prompt_learner, ctx=None):
-    """The published code's text pass: every prompt at the full context length (77 tokens)."""
-    prompts = prompt_learner(ctx)
-    pad = backbone.context_length - prompts.shape[1]
-    prompts = F.pad(prompts, (0, 0, 0, pad))
-    feats = backbone.encode_text_embeddings(prompts, prompt_learner.eot_index, truncate=False)
-    return F.normalize(feats.float(), dim=-1)
+def _peak(step: Callable[[], Any], device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def _ours_step(method: Any, optim: torch.optim.Optimizer, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    loss = method.training_loss(feats, labels).total()
+    optim.zero_grad()
+    loss.backward()
+    optim.step()
+    return loss.detach()
+
+
+def compare(name: str, ref_step: Callable[[], torch.Tensor], ours_step: Callable[[], torch.Tensor],
+            args: argparse.Namespace, device: torch.device, extra: dict[str, Callable[[], Any]] | None = None,
+            ) -> dict[str, Any]:
+    """Check both steps give the same loss, then time them alternately; returns the result row."""
+    load_before = _load()
+    l_ref, l_ours = ref_step(), ours_step()  # first steps: same parameters, same batch -> same loss
+    diff = abs(float(l_ref) - float(l_ours))
+    rounds = args.rounds
+    t_ref: list[float] = []
+    t_ours: list[float] = []
+    t_extra: dict[str, list[float]] = {k: [] for k in extra or {}}
+    for _ in range(rounds):
+        t_ref.append(_timed(ref_step, device))
+        t_ours.append(statistics.median(_timed(ours_step, device) for _ in range(args.ours_per_round)))
+        for k, fn in (extra or {}).items():
+            t_extra[k].append(_timed(fn, device))
+    ratios = [r / o for r, o in zip(t_ref, t_ours)]
+    row: dict[str, Any] = {
+        "step": name, "published_s": statistics.median(t_ref), "vlprompt_s": statistics.median(t_ours),
+        "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "rounds": rounds, "loss_published": float(l_ref), "loss_vlprompt": float(l_ours), "loss_diff": diff,
+        "load_before": load_before, "load_after": _load(),
+    }
+    for k, ts in t_extra.items():
+        row[f"{k}_s"] = statistics.median(ts)
+        row[f"{k}_ratio"] = statistics.median(r / t for r, t in zip(t_ref, ts))
+    if device.type == "cuda":
+        row["published_peak_gib"] = _peak(ref_step, device)
+        row["vlprompt_peak_gib"] = _peak(ours_step, device)
+    extra_txt = "".join(f", {k} {row[f'{k}_s']:.3f} s ({row[f'{k}_ratio']:.1f}x)" for k in t_extra)
+    print(f"{name}: published {row['published_s']:8.3f} s/step, vlprompt {row['vlprompt_s']:7.3f} s/step, "
+          f"ratio {row['ratio']:5.1f}x (rounds {min(ratios):.1f}-{max(ratios):.1f}){extra_txt}; "
+          f"|loss diff| {diff:.1e}; load {load_before} -> {row['load_after']}", flush=True)
+    return row
+
+
+def bench_coop(backbone: Any, clip: published.CLIP, n_cls: int, args: argparse.Namespace,
+               device: torch.device) -> dict[str, Any]:
+    names = [f"class number {i}" for i in range(n_cls)]
+    gen = torch.Generator().manual_seed(0)
+    size = backbone.image_size
+    images = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
+    labels = torch.randint(0, n_cls, (args.batch,), generator=gen).to(device)
+
+    ref = published.CoOpCustomCLIP(backbone, clip, names, n_ctx=16).to(device)
+    ours = build_method("coop", backbone, names, n_ctx=16).to(device)
+    with torch.no_grad():
+        ref.prompt_learner.ctx.copy_(ours.ctx)
+    ref.prompt_learner.train()  # Dassl puts only the registered prompt learner in train mode
+    ours.train()
+    opt_ref = published.sgd(ref.prompt_learner.parameters())
+    opt_ours = published.sgd([ours.ctx])
+    feats = backbone.encode_image(images)  # vlprompt's default: frozen encoder, features cached once
+
+    def ref_step() -> torch.Tensor:
+        return published.coop_step(ref, opt_ref, images, labels)
+
+    def ours_step() -> torch.Tensor:
+        return _ours_step(ours, opt_ours, feats, labels)
+
+    extra = None
+    if args.image_tower:
+        extra = {"vlprompt_with_image_tower": lambda: _ours_step(ours, opt_ours, backbone.encode_image(images),
+                                                                 labels)}
+    return compare(f"CoOp   {args.model}, {n_cls} classes, batch {args.batch}", ref_step, ours_step, args, device,
+                   extra)
+
+
+def bench_cocoop(backbone: Any, clip: published.CLIP, n_cls: int, args: argparse.Namespace,
+                 device: torch.device) -> dict[str, Any]:
+    names = [f"class number {i}" for i in range(n_cls)]
+    gen = torch.Generator().manual_seed(1)
+    size = backbone.image_size
+    b = args.cocoop_batch
+    images = torch.randn(b, 3, size, size, generator=gen).to(device)
+    labels = torch.randint(0, n_cls, (b,), generator=gen).to(device)
+
+    ref = published.CoCoOpCustomCLIP(backbone, clip, names).to(device)
+    ours = build_method("cocoop", backbone, names).to(device)
+    with torch.no_grad():
+        ref.prompt_learner.ctx.copy_(ours.ctx)
+    ref.prompt_learner.meta_net.load_state_dict(ours.meta_net.state_dict())
+    ref.prompt_learner.train()
+    ours.train()
+    opt_ref = published.sgd(ref.prompt_learner.parameters())
+    opt_ours = published.sgd([p for _, p in ours.learned_parameters()])
+    feats = backbone.encode_image(images)
+
+    def ref_step() -> torch.Tensor:
+        return published.cocoop_step(ref, opt_ref, images, labels)
+
+    def ours_step() -> torch.Tensor:
+        return _ours_step(ours, opt_ours, feats, labels)
+
+    return compare(f"CoCoOp {args.model}, {n_cls} classes, {b} images", ref_step, ours_step, args, device)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="ViT-B-16")
-    ap.add_argument("--classes", type=int, nargs="+", default=[50, 1000])
+    ap.add_argument("--model", default="ViT-B-16-quickgelu",
+                    help="an open_clip OpenAI-format model (random init): ViT-B-16-quickgelu, RN50-quickgelu, ...")
+    ap.add_argument("--classes", type=int, nargs="+", default=[50])
+    ap.add_argument("--methods", nargs="+", default=["coop", "cocoop"], choices=["coop", "cocoop"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cocoop-batch", type=int, default=4)
-    ap.add_argument("--cocoop-max-classes", type=int, default=None,
-                    help="skip CoCoOp above this many classes (default: 100 on CPU, no limit on CUDA)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (median over them)")
+    ap.add_argument("--ours-per-round", type=int, default=3, help="vlprompt steps per round (their median)")
+    ap.add_argument("--batch", type=int, default=32, help="CoOp batch size (CoOp's configs: 32)")
+    ap.add_argument("--cocoop-batch", type=int, default=4, help="CoCoOp images per step")
+    ap.add_argument("--image-tower", action="store_true", help="also time vlprompt with the image tower every step")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's choice, one per core); 1 is steadier on a loaded machine")
+    ap.add_argument("--json", type=Path, default=None, help="append the result rows to this JSON file")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     backbone = load_backbone(args.model, None, device=device)
-    print(f"model {args.model} (random weights), device {device}, torch threads {torch.get_num_threads()}")
+    clip = published.from_backbone(backbone)
+    print(f"model {args.model} (random weights, shared by both paths), device {device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+          f"({platform.processor() or platform.machine()}), load {_load()}", flush=True)
+    rows = []
     for n_cls in args.classes:
-        bench(backbone, n_cls, args, device)
-
-
-def bench(backbone, n_cls: int, args: argparse.Namespace, device: torch.device) -> None:
-    """Time both paths for CoOp and CoCoOp at ``n_cls`` classes."""
-    size = backbone.image_size
-    names = [f"class number {i}" for i in range(n_cls)]
-    coop = build_method("coop", backbone, names, n_ctx=16).to(device)
-    opt = torch.optim.SGD([coop.ctx], lr=0.002, momentum=0.9)
-    images = torch.randn(32, 3, size, size, device=device)
-    labels = torch.randint(0, n_cls, (32,), device=device)
-    feats = backbone.encode_image(images)
-
-    def naive_coop() -> None:
-        f = backbone.encode_image(images)
-        text = full_text_features(backbone, coop.prompt_learner)
-        loss = F.cross_entropy(coop.logits(f, text), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    def ours_coop() -> None:
-        loss = coop.training_loss(feats, labels).total()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    reps = max(1, args.repeats if n_cls <= 100 else 1)
-    # a naive CPU step at 1000 classes takes minutes: no warm-up there (one-off costs are negligible)
-    t_naive, m_naive = _time(naive_coop, device, reps, warmup=n_cls <= 100 or device.type == "cuda")
-    t_ours, m_ours = _time(ours_coop, device, reps)
-    print(f"CoOp   {n_cls:5d} classes, batch 32: naive {t_naive:8.3f} s/step, ours {t_ours:8.3f} s/step, "
-          f"speed-up {t_naive / t_ours:6.1f}x" + (f"  (peak {m_naive:.1f} / {m_ours:.1f} GiB)"
-                                                if device.type == "cuda" else ""))
-
-    limit = args.cocoop_max_classes or (100 if device.type == "cpu" else None)
-    if limit is not None and n_cls > limit:
-        print(f"CoCoOp {n_cls:5d} classes: skipped (--cocoop-max-classes {limit})")
-        return
-    b = args.cocoop_batch
-    cocoop = build_method("cocoop", backbone, names).to(device)
-    opt2 = torch.optim.SGD([p for _, p in cocoop.learned_parameters()], lr=0.002, momentum=0.9)
-    imgs_b, labels_b = images[:b], labels[:b]
-    feats_b = backbone.encode_image(imgs_b)
-
-    def naive_cocoop() -> None:  # the reference: one image at a time, full 77-token pass per image
-        f = F.normalize(backbone.encode_image(imgs_b).float(), dim=-1)
-        ctx = cocoop.conditional_ctx(f)
-        rows = [backbone.logit_scale * f[i] @ full_text_features(backbone, cocoop.prompt_learner, ctx[i]).t()
-                for i in range(b)]
-        loss = F.cross_entropy(torch.stack(rows), labels_b)
-        opt2.zero_grad()
-        loss.backward()
-        opt2.step()
-
-    def ours_cocoop() -> None:
-        loss = cocoop.training_loss(feats_b, labels_b).total()
-        opt2.zero_grad()
-        loss.backward()
-        opt2.step()
-
-    t_naive, m_naive = _time(naive_cocoop, device, reps)
-    t_ours, m_ours = _time(ours_cocoop, device, reps)
-    print(f"CoCoOp {n_cls:5d} classes, {b} images: naive {t_naive:8.3f} s/step, ours {t_ours:8.3f} s/step, "
-          f"speed-up {t_naive / t_ours:6.1f}x" + (f"  (peak {m_naive:.1f} / {m_ours:.1f} GiB)"
-                                                if device.type == "cuda" else ""))
+        if "coop" in args.methods:
+            rows.append(bench_coop(backbone, clip, n_cls, args, device))
+        if "cocoop" in args.methods:
+            rows.append(bench_cocoop(backbone, clip, n_cls, args, device))
+    if args.json is not None:
+        old = json.loads(args.json.read_text()) if args.json.is_file() else []
+        args.json.write_text(json.dumps(old + [dict(r, model=args.model, device=str(device),
+                                                    threads=torch.get_num_threads()) for r in rows], indent=1))
 
 
 if __name__ == "__main__":

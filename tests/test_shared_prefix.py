@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from vlprompt.methods.registry import build_method
 
 
 @pytest.mark.parametrize("groups", [1, 3])
 def test_shared_prefix_equals_plain_values_and_gradients(tiny_backbone, groups):
+    _check_against_plain(tiny_backbone, groups)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_shared_prefix_any_depth(vit_backbone, depth):
+    """One block (the first block is also the last, read only at EOT rows) and three blocks."""
+    backbone = copy.deepcopy(vit_backbone)
+    blocks = list(backbone.model.transformer.resblocks)
+    backbone.model.transformer.resblocks = nn.ModuleList([blocks[i % len(blocks)] for i in range(depth)])
+    for groups in (1, 2):
+        _check_against_plain(backbone, groups)
+
+
+def _check_against_plain(tiny_backbone, groups):
     torch.manual_seed(0)
     p, n, s = 17, 5, 6
     prefix = torch.randn(groups, p, tiny_backbone.text_width, requires_grad=True)
