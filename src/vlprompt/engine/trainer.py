@@ -33,8 +33,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.build import build_backbone
-from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.config import ExperimentConfig, config_from_dict
 from vlprompt.core.errors import ConfigError, VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
@@ -108,7 +108,7 @@ def _check_run_folder(paths: RunPaths, cfg: ExperimentConfig, resume: bool) -> N
             )
 
 
-def build_training_method(cfg: ExperimentConfig, backbone: OpenClipBackbone, classnames: list[str]) -> PromptMethod:
+def build_training_method(cfg: ExperimentConfig, backbone: Backbone, classnames: list[str]) -> PromptMethod:
     entry = get_method(cfg.method.name)
     if not entry.trainable:
         raise ConfigError(
@@ -117,7 +117,7 @@ def build_training_method(cfg: ExperimentConfig, backbone: OpenClipBackbone, cla
     return build_method(cfg.method.name, backbone, classnames, config=cfg.method.config)
 
 
-def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: OpenClipBackbone | None = None) -> dict[str, Any]:
+def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | None = None) -> dict[str, Any]:
     """Train ``cfg.method`` on ``cfg.data`` and evaluate on the test split; return metrics.
 
     Args:
@@ -157,7 +157,7 @@ def _open_run(paths: RunPaths, cfg: ExperimentConfig, resume: bool, stack: conte
     return None
 
 
-def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenClipBackbone | None,
+def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backbone | None,
            log: Any, ctx: DistContext = SINGLE, device: torch.device | None = None) -> dict[str, Any]:
     device = resolve_device(cfg.train.device) if device is None else device
     progress = cfg.train.progress and ctx.is_main
@@ -226,7 +226,7 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
                                           train_time))
 
 
-def _finish(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
+def _finish(method: PromptMethod, data: PreparedData, backbone: Backbone, cfg: ExperimentConfig,
             device: torch.device, paths: RunPaths, log: Any, history: list[dict[str, Any]], max_epoch: int,
             train_time: float) -> dict[str, Any]:
     """Save the prompt, evaluate on test (and val), write metrics.json and results.md (rank 0)."""
@@ -256,7 +256,7 @@ def _finish(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone
     return metrics
 
 
-def _train_loader(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
+def _train_loader(method: PromptMethod, data: PreparedData, backbone: Backbone, cfg: ExperimentConfig,
                   device: torch.device, ctx: DistContext, progress: bool) -> DataLoader:
     """Training batches (this rank's share of each global batch): cached features ``[B, ...]``, cached
     augmented views, or images ``[B, 3, H, W]`` encoded every step."""
@@ -294,7 +294,7 @@ def _loss_step(method: PromptMethod, compile_step: bool | str) -> Callable[[Tens
     return torch.compile(method.training_loss, backend=backend)
 
 
-def _augmented_view(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
+def _augmented_view(method: PromptMethod, data: PreparedData, backbone: Backbone, cfg: ExperimentConfig,
                     v: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One randomly augmented view of every training image, encoded (crops drawn from the current RNG)."""
     from vlprompt.data.loading import ImageDataset
@@ -346,7 +346,7 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
     return {"loss": total_loss / seen, "accuracy": 100.0 * correct / seen}
 
 
-def _evaluate_split(method: PromptMethod, data: PreparedData, items: list, backbone: OpenClipBackbone,
+def _evaluate_split(method: PromptMethod, data: PreparedData, items: list, backbone: Backbone,
                     cfg: ExperimentConfig, device: torch.device, name: str) -> dict[str, Any]:
     with autocast(device, cfg.train.compute_precision):
         return evaluate_items(method, items, data.splits.loader, batch_size=cfg.optim.test_batch_size,

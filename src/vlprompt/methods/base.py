@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 
 
 class PromptMethod(nn.Module):
@@ -33,7 +33,7 @@ class PromptMethod(nn.Module):
     #: What :meth:`encode_images` returns (a key of the per-backbone feature cache).
     feature_kind: ClassVar[str] = "global"
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: Any) -> None:
+    def __init__(self, backbone: Backbone, classnames: list[str], config: Any) -> None:
         super().__init__()
         if not classnames:
             raise ValueError("a method needs at least one class name")

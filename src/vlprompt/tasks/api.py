@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.build import build_backbone
-from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.core.errors import DataError, VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
@@ -24,7 +24,7 @@ from vlprompt.methods.base import PromptMethod
 from vlprompt.methods.registry import build_method
 
 
-def _backbone(cfg: ExperimentConfig, device: torch.device) -> OpenClipBackbone:
+def _backbone(cfg: ExperimentConfig, device: torch.device) -> Backbone:
     return build_backbone(cfg.backbone, device=device)
 
 
@@ -53,7 +53,7 @@ def _save(report: dict[str, Any], output: Path | None, title: str) -> str:
 
 
 def zeroshot(cfg: ExperimentConfig, *, split: str = "test", output: str | Path | None = None,
-             progress: bool = True, backbone: OpenClipBackbone | None = None) -> dict[str, Any]:
+             progress: bool = True, backbone: Backbone | None = None) -> dict[str, Any]:
     """Zero-shot CLIP on ``cfg.data`` with the templates ``cfg.data.templates``; returns the report.
 
     The report holds ``accuracy``, ``macro_accuracy``, ``per_class`` and the ``templates`` used;
@@ -105,7 +105,7 @@ def collect_images(inputs: list[str]) -> list[str]:
 
 @torch.no_grad()
 def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames: list[str] | None = None,
-            device: str = "auto", backbone: OpenClipBackbone | None = None,
+            device: str = "auto", backbone: Backbone | None = None,
             batch_size: int = 32) -> list[dict[str, Any]]:
     """Classify image files with a learned prompt: ``[{"image", "top": [[class, probability], ...]}]``.
 

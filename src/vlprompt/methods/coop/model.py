@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import PromptMethod
 from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.prompt import PromptLearner
@@ -20,7 +20,7 @@ class CoOp(PromptMethod):
 
     method_name = "coop"
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoOpConfig) -> None:
+    def __init__(self, backbone: Backbone, classnames: list[str], config: CoOpConfig) -> None:
         super().__init__(backbone, classnames, config)
         self.prompt_learner = PromptLearner(
             backbone,
@@ -47,5 +47,5 @@ class CoOp(PromptMethod):
         if pl.shares_prefix:
             feats = pl.encode_grouped(self.backbone, pl.ctx.unsqueeze(0))[0]
         else:
-            feats = self.backbone.encode_text_embeddings(pl(), pl.eot_index)
+            feats = self.backbone.encode_text_embeddings(pl(), pl.eot_index, ids=pl.token_ids)
         return F.normalize(feats.float(), dim=-1)

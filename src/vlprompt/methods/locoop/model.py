@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 from vlprompt.core.collective import all_reduce_sum
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.validate import check_float, check_int
@@ -76,7 +76,7 @@ class LoCoOp(CoOp):
     method_name = "locoop"
     feature_kind = "global+local"
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: LoCoOpConfig) -> None:
+    def __init__(self, backbone: Backbone, classnames: list[str], config: LoCoOpConfig) -> None:
         super().__init__(backbone, classnames, config)
         k = config.top_k if config.top_k is not None else max(1, round(0.2 * len(classnames)))
         if k > len(classnames):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import ConfigError
 from vlprompt.methods.base import PromptMethod
 from vlprompt.methods.registry import register_method
@@ -44,7 +44,7 @@ class ZeroShotCLIP(PromptMethod):
 
     method_name = "zeroshot"
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: ZeroShotConfig) -> None:
+    def __init__(self, backbone: Backbone, classnames: list[str], config: ZeroShotConfig) -> None:
         super().__init__(backbone, classnames, config)
         self.register_buffer("classifier", self._build_classifier(), persistent=False)
 
