@@ -166,3 +166,17 @@ def test_refusal_names_method_backbone_and_reason():
         build_method("locoop", backbone, CLASSES)
     msg = str(err.value)
     assert "locoop" in msg and "vlprompt-test-coca" in msg and "attention pool" in msg
+
+
+def test_models_command_lists_kind_family_and_methods(capsys):
+    from vlprompt.cli.main import main
+
+    assert main(["models", "--filter", "B-16-SigLIP2-256"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ViT-B-16-SigLIP2-256")]
+    assert len(lines) == 1
+    fields = lines[0].split()
+    assert fields[1:3] == ["open_clip", "bidir-last"]
+    assert "coop" in lines[0] and "cocoop" in lines[0] and "locoop" not in lines[0] and "webli" in lines[0]
+    assert main(["models", "--filter", "RN50-quickgelu"]) == 0
+    out = capsys.readouterr().out
+    assert "causal-eot" in out and "locoop" in out and "openai" in out
