@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbones.base import TOWER_KINDS
+from vlprompt.backbones.base import TOWER_KINDS, Backbone
 from vlprompt.backbones.catalog import classify, open_clip_catalog, text_kind_of
 from vlprompt.backbones.configs import register_model_configs
 from vlprompt.backbones.openclip import load_backbone
@@ -61,6 +61,7 @@ def test_every_open_clip_architecture_is_classified():
 
 
 def test_tiny_representative_is_classified_like_its_config(kind_backbone):
+    assert isinstance(kind_backbone, Backbone)
     register_model_configs()
     cfg = open_clip.get_model_config(kind_backbone.name)
     assert kind_backbone.text_facts.kind == text_kind_of(cfg) == KINDS[kind_backbone.name]

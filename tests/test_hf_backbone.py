@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-from vlprompt.backbones.base import family_of  # noqa: E402
+from vlprompt.backbones.base import Backbone, family_of  # noqa: E402
 from vlprompt.backbones.hf import load_hf_backbone  # noqa: E402
 from vlprompt.backbones.hf_convert import clip_tokenizer_from_open_clip, save_open_clip_as_hf  # noqa: E402
 from vlprompt.backbones.openclip import load_backbone  # noqa: E402
@@ -46,6 +46,7 @@ def _close(a, b):
 
 def test_hf_clip_features_equal_open_clip(clip_pair):
     oc, hf, _ = clip_pair
+    assert isinstance(hf, Backbone) and isinstance(oc, Backbone)
     assert hf.info.family == "hf" and oc.info.family == "open_clip"
     assert hf.text_facts.kind == oc.text_facts.kind == "causal-eot"
     assert (hf.embed_dim, hf.text_width, hf.context_length) == (oc.embed_dim, oc.text_width, oc.context_length)
