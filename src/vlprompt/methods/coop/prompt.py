@@ -8,12 +8,13 @@ Prompt for class c (CoOp, Sec. 3.2; ``class_token_position``):
 
 The prompt is laid out exactly as the backbone's tokenizer lays out the written sentence
 ``"X X ... X {name}."`` (same start / end / padding tokens, same length), with the M placeholder
-tokens at ``[s, s + M)`` (``s = backbone.text_facts.prefix_len``: 1 after CLIP's SOS, 0 for T5-style
-SigLIP tokenizers) replaced by the learned context. The start embeddings (``token_prefix
-[n_cls, s, D]``) and the class-name / "." / EOT / padding embeddings (``token_suffix``) are frozen
-buffers rebuilt from the class names (never stored in checkpoints). The backbone decides how much
-of the sequence is encoded (``prompt_length``): cut after the longest EOT for causal towers pooled
-at EOT (exact), the full padded sequence otherwise (SigLIP, CLIPA, MobileCLIP-S, CoCa, HF towers).
+tokens replaced by the learned context. Where the placeholder starts is found in the tokenizer's
+output (``s`` = 1 after CLIP's SOS, 0 for T5-style SigLIP tokenizers, per class for tokenizers that
+pad on the left). The frozen embeddings of that layout (``token_embeds``; for a common start also
+``token_prefix [n_cls, s, D]`` and ``token_suffix``: class name, ".", EOT, padding) are buffers
+rebuilt from the class names (never stored in checkpoints). The backbone decides how much of the
+sequence is encoded (``prompt_length``): cut after the longest EOT for causal towers pooled at EOT
+(exact), the full padded sequence otherwise (SigLIP, CLIPA, MobileCLIP-S, CoCa, HF towers).
 """
 
 from __future__ import annotations
