@@ -78,6 +78,20 @@ def test_coop_and_cocoop_logits_equal_across_families(clip_pair):
             _close(b.forward_features(feats), a.forward_features(feats))
 
 
+def test_zeroshot_and_upl_equal_across_families(clip_pair):
+    oc, hf, _ = clip_pair
+    feats = torch.randn(3, oc.embed_dim, generator=torch.Generator().manual_seed(2))
+    for name, options in (("zeroshot", {}), ("upl", {"n_ctx": 4, "n_prompts": 2})):
+        torch.manual_seed(0)
+        a = build_method(name, oc, CLASSES, **options)
+        b = build_method(name, hf, CLASSES, **options)
+        b.load_learned_state(a.learned_state())
+        a.eval()
+        b.eval()
+        with torch.no_grad():
+            _close(b.forward_features(feats), a.forward_features(feats))
+
+
 def test_prompt_from_another_family_is_refused(clip_pair, tmp_path):
     from vlprompt.engine.checkpoint import load_prompt, save_prompt
 
