@@ -181,3 +181,16 @@ def test_models_command_lists_kind_family_and_methods(capsys):
     assert main(["models", "--filter", "RN50-quickgelu"]) == 0
     out = capsys.readouterr().out
     assert "causal-eot" in out and "locoop" in out and "openai" in out
+
+
+def test_a_tokenizer_that_cannot_be_loaded_is_one_clear_error(tmp_path):
+    """SigLIP / CLIPA / multilingual tokenizers come from the Hugging Face hub: offline, one ModelError."""
+    import json
+
+    register_model_configs()
+    cfg = dict(open_clip.get_model_config("vlprompt-test-lastpool"))
+    cfg["text_cfg"] = {**cfg["text_cfg"], "hf_tokenizer_name": str(tmp_path / "no-tokenizer-here")}
+    (tmp_path / "vlprompt-test-missing-tokenizer.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    with pytest.raises(ModelError, match="could not load the tokenizer of model 'vlprompt-test-missing-tokenizer'"):
+        load_backbone("vlprompt-test-missing-tokenizer")

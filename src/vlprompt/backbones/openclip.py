@@ -370,7 +370,14 @@ def load_backbone(
             "as backbone.pretrained"
         )
         raise ModelError(f"could not load {what} for model '{model}': {exc}. Hint: {advice}.") from exc
-    tokenizer = open_clip.get_tokenizer(model)
+    try:
+        tokenizer = open_clip.get_tokenizer(model, cache_dir=cache_dir)
+    except Exception as exc:  # HF tokenizers (SigLIP, CLIPA, multilingual) are fetched from the hub
+        raise ModelError(
+            f"could not load the tokenizer of model '{model}': {exc}. Hint: its Hugging Face tokenizer must be "
+            "in the local Hugging Face cache when this machine is offline (pip install 'vlprompt[hf]' for "
+            "transformers; see docs/backbones.md)."
+        ) from exc
     preprocess_cfg = open_clip.get_model_preprocess_cfg(clip_model)
     return OpenClipBackbone(clip_model, tokenizer, model, pretrained if weights or has_schema else None,
                             preprocess_cfg)
