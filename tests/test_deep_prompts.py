@@ -178,7 +178,7 @@ def test_shared_prefix_pass_equals_the_full_deep_text_pass(vit):
     methods use gives the full pass's features and gradients."""
     from vlprompt.backbones.shared_prefix import supports_shared_prefix
 
-    assert supports_shared_prefix(vit._text.transformer)
+    assert supports_shared_prefix(vit._tower.transformer)
     m = build_method("ivlp", vit, CLASSES, n_ctx_text=2, prompt_depth_text=2)
     _randomise(m, seed=5)
     tp, deep = m.text_prompt, list(m.text_deep)

@@ -20,6 +20,9 @@ from vlprompt.core.version import __version__
 _LAZY = {
     "load_backbone": ("vlprompt.backbones.openclip", "load_backbone"),
     "OpenClipBackbone": ("vlprompt.backbones.openclip", "OpenClipBackbone"),
+    "Backbone": ("vlprompt.backbones.base", "Backbone"),
+    "load_any_backbone": ("vlprompt.backbones.base", "load_any_backbone"),
+    "register_backbone_family": ("vlprompt.backbones.base", "register_backbone_family"),
     "build_method": ("vlprompt.methods.registry", "build_method"),
     "list_methods": ("vlprompt.methods.registry", "list_methods"),
     "register_method": ("vlprompt.methods.registry", "register_method"),
@@ -40,6 +43,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from vlprompt.backbones.base import Backbone, load_any_backbone, register_backbone_family  # noqa: F401
     from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone  # noqa: F401
     from vlprompt.config import ExperimentConfig, load_config  # noqa: F401
     from vlprompt.core.errors import VlpromptError  # noqa: F401

@@ -10,7 +10,10 @@ from typing import Protocol
 
 import torch
 
-from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone, shared_backbone
+from vlprompt.backbones.base import Backbone, family_of
+from vlprompt.backbones.openclip import load_backbone, shared_backbone
+
+_SHARED: dict[tuple, Backbone] = {}
 
 
 class BackboneSpec(Protocol):
@@ -23,8 +26,11 @@ class BackboneSpec(Protocol):
 
 
 def build_backbone(spec: BackboneSpec, *, device: str | torch.device = "cpu",
-                   shared: bool = True) -> OpenClipBackbone:
-    """The frozen backbone described by ``spec`` on ``device``.
+                   shared: bool = True) -> Backbone:
+    """The frozen backbone described by ``spec`` on ``device``, loaded by its family.
+
+    ``spec.model`` names the family (:func:`vlprompt.backbones.base.family_of`): ``hf:<dir or hub id>``
+    for Hugging Face ``transformers`` models, any other string is an open_clip model name.
 
     Args:
         spec: the ``backbone:`` section (model name, pretrained tag or file, weight dtype, cache dir).
@@ -33,5 +39,15 @@ def build_backbone(spec: BackboneSpec, *, device: str | torch.device = "cpu",
             between runs, so their feature cache serves every seed and method of a sweep); False builds
             a private copy.
     """
-    load = shared_backbone if shared else load_backbone
-    return load(spec.model, spec.pretrained, device=device, precision=spec.weight_dtype, cache_dir=spec.cache_dir)
+    family, model = family_of(spec.model)
+    if family.name == "open_clip":
+        load = shared_backbone if shared else load_backbone
+        return load(model, spec.pretrained, device=device, precision=spec.weight_dtype, cache_dir=spec.cache_dir)
+    key = (family.name, model, spec.pretrained, str(torch.device(device)), spec.weight_dtype, spec.cache_dir)
+    if shared and key in _SHARED:
+        return _SHARED[key]
+    backbone = family.load(model, spec.pretrained, device=device, precision=spec.weight_dtype,
+                           cache_dir=spec.cache_dir)
+    if shared:
+        _SHARED[key] = backbone
+    return backbone

@@ -73,7 +73,7 @@ def _run_blocks(transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
 # ---------------------------------------------------------------------------------------------- text
 def text_depth(backbone: OpenClipBackbone) -> int:
     """Number of blocks of the text transformer."""
-    return len(_blocks(backbone._text.transformer))
+    return len(_blocks(backbone._tower.transformer))
 
 
 def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tensor, deep: Sequence[Tensor], *,
@@ -92,7 +92,7 @@ def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tens
     Returns:
         ``[P, E]`` unnormalised text features.
     """
-    t = backbone._text
+    t = backbone._tower
     if deep and int(eot_index.min()) <= n_ctx:
         raise ModelError("deep text prompts must sit before every EOT token")
     length = int(eot_index.max().item()) + 1 if truncate else embeds.shape[1]
@@ -129,8 +129,8 @@ def encode_text_deep_shared(backbone: OpenClipBackbone, ctx: Tensor, sos: Tensor
 
     n = ctx.shape[0]
     prefix = torch.cat([sos.to(ctx.dtype), ctx], dim=0).unsqueeze(0)  # [1, 1 + n, D]
-    if supports_shared_prefix(backbone._text.transformer):
-        return encode_shared_prefix(backbone._text, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep)[0]
+    if supports_shared_prefix(backbone._tower.transformer):
+        return encode_shared_prefix(backbone._tower, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep)[0]
     full = torch.cat([prefix.expand(suffix.shape[0], -1, -1), suffix.to(ctx.dtype)], dim=1)
     return encode_text_deep(backbone, full, eot_in_suffix + 1 + n, deep, n_ctx=n)
 

@@ -48,6 +48,22 @@ def _is_vit(visual: nn.Module) -> bool:
     return hasattr(visual, "transformer") and hasattr(visual, "class_embedding")
 
 
+def local_features_unsupported(model: nn.Module) -> str | None:
+    """Why ``model``'s image tower has no local features, or None when it has them (see module doc)."""
+    visual = model.visual
+    if _is_vit(visual):
+        block = visual.transformer.resblocks[-1]
+        if not (hasattr(block, "attn") and isinstance(block.attn, nn.MultiheadAttention)):
+            return "local features need a standard CLIP ViT block (nn.MultiheadAttention)"
+        if getattr(visual, "attn_pool", None) is not None:
+            return "local features are not defined for ViTs with an attention pool (CoCa)"
+        return None
+    if hasattr(visual, "attnpool"):
+        return None
+    return (f"local features are not defined for the image tower {type(visual).__name__} (timm towers: SigLIP, "
+            "EVA, ConvNeXt, MobileCLIP's FastViT); use an open_clip ViT or ModifiedResNet model")
+
+
 def capture_and_encode(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     """Run ``model.encode_image`` once, capturing the last block's input (ViT) or the feature map (ResNet)."""
     visual = model.visual
@@ -56,17 +72,10 @@ def capture_and_encode(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor
     def grab(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         captured["x"] = args[0] if args else kwargs.get("q_x", kwargs.get("x"))
 
-    if _is_vit(visual):
-        block = visual.transformer.resblocks[-1]
-        if not (hasattr(block, "attn") and isinstance(block.attn, nn.MultiheadAttention)):
-            raise ModelError("local features need a standard CLIP ViT block (nn.MultiheadAttention)")
-        if getattr(visual, "attn_pool", None) is not None:
-            raise ModelError("local features are not defined for ViTs with an attention pooler (CoCa)")
-        target = block
-    elif hasattr(visual, "attnpool"):
-        target = visual.attnpool
-    else:
-        raise ModelError(f"local features are not supported for the image tower {type(visual).__name__}")
+    why = local_features_unsupported(model)
+    if why is not None:
+        raise ModelError(why)
+    target = visual.transformer.resblocks[-1] if _is_vit(visual) else visual.attnpool
     handle = target.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         global_features = model.encode_image(images)

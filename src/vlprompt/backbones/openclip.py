@@ -1,17 +1,19 @@
-"""Adapter over open_clip models: the only module that knows open_clip's internals.
+"""Adapter over open_clip models: the only module (with ``openclip_towers.py``) that knows open_clip's internals.
 
-Methods never touch open_clip directly. :class:`OpenClipBackbone` exposes what every prompt
-method needs (the backbone seam of docs/architecture.md):
+Methods never touch open_clip directly: :class:`OpenClipBackbone` implements the
+:class:`~vlprompt.backbones.base.Backbone` protocol for every open_clip architecture:
 
-* ``tokenize(texts) -> LongTensor [B, L]`` (no silent truncation) and ``eot_index(ids) -> [B]``;
+* ``tokenize(texts) -> LongTensor [B, L]``: exactly the model tokenizer's layout (no silent
+  truncation); ``pooled_index(ids) -> [B]`` where the tower pools;
 * ``token_embedding(ids) -> [B, L, D]``;
-* ``encode_text_embeddings(embeds [P, L, D], eot_index [P]) -> [P, E]``: the text tower run on
-  prompt *embeddings* (positional embedding, causal transformer, ln_final, EOT feature, text
-  projection). The attention mask is causal, so tokens after the last EOT cannot influence any
-  EOT feature: the sequence is cut right after the longest EOT, which is exact;
-* ``encode_image(images [B, 3, H, W]) -> [B, E]``;
-* ``logit_scale`` (already exponentiated), ``embed_dim`` (E), ``text_width`` (D), train / eval
-  transforms.
+* ``encode_text_embeddings(embeds [P, L, D], pooled_index [P], ids=) -> [P, E]``: the text tower run
+  on prompt *embeddings*. For causal towers pooled at EOT the sequence is cut right after the
+  longest EOT, which is exact (no earlier position sees later ones); bidirectional towers (SigLIP,
+  CLIPA, MobileCLIP-S), CoCa's appended class token and Hugging Face text towers run the full
+  padded sequence, so prompt features equal ``model.encode_text`` of the written sentence;
+* ``encode_image(images [B, 3, H, W]) -> [B, E]``, ``local_features``;
+* ``logit_scale`` (already exponentiated), ``logit_bias`` (SigLIP), ``embed_dim`` (E), ``text_width``
+  (D), train / eval transforms, ``text_facts`` (:class:`~vlprompt.backbones.base.TextTowerFacts`).
 
 The wrapped model is frozen: no parameter requires grad and it always stays in eval mode.
 """
@@ -20,78 +22,31 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from vlprompt.backbones.base import BackboneInfo, TextTowerFacts, coop_train_transform
 from vlprompt.backbones.configs import pretrained_weights, register_model_configs
+from vlprompt.backbones.openclip_towers import TokenizerView, text_view
 from vlprompt.core.errors import ModelError, VlpromptError
 
-
-@dataclass(frozen=True)
-class BackboneInfo:
-    """What identifies a backbone in checkpoints: a prompt only fits the backbone it was learned on."""
-
-    model: str
-    pretrained: str | None
-    embed_dim: int
-    text_width: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "pretrained": self.pretrained,
-            "embed_dim": self.embed_dim,
-            "text_width": self.text_width,
-        }
-
-
-class _TextTower:
-    """Uniform view of the text tower of ``open_clip.CLIP`` and ``CustomTextCLIP`` (TextTransformer)."""
-
-    def __init__(self, model: nn.Module, name: str) -> None:
-        src = model.text if hasattr(model, "text") else model
-        if not hasattr(src, "token_embedding") or not hasattr(src, "transformer"):
-            raise ModelError(
-                f"model '{name}' has a text tower vlprompt cannot drive (e.g. a Hugging Face text "
-                "encoder); prompt learning needs an open_clip CLIP-style text transformer."
-            )
-        if getattr(src, "cls_emb", None) is not None or getattr(src, "use_pad_mask", False):
-            raise ModelError(
-                f"model '{name}': text towers with an appended class token or padding mask (CoCa-style) "
-                "are not supported for prompt learning."
-            )
-        self.token_embedding: nn.Embedding = src.token_embedding
-        self.positional_embedding: Tensor = src.positional_embedding
-        self.transformer: nn.Module = src.transformer
-        self.ln_final: nn.Module = src.ln_final
-        self.text_projection = src.text_projection
-        self.attn_mask: Tensor | None = src.attn_mask
-        self.pool_type: str = getattr(src, "text_pool_type", None) or getattr(src, "pool_type", "argmax")
-        self.eos_id: int | None = getattr(src, "text_eos_id", None) or getattr(src, "eos_id", None)
-        if self.pool_type not in ("argmax", "eos"):
-            raise ModelError(
-                f"model '{name}' pools its text features with '{self.pool_type}'; prompt learning needs "
-                "the EOT-token feature ('argmax' or 'eos' pooling, as in CLIP)."
-            )
-        if self.attn_mask is None:
-            raise ModelError(f"model '{name}' has no causal text mask; prompt learning needs a causal tower.")
-        self.context_length = int(self.positional_embedding.shape[0])
-        self.width = int(self.token_embedding.weight.shape[1])
+__all__ = ["BackboneInfo", "OpenClipBackbone", "load_backbone", "shared_backbone", "list_pretrained_tags"]
 
 
 class OpenClipBackbone(nn.Module):
     """A frozen open_clip model with the prompt-learning interface described in the module doc.
 
     Args:
-        model: an open_clip ``CLIP`` / ``CustomTextCLIP`` instance.
+        model: an open_clip ``CLIP`` / ``CustomTextCLIP`` / ``CoCa`` instance.
         tokenizer: the open_clip tokenizer of that model.
         name: open_clip model name (e.g. ``"ViT-B-16-quickgelu"``).
         pretrained: tag or weights path it was loaded with (None = random init).
         preprocess_cfg: open_clip's preprocess config (size, mean, std, interpolation, ...).
     """
+
+    family = "open_clip"
 
     def __init__(
         self,
@@ -107,40 +62,45 @@ class OpenClipBackbone(nn.Module):
         self.name = name
         self.pretrained = pretrained
         self.preprocess_cfg = dict(preprocess_cfg)
-        self._text = _TextTower(model, name)
+        src = model.text if hasattr(model, "text") else model
+        length = getattr(tokenizer, "context_length", None) or int(getattr(src, "context_length", 77))
+        self._tok = TokenizerView(tokenizer, int(length), name)
+        self._tower = text_view(model, self._tok, name)
         self.model.requires_grad_(False)
         self.model.eval()
 
     # ------------------------------------------------------------------ properties
     @property
     def info(self) -> BackboneInfo:
-        return BackboneInfo(self.name, self.pretrained, self.embed_dim, self.text_width)
+        return BackboneInfo(self.name, self.pretrained, self.embed_dim, self.text_width, family=self.family)
+
+    @property
+    def text_facts(self) -> TextTowerFacts:
+        """How the text tower attends and pools, its special token ids and where context starts."""
+        return self._tower.facts
 
     @property
     def device(self) -> torch.device:
-        return self._text.token_embedding.weight.device
+        return self._tower.token_embedding.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
         """Compute dtype of the text transformer (fp32 unless the model was cast)."""
-        return self._text.transformer.get_cast_dtype()
+        return self._tower.cast_dtype()
 
     @property
     def context_length(self) -> int:
-        return self._text.context_length
+        return self._tok.context_length
 
     @property
     def text_width(self) -> int:
         """D: width of token embeddings (= width of learned context vectors)."""
-        return self._text.width
+        return self._tower.width
 
     @property
     def embed_dim(self) -> int:
         """E: dimension of the joint image-text embedding space."""
-        proj = self._text.text_projection
-        if proj is None:
-            return self.text_width
-        return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
+        return self._tower.output_dim
 
     @property
     def logit_scale(self) -> Tensor:
@@ -149,6 +109,7 @@ class OpenClipBackbone(nn.Module):
 
     @property
     def logit_bias(self) -> Tensor | None:
+        """SigLIP's learned logit bias (added to every scaled logit), None for CLIP."""
         bias = getattr(self.model, "logit_bias", None)
         return None if bias is None else bias.detach().float()
 
@@ -164,100 +125,110 @@ class OpenClipBackbone(nn.Module):
 
     # ------------------------------------------------------------------ text side
     @property
-    def sot_token_id(self) -> int:
-        return int(self.tokenizer.sot_token_id)
+    def sot_token_id(self) -> int | None:
+        return self._tok.sot_id
 
     @property
-    def eot_token_id(self) -> int:
-        return int(self.tokenizer.eot_token_id)
+    def eot_token_id(self) -> int | None:
+        return self._tok.eot_id
 
     def encode_tokens(self, text: str) -> list[int]:
-        """BPE token ids of ``text`` without SOT/EOT (CoOp's ``_tokenizer.encode``)."""
-        if not hasattr(self.tokenizer, "encode"):
-            raise ModelError(f"the tokenizer of '{self.name}' cannot encode text without padding.")
-        return list(self.tokenizer.encode(text))
+        """Token ids of ``text`` without start / end tokens (CoOp's ``_tokenizer.encode``)."""
+        return self._tok.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids)
 
     def tokenize(self, texts: list[str] | str, *, what: str = "text") -> Tensor:
-        """Tokenize with SOT/EOT, padded to the context length: LongTensor ``[B, context_length]``.
+        """Tokenize as the model's tokenizer does, padded to the context length: ``[B, context_length]``.
 
         Unlike ``open_clip.tokenize`` this never truncates silently: a text longer than the text
         tower's context raises :class:`VlpromptError` naming the text and the excess.
         """
         if isinstance(texts, str):
             texts = [texts]
-        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = [self.sot_token_id, *self.encode_tokens(text), self.eot_token_id]
-            if len(ids) > self.context_length:
-                raise VlpromptError(
-                    f"{what} '{text}' is {len(ids)} tokens long with start/end tokens, "
-                    f"{len(ids) - self.context_length} more than the context length {self.context_length} "
-                    f"of '{self.name}'; shorten it (or use fewer context tokens, option method.n_ctx)."
-                )
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
+        return self._tok.tokenize(list(texts), what=what)
+
+    def pooled_index(self, ids: Tensor) -> Tensor:
+        """Position whose feature the tower pools, per row of ``ids [B, L]`` -> ``[B]`` (EOT for CLIP)."""
+        return self._tower.pooled_index(ids)
 
     def eot_index(self, ids: Tensor) -> Tensor:
-        """Position of the EOT token in each row of ``ids [B, L]`` -> ``[B]`` (as open_clip pools)."""
-        if self._text.pool_type == "eos" and self._text.eos_id is not None:
-            return (ids == self._text.eos_id).int().argmax(dim=-1)
-        return ids.argmax(dim=-1)
+        """Alias of :meth:`pooled_index` (the EOT position for CLIP-style towers)."""
+        return self._tower.pooled_index(ids)
+
+    def prompt_length(self, ids: Tensor) -> int:
+        """Positions of ``ids [B, L]`` that must be encoded: up to the last EOT where that is exact, else L."""
+        if self.text_facts.truncate_exact:
+            return int(self.pooled_index(ids).max()) + 1
+        return int(ids.shape[1])
 
     def token_embedding(self, ids: Tensor) -> Tensor:
         """Frozen token embeddings: ``[B, L] -> [B, L, D]``."""
-        return self._text.token_embedding(ids.to(self.device))
+        return self._tower.token_embedding(ids.to(self.device))
 
-    def encode_text_embeddings(self, embeds: Tensor, eot_index: Tensor, *, truncate: bool = True) -> Tensor:
+    def token_embedding_table(self) -> Tensor:
+        """The frozen token-embedding matrix ``[vocab, D]``."""
+        return self._tower.token_embedding.weight
+
+    def encode_text_embeddings(self, embeds: Tensor, eot_index: Tensor, *, ids: Tensor | None = None,
+                               truncate: bool = True) -> Tensor:
         """Run the text tower on prompt embeddings (CoOp's ``TextEncoder``).
 
         Args:
-            embeds: ``[P, L, D]`` token embeddings (SOT, context, class tokens, EOT, padding).
-            eot_index: ``[P]`` position of the EOT token of each prompt.
+            embeds: ``[P, L, D]`` token embeddings laid out as the tokenizer lays out a sentence.
+            eot_index: ``[P]`` pooled position of each prompt (:meth:`pooled_index`).
+            ids: ``[P, L]`` token ids of that layout; needed by towers that mask padding (CoCa,
+                Hugging Face text towers).
 
         Returns:
-            ``[P, E]`` unnormalised text features. Sequences are cut after ``max(eot_index)``:
-            exact, because the causal mask hides later tokens from every EOT position
-            (``truncate=False`` runs every given position, for tests and comparisons).
+            ``[P, E]`` unnormalised text features. For causal towers pooled at EOT the sequences are
+            cut after ``max(eot_index)`` (exact; ``truncate=False`` runs every given position).
         """
-        t = self._text
-        length = int(eot_index.max().item()) + 1 if truncate else embeds.shape[1]
-        cast = self.dtype
-        x = embeds[:, :length].to(cast) + t.positional_embedding[:length].to(cast)
-        mask = t.attn_mask[:length, :length].to(x.device) if t.attn_mask is not None else None
-        x = t.transformer(x, attn_mask=mask)
-        x = t.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
-        proj = t.text_projection
-        if proj is not None:
-            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-        return x
+        if truncate and self.text_facts.truncate_exact:
+            length = int(eot_index.max().item()) + 1
+            embeds = embeds[:, :length]
+            ids = None if ids is None else ids[:, :length]
+        if ids is not None:
+            ids = ids.to(embeds.device)
+        return self._tower.encode(embeds, eot_index.to(embeds.device), ids)
 
-    def encode_text_shared_prefix(self, prefix: Tensor, suffix: Tensor, eot_in_suffix: Tensor) -> Tensor:
+    def encode_text_shared_prefix(self, prefix: Tensor, suffix: Tensor, eot_in_suffix: Tensor, *,
+                                  ids: Tensor | None = None) -> Tensor:
         """Prompts ``cat(prefix[g], suffix[c])`` for every group g and class c: ``[G, n, E]``.
 
         Exact shared-prefix encoding (:mod:`vlprompt.backbones.shared_prefix`) when the tower allows
-        it, else the plain path on the concatenated sequences.
+        it (causal, pooled at EOT, standard blocks), else the plain path on the concatenated
+        sequences (``ids [n, P + S]`` the token ids of the n prompts, for towers that read them).
         """
         from vlprompt.backbones.shared_prefix import encode_shared_prefix, supports_shared_prefix
 
-        if supports_shared_prefix(self._text.transformer):
-            return encode_shared_prefix(self._text, prefix, suffix, eot_in_suffix)
+        facts = self.text_facts
+        if facts.truncate_exact and not facts.needs_ids and supports_shared_prefix(self._tower.transformer):
+            return encode_shared_prefix(self._tower, prefix, suffix, eot_in_suffix)
         g, n = prefix.shape[0], suffix.shape[0]
         full = torch.cat([prefix.unsqueeze(1).expand(-1, n, -1, -1), suffix.unsqueeze(0).expand(g, -1, -1, -1)], 2)
         eot = (eot_in_suffix + prefix.shape[1]).repeat(g)
-        return self.encode_text_embeddings(full.flatten(0, 1), eot).view(g, n, -1)
+        rep = None if ids is None else ids.repeat(g, 1)
+        return self.encode_text_embeddings(full.flatten(0, 1), eot, ids=rep).view(g, n, -1)
 
     def encode_text(self, ids: Tensor) -> Tensor:
         """Text features of token ids ``[P, L] -> [P, E]`` through :meth:`encode_text_embeddings`."""
         ids = ids.to(self.device)
-        return self.encode_text_embeddings(self.token_embedding(ids), self.eot_index(ids))
+        return self.encode_text_embeddings(self.token_embedding(ids), self.pooled_index(ids), ids=ids)
 
     # ------------------------------------------------------------------ image side
     @torch.no_grad()
     def encode_image(self, images: Tensor) -> Tensor:
         """Image features ``[B, 3, H, W] -> [B, E]`` (unnormalised; frozen, so no graph is built)."""
         visual_dtype = next(self.model.visual.parameters()).dtype
-        return self.model.encode_image(images.to(self.device, visual_dtype))
+        return self.model.encode_image(images.to(self.device, visual_dtype), normalize=False)
+
+    def local_features_unsupported(self) -> str | None:
+        """Why this image tower has no local features (LoCoOp, GL-MCM), or None when it has them."""
+        from vlprompt.backbones.local import local_features_unsupported
+
+        return local_features_unsupported(self.model)
 
     @torch.no_grad()
     def local_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -268,7 +239,7 @@ class OpenClipBackbone(nn.Module):
         through that block's *value path* (ln_1, value projection, output projection, the block's
         residual and MLP; i.e. attention restricted to itself), ``ln_post`` and the projection.
         ModifiedResNet: the attention pool's value and output projections applied to every position
-        of the final feature map.
+        of the final feature map. Other image towers (timm, attention-pooled CoCa) raise ModelError.
 
         Returns:
             ``global [B, E]`` (equal to :meth:`encode_image`) and ``local [B, N, E]`` (N patches or
@@ -287,25 +258,9 @@ class OpenClipBackbone(nn.Module):
         return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=False)
 
     def train_transform(self, scale: tuple[float, float] = (0.08, 1.0)) -> Any:
-        """CoOp's training transform: random resized crop (``scale`` 0.08-1, bicubic), flip, normalise.
-
-        This is Dassl's ``random_resized_crop, random_flip, normalize`` recipe used by every CoOp
-        config, not open_clip's pretraining augmentation.
-        """
-        from torchvision import transforms as T
-
-        mean = self.preprocess_cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))
-        std = self.preprocess_cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
-        return T.Compose(
-            [
-                T.RandomResizedCrop(
-                    self.image_size, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC
-                ),
-                T.RandomHorizontalFlip(),
-                T.ToTensor(),
-                T.Normalize(mean, std),
-            ]
-        )
+        """CoOp's training transform (:func:`~vlprompt.backbones.base.coop_train_transform`); ``scale`` of the
+        random resized crop (Tip-Adapter uses 0.5-1)."""
+        return coop_train_transform(self.image_size, self.preprocess_cfg, scale=scale)
 
 
 def _looks_like_path(s: str) -> bool:
@@ -416,7 +371,14 @@ def load_backbone(
             "as backbone.pretrained"
         )
         raise ModelError(f"could not load {what} for model '{model}': {exc}. Hint: {advice}.") from exc
-    tokenizer = open_clip.get_tokenizer(model)
+    try:
+        tokenizer = open_clip.get_tokenizer(model, cache_dir=cache_dir)
+    except Exception as exc:  # HF tokenizers (SigLIP, CLIPA, multilingual) are fetched from the hub
+        raise ModelError(
+            f"could not load the tokenizer of model '{model}': {exc}. Hint: its Hugging Face tokenizer must be "
+            "in the local Hugging Face cache when this machine is offline (pip install 'vlprompt[hf]' for "
+            "transformers; see docs/backbones.md)."
+        ) from exc
     preprocess_cfg = open_clip.get_model_preprocess_cfg(clip_model)
     return OpenClipBackbone(clip_model, tokenizer, model, pretrained if weights or has_schema else None,
                             preprocess_cfg)

@@ -64,7 +64,7 @@ def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffi
 
     Args:
         text: the backbone's text tower view (positional embedding, transformer, ln_final,
-            text_projection), i.e. ``OpenClipBackbone._text``.
+            text_projection), i.e. ``OpenClipBackbone._tower``.
         prefix: ``[G, P, D]`` embeddings of each group's shared first P tokens (SOS + context);
             G = 1 for CoOp, G = images for CoCoOp.
         suffix: ``[n, S, D]`` embeddings of each prompt's remaining tokens (cut after the last EOT),

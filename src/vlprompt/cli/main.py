@@ -377,17 +377,34 @@ def cmd_import_split(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    import open_clip
-
-    from vlprompt.backbones.configs import register_model_configs
+    from vlprompt.backbones.base import TOWER_KINDS, backbone_families
+    from vlprompt.backbones.catalog import open_clip_catalog
     from vlprompt.backbones.openclip import list_pretrained_tags
+    from vlprompt.methods.registry import get_method, list_methods
 
-    register_model_configs()
-    for name in open_clip.list_models():
-        if args.filter and args.filter.lower() not in name.lower():
+    methods = list_methods()
+    needs_local = {m for m in methods if get_method(m).capabilities.local_features}
+    print(f"{'model':36s} {'family':9s} {'text tower':12s} {'image tower':30s} methods; pretrained tags")
+    for entry in open_clip_catalog():
+        if args.filter and args.filter.lower() not in entry.name.lower():
             continue
-        tags = list_pretrained_tags(name)
-        print(f"{name:40s} {', '.join(tags) if tags else '(no pretrained tags; random init or a local file)'}")
+        runs = [m for m in methods if entry.local_features or m not in needs_local]
+        tags = list_pretrained_tags(entry.name)
+        tag_text = ", ".join(tags) if tags else "(none: random init or a local file)"
+        needs = f" [needs {entry.needs}]" if entry.needs else ""
+        print(f"{entry.name:36s} {entry.family:9s} {entry.text_kind:12s} {entry.image_tower[:30]:30s} "
+              f"{','.join(runs)}; {tag_text}{needs}")
+    if not args.filter:
+        print("\ntext towers:")
+        for kind, text in TOWER_KINDS.items():
+            print(f"  {kind:12s} {text}")
+        print("families:")
+        for fam in backbone_families().values():
+            print(f"  {fam.name:9s} {('--model ' + fam.prefix + '...') if fam.prefix else '--model <name>':24s} "
+                  f"{fam.description}")
+        if needs_local:
+            print(f"{', '.join(sorted(needs_local))} need local image features: open_clip ViT / ModifiedResNet "
+                  "image towers only (docs/backbones.md)")
     return 0
 
 
@@ -590,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="few-shot JSON to write")
     p.set_defaults(func=cmd_import_split)
 
-    p = sub.add_parser("models", help="list open_clip model names and pretrained tags")
+    p = sub.add_parser("models", help="list every open_clip architecture: family, text tower, methods, tags")
     p.add_argument("--filter", help="only names containing this text")
     p.set_defaults(func=cmd_models)
     sub.add_parser("datasets", help="list dataset names").set_defaults(func=cmd_datasets)

@@ -166,16 +166,26 @@ def _check_prompt_metadata(meta: dict[str, Any], path: Path) -> None:
                               "Use a prompt file written by `vlprompt train` or `vlprompt import-coop`.")
 
 
+def model_string(backbone_meta: dict[str, Any]) -> str:
+    """The ``backbone.model`` value that loads a recorded backbone (``hf:`` prefix for that family)."""
+    from vlprompt.backbones.base import backbone_families
+
+    family = backbone_meta.get("family", "open_clip")
+    prefix = backbone_families()[family].prefix if family in backbone_families() else None
+    return f"{prefix or ''}{backbone_meta.get('model', '')}"
+
+
 def check_backbone_matches(meta: dict[str, Any], backbone: Any, path: str | Path) -> None:
     """Refuse a prompt learned on another backbone, naming what differs."""
     saved = meta.get("backbone", {})
     have = backbone.info.as_dict()
-    diffs = [f"{k}: file has {saved.get(k)!r}, backbone has {have[k]!r}"
-             for k in ("model", "pretrained", "embed_dim", "text_width") if saved.get(k) != have[k]]
+    saved = {"family": "open_clip", **saved}  # files written before backbone families were recorded
+    diffs = [f"{k}: file has {saved.get(k)!r}, backbone has {have.get(k)!r}"
+             for k in ("family", "model", "pretrained", "embed_dim", "text_width") if saved.get(k) != have.get(k)]
     if diffs:
         raise CheckpointError(
             f"prompt file '{path}' was learned on another backbone ({'; '.join(diffs)}). "
-            f"Load it with --model {saved.get('model')} --pretrained {saved.get('pretrained')}."
+            f"Load it with --model {model_string(saved)} --pretrained {saved.get('pretrained')}."
         )
 
 
@@ -235,14 +245,14 @@ def load_prompt(
         context: the build context (:class:`~vlprompt.methods.base.MethodContext`: the dataset's
             templates) to use; None = the one recorded in the file (the training dataset's).
     """
-    from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.backbones.base import load_any_backbone
     from vlprompt.methods.base import MethodContext
     from vlprompt.methods.registry import build_method, make_method_config
 
     tensors, meta = read_prompt(path)
     if backbone is None:
         bb = meta.get("backbone", {})
-        backbone = load_backbone(bb.get("model", ""), bb.get("pretrained"), device=device)
+        backbone = load_any_backbone(model_string(bb), bb.get("pretrained"), device=device)
     check_backbone_matches(meta, backbone, path)
     names = list(meta.get("classnames", [])) if classnames is None else list(classnames)
     check_classnames_match(meta, names, path, allow_new_classes=allow_new_classes)

@@ -34,8 +34,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.build import build_backbone
-from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict, read_yaml
 from vlprompt.core.errors import ConfigError, DataError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json, atomic_write_text, ensure_dir
@@ -167,7 +167,7 @@ def method_context(cfg: ExperimentConfig, splits: Any) -> MethodContext:
     return MethodContext(templates=tuple(templates), dataset=cfg.data.dataset)
 
 
-def build_training_method(cfg: ExperimentConfig, backbone: OpenClipBackbone, classnames: list[str],
+def build_training_method(cfg: ExperimentConfig, backbone: Backbone, classnames: list[str],
                           context: MethodContext | None = None) -> PromptMethod:
     entry = get_method(cfg.method.name)
     if not entry.trainable:
@@ -177,7 +177,7 @@ def build_training_method(cfg: ExperimentConfig, backbone: OpenClipBackbone, cla
     return build_method(cfg.method.name, backbone, classnames, config=cfg.method.config, context=context)
 
 
-def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: OpenClipBackbone | None = None) -> dict[str, Any]:
+def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | None = None) -> dict[str, Any]:
     """Train ``cfg.method`` on ``cfg.data`` and evaluate on the test split; return metrics.
 
     Args:
@@ -227,7 +227,7 @@ def _open_run(paths: RunPaths, cfg: ExperimentConfig, resume: bool,
     return None, notes
 
 
-def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenClipBackbone | None,
+def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backbone | None,
            log: Any, ctx: DistContext = SINGLE, device: torch.device | None = None) -> dict[str, Any]:
     device = resolve_device(cfg.train.device) if device is None else device
     progress = cfg.train.progress and ctx.is_main
@@ -315,7 +315,7 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: OpenC
                                           train_time, fit_info))
 
 
-def _finish(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
+def _finish(method: PromptMethod, data: PreparedData, backbone: Backbone, cfg: ExperimentConfig,
             device: torch.device, paths: RunPaths, log: Any, history: list[dict[str, Any]], max_epoch: int,
             train_time: float, fit_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save the prompt, evaluate on test (and val), write metrics.json and results.md (rank 0)."""
@@ -335,7 +335,7 @@ def _finish(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone
     return metrics
 
 
-def _train_loader(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
+def _train_loader(method: PromptMethod, data: PreparedData, backbone: Backbone, cfg: ExperimentConfig,
                   device: torch.device, ctx: DistContext, progress: bool) -> DataLoader:
     """Training batches (this rank's share of each global batch): cached features ``[B, ...]``, cached
     augmented views, or images ``[B, 3, H, W]`` encoded every step."""
@@ -380,7 +380,7 @@ def _loss_step(method: PromptMethod, compile_step: bool | str) -> Callable[[Tens
     return torch.compile(method.training_loss, backend=backend)
 
 
-def _augmented_view(method: PromptMethod, data: PreparedData, backbone: OpenClipBackbone, cfg: ExperimentConfig,
+def _augmented_view(method: PromptMethod, data: PreparedData, backbone: Backbone, cfg: ExperimentConfig,
                     v: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One randomly augmented view of every training image, encoded (crops drawn from the current RNG)."""
     from vlprompt.data.loading import ImageDataset
@@ -440,7 +440,7 @@ def _train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.O
     return record
 
 
-def _evaluate_split(method: PromptMethod, data: PreparedData, items: list, backbone: OpenClipBackbone,
+def _evaluate_split(method: PromptMethod, data: PreparedData, items: list, backbone: Backbone,
                     cfg: ExperimentConfig, device: torch.device, name: str) -> dict[str, Any]:
     with autocast(device, cfg.train.compute_precision):
         return evaluate_items(method, items, data.splits.loader, batch_size=cfg.optim.test_batch_size,

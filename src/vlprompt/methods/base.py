@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class FitData(Protocol):
 
 
 @torch.no_grad()
-def template_text_features(backbone: OpenClipBackbone, classnames: list[str], templates: Sequence[str],
+def template_text_features(backbone: Backbone, classnames: list[str], templates: Sequence[str],
                            chunk: int = 256) -> Tensor:
     """Zero-shot classifier ``[n_cls, E]``: ``normalise(mean_t normalise(g(template_t(c))))`` (CLIP Sec. 3.1.4)."""
     names = [c.replace("_", " ") for c in classnames]
@@ -117,7 +117,7 @@ class PromptMethod(nn.Module):
     #: learns nothing inside the image tower (e.g. deep text prompts only).
     modifies_encoders: ClassVar[bool] = False
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: Any,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: Any,
                  context: MethodContext | None = None) -> None:
         super().__init__()
         if not classnames:

@@ -11,8 +11,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.core.errors import ConfigError
+from vlprompt.backbones.base import Backbone
+from vlprompt.core.errors import ConfigError, ModelError
 from vlprompt.methods.base import MethodContext, PromptMethod
 
 
@@ -155,7 +155,7 @@ def make_method_config(name: str, options: dict[str, Any]) -> Any:
 
 
 def build_method(
-    name: str, backbone: OpenClipBackbone, classnames: list[str], config: Any = None, *,
+    name: str, backbone: Backbone, classnames: list[str], config: Any = None, *,
     context: MethodContext | None = None, **options: Any
 ) -> PromptMethod:
     """Build method ``name`` for ``classnames`` on ``backbone``.
@@ -165,6 +165,11 @@ def build_method(
     hand-crafted template(s) (default: ``"a photo of a {}."``).
     """
     entry = get_method(name)
+    if entry.capabilities.local_features:
+        why = backbone.local_features_unsupported()
+        if why is not None:
+            raise ModelError(f"method '{name}' needs local (patch) image features, which backbone "
+                             f"'{backbone.name}' does not provide: {why}.")
     if config is None:
         config = make_method_config(name, options)
     elif options:

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.build import build_backbone
-from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.core.errors import DataError, VlpromptError
 from vlprompt.core.io import atomic_write_text
@@ -26,7 +26,7 @@ from vlprompt.methods.base import PromptMethod
 from vlprompt.methods.zeroshot import zeroshot_classifier
 
 
-def _backbone(cfg: ExperimentConfig, device: torch.device) -> OpenClipBackbone:
+def _backbone(cfg: ExperimentConfig, device: torch.device) -> Backbone:
     return build_backbone(cfg.backbone, device=device)
 
 
@@ -57,7 +57,7 @@ def _save(report: dict[str, Any], output: Path | None, title: str) -> dict[str, 
 
 
 def zeroshot(cfg: ExperimentConfig, *, split: str = "test", output: str | Path | None = None,
-             progress: bool = True, backbone: OpenClipBackbone | None = None) -> dict[str, Any]:
+             progress: bool = True, backbone: Backbone | None = None) -> dict[str, Any]:
     """Zero-shot CLIP on ``cfg.data`` with the templates ``cfg.data.templates``; returns the report.
 
     The report holds ``accuracy``, ``macro_accuracy``, ``per_class`` and the ``templates`` used;
@@ -107,7 +107,7 @@ def collect_images(inputs: list[str]) -> list[str]:
 
 @torch.no_grad()
 def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames: list[str] | None = None,
-            device: str = "auto", backbone: OpenClipBackbone | None = None,
+            device: str = "auto", backbone: Backbone | None = None,
             batch_size: int = 32, device_option: str = "device") -> list[dict[str, Any]]:
     """Classify image files with a learned prompt: ``[{"image", "top": [[class, probability], ...]}]``.
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.cocoop.config import CoCoOpConfig
 from vlprompt.methods.coop.prompt import PromptLearner
@@ -33,7 +33,7 @@ class CoCoOp(PromptMethod):
     method_name = "cocoop"
     image_conditional = True
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoCoOpConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: CoCoOpConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         self.prompt_learner = PromptLearner(backbone, self.classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 
 
 @torch.no_grad()
-def nearest_words(ctx: Tensor, backbone: OpenClipBackbone, topk: int = 3) -> list[list[tuple[str, float]]]:
+def nearest_words(ctx: Tensor, backbone: Backbone, topk: int = 3) -> list[list[tuple[str, float]]]:
     """For each context vector, the ``topk`` nearest vocabulary tokens and their distances.
 
     Args:
@@ -24,11 +24,11 @@ def nearest_words(ctx: Tensor, backbone: OpenClipBackbone, topk: int = 3) -> lis
         ``M`` (or ``n_cls * M``) lists of ``(token text, distance)``, nearest first.
     """
     vectors = ctx.detach().float().reshape(-1, ctx.shape[-1]).to(backbone.device)  # [M', D]
-    table = backbone._text.token_embedding.weight.float()  # [vocab, D]
+    table = backbone.token_embedding_table().float()  # [vocab, D]
     dist = torch.cdist(vectors, table)  # [M', vocab]
     k = min(topk, table.shape[0])
     values, indices = dist.topk(k, dim=1, largest=False)
     out = []
     for vals, idxs in zip(values.tolist(), indices.tolist()):
-        out.append([(backbone.tokenizer.decode([i]).strip(), float(v)) for v, i in zip(vals, idxs)])
+        out.append([(backbone.decode([i]).strip(), float(v)) for v, i in zip(vals, idxs)])
     return out

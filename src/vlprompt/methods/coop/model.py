@@ -7,7 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.prompt import PromptLearner
@@ -26,7 +26,7 @@ class CoOp(PromptMethod):
     def is_class_specific(cls, config: Any) -> bool:
         return bool(config.csc)
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: CoOpConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: CoOpConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         self.prompt_learner = PromptLearner(
@@ -54,5 +54,5 @@ class CoOp(PromptMethod):
         if pl.shares_prefix:
             feats = pl.encode_grouped(self.backbone, pl.ctx.unsqueeze(0))[0]
         else:
-            feats = self.backbone.encode_text_embeddings(pl(), pl.eot_index)
+            feats = self.backbone.encode_text_embeddings(pl(), pl.eot_index, ids=pl.token_ids)
         return F.normalize(feats.float(), dim=-1)

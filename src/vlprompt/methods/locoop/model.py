@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.local import GLOBAL_LOCAL, packed_global_local
-from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.validate import check_float, check_int
 from vlprompt.methods.base import LossTerms, MethodContext
@@ -77,7 +77,7 @@ class LoCoOp(CoOp):
     method_name = "locoop"
     feature_kind = GLOBAL_LOCAL
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: LoCoOpConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: LoCoOpConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         k = config.top_k if config.top_k is not None else max(1, round(0.2 * len(classnames)))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import LossTerms, MethodContext, PromptMethod
 from vlprompt.methods.coop.prompt import PromptLearner
 from vlprompt.methods.upl.config import UPLConfig
@@ -28,7 +28,7 @@ class UPL(PromptMethod):
 
     method_name = "upl"
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: UPLConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: UPLConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         self.prompt_learner = PromptLearner(backbone, self.classnames, n_ctx=config.n_ctx, init_std=config.init_std)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import ConfigError
 from vlprompt.methods.base import MethodContext, PromptMethod, template_text_features
 from vlprompt.methods.registry import register_method
@@ -42,7 +42,7 @@ class ZeroShotCLIP(PromptMethod):
 
     method_name = "zeroshot"
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: ZeroShotConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: ZeroShotConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         self.register_buffer("classifier", self._build_classifier(), persistent=False)
@@ -58,7 +58,7 @@ register_method("zeroshot", ZeroShotConfig, ZeroShotCLIP, training="none", super
 
 
 
-def zeroshot_classifier(backbone: OpenClipBackbone, classnames: list[str], templates: list[str]) -> ZeroShotCLIP:
+def zeroshot_classifier(backbone: Backbone, classnames: list[str], templates: list[str]) -> ZeroShotCLIP:
     """The zero-shot CLIP classifier of ``classnames`` with ``templates`` (what workflows use as the baseline,
     the OOD reference and UPL's pseudo-labeller)."""
     return ZeroShotCLIP(backbone, classnames, ZeroShotConfig(templates=list(templates)))
