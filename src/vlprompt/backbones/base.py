@@ -224,6 +224,18 @@ register_backbone_family("hf", "vlprompt.backbones.hf:load_hf_backbone", prefix=
                                      "cached hub id; needs `pip install vlprompt[hf]`)")
 
 
+def encode_prefix_suffix_in_full(backbone: Any, prefix: Tensor, suffix: Tensor, eot_in_suffix: Tensor, *,
+                                 ids: Tensor | None = None) -> Tensor:
+    """The plain path of ``encode_text_shared_prefix``: every prompt ``cat(prefix[g], suffix[c])`` encoded in
+    full (towers where the shared-prefix pass is not exact). ``prefix [G, P, D]``, ``suffix [n, S, D]``,
+    ``eot_in_suffix [n]``, ``ids [n, L]`` (towers that read token ids) -> ``[G, n, E]``."""
+    g, n = prefix.shape[0], suffix.shape[0]
+    full = torch.cat([prefix.unsqueeze(1).expand(-1, n, -1, -1), suffix.unsqueeze(0).expand(g, -1, -1, -1)], 2)
+    eot = (eot_in_suffix + prefix.shape[1]).repeat(g)
+    rep = None if ids is None else ids.repeat(g, 1)
+    return backbone.encode_text_embeddings(full.flatten(0, 1), eot, ids=rep).view(g, n, -1)
+
+
 def coop_train_transform(image_size: int, preprocess_cfg: dict[str, Any],
                          scale: tuple[float, float] = (0.08, 1.0)) -> Any:
     """CoOp's training transform: random resized crop (``scale`` 0.08-1, bicubic), flip, normalise.

@@ -28,7 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vlprompt.backbones.base import BackboneInfo, TextTowerFacts, coop_train_transform
+from vlprompt.backbones.base import (
+    BackboneInfo,
+    TextTowerFacts,
+    coop_train_transform,
+    encode_prefix_suffix_in_full,
+)
 from vlprompt.core.errors import ModelError, VlpromptError
 
 #: transformers model types this adapter drives.
@@ -224,11 +229,7 @@ class HFBackbone(nn.Module):
 
     def encode_text_shared_prefix(self, prefix: Tensor, suffix: Tensor, eot_in_suffix: Tensor, *,
                                   ids: Tensor | None = None) -> Tensor:
-        g, n = prefix.shape[0], suffix.shape[0]
-        full = torch.cat([prefix.unsqueeze(1).expand(-1, n, -1, -1), suffix.unsqueeze(0).expand(g, -1, -1, -1)], 2)
-        eot = (eot_in_suffix + prefix.shape[1]).repeat(g)
-        rep = None if ids is None else ids.repeat(g, 1)
-        return self.encode_text_embeddings(full.flatten(0, 1), eot, ids=rep).view(g, n, -1)
+        return encode_prefix_suffix_in_full(self, prefix, suffix, eot_in_suffix, ids=ids)
 
     def encode_text(self, ids: Tensor) -> Tensor:
         ids = ids.to(self.device)

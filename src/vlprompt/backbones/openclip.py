@@ -27,7 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vlprompt.backbones.base import BackboneInfo, TextTowerFacts, coop_train_transform
+from vlprompt.backbones.base import (
+    BackboneInfo,
+    TextTowerFacts,
+    coop_train_transform,
+    encode_prefix_suffix_in_full,
+)
 from vlprompt.backbones.configs import pretrained_weights, register_model_configs
 from vlprompt.backbones.openclip_towers import TokenizerView, text_view
 from vlprompt.core.errors import ModelError, VlpromptError
@@ -206,11 +211,7 @@ class OpenClipBackbone(nn.Module):
         facts = self.text_facts
         if facts.truncate_exact and not facts.needs_ids and supports_shared_prefix(self._tower.transformer):
             return encode_shared_prefix(self._tower, prefix, suffix, eot_in_suffix)
-        g, n = prefix.shape[0], suffix.shape[0]
-        full = torch.cat([prefix.unsqueeze(1).expand(-1, n, -1, -1), suffix.unsqueeze(0).expand(g, -1, -1, -1)], 2)
-        eot = (eot_in_suffix + prefix.shape[1]).repeat(g)
-        rep = None if ids is None else ids.repeat(g, 1)
-        return self.encode_text_embeddings(full.flatten(0, 1), eot, ids=rep).view(g, n, -1)
+        return encode_prefix_suffix_in_full(self, prefix, suffix, eot_in_suffix, ids=ids)
 
     def encode_text(self, ids: Tensor) -> Tensor:
         """Text features of token ids ``[P, L] -> [P, E]`` through :meth:`encode_text_embeddings`."""
