@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from vlprompt.backbones.base import (
     coop_train_transform,
     encode_prefix_suffix_in_full,
 )
-from vlprompt.backbones.configs import pretrained_weights, register_model_configs
+from vlprompt.backbones.configs import load_parts, pretrained_weights, register_model_configs, weights_files
 from vlprompt.backbones.openclip_towers import TokenizerView, text_view
 from vlprompt.core.errors import ModelError, VlpromptError
 
@@ -277,20 +278,21 @@ def list_pretrained_tags(model: str) -> list[str]:
     return tags
 
 
-def _resolve_pretrained(model: str, pretrained: str | None) -> str | None:
-    """Return what open_clip should load: a tag, a file path, or None (random init)."""
+def _resolve_pretrained(model: str, pretrained: str | None) -> str | dict[str, Path] | None:
+    """Return what to load: an open_clip tag or file path, registered parts (prefix -> file), or None."""
     if pretrained in (None, "", "none", "random"):
         return None
     assert pretrained is not None
     shipped = pretrained_weights()
     if (model, pretrained) in shipped:
-        path = shipped[(model, pretrained)]
-        if not path.is_file():
-            raise ModelError(
-                f"the shipped weights for '{model}' (pretrained '{pretrained}') are missing at {path}; "
-                "reinstall the package that provides them."
-            )
-        return str(path)
+        spec = shipped[(model, pretrained)]
+        for path in weights_files(spec):
+            if not path.is_file():
+                raise ModelError(
+                    f"the shipped weights for '{model}' (pretrained '{pretrained}') are missing at {path}; "
+                    "reinstall the package that provides them."
+                )
+        return dict(spec) if isinstance(spec, dict) else str(spec)
     if os.path.exists(pretrained):
         if not os.path.isfile(pretrained):
             raise ModelError(f"pretrained weights path '{pretrained}' is a folder, not a file.")
@@ -357,8 +359,11 @@ def load_backbone(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 clip_model, _, _ = open_clip.create_model_and_transforms(
-                    model, pretrained=weights, device=device, precision=precision, cache_dir=cache_dir
+                    model, pretrained=weights if not isinstance(weights, dict) else None, device=device,
+                    precision=precision, cache_dir=cache_dir,
                 )
+            if isinstance(weights, dict):
+                load_parts(clip_model, weights)
         finally:
             logging.getLogger().setLevel(level)
     except VlpromptError:
@@ -367,7 +372,7 @@ def load_backbone(
         what = f"weights '{pretrained}'" if pretrained else "the model"
         advice = (
             "the file does not match this architecture; check the model name"
-            if weights and os.path.exists(weights)
+            if isinstance(weights, dict) or (weights and os.path.exists(weights))
             else "if this machine is offline, download the weights elsewhere and pass the file path "
             "as backbone.pretrained"
         )
