@@ -102,7 +102,8 @@ def test_paper_data_is_well_formed_and_self_consistent():
     entries = load_paper_results()  # validates types, ranges and duplicates
     raw = json.loads(PAPER_RESULTS.read_text(encoding="utf-8"))
     assert "Table 1" in raw["about"] and "Table 3" in raw["about"] and "LoCoOp" in raw["about"]
-    assert len(entries) == 39 + 5 + 165  # CoCoOp / LoCoOp ...; KgCoOp's README averages; Tip-Adapter's exp.log
+    # CoCoOp / LoCoOp ...; KgCoOp README; Tip-Adapter exp.log; MaPLe + PromptSRC READMEs
+    assert len(entries) == 39 + 5 + 165 + 13
     datasets, methods = set(list_datasets()), set(list_methods())
     for e in entries:
         assert e.paper in raw["papers"] and e.method in methods
@@ -153,7 +154,7 @@ def test_paper_selection_and_backbone_names():
     assert select_papers(entries, ["all"]) == entries
     assert select_papers(entries, ["CoCoOp"]) == [e for e in entries if e.paper == "cocoop"]
     assert {e.paper for e in select_papers(entries, ["kgcoop", "tip_adapter"])} == {"kgcoop", "tip_adapter"}
-    with pytest.raises(DataError, match="choose from cocoop, kgcoop, tip_adapter, all"):
+    with pytest.raises(DataError, match="choose from cocoop, kgcoop, maple, promptsrc, tip_adapter, all"):
         select_papers(entries, ["nope"])
     assert normalize_backbone("ViT-B/16") == normalize_backbone("ViT-B-16-quickgelu") == "vit-b-16"
 
