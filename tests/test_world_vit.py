@@ -1,0 +1,96 @@
+"""The world ViT: a distilled image tower on the world ResNet's text tower (vlprompt.world.distill), and
+weights assembled from parts (backbones/configs.py ``load_parts``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlprompt.backbones.configs import load_parts, pretrained_weights, register_model_configs
+
+
+def _model(name: str, seed: int) -> torch.nn.Module:
+    import open_clip
+
+    register_model_configs()
+    torch.manual_seed(seed)
+    return open_clip.create_model(name)
+
+
+def _save(state: dict[str, torch.Tensor], path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def test_parts_fill_each_tensor_from_the_longest_matching_prefix(tmp_path):
+    a, b, c = (_model("vlprompt-test-vit", s) for s in (1, 2, 3))
+    vis = _save({k: v for k, v in a.state_dict().items() if k.startswith("visual.")}, tmp_path / "v.safetensors")
+    rest = _save(dict(b.state_dict()), tmp_path / "all.safetensors")  # has visual.* too: the longer prefix wins
+    load_parts(c, {"visual.": vis, "": rest})
+    for k, v in c.state_dict().items():
+        torch.testing.assert_close(v, (a if k.startswith("visual.") else b).state_dict()[k], rtol=0, atol=0)
+
+
+def test_parts_missing_or_misshapen_tensors_are_refused(tmp_path):
+    a = _model("vlprompt-test-vit", 1)
+    only_visual = _save({k: v for k, v in a.state_dict().items() if k.startswith("visual.")}, tmp_path / "v.st")
+    with pytest.raises(ValueError, match="not in the weights file"):
+        load_parts(a, {"": only_visual})
+    other = _model("vlprompt-test-rn", 1)
+    rn_all = _save(dict(other.state_dict()), tmp_path / "rn.st")
+    with pytest.raises(ValueError, match="tensor '.*' (has shape|is not in)"):
+        load_parts(a, {"": rn_all})
+
+
+def test_registered_parts_load_through_the_backbone_factory(tmp_path):
+    from vlprompt.backbones.configs import VLPROMPT_PRETRAINED, register_pretrained
+    from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.core.errors import ModelError
+
+    a, b = _model("vlprompt-test-vit", 5), _model("vlprompt-test-vit", 6)
+    vis = _save({k: v for k, v in a.state_dict().items() if k.startswith("visual.")}, tmp_path / "v.st")
+    rest = _save({k: v for k, v in b.state_dict().items() if not k.startswith("visual.")}, tmp_path / "t.st")
+    key = ("vlprompt-test-vit", "parts-test")
+    try:
+        register_pretrained(*key, {"visual.": vis, "": rest})
+        bb = load_backbone("vlprompt-test-vit", "parts-test")
+        for k, v in bb.model.state_dict().items():
+            torch.testing.assert_close(v, (a if k.startswith("visual.") else b).state_dict()[k], rtol=0, atol=0)
+        rest.unlink()
+        with pytest.raises(ModelError, match="missing"):
+            load_backbone("vlprompt-test-vit", "parts-test")
+    finally:
+        VLPROMPT_PRETRAINED.pop(key, None)
+
+
+def test_distillation_trains_only_the_image_tower_on_the_teachers_text_tower(tmp_path):
+    from vlprompt.world.distill import parse_args, run_distillation
+
+    cfg = parse_args(["--out", str(tmp_path), "--steps", "2", "--batch", "8", "--eval-per-class", "1",
+                      "--no-progress"])
+    lines: list[str] = []
+    meta = run_distillation(cfg, lines.append)
+    weights = tmp_path / "vlprompt-world-vit-visual.safetensors"
+    state = load_file(str(weights))
+    assert state and all(k.startswith("visual.") for k in state)
+    assert meta["steps"] == 2 and meta["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    teacher_file = pretrained_weights()[("vlprompt-world-rn", "world")]
+    assert meta["text_tower_from"]["sha256"] == hashlib.sha256(teacher_file.read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "vlprompt-world-vit.json").read_text())["distill_weight"] == 10.0
+    assert any(line.startswith("teacher:") for line in lines) and lines[-1].startswith("final:")
+    # the saved tower + the teacher's file make a complete model
+    student = _model("vlprompt-world-vit", 0)
+    load_parts(student, {"visual.": weights, "": teacher_file})
+
+
+def test_distillation_refuses_a_student_with_another_text_tower(tmp_path):
+    from vlprompt.core.errors import ModelError
+    from vlprompt.world.distill import adopt_text_tower
+
+    with pytest.raises(ModelError, match="text towers differ"):
+        adopt_text_tower(_model("vlprompt-test-vit", 0), _model("vlprompt-world-rn", 0))
