@@ -82,11 +82,36 @@ def test_output_dir_placeholders(tmp_path):
         cfg.resolve_output_dir()
 
 
+def _generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_configs", REPO / "scripts" / "make_configs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_every_shipped_config_loads(monkeypatch, tmp_path):
+    """Every shipped config goes through vlprompt's loader (each section and method option validated;
+    nothing is built); a generated one (== the generator's text, next test) also runs the method its
+    folder names and starts with a header naming its sources."""
+    from vlprompt.methods.registry import list_methods
+
     files = sorted(f for f in (REPO / "configs").rglob("*.yaml") if "sweeps" not in f.parts)
-    assert len(files) >= 110
+    generated = set(_generator().expected_files())
+    assert len(files) >= 600
+    families = {f.relative_to(REPO / "configs").parts[0] for f in generated if "sweeps" not in f.parts}
+    assert families >= {"coop", "cocoop", "upl", "locoop", "kgcoop", "prograd", "ivlp", "deep_language", "vpt_deep",
+                        "maple", "promptsrc", "linear_probe", "clip_adapter", "tip_adapter", "tip_adapter_f",
+                        "clip_lora"}
+    also = {"cocoop": ("coop",), "prograd": ("coop",)}  # comparison runs shipped with a paper's configs
     for f in files:
-        load_config(f)
+        cfg = load_config(f)
+        assert cfg.method.name in list_methods()
+        if f in generated:
+            family = f.relative_to(REPO / "configs").parts[0]
+            assert cfg.method.name == family or cfg.method.name in also.get(family, ()), f
+            assert f.read_text().startswith("#"), f"{f}: no header naming its source"
     import itertools
 
     from vlprompt.tasks.sweep import build_config, load_sweep
@@ -94,7 +119,10 @@ def test_every_shipped_config_loads(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)  # sweep files name their configs relative to the repository
     sweeps = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
     assert {f.stem for f in sweeps} >= {"coop_fewshot", "cocoop_base2new", "cocoop_dg", "cocoop_xd",
-                                         "upl_unsupervised", "locoop_ood", "world_fewshot"}
+                                         "upl_unsupervised", "locoop_ood", "world_fewshot", "kgcoop_base2new",
+                                         "prograd_base2new", "prograd_fewshot", "maple_base2new", "maple_xd",
+                                         "maple_dg", "promptsrc_base2new", "promptsrc_xd", "promptsrc_dg",
+                                         "promptsrc_fewshot", "adapters_fewshot", "clip_lora_fewshot"}
     for f in sweeps:
         sw = load_sweep(f)
         assert sw.datasets and sw.seeds
@@ -104,14 +132,36 @@ def test_every_shipped_config_loads(monkeypatch, tmp_path):
 
 
 def test_shipped_configs_are_in_sync_with_their_generator():
-    script = "make_configs"
-    import importlib.util
+    for path, text in _generator().expected_files().items():
+        assert path.read_text() == text, f"{path} is stale: run python scripts/make_configs.py"
 
-    spec = importlib.util.spec_from_file_location(script, REPO / "scripts" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for path, text in module.expected_files().items():
-        assert path.read_text() == text, f"{path} is stale: run python scripts/{script}.py"
+
+def test_new_paper_settings():
+    """A few values of each new family, as the authors' files give them (see each file's header)."""
+    cfg = load_config(REPO / "configs/kgcoop/base2new/dtd_vit_b16.yaml")
+    kg, optim = cfg.method.config, cfg.optim
+    assert (kg.w, kg.n_ctx, kg.ctx_init, optim.batch_size, optim.max_epoch) == (8.0, 4, "a photo of a", 128, 100)
+    assert cfg.data.subsample_classes == "base" and cfg.data.templates == ["a photo of a {}, a type of texture."]
+    assert load_config(REPO / "configs/prograd/fewshot/dtd/rn50_16shots.yaml").method.config.lambda_value == 0.8
+    assert load_config(REPO / "configs/prograd/fewshot/dtd/rn50_4shots.yaml").method.config.lambda_value == 1.0
+    cfg = load_config(REPO / "configs/prograd/base2new/imagenet_rn50_4shots.yaml")
+    assert (cfg.data.shots, cfg.optim.max_epoch, cfg.backbone.model) == (4, 50, "RN50-quickgelu")
+    cfg = load_config(REPO / "configs/maple/xd_imagenet_vit_b16.yaml")
+    assert (cfg.method.config.prompt_depth, cfg.optim.lr, cfg.optim.max_epoch, cfg.optim.batch_size) == (
+        3, 0.0026, 2, 4)
+    cfg = load_config(REPO / "configs/promptsrc/fewshot/dtd/vit_b16_1shots.yaml")
+    assert (cfg.method.config.gpa_mean, cfg.method.config.gpa_std, cfg.optim.max_epoch) == (45.0, 5.0, 50)
+    assert load_config(REPO / "configs/promptsrc/fewshot/sun397/vit_b16_8shots.yaml").method.config.gpa_mean == 30.0
+    cfg = load_config(REPO / "configs/tip_adapter/fgvc_aircraft/rn50_2shots.yaml")
+    assert (cfg.method.config.search_scale, cfg.method.config.init_alpha) == ([30.0, 30.0], 5.0)
+    assert load_config(REPO / "configs/tip_adapter/imagenet/rn50_1shots.yaml").data.templates == "imagenet_select"
+    cfg = load_config(REPO / "configs/tip_adapter_f/eurosat/rn50_16shots.yaml")
+    assert (cfg.optim.name, cfg.optim.max_epoch, cfg.optim.batch_size, cfg.optim.warmup_epoch) == ("adamw", 100, 256, 0)
+    cfg = load_config(REPO / "configs/clip_lora/imagenet/vit_b16_16shots.yaml")
+    assert (cfg.optim.lr, cfg.optim.max_epoch, cfg.method.config.r, cfg.backbone.model) == (
+        2e-4, 16, 2, "ViT-B-16-quickgelu")
+    cfg = load_config(REPO / "configs/clip_adapter/dtd/rn50_1shots.yaml")
+    assert (cfg.method.config.ratio, cfg.optim.max_epoch) == (0.2, 50)
 
 
 def test_paper_settings():
