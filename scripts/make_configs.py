@@ -627,8 +627,7 @@ def sweep_files() -> dict[Path, str]:
             ["MaPLe's README tables (base-to-new): zero-shot CLIP, CoOp, CoCoOp, MaPLe and its model zoo (deep vision",
              "prompting, deep language prompting, IVLP); ViT-B/16, 16 shots, 3 seeds.",
              "vlprompt sweep configs/sweeps/maple_base2new.yaml --set data.root=/data",
-             "vlprompt report runs/sweeps/maple_base2new   (--paper maple once MaPLe's averages are in "
-             "paper_results.json)"],
+             "vlprompt report runs/sweeps/maple_base2new --paper maple   (its README's 11-dataset averages)"],
             {"name": "maple_base2new", "protocol": "base2new",
              "config": {**cocoop, **{m: b2n[m] for m in ("vpt_deep", "deep_language", "ivlp")},
                         "default": b2n["maple"]},
@@ -637,8 +636,7 @@ def sweep_files() -> dict[Path, str]:
             ["PromptSRC's README tables (base-to-new): zero-shot CLIP, CoOp, CoCoOp, IVLP, MaPLe, PromptSRC (ProDA is",
              "not in vlprompt); ViT-B/16, 16 shots, 3 seeds.",
              "vlprompt sweep configs/sweeps/promptsrc_base2new.yaml --set data.root=/data",
-             "vlprompt report runs/sweeps/promptsrc_base2new   (--paper promptsrc once its averages are in "
-             "paper_results.json)"],
+             "vlprompt report runs/sweeps/promptsrc_base2new --paper promptsrc   (its README's 11-dataset averages)"],
             {"name": "promptsrc_base2new", "protocol": "base2new",
              "config": {**cocoop, "ivlp": b2n["ivlp"], "maple": b2n["maple"], "default": b2n["promptsrc"]},
              "methods": ["zeroshot", "coop", "cocoop", "ivlp", "maple", "promptsrc"], "shots": [16]}),
@@ -677,7 +675,7 @@ def sweep_files() -> dict[Path, str]:
                 [f"{PAPER_NAME[paper]}'s {what}: trained on ImageNet (all classes, 16 shots), ViT-B/16, 3 seeds;",
                  f"tested on {'the 10 other datasets' if kind == 'xd' else 'ImageNet-V2, -Sketch, -A and -R'}.",
                  f"vlprompt sweep configs/sweeps/{paper}_{kind}.yaml --set data.root=/data",
-                 f"vlprompt report runs/sweeps/{paper}_{kind}   (--paper {paper} once its numbers are in "
+                 f"vlprompt report runs/sweeps/{paper}_{kind}   (only its base-to-new averages are in "
                  "paper_results.json)"],
                 {"name": f"{paper}_{kind}", "protocol": kind,
                  "config": {**{"coop": f"configs/cocoop/{kind}_imagenet_coop_vit_b16.yaml",
