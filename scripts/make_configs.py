@@ -477,7 +477,6 @@ def adapter_files() -> dict[Path, str]:
     for ds in DATASETS:
         tip_file, scale, alpha, tip_epochs = TIP_CONFIGS[ds]
         tip_templates = "imagenet_select" if ds == "imagenet" else None
-        lora_epochs = 16 if ds == "imagenet" else None
         for k in SHOTS:
             # CoOp's linear probe (KaiyangZhou/CoOp @ ff61507, lpclip/)
             cfg = _run({"name": "linear_probe", "C": None, "search_steps": 8, "max_iter": 1000}, RN50, ds, k,
@@ -542,20 +541,14 @@ def adapter_files() -> dict[Path, str]:
                     "    the last"]
             files[CONFIGS / "tip_adapter_f" / ds / f"rn50_{k}shots.yaml"] = _file(head, cfg)
             # CLIP-LoRA (MaxZanella/CLIP-LoRA @ 358f0d7)
-            optim = {"name": "adamw", "lr": 0.0002, "weight_decay": 0.01, "max_epoch": lora_epochs, "batch_size": 32,
-                     "warmup_epoch": 0, "lr_scheduler": "cosine", "test_batch_size": 100}
+            optim = {"name": "adamw", "lr": 0.0002, "weight_decay": 0.01, "max_epoch": None, "iterations": 500 * k,
+                     "batch_size": 32, "warmup_epoch": 0, "lr_scheduler": "cosine", "test_batch_size": 100}
             method = {"name": "clip_lora", "r": 2, "alpha": 1, "dropout_rate": 0.25, "params": ["q", "k", "v"],
                       "encoder": "both", "position": "all"}
             cfg = _run(method, VIT_B16, ds, k, f"runs/clip_lora/{ds}/vit_b16_{k}shots/seed{{seed}}", optim=optim,
                        templates=["a photo of a {}."])
-            epochs_note = (["  max_epoch 16: 500 x K iterations of ceil(1000 K / 32) batches (ImageNet's 1000 classes,",
-                            "    datasets/imagenet.py) = 15.6 to 16 epochs for K = 1 .. 16"] if ds == "imagenet" else
-                           ["  Not expressible: the budget is 500 x K iterations (lora.py l.73), ceil(500 K / ceil(K "
-                            "C / 32))",
-                            "    epochs for a dataset of C classes; vlprompt counts epochs and this generator has no",
-                            "    authoritative class count, so max_epoch is null (= CoOp's 50 / 100 / 200 by shots): "
-                            "set",
-                            "    --set optim.max_epoch=N from your split's C"])
+            epochs_note = [f"  iterations {500 * k}: the budget of 500 x K iterations (lora.py l.73), rounded up",
+                           "    by vlprompt to whole epochs of the training set (optim.iterations)"]
             head = [f"CLIP-LoRA on {ds}, ViT-B/16, {k} shots (Zanella and Ben Ayed, CVPR Workshops 2024). Seeds: "
                     "--seed 1|2|3",
                     GEN + " MaxZanella/CLIP-LoRA@358f0d7",
@@ -660,7 +653,7 @@ def sweep_files() -> dict[Path, str]:
              "methods": ["zeroshot", "linear_probe", "clip_adapter", "tip_adapter", "tip_adapter_f"], "shots": SHOTS}),
         "clip_lora_fewshot": (
             ["CLIP-LoRA's few-shot setting: 11 datasets x 1/2/4/8/16 shots x 3 seeds, ViT-B/16, with zero-shot CLIP",
-             "(its template 'a photo of a {}.'). Set optim.max_epoch per dataset first: see the configs' headers.",
+             "(its template 'a photo of a {}.'); 500 x K iterations (optim.iterations).",
              "vlprompt sweep configs/sweeps/clip_lora_fewshot.yaml --set data.root=/data",
              "vlprompt report runs/sweeps/clip_lora_fewshot   (its numbers are not in paper_results.json)"],
             {"name": "clip_lora_fewshot", "protocol": "fewshot",

@@ -158,8 +158,8 @@ def test_new_paper_settings():
     cfg = load_config(REPO / "configs/tip_adapter_f/eurosat/rn50_16shots.yaml")
     assert (cfg.optim.name, cfg.optim.max_epoch, cfg.optim.batch_size, cfg.optim.warmup_epoch) == ("adamw", 100, 256, 0)
     cfg = load_config(REPO / "configs/clip_lora/imagenet/vit_b16_16shots.yaml")
-    assert (cfg.optim.lr, cfg.optim.max_epoch, cfg.method.config.r, cfg.backbone.model) == (
-        2e-4, 16, 2, "ViT-B-16-quickgelu")
+    assert (cfg.optim.lr, cfg.optim.max_epoch, cfg.optim.iterations, cfg.method.config.r, cfg.backbone.model) == (
+        2e-4, None, 8000, 2, "ViT-B-16-quickgelu")
     cfg = load_config(REPO / "configs/clip_adapter/dtd/rn50_1shots.yaml")
     assert (cfg.method.config.ratio, cfg.optim.max_epoch) == (0.2, 50)
 
@@ -172,3 +172,22 @@ def test_paper_settings():
     cfg = load_config(REPO / "configs/cocoop/base2new/dtd_cocoop_vit_b16.yaml")
     assert (cfg.method.name, cfg.method.config.n_ctx, cfg.optim.max_epoch, cfg.data.subsample_classes) == (
         "cocoop", 4, 10, "base")
+
+
+def test_iterations_are_rounded_up_to_whole_epochs():
+    from vlprompt.config import OptimConfig
+    from vlprompt.core.errors import ConfigError
+    from vlprompt.engine.optim import epochs_for, steps_per_epoch
+
+    # CLIP-LoRA on ImageNet, 16 shots: 8000 iterations of 16000 // 32 = 500 steps -> 16 epochs
+    assert epochs_for(OptimConfig(iterations=8000, batch_size=32), "imagenet", 16, 16_000) == 16
+    # 47 classes x 4 shots = 188 images: 5 steps per epoch (drop_last), 2000 iterations -> 400 epochs
+    assert steps_per_epoch(188, 32) == 5 and epochs_for(OptimConfig(iterations=2000), "dtd", 4, 188) == 400
+    assert epochs_for(OptimConfig(iterations=7), "dtd", 1, 10) == 7  # fewer images than a batch: one step
+    assert epochs_for(OptimConfig(iterations=11, batch_size=5), "dtd", 1, 10) == 6  # at least 11 steps: 12
+    assert epochs_for(OptimConfig(max_epoch=3), "dtd", 1, 10) == 3
+    assert epochs_for(OptimConfig(), "dtd", 16, 752) == 200  # CoOp's rule
+    with pytest.raises(ConfigError, match="optim.max_epoch and optim.iterations"):
+        OptimConfig(max_epoch=3, iterations=100)
+    with pytest.raises(ConfigError, match="optim.iterations"):
+        OptimConfig(iterations=0)

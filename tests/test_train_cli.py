@@ -153,3 +153,15 @@ def test_mixed_precision_training_runs_and_keeps_fp32_parameters(tmp_path, tiny_
     assert tensors["prompt_learner.ctx"].dtype.is_floating_point
     assert str(tensors["prompt_learner.ctx"].dtype) == "torch.float32"
     assert all(h["loss"] == h["loss"] for h in metrics["history"])  # finite, not NaN
+
+
+def test_an_iteration_budget_becomes_whole_epochs(tmp_path, tiny_imagefolder):
+    """optim.iterations (CLIP-LoRA's 500 x K): 12 training images, batch 4 -> 3 steps per epoch, so 5 steps
+    are rounded up to 2 epochs."""
+    from vlprompt.config import config_from_dict
+    from vlprompt.engine.trainer import train
+
+    raw = tiny_config(tmp_path, tiny_imagefolder, optim={"iterations": 5, "batch_size": 4})
+    raw["optim"].pop("max_epoch", None)
+    metrics = train(config_from_dict(raw))
+    assert len(metrics["history"]) == 2 and metrics["epochs"] == 2

@@ -115,6 +115,9 @@ class OptimConfig:
     max_epoch: int | None = field(
         default=None, metadata={"help": "epochs; null = CoOp's by shots (50 / 100 / 200; ImageNet 50)"}
     )
+    iterations: int | None = field(default=None, metadata={
+        "help": "training length in optimisation steps instead of epochs (CLIP-LoRA: 500 x shots), rounded up "
+                "to whole epochs of the training set; give it or max_epoch, not both"})
     batch_size: int = 32
     warmup_epoch: int = field(default=1, metadata={"help": "epochs at constant warmup_lr before cosine"})
     warmup_lr: float = 1e-5
@@ -128,6 +131,11 @@ class OptimConfig:
         check_float(self.weight_decay, "optim.weight_decay", minimum=0.0)
         if self.max_epoch is not None:
             check_int(self.max_epoch, "optim.max_epoch", minimum=1)
+        if self.iterations is not None:
+            check_int(self.iterations, "optim.iterations", minimum=1)
+            if self.max_epoch is not None:
+                raise ConfigError("options optim.max_epoch and optim.iterations both set; give one of them "
+                                  "(set the other to null)")
         check_int(self.batch_size, "optim.batch_size", minimum=1)
         check_int(self.warmup_epoch, "optim.warmup_epoch", minimum=0)
         check_float(self.warmup_lr, "optim.warmup_lr", minimum=0.0)

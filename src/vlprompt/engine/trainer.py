@@ -64,7 +64,7 @@ from vlprompt.engine.evaluate import evaluate_items
 from vlprompt.engine.features import encode_items, feature_loader, train_batches, view_loader
 from vlprompt.engine.fitting import RunFitData, fit_summary
 from vlprompt.engine.loss_step import backward_terms
-from vlprompt.engine.optim import build_optimizer, default_max_epoch, lr_at_epoch, set_lr
+from vlprompt.engine.optim import build_optimizer, epochs_for, lr_at_epoch, set_lr
 from vlprompt.engine.run import (
     RunLock,
     RunPaths,
@@ -81,7 +81,7 @@ from vlprompt.methods.registry import build_method, get_method
 _RESUME_KEYS = ("method", "backbone", "data", "optim")
 #: ... except these, which a user changes to recover a run (a NaN stop: lower the learning rate) or to
 #: train it longer / shorter; the log says what changed.
-_RESUME_MAY_CHANGE = ("optim.lr", "optim.max_epoch")
+_RESUME_MAY_CHANGE = ("optim.lr", "optim.max_epoch", "optim.iterations")
 #: Options that say where files go, not what is computed: they may differ on resumption (a sweep's
 #: launcher points every run at a shared feature cache); not even logged.
 _RESUME_LOCATIONS = ("data.feature_cache_dir",)
@@ -263,7 +263,7 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backb
     if not caps.uses_sgd:  # fitted only: no epochs, no optimiser, no checkpoints
         return main_only(ctx, lambda: _finish(method, data, backbone, cfg, device, paths, log, [], 0, 0.0, fit_info))
     optimizer = build_optimizer(params, cfg.optim)
-    max_epoch = cfg.optim.max_epoch or default_max_epoch(cfg.data.dataset, cfg.data.shots)
+    max_epoch = epochs_for(cfg.optim, cfg.data.dataset, cfg.data.shots, len(data.train))
 
     start_epoch, history = 0, []
     if resume:  # every rank reads the same newest good checkpoint (rank 0's RNG states)

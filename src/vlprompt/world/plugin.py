@@ -2,9 +2,10 @@
 
 ``register()`` adds what the world provides through the same public registries a third-party
 package would use: its datasets (``world_shapes``, ``world_objects``, ...), its open_clip model
-configs (``vlprompt-world-rn``, ``vlprompt-world-vit``) and the shipped weights of
-``vlprompt-world-rn`` under the pretrained tag ``world``. (``vlprompt-world-vit`` is registered as a
-config only: it can be trained with ``python -m vlprompt.world.pretrain`` but no weights are shipped.)
+configs (``vlprompt-world-rn``, ``vlprompt-world-vit``) and their shipped weights under the pretrained
+tag ``world``. The ViT ships only its image tower (distilled from the ResNet by
+:mod:`vlprompt.world.distill`); the rest of its weights, the text tower the two models share, is read
+from the ResNet's file, so ``--model vlprompt-world-vit --pretrained world`` loads the assembled model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS_DIR = HERE / "weights"
-SHIPPED = {"vlprompt-world-rn": WEIGHTS_DIR / "vlprompt-world-rn.safetensors"}
+RN_WEIGHTS = WEIGHTS_DIR / "vlprompt-world-rn.safetensors"
+#: model -> weights file, or parts (state-dict key prefix -> file; see backbones.configs.register_pretrained)
+SHIPPED: dict[str, Path | dict[str, Path]] = {
+    "vlprompt-world-rn": RN_WEIGHTS,
+    "vlprompt-world-vit": {"visual.": WEIGHTS_DIR / "vlprompt-world-vit-visual.safetensors", "": RN_WEIGHTS},
+}
 TAG = "world"
 
 
