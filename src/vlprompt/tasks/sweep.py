@@ -30,7 +30,6 @@ stopping the others. ``vlprompt report OUT`` turns the folder into tables and pl
 
 from __future__ import annotations
 
-import itertools
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -198,44 +197,24 @@ def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, sh
 
 
 def run_sweep(sw: Sweep, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """Run (or resume) every combination; returns ``{"done", "skipped", "failed": [...]}``."""
-    from vlprompt.engine.trainer import train
-    from vlprompt.tasks.protocols import base_to_new, transfer
+    """Run (or resume) every job of :func:`~vlprompt.tasks.sweep_jobs.plan_jobs` in order, each through
+    :func:`~vlprompt.tasks.sweep_jobs.execute_job`; returns ``{"done", "skipped", "failed": [...]}``."""
+    from vlprompt.tasks.sweep_jobs import execute_job, plan_jobs
 
     if sw.protocol in ("dg", "xd", "ood") and not sw.targets:
         raise ConfigError(f"sweep protocol {sw.protocol} needs 'targets' (the target / OOD datasets)")
-    combos = list(itertools.product(sw.methods, sw.backbones, sw.datasets, sw.shots))
-    seeds_inside = sw.protocol in SEEDS_INSIDE
-    jobs = [(c, s) for c in combos for s in ([None] if seeds_inside else sw.seeds)]
     summary: dict[str, Any] = {"sweep": sw.name, "protocol": sw.protocol, "done": 0, "skipped": 0, "failed": []}
-    bar = tqdm(jobs, desc=f"sweep {sw.name}", disable=not progress, unit="run")
+    bar = tqdm(plan_jobs(sw), desc=f"sweep {sw.name}", disable=not progress, unit="run")
     try:
-        for (method, bb, dataset, shots), seed in bar:
-            folder = sw.output_dir / str(method or "config") / _backbone_name(bb) / dataset / f"{shots}shots"
-            label = f"{method or 'config'} {dataset} {shots}-shot" + (f" seed {seed}" if seed is not None else "")
-            bar.set_postfix_str(label)
+        for job in bar:
+            bar.set_postfix_str(job.label)
             try:
-                if seed is not None:
-                    run_dir = folder / f"seed{seed}"
-                    done = run_dir / ("ood/ood_results.json" if sw.protocol == "ood" else "metrics.json")
-                    if done.exists():
-                        summary["skipped"] += 1
-                        continue
-                    cfg = build_config(sw, method, bb, dataset, shots, seed, run_dir, progress=progress)
-                    _run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train)
-                else:
-                    cfg = build_config(sw, method, bb, dataset, shots, sw.seeds[0], folder / "unused",
-                                       progress=progress)
-                    if sw.protocol == "base2new":
-                        base_to_new(cfg, sw.seeds, folder)
-                    else:
-                        transfer(cfg, sw.targets, sw.seeds, folder, kind=sw.protocol)
-                summary["done"] += 1
+                summary[execute_job(sw, job, progress=progress, shared=False)] += 1
             except Exception as exc:  # any failure of one run: report it, go on with the others
                 msg = user_message(exc) if isinstance(exc, VlpromptError) else f"{type(exc).__name__}: {exc}"
-                summary["failed"].append({"run": label, "folder": str(folder), "error": msg,
+                summary["failed"].append({"run": job.label, "folder": str(sw.output_dir / job.group), "error": msg,
                                           "traceback": traceback.format_exc(limit=3)})
-                log(f"FAILED {label}: {msg}")
+                log(f"FAILED {job.label}: {msg}")
     except BaseException:  # interrupted (Ctrl-C): the summary of what ran is still written
         summary["interrupted"] = True
         raise

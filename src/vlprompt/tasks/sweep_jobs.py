@@ -125,26 +125,29 @@ def done_file(sw: Any, job: SweepJob) -> Path:
     return folder / ("ood/ood_results.json" if sw.protocol == "ood" else "metrics.json")
 
 
-def job_config(sw: Any, job: SweepJob, *, progress: bool = False) -> Any:
-    """The experiment config of ``job`` (as the sequential sweep builds it), with the shared feature cache
-    ``data.feature_cache_dir`` set to ``<output_dir>/shared/features`` unless the sweep sets one."""
+def job_config(sw: Any, job: SweepJob, *, progress: bool = False, shared: bool = True) -> Any:
+    """The experiment config of ``job``; with ``shared`` (jobs of a launcher, possibly in parallel) the
+    feature cache ``data.feature_cache_dir`` is ``<output_dir>/shared/features`` unless the sweep sets one
+    (the sequential sweep keeps its in-memory cache)."""
     from vlprompt.tasks.sweep import build_config
 
     folder = Path(sw.output_dir) / job.group
     seed = job.seed if job.seed is not None else sw.seeds[0]
     run_dir = folder / (f"seed{job.seed}" if job.seed is not None else "unused")
     cfg = build_config(sw, job.method, job.backbone_dict, job.dataset, job.shots, seed, run_dir, progress=progress)
-    if cfg.data.feature_cache_dir is None:
+    if shared and cfg.data.feature_cache_dir is None:
         cfg.data.feature_cache_dir = str(shared_dir(sw) / "features")
     return cfg
 
 
-def execute_job(sw: Any, job: SweepJob, *, rank: int = 0) -> str:
+def execute_job(sw: Any, job: SweepJob, *, rank: int = 0, progress: bool = False, shared: bool = True) -> str:
     """Run (or resume) ``job`` into its run folder; ``"skipped"`` if it was finished, else ``"done"``.
 
-    A job stopped at any point resumes from its last checkpoint (``train(resume=True)``). Under a
-    multi-process (torchrun-style) job every rank calls this: ranks > 0 join the training only, rank 0
-    does the rest (zero-shot evaluation, OOD scoring) alone.
+    The one place a sweep job runs: the sequential ``vlprompt sweep`` (``shared=False``: no on-disk
+    feature cache, no locks) and every launcher / shard call it. A job stopped at any point resumes from
+    its last checkpoint (``train(resume=True)``). Under a multi-process (torchrun-style) job every rank
+    calls this: ranks > 0 join the training only, rank 0 does the rest (zero-shot evaluation, OOD
+    scoring) alone.
     """
     from vlprompt.engine.trainer import train
     from vlprompt.methods.registry import get_method
@@ -153,7 +156,7 @@ def execute_job(sw: Any, job: SweepJob, *, rank: int = 0) -> str:
 
     if done_file(sw, job).exists():
         return "skipped"
-    cfg = job_config(sw, job)
+    cfg = job_config(sw, job, progress=progress, shared=shared)
     folder = Path(sw.output_dir) / job.group
     if job.seed is None:
         if rank == 0:
@@ -168,7 +171,8 @@ def execute_job(sw: Any, job: SweepJob, *, rank: int = 0) -> str:
                 cfg.data.fewshot_file = str(folder / "pseudo_labels.json")
             train(cfg, resume=True)
         return "done"
-    with shared_lock(sw, f"pseudo:{job.group}"):  # normally prepared already (prepare_shared)
+    lock = shared_lock(sw, f"pseudo:{job.group}") if shared else contextlib.nullcontext()
+    with lock:  # normally prepared already (prepare_shared)
         _run_seed(sw, cfg, folder, folder / f"seed{job.seed}", job.dataset, job.shots, job.seed, train)
     return "done"
 
