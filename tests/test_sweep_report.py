@@ -451,3 +451,26 @@ def test_real_ood_runs_saved_scores_and_report(tmp_path, capsys):
     assert "### OOD: zeroshot (vlprompt-test-vit), ID world_shapes, score MCM" in out and "(seeds 1, 2)" in out
     assert "report_ood.csv" in out
     assert (tmp_path / "runs" / "report_ood_hist_zeroshot_vlprompt-test-vit_world_shapes.png").is_file()
+
+
+def test_our_base2new_averages_sit_next_to_the_papers_published_ones():
+    """Runs on other datasets (the world's) than a paper's 11: the papers' averages are shown beside ours,
+    each from its own paper, never mixed into the like-for-like protocol table."""
+    from vlprompt.report.collect import ProtocolRow
+    from vlprompt.report.tables import published_averages
+
+    def row(method, ds, base, new):
+        return ProtocolRow("base2new", method, "vlprompt-world-vit", ds, ["base", "new", "H"],
+                           {"base": (base, 0.0), "new": (new, 0.0), "H": (harmonic_mean(base, new), 0.0)}, [1, 2])
+
+    rows = [row(m, ds, b, n) for m, b, n in (("coop", 90.0, 60.0), ("maple", 80.0, 80.0))
+            for ds in ("world_scenes", "world_textures")]
+    paper = [e for e in load_paper_results() if e.paper in ("maple", "promptsrc")]
+    assert published_averages(rows, None) == ([], {})
+    (table,), js = published_averages(rows, paper)
+    assert table.columns[:4] == ["method", "base", "new", "H"] and "maple H" in table.columns
+    coop = next(r for r in table.rows if r[0] == "coop")
+    assert coop[1:4] == ["90.00", "60.00", f"{harmonic_mean(90.0, 60.0):.2f}"]
+    maple_paper = next(e for e in paper if e.paper == "maple" and e.method == "maple")
+    assert js["vlprompt-world-vit"]["maple"]["maple"]["values"] == maple_paper.values
+    assert js["vlprompt-world-vit"]["coop"]["datasets"] == ["world_scenes", "world_textures"]

@@ -94,3 +94,30 @@ def test_distillation_refuses_a_student_with_another_text_tower(tmp_path):
 
     with pytest.raises(ModelError, match="text towers differ"):
         adopt_text_tower(_model("vlprompt-test-vit", 0), _model("vlprompt-world-rn", 0))
+
+
+# -- the shipped world ViT -------------------------------------------------------------------------------
+VIT, TAG = "vlprompt-world-vit", "world"
+
+
+def test_the_shipped_world_vit_is_small_and_matches_its_hash():
+    from vlprompt.world.plugin import SHIPPED, WEIGHTS_DIR
+
+    parts = SHIPPED[VIT]
+    visual = parts["visual."]
+    assert visual.is_file() and visual.stat().st_size <= 3 * 2**20
+    assert sum(p.stat().st_size for p in WEIGHTS_DIR.glob("*.safetensors")) <= 20 * 2**20  # all shipped weights
+    meta = json.loads((WEIGHTS_DIR / f"{VIT}.json").read_text())
+    assert hashlib.sha256(visual.read_bytes()).hexdigest() == meta["sha256"]
+    assert meta["text_tower_from"]["sha256"] == hashlib.sha256(parts[""].read_bytes()).hexdigest()
+    assert pretrained_weights()[(VIT, TAG)] == parts
+
+
+def test_the_world_vit_reads_text_exactly_as_the_world_resnet():
+    from vlprompt.backbones.openclip import shared_backbone
+
+    vit, rn = shared_backbone(VIT, TAG), shared_backbone("vlprompt-world-rn", TAG)
+    ids = vit.tokenize(["a photo of a red circle.", "grass"])
+    with torch.no_grad():
+        torch.testing.assert_close(vit.model.encode_text(ids), rn.model.encode_text(ids), rtol=0, atol=0)
+    assert type(vit.model.visual).__name__ == "VisionTransformer"

@@ -55,6 +55,7 @@ from vlprompt.report.tables import (
     ood_comparison,
     ood_section,
     protocol_section,
+    published_averages,
 )
 
 
@@ -107,6 +108,7 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
     ood_tables, ood_csv, ood_js = ood_section(ood, paper)
     cmp_few, cmp_few_js = fewshot_comparison(groups)
     cmp_b2n, cmp_b2n_js = base2new_comparison(protocols, paper)
+    pub, pub_js = published_averages(protocols, paper)
     cmp_ood = ood_comparison(ood)
     plots: list[Path] = []
     if groups:
@@ -131,7 +133,7 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         f"# Results in {root}\n",
         paper_note,
         _section("Few-shot", few),
-        _section("Comparison of methods", cmp_few, cmp_b2n, cmp_ood),
+        _section("Comparison of methods", cmp_few, cmp_b2n, pub, cmp_ood),
         _section("Protocols", proto),
         _section("OOD detection", ood_tables),
         f"## Plots\n\n{plot_links}" if plot_links else "",
@@ -148,9 +150,9 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         atomic_write_text(out / name, table.to_csv())
         if out / name not in files:
             files.append(out / name)
-    shown = [*few, *cmp_few, *cmp_b2n, *cmp_ood, *proto, *ood_tables]
+    shown = [*few, *cmp_few, *cmp_b2n, *pub, *cmp_ood, *proto, *ood_tables]
     summary = {"fewshot": few_js, "protocols": proto_js, "ood": ood_js,
-               "comparison": {"fewshot": cmp_few_js, "base2new_H": cmp_b2n_js},
+               "comparison": {"fewshot": cmp_few_js, "base2new_H": cmp_b2n_js, "base2new_published_averages": pub_js},
                "paper": {"papers": sorted({e.paper for e in paper}), "matched_rows": matched} if paper is not None
                else None,
                "plots": [str(p) for p in plots], "ignored": skipped,

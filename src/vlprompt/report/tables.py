@@ -241,6 +241,49 @@ def base2new_comparison(results: list[ProtocolRow], paper: Sequence[PaperEntry] 
     return tables, js
 
 
+def published_averages(results: list[ProtocolRow], paper: Sequence[PaperEntry] | None) -> tuple[list[Table], dict]:
+    """Our base-to-new averages next to each paper's published average for the same method, when the two
+    average *different* datasets (e.g. the world's vs the papers' 11): the papers' tables side by side
+    with ours, as a reference point, not a like-for-like comparison (that one is in the protocol table).
+
+    One table per backbone: rows = methods, columns = our base / new / H, then ``<paper> base / new / H``
+    for every selected paper that publishes an average for that method.
+    """
+    if paper is None:
+        return [], {}
+    ours = [r for r in base2new_averages(results) if r.kind == "base2new" and r.dataset == "average"]
+    published = [e for e in paper if e.setting == "base2new" and e.dataset == "average"]
+    tables, js = [], {}
+    for bb in sorted({r.backbone for r in ours}):
+        rows_by_method = {r.method: r for r in ours if r.backbone == bb}
+        refs: dict[str, dict[str, PaperEntry]] = defaultdict(dict)  # paper -> method -> entry
+        for e in published:
+            if e.method in rows_by_method and set(e.datasets or ()) != set(rows_by_method[e.method].datasets or ()):
+                refs[e.paper].setdefault(e.method, e)
+        if not refs:
+            continue
+        papers = sorted(refs)
+        head = ["method", "base", "new", "H", *[f"{p} {c}" for p in papers for c in ("base", "new", "H")]]
+        rows, record = [], {}
+        for m in sorted(rows_by_method, key=lambda m: (m != "zeroshot", m)):
+            r = rows_by_method[m]
+            row: list[Any] = [m, *[f"{r.summary[c][0]:.2f}" for c in ("base", "new", "H")]]
+            record[m] = {"ours": {c: r.summary[c][0] for c in ("base", "new", "H")}, "datasets": r.datasets}
+            for p in papers:
+                e = refs[p].get(m)
+                row += [_fmt(e.values.get(c)) if e else "-" for c in ("base", "new", "H")]
+                if e:
+                    record[m][p] = {"values": e.values, "ref": e.label, "source": e.source,
+                                    "datasets": list(e.datasets)}
+            rows.append(row)
+        ds = ", ".join(rows_by_method[next(iter(rows_by_method))].datasets or [])
+        tables.append(Table(f"base2new averages ({bb}) next to the papers' published averages (ours over {ds}; "
+                            "the papers' over their own datasets, e.g. the 11 of CoOp: a reference, not a "
+                            "like-for-like comparison)", head, rows))
+        js[bb] = record
+    return tables, js
+
+
 # ------------------------------------------------------------------------------------ OOD
 def _ood_values(runs: list[OodRun], score: str, ood_set: str | None, metric: str) -> list[float]:
     """One metric of every run (``ood_set`` None: the run's average over its OOD sets)."""
