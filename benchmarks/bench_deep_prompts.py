@@ -28,8 +28,8 @@ import json
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,29 +41,8 @@ from vlprompt.backbones.deep_prompts import encode_text_deep
 from vlprompt.backbones.openclip import load_backbone
 from vlprompt.methods.registry import build_method
 
-
-def _load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _timed(step: Callable[[], Any], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def _peak(step: Callable[[], Any], device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**30
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import load, peak_gib, timed  # noqa: E402
 
 
 def plain_text_pass(backbone: Any, ctx: Tensor, sos: Tensor, suffix: Tensor, eot_in_suffix: Tensor,
@@ -114,7 +93,7 @@ def bench(name: str, backbone: Any, n_cls: int, args: argparse.Namespace, device
         with plain_text():
             return step()
 
-    load_before = _load()
+    load_before = load()
     l_plain = plain_step()
     with torch.no_grad():  # back to the same parameters (and a fresh optimiser) for the second path
         for p, p0 in zip(params, start):
@@ -125,19 +104,19 @@ def bench(name: str, backbone: Any, n_cls: int, args: argparse.Namespace, device
     t_plain: list[float] = []
     t_ours: list[float] = []
     for _ in range(args.rounds):
-        t_plain.append(_timed(plain_step, device))
-        t_ours.append(statistics.median(_timed(step, device) for _ in range(args.ours_per_round)))
+        t_plain.append(timed(plain_step, device))
+        t_ours.append(statistics.median(timed(step, device) for _ in range(args.ours_per_round)))
     ratios = [p / o for p, o in zip(t_plain, t_ours)]
     row: dict[str, Any] = {
         "step": f"{name} {args.model}, {n_cls} classes, batch {args.batch}", "method": name, "classes": n_cls,
         "plain_s": statistics.median(t_plain), "vlprompt_s": statistics.median(t_ours),
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
         "rounds": args.rounds, "loss_plain": float(l_plain), "loss_vlprompt": float(l_ours), "loss_diff": diff,
-        "load_before": load_before, "load_after": _load(),
+        "load_before": load_before, "load_after": load(),
     }
     if device.type == "cuda":
-        row["plain_peak_gib"] = _peak(plain_step, device)
-        row["vlprompt_peak_gib"] = _peak(step, device)
+        row["plain_peak_gib"] = peak_gib(plain_step, device)
+        row["vlprompt_peak_gib"] = peak_gib(step, device)
     print(f"{row['step']}: plain {row['plain_s']:7.3f} s/step, vlprompt {row['vlprompt_s']:7.3f} s/step, "
           f"ratio {row['ratio']:4.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}); |loss diff| {diff:.1e}; "
           f"load {load_before} -> {row['load_after']}", flush=True)
@@ -164,7 +143,7 @@ def main() -> None:
     backbone = load_backbone(args.model, None, device=device)
     print(f"model {args.model} (random weights), device {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"load {_load()}", flush=True)
+          f"load {load()}", flush=True)
     rows = [bench(name, backbone, n, args, device) for n in args.classes for name in args.methods]
     if args.json is not None:
         old = json.loads(args.json.read_text()) if args.json.is_file() else []

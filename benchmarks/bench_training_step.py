@@ -33,7 +33,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,33 +41,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import published_step as published  # noqa: E402
+from timing import load, peak_gib, timed  # noqa: E402
 
 from vlprompt.backbones.openclip import load_backbone  # noqa: E402
 from vlprompt.methods.registry import build_method  # noqa: E402
-
-
-def _load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _timed(step: Callable[[], Any], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def _peak(step: Callable[[], Any], device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def _ours_step(method: Any, optim: torch.optim.Optimizer, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -83,37 +59,37 @@ def compare(name: str, ref_step: Callable[[], torch.Tensor], ours_step: Callable
             args: argparse.Namespace, device: torch.device, extra: dict[str, Callable[[], Any]] | None = None,
             ) -> dict[str, Any]:
     """Check both steps give the same loss, then time them alternately; returns the result row."""
-    load_before = _load()
+    load_before = load()
     first: dict[str, torch.Tensor] = {}
     # first steps: same parameters, same batch -> same loss; timed too
     # (--rounds 0: the published first step is the measurement)
-    t_first = [_timed(lambda: first.__setitem__("ref", ref_step()), device),
-               _timed(lambda: first.__setitem__("ours", ours_step()), device)]
+    t_first = [timed(lambda: first.__setitem__("ref", ref_step()), device),
+               timed(lambda: first.__setitem__("ours", ours_step()), device)]
     l_ref, l_ours = first["ref"], first["ours"]
     diff = abs(float(l_ref) - float(l_ours))
     rounds = args.rounds
     t_ref: list[float] = [] if rounds else [t_first[0]]
-    t_ours: list[float] = [] if rounds else [_timed(ours_step, device)]  # cheap: a second, warm step
+    t_ours: list[float] = [] if rounds else [timed(ours_step, device)]  # cheap: a second, warm step
     t_extra: dict[str, list[float]] = {k: [] for k in extra or {}}
     for _ in range(rounds):
-        t_ref.append(_timed(ref_step, device))
-        t_ours.append(statistics.median(_timed(ours_step, device) for _ in range(args.ours_per_round)))
+        t_ref.append(timed(ref_step, device))
+        t_ours.append(statistics.median(timed(ours_step, device) for _ in range(args.ours_per_round)))
         for k, fn in (extra or {}).items():
-            t_extra[k].append(_timed(fn, device))
+            t_extra[k].append(timed(fn, device))
     ratios = [r / o for r, o in zip(t_ref, t_ours)]
     row: dict[str, Any] = {
         "step": name, "published_s": statistics.median(t_ref), "vlprompt_s": statistics.median(t_ours),
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
         "rounds": rounds, "first_step_only": not rounds,
         "loss_published": float(l_ref), "loss_vlprompt": float(l_ours), "loss_diff": diff,
-        "load_before": load_before, "load_after": _load(),
+        "load_before": load_before, "load_after": load(),
     }
     for k, ts in t_extra.items():
         row[f"{k}_s"] = statistics.median(ts)
         row[f"{k}_ratio"] = statistics.median(r / t for r, t in zip(t_ref, ts))
     if device.type == "cuda":
-        row["published_peak_gib"] = _peak(ref_step, device)
-        row["vlprompt_peak_gib"] = _peak(ours_step, device)
+        row["published_peak_gib"] = peak_gib(ref_step, device)
+        row["vlprompt_peak_gib"] = peak_gib(ours_step, device)
     extra_txt = "".join(f", {k} {row[f'{k}_s']:.3f} s ({row[f'{k}_ratio']:.1f}x)" for k in t_extra)
     print(f"{name}: published {row['published_s']:8.3f} s/step, vlprompt {row['vlprompt_s']:7.3f} s/step, "
           f"ratio {row['ratio']:5.1f}x (rounds {min(ratios):.1f}-{max(ratios):.1f}){extra_txt}; "
@@ -207,7 +183,7 @@ def main() -> None:
     clip = published.from_backbone(backbone)
     print(f"model {args.model} (random weights, shared by both paths), device {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}), load {_load()}", flush=True)
+          f"({platform.processor() or platform.machine()}), load {load()}", flush=True)
     rows = []
     for n_cls in args.classes:
         if "coop" in args.methods:

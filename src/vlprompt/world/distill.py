@@ -37,20 +37,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from vlprompt.core.errors import ConfigError, ModelError, VlpromptError
-from vlprompt.world.datasets import TEMPLATE
-from vlprompt.world.generate import HELDOUT_PAIRS
+from vlprompt.core.errors import ConfigError, ModelError
 from vlprompt.world.pretrain import (
     ImageNormalizer,
     PretrainConfig,
     ZeroShotProbe,
     _Clock,
-    _device_name,
     _pair_loader,
     _param_groups,
+    add_run_arguments,
+    cli,
+    run_metadata,
+    run_settings,
 )
 
 VISUAL_PREFIX = "visual."
@@ -215,7 +215,6 @@ def _save(
     teacher_accs: dict[str, float],
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    import open_clip
     from safetensors.torch import save_file
 
     out = Path(cfg.out_dir)
@@ -235,24 +234,8 @@ def _save(
                             "sha256": hashlib.sha256(teacher_path.read_bytes()).hexdigest()},
         "method": "feature distillation + CLIP loss against the teacher's frozen text tower (vlprompt.world.distill)",
         "distill_weight": cfg.distill_weight,
-        "seed": cfg.seed,
-        "steps": steps,
-        "batch_size": cfg.batch_size,
-        "pairs_seen": steps * cfg.batch_size,
-        "train_seconds": round(train_s, 1),
-        "minutes_budget": cfg.minutes,
-        "steps_budget": cfg.steps,
-        "lr": cfg.lr,
-        "weight_decay": cfg.weight_decay,
-        "warmup_steps": cfg.warmup_steps,
-        "device": _device_name(torch.device(cfg.device)),
-        "final_loss": loss,
-        "zero_shot_val": accs,
+        **run_metadata(cfg, steps, train_s, loss, accs, history),
         "teacher_zero_shot_val": teacher_accs,
-        "zero_shot_template": TEMPLATE,
-        "history": history,
-        "heldout_pairs": sorted(f"{c} {s}" for c, s in HELDOUT_PAIRS),
-        "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__},
     }
     (out / f"{cfg.model_name}.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -261,41 +244,19 @@ def _save(
 def parse_args(argv: Sequence[str] | None = None) -> DistillConfig:
     """Parse the command line into a :class:`DistillConfig`."""
     p = argparse.ArgumentParser(prog="python -m vlprompt.world.distill", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--minutes", type=float, help="training time budget (minutes)")
-    p.add_argument("--steps", type=int, help="number of optimisation steps")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--batch", type=int, default=128, help="batch size (pairs per step)")
+    add_run_arguments(p, batch=128, warmup=100, seed=1)
     p.add_argument("--student", default="vlprompt-world-vit", help="open_clip config of the student")
     p.add_argument("--teacher", default="vlprompt-world-rn", help="open_clip config of the teacher")
     p.add_argument("--teacher-pretrained", default="world", help="the teacher's pretrained tag")
     p.add_argument("--distill-weight", type=float, default=10.0, help="weight w of the distillation term")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (capped at --steps/5)")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default: 0 on cpu, up to 8 on cuda)")
-    p.add_argument("--eval-every", type=int, help="steps between zero-shot evaluations")
-    p.add_argument("--eval-per-class", type=int, default=16, help="val images per class for zero-shot")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     a = p.parse_args(argv)
-    return DistillConfig(
-        out_dir=a.out, minutes=a.minutes, steps=a.steps, seed=a.seed, device=a.device, batch_size=a.batch,
-        model_name=a.student, lr=a.lr, weight_decay=a.weight_decay, warmup_steps=a.warmup_steps,
-        workers=a.workers, eval_every=a.eval_every, eval_per_class=a.eval_per_class,
-        progress=not a.no_progress, teacher=a.teacher, teacher_pretrained=a.teacher_pretrained,
-        distill_weight=a.distill_weight,
-    )
+    return DistillConfig(**run_settings(a), model_name=a.student, teacher=a.teacher,
+                         teacher_pretrained=a.teacher_pretrained, distill_weight=a.distill_weight)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
-    try:
-        run_distillation(parse_args(argv))
-    except VlpromptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return cli(argv, parse_args, run_distillation)
 
 
 if __name__ == "__main__":

@@ -335,8 +335,6 @@ def _save(
     accs: dict[str, float],
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    import open_clip
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{cfg.model_name}.safetensors"
@@ -348,6 +346,19 @@ def _save(
         "weights": weights.name,
         "format": "safetensors, fp16 state dict of the whole open_clip model",
         "sha256": sha,
+        **run_metadata(cfg, steps, train_s, loss, accs, history),
+        "group_size": cfg.group_size,
+    }
+    (out / f"{cfg.model_name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def run_metadata(cfg: PretrainConfig, steps: int, train_s: float, loss: float, accs: dict[str, float],
+                 history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a pretraining or distillation run records about itself in ``<model>.json``."""
+    import open_clip
+
+    return {
         "seed": cfg.seed,
         "steps": steps,
         "batch_size": cfg.batch_size,
@@ -358,7 +369,6 @@ def _save(
         "lr": cfg.lr,
         "weight_decay": cfg.weight_decay,
         "warmup_steps": cfg.warmup_steps,
-        "group_size": cfg.group_size,
         "device": _device_name(torch.device(cfg.device)),
         "final_loss": loss,
         "zero_shot_val": accs,
@@ -367,8 +377,6 @@ def _save(
         "heldout_pairs": sorted(f"{c} {s}" for c, s in HELDOUT_PAIRS),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__},
     }
-    (out / f"{cfg.model_name}.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
 
 
 def _device_name(device: torch.device) -> str:
@@ -377,52 +385,55 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> PretrainConfig:
-    """Parse the command line into a :class:`PretrainConfig`."""
-    p = argparse.ArgumentParser(prog="python -m vlprompt.world.pretrain", description=__doc__.split("\n")[0])
+def add_run_arguments(p: argparse.ArgumentParser, *, batch: int, warmup: int, seed: int) -> None:
+    """The options every world training run takes (pretraining and distillation)."""
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--minutes", type=float, help="training time budget (minutes)")
     p.add_argument("--steps", type=int, help="number of optimisation steps (exactly reproducible)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--batch", type=int, default=256, help="batch size (pairs per step)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip config name")
+    p.add_argument("--batch", type=int, default=batch, help="batch size (pairs per step)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up steps (capped at --steps/5)")
+    p.add_argument("--warmup-steps", type=int, default=warmup, help="linear warm-up steps (capped at --steps/5)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: 0 on cpu, up to 8 on cuda)")
     p.add_argument("--eval-every", type=int, help="steps between zero-shot evaluations")
     p.add_argument("--eval-per-class", type=int, default=16, help="val images per class for zero-shot")
-    p.add_argument("--group-size", type=int, default=PRETRAIN_GROUP_SIZE, help="hard-negative shape groups")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def run_settings(a: argparse.Namespace) -> dict[str, Any]:
+    """:class:`PretrainConfig` fields from the options of :func:`add_run_arguments`."""
+    return {"out_dir": a.out, "minutes": a.minutes, "steps": a.steps, "seed": a.seed, "device": a.device,
+            "batch_size": a.batch, "lr": a.lr, "weight_decay": a.weight_decay, "warmup_steps": a.warmup_steps,
+            "workers": a.workers, "eval_every": a.eval_every, "eval_per_class": a.eval_per_class,
+            "progress": not a.no_progress}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> PretrainConfig:
+    """Parse the command line into a :class:`PretrainConfig`."""
+    p = argparse.ArgumentParser(prog="python -m vlprompt.world.pretrain", description=__doc__.split("\n")[0])
+    add_run_arguments(p, batch=256, warmup=200, seed=0)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip config name")
+    p.add_argument("--group-size", type=int, default=PRETRAIN_GROUP_SIZE, help="hard-negative shape groups")
     a = p.parse_args(argv)
-    return PretrainConfig(
-        out_dir=a.out,
-        minutes=a.minutes,
-        steps=a.steps,
-        seed=a.seed,
-        device=a.device,
-        batch_size=a.batch,
-        model_name=a.model,
-        lr=a.lr,
-        weight_decay=a.weight_decay,
-        warmup_steps=a.warmup_steps,
-        workers=a.workers,
-        eval_every=a.eval_every,
-        eval_per_class=a.eval_per_class,
-        group_size=a.group_size,
-        progress=not a.no_progress,
-    )
+    return PretrainConfig(**run_settings(a), model_name=a.model, group_size=a.group_size)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
+def cli(argv: Sequence[str] | None, parse: Callable[[Sequence[str] | None], Any],
+        run: Callable[[Any], Any]) -> int:
+    """Run ``run(parse(argv))``; a :class:`VlpromptError` becomes one ``error:`` line and its exit code."""
     try:
-        run_pretraining(parse_args(argv))
+        run(parse(argv))
     except VlpromptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit code."""
+    return cli(argv, parse_args, run_pretraining)
 
 
 if __name__ == "__main__":
