@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
-import platform
 import statistics
 import sys
 from collections.abc import Iterator
@@ -42,7 +39,7 @@ from vlprompt.backbones.openclip import load_backbone
 from vlprompt.methods.registry import build_method
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import load, peak_gib, timed  # noqa: E402
+from timing import append_rows, load, machine_line, peak_gib, timed  # noqa: E402
 
 
 def plain_text_pass(backbone: Any, ctx: Tensor, sos: Tensor, suffix: Tensor, eot_in_suffix: Tensor,
@@ -141,14 +138,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     backbone = load_backbone(args.model, None, device=device)
-    print(f"model {args.model} (random weights), device {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"load {load()}", flush=True)
+    print(f"model {args.model} (random weights), device {device}, {machine_line()}", flush=True)
     rows = [bench(name, backbone, n, args, device) for n in args.classes for name in args.methods]
     if args.json is not None:
-        old = json.loads(args.json.read_text()) if args.json.is_file() else []
-        args.json.write_text(json.dumps(old + [dict(r, model=args.model, device=str(device),
-                                                    threads=torch.get_num_threads()) for r in rows], indent=1))
+        append_rows(args.json, rows, model=args.model, device=str(device))
 
 
 if __name__ == "__main__":

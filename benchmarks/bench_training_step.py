@@ -28,9 +28,6 @@ augmentation costs it). On CUDA the peak memory of each path is printed too.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 from collections.abc import Callable
@@ -41,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import published_step as published  # noqa: E402
-from timing import load, peak_gib, timed  # noqa: E402
+from timing import append_rows, load, machine_line, peak_gib, timed  # noqa: E402
 
 from vlprompt.backbones.openclip import load_backbone  # noqa: E402
 from vlprompt.methods.registry import build_method  # noqa: E402
@@ -181,9 +178,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     backbone = load_backbone(args.model, None, device=device)
     clip = published.from_backbone(backbone)
-    print(f"model {args.model} (random weights, shared by both paths), device {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}), load {load()}", flush=True)
+    print(f"model {args.model} (random weights, shared by both paths), device {device}, {machine_line()}", flush=True)
     rows = []
     for n_cls in args.classes:
         if "coop" in args.methods:
@@ -191,9 +186,7 @@ def main() -> None:
         if "cocoop" in args.methods:
             rows.append(bench_cocoop(backbone, clip, n_cls, args, device))
     if args.json is not None:
-        old = json.loads(args.json.read_text()) if args.json.is_file() else []
-        args.json.write_text(json.dumps(old + [dict(r, model=args.model, device=str(device),
-                                                    threads=torch.get_num_threads()) for r in rows], indent=1))
+        append_rows(args.json, rows, model=args.model, device=str(device))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,21 @@ def peak_gib(step: Callable[[], Any], device: torch.device) -> float | None:
     step()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() / 2**30
+
+
+def machine_line() -> str:
+    """Torch version, threads, CPUs and load, for the first line a benchmark prints."""
+    import platform
+
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+            f"({platform.processor() or platform.machine()}), load {load()}")
+
+
+def append_rows(path: Any, rows: list[dict[str, Any]], **fields: Any) -> None:
+    """Append result rows (each with ``fields`` and the thread count) to the JSON list in ``path``."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    old = json.loads(path.read_text()) if path.is_file() else []
+    path.write_text(json.dumps(old + [dict(r, **fields, threads=torch.get_num_threads()) for r in rows], indent=1))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,13 +43,14 @@ from vlprompt.world.pretrain import (
     ImageNormalizer,
     PretrainConfig,
     ZeroShotProbe,
-    _Clock,
     _pair_loader,
     _param_groups,
     add_run_arguments,
     cli,
     run_metadata,
     run_settings,
+    train_loop,
+    training_device,
 )
 
 VISUAL_PREFIX = "visual."
@@ -145,13 +145,9 @@ def run_distillation(cfg: DistillConfig, log: Callable[[str], None] | None = Non
     """Distil the student's image tower; write the files described in the module docstring."""
     import open_clip
     from open_clip.loss import ClipLoss
-    from tqdm import tqdm
 
     cfg.validate()
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA device is available")
-    torch.manual_seed(cfg.seed)
+    device = training_device(cfg)
     student, teacher, teacher_path = _load_models(cfg, device)
     model_cfg = open_clip.get_model_config(cfg.model_name)
     pre = open_clip.get_model_preprocess_cfg(teacher)
@@ -172,35 +168,14 @@ def run_distillation(cfg: DistillConfig, log: Callable[[str], None] | None = Non
     assert sum(len(g["params"]) for g in groups) == len(params)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
-    bar = tqdm(total=cfg.steps, disable=not cfg.progress, unit="step", dynamic_ncols=True, mininterval=2.0)
-    say = log or (bar.write if cfg.progress else print)
     teacher_accs = probe(teacher, normalize, autocast)
-    say("teacher: " + _shown(teacher_accs))
-    step, loss_ema, history = 0, float("nan"), []
-    clock = _Clock(cfg)
+    (log or print)("teacher: " + " ".join(f"{k.removeprefix('world_')} {v:.1%}" for k, v in teacher_accs.items()))
     student.train()
-    for batch in loader:
-        if clock.done(step):
-            break
-        lr = clock.lr(step)
-        value = _distill_step(student, teacher, opt, loss_fn, batch, normalize, cfg.distill_weight, lr)
-        step += 1
-        loss_ema = value if math.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * value
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.2e}")
-        if clock.eval_due(step):
-            accs = probe(student, normalize, autocast)
-            history.append({"step": step, "seconds": round(clock.elapsed(), 1), "loss": loss_ema, **accs})
-            say(f"step {step} pairs {step * cfg.batch_size} loss {loss_ema:.3f} zero-shot val: {_shown(accs)}")
-    bar.close()
-    train_s = clock.elapsed()
-    accs = probe(student, normalize, autocast)
-    say("final: " + _shown(accs))
-    return _save(cfg, student, model_cfg, teacher_path, step, train_s, loss_ema, accs, teacher_accs, history)
-
-
-def _shown(accs: dict[str, float]) -> str:
-    return " ".join(f"{k.removeprefix('world_')} {v:.1%}" for k, v in accs.items())
+    run = train_loop(cfg, loader, lambda batch, lr: _distill_step(student, teacher, opt, loss_fn, batch, normalize,
+                                                                    cfg.distill_weight, lr),
+                     lambda: probe(student, normalize, autocast), log)
+    return _save(cfg, student, model_cfg, teacher_path, run.steps, run.seconds, run.loss, run.accs, teacher_accs,
+                 run.history)
 
 
 def _save(

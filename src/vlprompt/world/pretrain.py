@@ -276,13 +276,9 @@ def run_pretraining(cfg: PretrainConfig, log: Callable[[str], None] | None = Non
     """:func:`pretrain` with a ready :class:`PretrainConfig`."""
     import open_clip
     from open_clip.loss import ClipLoss
-    from tqdm import tqdm
 
     cfg.validate()
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA device is available")
-    torch.manual_seed(cfg.seed)
+    device = training_device(cfg)
     model, tokenizer, model_cfg = _build_model(cfg.model_name, device)
     pre = open_clip.get_model_preprocess_cfg(model)
     image_size = int(model_cfg["vision_cfg"]["image_size"])
@@ -295,29 +291,61 @@ def run_pretraining(cfg: PretrainConfig, log: Callable[[str], None] | None = Non
     loader = _pair_loader(cfg, image_size, tokenizer, device)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
+    model.train()
+    run = train_loop(cfg, loader, lambda batch, lr: _train_step(model, opt, loss_fn, *batch, normalize, autocast, lr),
+                     lambda: probe(model, normalize, autocast), log)
+    return _save(cfg, model, model_cfg, run.steps, run.seconds, run.loss, run.accs, run.history)
+
+
+@dataclass
+class LoopResult:
+    """What :func:`train_loop` returns: steps run, loop seconds, final loss EMA, final accuracies, history."""
+
+    steps: int
+    seconds: float
+    loss: float
+    accs: dict[str, float]
+    history: list[dict[str, Any]]
+
+
+def train_loop(cfg: PretrainConfig, loader: Any, step: Callable[[Any, float], float],
+               evaluate: Callable[[], dict[str, float]], log: Callable[[str], None] | None) -> LoopResult:
+    """The loop of every world training run: ``step(batch, lr) -> loss`` until the step / time budget of
+    ``cfg`` is spent, a tqdm bar with the loss EMA, ``evaluate()`` (zero-shot accuracies) periodically
+    and at the end, each reported through ``log``."""
+    from tqdm import tqdm
+
     bar = tqdm(total=cfg.steps, disable=not cfg.progress, unit="step", dynamic_ncols=True, mininterval=2.0)
     say = log or (bar.write if cfg.progress else print)
-    step, loss_ema, history = 0, float("nan"), []
+    done, loss_ema, history = 0, float("nan"), []
     clock = _Clock(cfg)
-    model.train()
-    for images, tokens in loader:
-        if clock.done(step):
+    for batch in loader:
+        if clock.done(done):
             break
-        lr = clock.lr(step)
-        value = _train_step(model, opt, loss_fn, images, tokens, normalize, autocast, lr)
-        step += 1
+        lr = clock.lr(done)
+        value = step(batch, lr)
+        done += 1
         loss_ema = value if math.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * value
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{lr:.2e}")
-        if clock.eval_due(step):
-            accs = probe(model, normalize, autocast)
-            history.append({"step": step, "seconds": round(clock.elapsed(), 1), "loss": loss_ema, **accs})
-            say(_report(step, step * cfg.batch_size, loss_ema, accs))
+        if clock.eval_due(done):
+            accs = evaluate()
+            history.append({"step": done, "seconds": round(clock.elapsed(), 1), "loss": loss_ema, **accs})
+            say(_report(done, done * cfg.batch_size, loss_ema, accs))
     bar.close()
-    train_s = clock.elapsed()
-    accs = probe(model, normalize, autocast)
-    say("final: " + _report(step, step * cfg.batch_size, loss_ema, accs))
-    return _save(cfg, model, model_cfg, step, train_s, loss_ema, accs, history)
+    seconds = clock.elapsed()
+    accs = evaluate()
+    say("final: " + _report(done, done * cfg.batch_size, loss_ema, accs))
+    return LoopResult(done, seconds, loss_ema, accs, history)
+
+
+def training_device(cfg: PretrainConfig) -> torch.device:
+    """The run's device (seeded); a clear error when CUDA is asked for but absent."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA device is available")
+    torch.manual_seed(cfg.seed)
+    return device
 
 
 def _report(step: int, pairs: int, loss: float, accs: dict[str, float]) -> str:
