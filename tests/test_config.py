@@ -177,16 +177,20 @@ def test_paper_settings():
 def test_iterations_are_rounded_up_to_whole_epochs():
     from vlprompt.config import OptimConfig
     from vlprompt.core.errors import ConfigError
-    from vlprompt.engine.optim import epochs_for, steps_per_epoch
+    from vlprompt.engine.features import train_batches
+    from vlprompt.engine.optim import epochs_for
+
+    def steps(n_train: int, batch_size: int = 32) -> int:  # what the trainer passes: its loaders' batches
+        return len(train_batches(n_train, batch_size))
 
     # CLIP-LoRA on ImageNet, 16 shots: 8000 iterations of 16000 // 32 = 500 steps -> 16 epochs
-    assert epochs_for(OptimConfig(iterations=8000, batch_size=32), "imagenet", 16, 16_000) == 16
+    assert epochs_for(OptimConfig(iterations=8000, batch_size=32), "imagenet", 16, steps(16_000)) == 16
     # 47 classes x 4 shots = 188 images: 5 steps per epoch (drop_last), 2000 iterations -> 400 epochs
-    assert steps_per_epoch(188, 32) == 5 and epochs_for(OptimConfig(iterations=2000), "dtd", 4, 188) == 400
-    assert epochs_for(OptimConfig(iterations=7), "dtd", 1, 10) == 7  # fewer images than a batch: one step
-    assert epochs_for(OptimConfig(iterations=11, batch_size=5), "dtd", 1, 10) == 6  # at least 11 steps: 12
-    assert epochs_for(OptimConfig(max_epoch=3), "dtd", 1, 10) == 3
-    assert epochs_for(OptimConfig(), "dtd", 16, 752) == 200  # CoOp's rule
+    assert steps(188) == 5 and epochs_for(OptimConfig(iterations=2000), "dtd", 4, steps(188)) == 400
+    assert epochs_for(OptimConfig(iterations=7), "dtd", 1, steps(10)) == 7  # fewer images than a batch: one step
+    assert epochs_for(OptimConfig(iterations=11, batch_size=5), "dtd", 1, steps(10, 5)) == 6  # >= 11 steps: 12
+    assert epochs_for(OptimConfig(max_epoch=3), "dtd", 1, steps(10)) == 3
+    assert epochs_for(OptimConfig(), "dtd", 16, steps(752)) == 200  # CoOp's rule
     with pytest.raises(ConfigError, match="optim.max_epoch and optim.iterations"):
         OptimConfig(max_epoch=3, iterations=100)
     with pytest.raises(ConfigError, match="optim.iterations"):

@@ -56,15 +56,9 @@ def default_max_epoch(dataset: str, shots: int) -> int:
     return 50 if shots == -1 else (100 if shots < 8 else 200)
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimisation steps in one epoch of ``n_train`` images: the loaders drop the last partial batch
-    when there is more than one batch (Dassl's ``drop_last``), else one (smaller) batch."""
-    return n_train // batch_size if n_train >= batch_size else 1
-
-
-def epochs_for(cfg: OptimConfig, dataset: str, shots: int, n_train: int) -> int:
+def epochs_for(cfg: OptimConfig, dataset: str, shots: int, steps_per_epoch: int) -> int:
     """The run's epochs: ``optim.max_epoch``; or ``optim.iterations`` steps rounded up to whole epochs of
-    ``n_train`` images (so at least that many steps run); else CoOp's :func:`default_max_epoch`."""
+    ``steps_per_epoch`` steps (so at least that many steps run); else CoOp's :func:`default_max_epoch`."""
     if cfg.iterations is not None:
-        return max(1, math.ceil(cfg.iterations / steps_per_epoch(n_train, cfg.batch_size)))
+        return max(1, math.ceil(cfg.iterations / steps_per_epoch))
     return cfg.max_epoch or default_max_epoch(dataset, shots)

@@ -263,7 +263,8 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backb
     if not caps.uses_sgd:  # fitted only: no epochs, no optimiser, no checkpoints
         return main_only(ctx, lambda: _finish(method, data, backbone, cfg, device, paths, log, [], 0, 0.0, fit_info))
     optimizer = build_optimizer(params, cfg.optim)
-    max_epoch = epochs_for(cfg.optim, cfg.data.dataset, cfg.data.shots, len(data.train))
+    steps_per_epoch = len(train_batches(len(data.train), cfg.optim.batch_size))  # every loader's sampler
+    max_epoch = epochs_for(cfg.optim, cfg.data.dataset, cfg.data.shots, steps_per_epoch)
 
     start_epoch, history = 0, []
     if resume:  # every rank reads the same newest good checkpoint (rank 0's RNG states)

@@ -43,12 +43,14 @@ from vlprompt.world.pretrain import (
     ImageNormalizer,
     PretrainConfig,
     ZeroShotProbe,
+    _build_model,
     _pair_loader,
     _param_groups,
     add_run_arguments,
     cli,
     run_metadata,
     run_settings,
+    save_weights,
     train_loop,
     training_device,
 )
@@ -94,25 +96,27 @@ def adopt_text_tower(student: torch.nn.Module, teacher: torch.nn.Module) -> list
     return sorted(theirs)
 
 
-def _load_models(cfg: DistillConfig, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, Path]:
+def _load_models(cfg: DistillConfig, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, Path, Any,
+                                                                  dict[str, Any]]:
+    """Teacher (frozen, with its registered weights file) and random-init student with the teacher's text
+    tower; also the student's tokenizer and config."""
     import open_clip
 
     from vlprompt.backbones.configs import pretrained_weights, register_model_configs
 
     register_model_configs()
-    for name, option in ((cfg.model_name, "--student"), (cfg.teacher, "--teacher")):
-        if open_clip.get_model_config(name) is None:
-            raise ModelError(f"unknown open_clip model config '{name}' (option {option})")
+    if open_clip.get_model_config(cfg.teacher) is None:
+        raise ModelError(f"unknown open_clip model config '{cfg.teacher}' (option --teacher)")
     path = pretrained_weights().get((cfg.teacher, cfg.teacher_pretrained))
-    if path is None or not Path(path).is_file():
-        raise ModelError(f"no weights file for teacher '{cfg.teacher}' with pretrained tag "
+    if not isinstance(path, Path) or not path.is_file():  # one registered file (not parts)
+        raise ModelError(f"no single weights file for teacher '{cfg.teacher}' with pretrained tag "
                          f"'{cfg.teacher_pretrained}' (options --teacher / --teacher-pretrained)")
     teacher = open_clip.create_model(cfg.teacher, pretrained=str(path), device=device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student = open_clip.create_model(cfg.model_name, pretrained=None, device=device)
+    student, tokenizer, model_cfg = _build_model(cfg.model_name, device, option="--student")
     adopt_text_tower(student, teacher)
-    return student, teacher, Path(path)
+    return student, teacher, path, tokenizer, model_cfg
 
 
 def _distill_step(
@@ -148,14 +152,12 @@ def run_distillation(cfg: DistillConfig, log: Callable[[str], None] | None = Non
 
     cfg.validate()
     device = training_device(cfg)
-    student, teacher, teacher_path = _load_models(cfg, device)
-    model_cfg = open_clip.get_model_config(cfg.model_name)
+    student, teacher, teacher_path, tokenizer, model_cfg = _load_models(cfg, device)
     pre = open_clip.get_model_preprocess_cfg(teacher)
     image_size = int(model_cfg["vision_cfg"]["image_size"])
     if image_size != int(open_clip.get_model_config(cfg.teacher)["vision_cfg"]["image_size"]):
         raise ConfigError("the student and teacher must take the same image size (--student / --teacher)")
     normalize = ImageNormalizer(pre["mean"], pre["std"], device)
-    tokenizer = open_clip.get_tokenizer(cfg.model_name)
 
     def autocast() -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -190,15 +192,10 @@ def _save(
     teacher_accs: dict[str, float],
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    from safetensors.torch import save_file
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{cfg.model_name}-visual.safetensors"
-    state = {k: v.detach().to("cpu", torch.float16).contiguous().clone() for k, v in visual_state(student).items()}
-    save_file(state, str(weights), metadata={"format": "pt"})
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    (out / f"{cfg.model_name}-visual.sha256").write_text(f"{sha}  {weights.name}\n")
+    sha = save_weights(visual_state(student), weights)
     meta = {
         "model": cfg.model_name,
         "model_config": model_cfg,

@@ -161,7 +161,9 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def _build_model(model_name: str, device: torch.device) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+def _build_model(model_name: str, device: torch.device, *, option: str = "--model"
+                 ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """A random-init open_clip model of a registered config, its tokenizer and config."""
     import open_clip
 
     from vlprompt.backbones.configs import register_model_configs
@@ -169,7 +171,7 @@ def _build_model(model_name: str, device: torch.device) -> tuple[torch.nn.Module
     register_model_configs()
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:
-        raise ModelError(f"unknown open_clip model config '{model_name}' (option --model)")
+        raise ModelError(f"unknown open_clip model config '{model_name}' (option {option})")
     model = open_clip.create_model(model_name, pretrained=None, device=device)
     return model, open_clip.get_tokenizer(model_name), cfg
 
@@ -178,13 +180,16 @@ def _default_workers(device: torch.device) -> int:
     return min(8, max(1, (os.cpu_count() or 2) - 2)) if device.type == "cuda" else 0
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> str:
-    """Save the fp16 state dict of ``model`` as safetensors; returns its sha256 (hex)."""
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> str:
+    """Save ``state`` (tensor name -> tensor) as fp16 safetensors at ``path`` and its ``sha256sum`` line
+    at ``path.with_suffix(".sha256")``; returns the sha256 (hex)."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to("cpu", torch.float16).contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    save_file({k: v.detach().to("cpu", torch.float16).contiguous().clone() for k, v in state.items()}, str(path),
+              metadata={"format": "pt"})
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.with_suffix(".sha256").write_text(f"{sha}  {path.name}\n")
+    return sha
 
 
 def pretrain(out_dir: str | Path, *, log: Callable[[str], None] | None = None, **settings: Any) -> dict[str, Any]:
@@ -366,8 +371,7 @@ def _save(
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{cfg.model_name}.safetensors"
-    sha = save_weights(model, weights)
-    (out / f"{cfg.model_name}.sha256").write_text(f"{sha}  {weights.name}\n")
+    sha = save_weights(model.state_dict(), weights)
     meta = {
         "model": cfg.model_name,
         "model_config": model_cfg,
