@@ -15,7 +15,8 @@ other global (``os.system``, ``builtins.eval``, any class) is refused with a
 :class:`~vlprompt.core.errors.DataError` before it is looked up, so a planted payload never runs.
 
 :func:`match_reference_items` maps the pickled absolute paths (of the machine the split was saved on)
-to the items of the dataset as vlprompt reads it now, by their trailing path components.
+to the items of the dataset as vlprompt reads it now, by their trailing path components; a longer
+tail that names another image (``.../test/cat/1.png`` is not ``<root>/train/cat/1.png``) is refused.
 """
 
 from __future__ import annotations
@@ -147,6 +148,34 @@ def path_parts(path: str) -> tuple[str, ...]:
     return tuple(p for p in re.split(r"[\\/]+", path) if p)
 
 
+_SPLIT_FOLDERS = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}
+"""Folder names that say which split an image belongs to (lower case), and the split each one means."""
+
+
+def _common_tail(a: Sequence[str], b: Sequence[str]) -> int:
+    """How many trailing components ``a`` and ``b`` share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[-n - 1] == b[-n - 1]:
+        n += 1
+    return n
+
+
+def _other_image(
+    parts: tuple[str, ...], matched: Datum, tail: int, others: dict[str, list[tuple[str, Datum]]]
+) -> tuple[str, Datum, int] | None:
+    """An image of another split whose path shares more trailing components with ``parts`` than ``matched``."""
+    best = None
+    for split, d in others.get(parts[-1], ()):
+        n = _common_tail(parts, path_parts(d.path))
+        if d.path != matched.path and n > tail and (best is None or n > best[2]):
+            best = (split, d, n)
+    return best
+
+
 def match_reference_items(
     ref: Sequence[ReferenceDatum],
     candidates: Sequence[Datum],
@@ -154,23 +183,31 @@ def match_reference_items(
     *,
     source: str,
     split: str,
+    others: dict[str, Sequence[Datum]] | None = None,
 ) -> list[Datum]:
     """The items of ``candidates`` the pickled ``ref`` items name, in ``ref``'s order.
 
     A pickled path matches the candidate whose path ends with the same components, at least
     ``_MIN_SUFFIX`` of them and as many as needed to tell candidates apart (so the data root may
     differ between the machine that saved the split and this one). Its label and class name must
-    be the candidate's.
+    be the candidate's. The rest of the path must not say that another image is meant: an image of
+    ``others`` (the dataset's other splits, by name) that shares more trailing components, or a
+    split folder (``test``, ``val``, ``train``, ...) where the candidate's path has another split's
+    folder, as in ``.../test/cat/1.png`` against ``<root>/train/cat/1.png``.
 
     Raises:
         DataError: an item that matches no candidate (not in this dataset's ``split`` split), matches
-            several, or has another label / class name.
+            several, has another label / class name, or names an image of another split.
     """
     by_name: dict[str, list[tuple[tuple[str, ...], Datum]]] = defaultdict(list)
     for d in candidates:
         parts = path_parts(d.path)
         if parts:
             by_name[parts[-1]].append((parts, d))
+    other_by_name: dict[str, list[tuple[str, Datum]]] = defaultdict(list)
+    for other_split, items in (others or {}).items():
+        for d in items:
+            other_by_name[os.path.basename(d.path)].append((other_split, d))
     out: list[Datum] = []
     for i, r in enumerate(ref):
         parts = path_parts(r.impath)
@@ -187,7 +224,24 @@ def match_reference_items(
             )
         if len(found) > 1:
             raise DataError(f"{where} matches {len(found)} images of the {split} split; cannot tell which.")
-        d = found[0][1]
+        q, d = found[0]
+        tail = _common_tail(parts, q)
+        rival = _other_image(parts, d, tail, other_by_name)
+        if rival is not None:
+            raise DataError(
+                f"{where} is the {rival[0]} split's image '{rival[1].path}' (its last {rival[2]} path parts "
+                f"agree), not the {split} image '{d.path}' (only {tail} agree); a {split} list may not hold "
+                f"{rival[0]} images. Re-create the split file from this dataset's {split} images."
+            )
+        if tail < len(parts) and tail < len(q):
+            theirs, ours = parts[-tail - 1], q[-tail - 1]
+            a, b = _SPLIT_FOLDERS.get(theirs.lower()), _SPLIT_FOLDERS.get(ours.lower())
+            if a is not None and b is not None and a != b:
+                raise DataError(
+                    f"{where} lies in a '{theirs}' folder where this dataset's image '{d.path}' with the same "
+                    f"last {tail} path parts lies in '{ours}': it names another image (of the {a} split), not "
+                    f"a {split} image. Re-create the split file from this dataset's {split} images."
+                )
         if r.label != d.label or r.classname != classnames[d.label]:
             raise DataError(
                 f"{where} has label {r.label} ('{r.classname}') but this dataset labels that image "
@@ -214,9 +268,17 @@ def load_reference_fewshot(
             "few-shot split; use it with data.options.order: preprocessed."
         )
     lists = reference_lists(data, path, ("train",), optional=("val",))
-    train = match_reference_items(lists["train"], splits.train, splits.classnames, source=path, split="train")
+    if not lists["train"]:
+        raise DataError(
+            f"'{path}' lists no training images (its 'train' list is empty); a few-shot split needs at least "
+            "one image per class. Use another split file (CoOp's shot_K-seed_S.pkl with K >= 1) or leave "
+            "data.fewshot_file unset to sample data.shots images per class."
+        )
+    train = match_reference_items(lists["train"], splits.train, splits.classnames, source=path, split="train",
+                                  others={"val": splits.val, "test": splits.test})
     if "val" in lists and not val_is_test:
-        val = match_reference_items(lists["val"], splits.val, splits.classnames, source=path, split="val")
+        val = match_reference_items(lists["val"], splits.val, splits.classnames, source=path, split="val",
+                                    others={"train": splits.train, "test": splits.test})
     elif val_is_test:
         val = list(splits.val)
     else:
@@ -252,6 +314,6 @@ def preprocessed_order(
     """
     lists = reference_lists(read_reference_pickle(path, "ImageNet listing"), path, ("train", "test"))
     return (
-        match_reference_items(lists["train"], train, classnames, source=path, split="train"),
-        match_reference_items(lists["test"], test, classnames, source=path, split="test"),
+        match_reference_items(lists["train"], train, classnames, source=path, split="train", others={"test": test}),
+        match_reference_items(lists["test"], test, classnames, source=path, split="test", others={"train": train}),
     )
