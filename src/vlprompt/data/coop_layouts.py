@@ -206,7 +206,7 @@ def check_files_exist(paths: Sequence[str], describe: Callable[[int], str], hint
 
 
 def read_json_file(path: str, what: str) -> Any:
-    """Parse the JSON file ``path``; DataError with file, line and column if it is malformed."""
+    """Parse the JSON file ``path``; DataError with file, line and column if it is malformed (or too deep)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -217,6 +217,11 @@ def read_json_file(path: str, what: str) -> Any:
         ) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{what} '{path}' is not UTF-8 text ({exc.reason}); re-create the file.") from None
+    except RecursionError:
+        raise DataError(
+            f"{what} '{path}' is nested too deeply (lists or objects inside each other about 1000 levels or more); "
+            "fix or re-create the file."
+        ) from None
     except OSError as exc:
         raise DataError(f"cannot read {what} '{path}': {exc.strerror or exc}.") from None
 

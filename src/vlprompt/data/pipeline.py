@@ -126,6 +126,12 @@ def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None
         source = Path(cfg.fewshot_file)
     if source is not None:
         train, val = read_fewshot_file(source, full, splits, cfg.subsample_classes)
+        if not train:
+            raise DataError(
+                f"few-shot file '{source}' lists no training images for the classes of this run "
+                f"(data.subsample_classes: {cfg.subsample_classes}); use a split file with at least one image "
+                "per class, or leave data.fewshot_file unset to sample data.shots images per class."
+            )
         check_split_file_entries(train, val, splits, root=cfg.root, source=source,
                                  allow_outside_root=bool(cfg.options.get("allow_outside_root", False)))
     else:
@@ -136,6 +142,16 @@ def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None
         save_fewshot_json(fewshot_path, (train, val), dataset=cfg.dataset, shots=cfg.shots, seed=seed,
                           classnames=splits.classnames)
     return PreparedData(splits, train, val, bad)
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether paths ``a`` and ``b`` name the same file (symbolic links and ``..`` resolved)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, case-insensitive file systems
+    except OSError:  # either does not exist (yet)
+        return False
 
 
 _SPLIT_NAME = re.compile(r"shot_(\d+)-seed_(\d+)\.pkl$")
@@ -149,7 +165,14 @@ def import_reference_split(
     The JSON lists all classes (the reference saves its split before subsampling base / new
     classes; ``data.fewshot_file`` subsamples it like the reference). Shots and seed come from the
     file name when it has the reference's form. Returns ``{"train", "val", "classes", "shots", "seed"}``.
+    ``output`` may not be the pickle itself (under any spelling or through a symbolic link): the
+    reference's file is never written over.
     """
+    if _same_file(pickle_path, output):
+        raise DataError(
+            f"output '{output}' (option -o/--output) is the split file '{pickle_path}' itself; writing the JSON "
+            "there would replace the reference pickle. Choose another output path, e.g. fewshot.json."
+        )
     full = load_dataset(cfg, subsample=False)
     train, val = load_reference_fewshot(pickle_path, full, val_is_test=full.name in VAL_IS_TEST)
     m = _SPLIT_NAME.search(os.path.basename(os.fspath(pickle_path)))
