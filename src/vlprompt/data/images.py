@@ -10,13 +10,15 @@ uses for every dataset) but converts the modes that a bare ``convert("RGB")`` ge
   (which turns almost every pixel white);
 * float images ("F") are scaled from [0, 1] when they lie in that range.
 
-Unreadable files (missing, zero bytes, truncated, not an image, decompression bombs) raise
+Unreadable files (missing, zero bytes, truncated, not an image, decompression bombs, not a regular
+file: a FIFO named ``x.png`` would block forever) raise
 :class:`~vlprompt.core.errors.DataError` naming the file. Like CoOp, EXIF orientation is not applied.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 from PIL import Image
@@ -48,11 +50,25 @@ def is_image_file(name: str) -> bool:
     return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _not_regular(path: str) -> bool:
+    """True for something that exists but is not a regular file (FIFO, socket, device, folder).
+
+    Opening a FIFO for reading blocks until a writer appears, i.e. forever. Symbolic links are
+    followed; a dangling link is not "not regular" (loading it reports the missing file).
+    """
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def list_images(folder: str, *, recursive: bool = False) -> list[str]:
     """Return the paths of the non-hidden image files in ``folder``, sorted.
 
     Paths are ``os.path.join(folder, name)``. With ``recursive=True`` sub-folders are searched too
     (hidden sub-folders are skipped) and the result is sorted by path. A missing folder gives ``[]``.
+    Names with an image extension that are not regular files (a FIFO named ``x.png``, a socket, a
+    device) are skipped: reading them would block or make no sense.
     """
     if not recursive:
         try:
@@ -67,7 +83,7 @@ def list_images(folder: str, *, recursive: bool = False) -> list[str]:
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, n) for n in filenames if is_image_file(n))
+        found.extend(p for n in filenames if is_image_file(n) and not _not_regular(p := os.path.join(dirpath, n)))
     return sorted(found)
 
 
@@ -119,6 +135,8 @@ def load_image(path: str) -> Image.Image:
             bomb) or in a mode that cannot be converted; the message names the file.
     """
     try:
+        if _not_regular(path) and not os.path.isdir(path):  # a FIFO would block forever in open()
+            raise _unreadable(path, "it is not a regular file (a FIFO, socket or device)")
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise _unreadable(path, "the file is empty (0 bytes)")
         with Image.open(path) as img:

@@ -90,7 +90,11 @@ def evaluate(cfg: ExperimentConfig, prompt: str | Path, *, split: str = "test", 
 
 
 def collect_images(inputs: list[str]) -> list[str]:
-    """Image files from a list of files and/or folders (folders searched recursively)."""
+    """Image files from a list of files and/or folders (folders searched recursively).
+
+    In folders, only regular files with an image extension count (a FIFO named ``x.png`` is skipped);
+    a named input that is neither a folder nor a regular file is an error.
+    """
     files: list[str] = []
     for item in inputs:
         p = Path(item)
@@ -98,6 +102,9 @@ def collect_images(inputs: list[str]) -> list[str]:
             files.extend(list_images(str(p), recursive=True))
         elif p.is_file():
             files.append(str(p))
+        elif p.exists():
+            raise DataError(f"image '{item}' is not a regular file (a FIFO, socket or device); give image files "
+                            "or folders")
         else:
             raise DataError(f"image or folder '{item}' does not exist")
     if not files:
