@@ -20,8 +20,8 @@ processor does for square images) and cut into the processor's patch sequence
 
 from __future__ import annotations
 
-import json
-import os
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,19 @@ from vlprompt.backbones.base import (
     coop_train_transform,
     encode_prefix_suffix_in_full,
 )
+from vlprompt.backbones.hf_folder import (
+    MAX_IMAGE_SIDE,
+    SUPPORTED_TYPES,
+    check_config,
+    check_tokenizer_files,
+    check_weights,
+    model_folder,
+    preprocess_from_processor,
+    refuse_custom_code,
+)
 from vlprompt.core.errors import ModelError, VlpromptError
 
-#: transformers model types this adapter drives.
-SUPPORTED_TYPES = ("clip", "siglip", "siglip2")
-_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+__all__ = ["SUPPORTED_TYPES", "HFBackbone", "load_hf_backbone", "preprocess_from_processor", "siglip2_patches"]
 
 
 def _require_transformers() -> Any:
@@ -273,82 +281,108 @@ def siglip2_patches(images: Tensor, patch: int) -> dict[str, Tensor]:
     return {"pixel_values": x, "spatial_shapes": shapes, "pixel_attention_mask": mask}
 
 
-def preprocess_from_processor(path: Path, image_size: int) -> dict[str, Any]:
-    """open_clip ``PreprocessCfg`` fields from a saved ``preprocessor_config.json``.
+@contextlib.contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """No progress bars or load reports from transformers (vlprompt checks the load itself)."""
+    tf_logging = transformers.utils.logging
+    bars, verbosity = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity()
+    tf_logging.disable_progress_bar()
+    tf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(verbosity)
+        if bars:
+            tf_logging.enable_progress_bar()
 
-    CLIP processors resize the shortest edge then centre-crop (open_clip ``resize_mode="shortest"``);
-    SigLIP processors resize to ``height x width`` without crop (``resize_mode="squash"``).
-    """
-    cfg: dict[str, Any] = {}
-    file = path / "preprocessor_config.json"
-    if file.is_file():
-        cfg = json.loads(file.read_text())
-    crop = cfg.get("crop_size")
-    size = cfg.get("size")
-    if "max_num_patches" in cfg:  # SigLIP 2 (NaFlex): the square the processor gives square images
-        side = int(int(cfg["max_num_patches"]) ** 0.5) * int(cfg.get("patch_size", 16))
-        size = {"height": side, "width": side}
-    do_crop = bool(cfg.get("do_center_crop", False)) and crop is not None
-    out: dict[str, Any] = {}
-    if do_crop:
-        side = crop.get("height", image_size) if isinstance(crop, dict) else int(crop)
-        out["size"] = (int(side), int(crop.get("width", side) if isinstance(crop, dict) else side))
-        out["resize_mode"] = "shortest"
-    else:
-        if isinstance(size, dict) and "height" in size:
-            out["size"] = (int(size["height"]), int(size["width"]))
-        elif isinstance(size, dict) and "shortest_edge" in size:
-            out["size"] = int(size["shortest_edge"])
-        else:
-            out["size"] = image_size
-        out["resize_mode"] = "squash" if isinstance(size, dict) and "height" in size else "shortest"
-    if "image_mean" in cfg:
-        out["mean"] = tuple(float(v) for v in cfg["image_mean"])
-    if "image_std" in cfg:
-        out["std"] = tuple(float(v) for v in cfg["image_std"])
-    out["interpolation"] = _RESAMPLE.get(int(cfg.get("resample", 3)), "bicubic")
-    return out
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message on one line, cut to 300 characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + " ..."
+
+
+def _image_side(vcfg: Any, file: Path) -> int:
+    """The model's input image side from its vision config (``image_size``, or NaFlex ``num_patches``)."""
+    size = getattr(vcfg, "image_size", None)
+    if size is None:
+        size = int(getattr(vcfg, "num_patches", 256) ** 0.5) * int(vcfg.patch_size)
+    if isinstance(size, (list, tuple)) and size:
+        size = size[0]
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIDE:
+        raise ModelError(f"'{file}': vision_config.image_size must be a whole number of pixels from 1 to "
+                         f"{MAX_IMAGE_SIDE:,}, got {size!r}; save the model again (save_pretrained) or download it "
+                         "again")
+    return size
+
+
+def _ignored(key: Any) -> bool:
+    return str(key[0] if isinstance(key, tuple) else key).endswith("position_ids")  # buffers, not weights
+
+
+def _check_loaded(info: dict[str, Any], folder: Path, weights: str, model_type: str) -> None:
+    """Refuse a load that left weights missing, unused or of another shape (config and weights disagree)."""
+    missing = [k for k in info.get("missing_keys", ()) if not _ignored(k)]
+    unexpected = [k for k in info.get("unexpected_keys", ()) if not _ignored(k)]
+    mismatched = [k for k in info.get("mismatched_keys", ()) if not _ignored(k)]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    for what, keys in (("missing", missing), ("unused", unexpected), ("of another shape", mismatched)):
+        if keys:
+            first = sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)[0]
+            parts.append(f"{len(keys)} {what} (e.g. {first})")
+    raise ModelError(f"the weights in '{folder / weights}' do not fit '{folder / 'config.json'}' (model_type "
+                     f"'{model_type}'): {', '.join(parts)}; config.json and the weights are of different models: "
+                     "save the model again (save_pretrained) or download it again")
 
 
 def load_hf_backbone(model: str, pretrained: str | None = None, *, device: str | torch.device = "cpu",
                      precision: str = "fp32", cache_dir: str | None = None) -> HFBackbone:
     """Load ``model`` (a local ``save_pretrained`` directory or a cached hub id) offline.
 
-    ``pretrained`` is not used: the weights are the model's own (recorded as None).
+    ``pretrained`` is not used: the weights are the model's own (recorded as None). The folder is
+    checked before transformers reads it (:mod:`vlprompt.backbones.hf_folder`): no custom code
+    (``auto_map``), safetensors weights only, tokenizer files present, a sound preprocessor config;
+    every transformers call passes ``trust_remote_code=False`` and ``local_files_only=True``.
 
     Raises:
-        ModelError: transformers missing, model not available locally, unsupported model type.
+        ModelError: transformers missing, model not available locally, custom code, unsupported
+            model type, malformed / damaged / pickled files, weights that do not fit the config.
     """
     transformers = _require_transformers()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    local = Path(os.path.expanduser(model))
-    where = str(local) if local.is_dir() else model
-    try:
-        config = transformers.AutoConfig.from_pretrained(where, local_files_only=True, cache_dir=cache_dir)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"hf model '{model}' is not available locally (option backbone.model): {exc}. vlprompt loads "
-            "Hugging Face models offline: give a directory written by save_pretrained / "
-            "`huggingface-cli download`, or a hub id already in the local cache.") from exc
-    if config.model_type not in SUPPORTED_TYPES:
-        raise ModelError(f"hf model '{model}' is a '{config.model_type}' model; supported: "
-                         f"{', '.join(SUPPORTED_TYPES)} (CLIPModel, SiglipModel, Siglip2Model)")
-    try:
-        net = transformers.AutoModel.from_pretrained(where, local_files_only=True, cache_dir=cache_dir,
-                                                     dtype=dtype)
-        tok = transformers.AutoTokenizer.from_pretrained(where, local_files_only=True, cache_dir=cache_dir)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"could not load hf model '{model}' from local files: {exc}") from exc
-    vcfg = config.vision_config
-    image_size = int(getattr(vcfg, "image_size", 0) or int(getattr(vcfg, "num_patches", 256) ** 0.5) * vcfg.patch_size)
-    proc_dir = local if local.is_dir() else None
-    if proc_dir is None:
+    folder = model_folder(model, cache_dir)
+    refuse_custom_code(folder)
+    model_type = check_config(folder)["model_type"]
+    weights = check_weights(folder)
+    check_tokenizer_files(folder)
+    where = str(folder)
+    safe = {"local_files_only": True, "trust_remote_code": False}
+    config_file = folder / "config.json"
+    with _quiet(transformers):
         try:
-            from huggingface_hub import snapshot_download
-
-            proc_dir = Path(snapshot_download(model, local_files_only=True, cache_dir=cache_dir))
-        except Exception:  # noqa: BLE001 - no processor config: fall back to model defaults
-            proc_dir = Path("/nonexistent")
-    pre = preprocess_from_processor(proc_dir, image_size)
-    backbone = HFBackbone(net.to(device), tok, model, pre)
-    return backbone
+            config = transformers.AutoConfig.from_pretrained(where, **safe)
+        except Exception as exc:  # noqa: BLE001 - transformers' field validation raises many types
+            raise ModelError(f"'{config_file}' cannot be used: {_reason(exc)}; fix the field or save the model "
+                             "again (save_pretrained)") from exc
+        vcfg = config.vision_config
+        image_size = _image_side(vcfg, config_file)
+        patch = getattr(vcfg, "patch_size", None)
+        pre = preprocess_from_processor(folder, image_size, patch_size=patch if isinstance(patch, int) else None,
+                                        fixed_size=model_type != "siglip2")
+        try:
+            net, info = transformers.AutoModel.from_pretrained(
+                where, config=config, dtype=dtype, use_safetensors=True, output_loading_info=True,
+                ignore_mismatched_sizes=True, **safe)
+        except (OSError, ValueError, TypeError, RuntimeError, KeyError, AttributeError, IndexError) as exc:
+            raise ModelError(f"cannot build the model of '{config_file}' with the weights in '{folder / weights}': "
+                             f"{_reason(exc)}; save the model again (save_pretrained) or download it again") from exc
+        _check_loaded(info, folder, weights, model_type)
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(where, **safe)
+        except Exception as exc:  # noqa: BLE001 - tokenizers' parse errors have no common type
+            raise ModelError(f"cannot read the tokenizer files in '{folder}' (tokenizer.json, tokenizer_config.json, "
+                             f"...): {_reason(exc)}; copy the model's tokenizer files into the folder again "
+                             "(tokenizer.save_pretrained)") from exc
+    return HFBackbone(net.to(device), tok, model, pre)
