@@ -339,3 +339,61 @@ def test_r3_14_good_folder_still_loads_quietly(clip_dir, capsys, caplog):
     assert bb.model_type == "clip" and bb.preprocess_cfg["size"] == (32, 32)
     assert capsys.readouterr().err == ""
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# ------------------------------------------------------------------------------------ open_clip's HF towers
+def _evil_hf_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder whose config.json maps Auto classes onto its own evil.py (an unknown model_type, so
+    transformers would ask [y/N]); importing evil.py creates the marker file."""
+    folder = tmp_path / "evil_hf"
+    folder.mkdir()
+    marker = tmp_path / "code_ran"
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "vlprompt_evil_type", "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}}))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    return folder, marker
+
+
+def test_r3_1_open_clip_hf_text_tower_never_runs_folder_code(tmp_path, monkeypatch):
+    """An open_clip config whose Hugging Face text tower / tokenizer is a folder with custom code is refused
+    before open_clip builds it: nothing asked on stdin, no code run."""
+    import open_clip
+
+    folder, marker = _evil_hf_folder(tmp_path)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "vlprompt-evil-hf.json").write_text(json.dumps({
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16},
+        "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_pooler_type": "mean_pooler",
+                     "hf_model_pretrained": False}}))
+    open_clip.add_model_config(configs)
+
+    def no_input(*_a: Any) -> str:
+        raise AssertionError("vlprompt asked a question on standard input")
+
+    monkeypatch.setattr(builtins, "input", no_input)
+    try:
+        with pytest.raises(ModelError, match="auto_map"):
+            load_backbone("vlprompt-evil-hf")
+    finally:  # the model catalog of later tests must not list it
+        open_clip.factory._MODEL_CONFIG_PATHS.remove(configs)
+        open_clip.factory._MODEL_CONFIGS.pop("vlprompt-evil-hf", None)
+    assert not marker.exists()
+
+
+def test_r3_1_transformers_refuses_custom_code_without_asking_after_the_guard(tmp_path, monkeypatch):
+    """For calls vlprompt does not make itself (open_clip's, on a hub id not yet cached) transformers is set to
+    refuse custom code at once instead of asking on stdin."""
+    from transformers import AutoConfig
+
+    from vlprompt.backbones.hf_folder import never_ask_for_remote_code
+
+    folder, marker = _evil_hf_folder(tmp_path)
+    asked = []
+    monkeypatch.setattr(builtins, "input", lambda *a: asked.append(a) or "y")
+    monkeypatch.setattr("transformers.dynamic_module_utils.TIME_OUT_REMOTE_CODE", 15)
+    never_ask_for_remote_code()
+    with pytest.raises(Exception):  # noqa: B017 - transformers' own ValueError / timeout error
+        AutoConfig.from_pretrained(str(folder))
+    assert not asked and not marker.exists()

@@ -101,6 +101,35 @@ def refuse_custom_code(folder: Path) -> None:
                 "transformers CLIPModel / SiglipModel / Siglip2Model, without auto_map.")
 
 
+def never_ask_for_remote_code() -> None:
+    """Make ``transformers`` refuse custom code instead of asking ``[y/N]`` on standard input.
+
+    transformers asks only when ``trust_remote_code`` is not given and its prompt timeout
+    (``transformers.dynamic_module_utils.TIME_OUT_REMOTE_CODE``) is positive; with 0 it raises at once.
+    vlprompt passes ``trust_remote_code=False`` to every call it makes itself; this covers the calls made
+    for it by open_clip (Hugging Face text towers and tokenizers). No-op without transformers.
+    """
+    try:
+        import transformers.dynamic_module_utils as dmu
+    except ImportError:
+        return
+    dmu.TIME_OUT_REMOTE_CODE = 0
+
+
+def check_open_clip_hf_parts(names: list[str], cache_dir: str | None = None) -> None:
+    """Refuse custom code in the Hugging Face folders an open_clip model config names (``hf_model_name``,
+    ``hf_tokenizer_name``: a local folder or a hub id), checked before open_clip builds the model; a hub id
+    not in the local cache is left to open_clip (transformers then refuses custom code without asking, see
+    :func:`never_ask_for_remote_code`)."""
+    never_ask_for_remote_code()
+    for name in names:
+        try:
+            folder = model_folder(name, cache_dir)
+        except ModelError:
+            continue
+        refuse_custom_code(folder)
+
+
 def check_config(folder: Path) -> dict[str, Any]:
     """``config.json`` as read by vlprompt: a JSON object whose ``model_type`` the ``hf`` family drives."""
     file = folder / "config.json"

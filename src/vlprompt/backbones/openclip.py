@@ -348,6 +348,7 @@ def load_backbone(
             "Run `vlprompt models` to list the open_clip model names."
         )
     weights = None if has_schema else _resolve_pretrained(model, pretrained)
+    _check_hf_parts(model, cache_dir)
     try:
         import logging
 
@@ -388,6 +389,25 @@ def load_backbone(
     preprocess_cfg = open_clip.get_model_preprocess_cfg(clip_model)
     return OpenClipBackbone(clip_model, tokenizer, model, pretrained if weights or has_schema else None,
                             preprocess_cfg)
+
+
+def _check_hf_parts(model: str, cache_dir: str | None) -> None:
+    """Never let a Hugging Face text tower or tokenizer named by an open_clip config run code
+    (:func:`vlprompt.backbones.hf_folder.check_open_clip_hf_parts`); ``hf-hub:`` / ``local-dir:`` specs
+    whose config is not registered are guarded by transformers' refusal alone."""
+    import open_clip
+
+    if model.startswith(("hf-hub:", "local-dir:")):
+        from vlprompt.backbones.hf_folder import never_ask_for_remote_code
+
+        never_ask_for_remote_code()
+        return
+    text_cfg = (open_clip.get_model_config(model) or {}).get("text_cfg") or {}
+    names = [text_cfg[k] for k in ("hf_model_name", "hf_tokenizer_name") if isinstance(text_cfg.get(k), str)]
+    if names:
+        from vlprompt.backbones.hf_folder import check_open_clip_hf_parts
+
+        check_open_clip_hf_parts(names, cache_dir)
 
 
 _SHARED: dict[tuple[str, str | None, str, str, str | None], OpenClipBackbone] = {}
