@@ -349,7 +349,8 @@ def _evil_hf_folder(tmp_path: Path) -> tuple[Path, Path]:
     folder.mkdir()
     marker = tmp_path / "code_ran"
     (folder / "config.json").write_text(json.dumps({
-        "model_type": "vlprompt_evil_type", "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}}))
+        "model_type": "vlprompt_evil_type",
+        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}}))
     (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     return folder, marker
 
