@@ -235,6 +235,23 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
+class _OutOfRange(ConfigError):
+    """A number of the right kind but out of range: a union of types reports it as it is (``optim.iterations=1e20``
+    is too large, not "int or null")."""
+
+
+def _as_number(value: Any) -> float | None:
+    """``value`` as a float when it is a number or numeric text (PyYAML reads ``1e20`` as text), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if abs(value) < 1e309 else float("inf") * (1 if value > 0 else -1)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return None
+
+
 def coerce(value: Any, tp: Any, option: str) -> Any:
     """Check ``value`` against annotation ``tp`` (int, float, str, bool, None, Literal, list, dict, unions)."""
     origin = get_origin(tp)
@@ -243,6 +260,8 @@ def coerce(value: Any, tp: Any, option: str) -> Any:
         for arm in get_args(tp):
             try:
                 return coerce(value, arm, option)
+            except _OutOfRange:
+                raise
             except ConfigError as exc:
                 errors.append(exc)
         names = " or ".join(_type_name(a) if a is not type(None) else "null" for a in get_args(tp))
@@ -260,22 +279,21 @@ def coerce(value: Any, tp: Any, option: str) -> Any:
             return value
         raise ConfigError(f"option {option} must be true or false, got {shown(value)}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not INT_MIN <= value <= INT_MAX:
-                raise ConfigError(f"option {option} must fit in 64 bits (at most {INT_MAX}), got {shown(value)}")
+        number = _as_number(value)
+        out_of_range = number is not None and number == number and not INT_MIN <= number <= INT_MAX  # not NaN
+        if isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX:
             return value
+        if out_of_range or (isinstance(value, int) and not isinstance(value, bool)):
+            size = "large" if number is not None and number > 0 else "small"
+            raise _OutOfRange(f"option {option} is out of range: {shown(value)} is too {size} for a 64-bit integer "
+                              f"(integers must fit in 64 bits: {INT_MIN} to {INT_MAX})")
         raise ConfigError(f"option {option} must be an integer, got {shown(value)}")
     if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value) if abs(value) < 1e309 else float("inf")
-        elif isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as text
-            with contextlib.suppress(ValueError):
-                number = float(value)
+        number = _as_number(value)  # PyYAML (YAML 1.1) reads 1e-3 as text
         if number is None:
             raise ConfigError(f"option {option} must be a number, got {shown(value)}")
         if not abs(number) <= FLOAT_MAX:  # also NaN
-            raise ConfigError(f"option {option} must be a finite number within ±{FLOAT_MAX:.3g} (float32), "
+            raise _OutOfRange(f"option {option} must be a finite number within ±{FLOAT_MAX:.3g} (float32), "
                               f"got {shown(value)}")
         return number
     if tp is str:

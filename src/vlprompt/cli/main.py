@@ -108,6 +108,18 @@ def _rank_prefix() -> str:
     return f"[rank {rank}] " if _under_torchrun() and rank != "0" else ""
 
 
+def _prompt_tag(prompt: Path, own: Path) -> str:
+    """``""`` for a run's own prompt, else ``_<file stem>-<8 hex digits of its absolute path>``: ``eval --run RUN
+    --prompt OTHER`` never overwrites the run's own ``eval_<dataset>_<split>.json`` (nor another prompt's)."""
+    import hashlib
+    import re
+
+    if prompt.resolve() == own.resolve():
+        return ""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", prompt.stem)[:40] or "prompt"
+    return f"_{stem}-{hashlib.sha256(str(prompt.resolve()).encode()).hexdigest()[:8]}"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from vlprompt.config import load_config
     from vlprompt.engine.run import RunPaths
@@ -118,7 +130,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         paths = RunPaths(Path(args.run))
         cfg = load_run_config(paths.root, _overrides(args))
         prompt = Path(args.prompt) if args.prompt else paths.prompt
-        default_out = paths.root / f"eval_{cfg.data.dataset}_{args.split}.json"
+        default_out = paths.root / f"eval_{cfg.data.dataset}_{args.split}{_prompt_tag(prompt, paths.prompt)}.json"
     else:
         if not (args.config and args.prompt):
             raise VlpromptError("vlprompt eval needs --run RUN_FOLDER, or both --config and --prompt")
@@ -277,7 +289,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.output_dir:
         sw.output_dir = Path(args.output_dir)
     sw.overrides += list(args.overrides)
-    if args.status or args.launcher or args.shard:
+    if args.status or args.launcher or args.shard is not None:  # --shard "" (an unset variable) is refused
         return _sweep_elsewhere(args, sw)
     summary = run_sweep(sw, progress=not args.no_progress)
     print(f"sweep {sw.name}: {summary['done']} runs done, {summary['skipped']} already finished, "
@@ -293,13 +305,18 @@ def _sweep_elsewhere(args: argparse.Namespace, sw: Any) -> int:
 
     if args.status:
         status = sweep_status(sw.output_dir)
+        for line in status["warnings"]:  # damaged state files: left out, one line each
+            print(f"warning: {_capped(line)}", file=sys.stderr)
         print(f"sweep {sw.name} in {sw.output_dir} ({', '.join(status['files']) or 'no state file'}): "
               + ", ".join(f"{n} {s}" for s, n in status["counts"].items()))
         for run_id, r in sorted(status["runs"].items()):
             if r.get("status") == "failed":
                 print(f"  failed: {run_id}: {r.get('error')} (log {r.get('log')})")
+            elif r.get("status") == "interrupted":
+                print(f"  interrupted: {run_id}: its launcher / shard process is gone; run the same sweep command "
+                      "again to resume it from its last checkpoint")
         return 0
-    shard = parse_shard(args.shard) if args.shard else None
+    shard = parse_shard(args.shard) if args.shard is not None else None
     if args.launcher:
         from vlprompt.tasks.launchers import LaunchOptions, launch_sweep
 
@@ -342,6 +359,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     papers = [p for p in (args.paper or "").split(",") if p.strip()]
     result = make_report(args.runs, args.output, papers=papers, paper_file=args.paper_file)
+    for line in result["warnings"]:  # files left out (unreadable, malformed): one line each
+        print(_capped(line), file=sys.stderr)
     _print_table(result["markdown"])
     names = [Path(f).name for f in result["files"]]
     n_plots = len(result["plots"])
@@ -457,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--allow-new-classes", action="store_true",
                    help="evaluate a unified prompt on other classes (cross-dataset / domain generalisation)")
-    p.add_argument("--output", help="results JSON (a .md table is written next to it)")
+    p.add_argument("--output", help="results JSON (a .md table is written next to it); default with --run: "
+                                    "RUN/eval_<dataset>_<split>.json, for another --prompt "
+                                    "RUN/eval_<dataset>_<split>_<prompt name>-<hash>.json")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("zeroshot", help="zero-shot CLIP accuracy", epilog=EPILOG,

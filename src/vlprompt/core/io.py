@@ -29,6 +29,8 @@ _HINTS = {
     errno.ENOTDIR: "a file is in the way where a folder is needed; move it or choose another path",
     errno.EEXIST: "a file is in the way where a folder is needed; move it or choose another path",
     errno.EISDIR: "a folder is in the way where a file is needed; move it or choose another path",
+    errno.ELOOP: "a symbolic link loop is in the path (links that lead to each other); remove or fix the link, or "
+                 "choose another path",
 }
 
 
@@ -46,6 +48,14 @@ def ensure_dir(path: str | Path, what: str = "folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise VlpromptError(f"{what} '{path}' is a file, not a folder; move the file or choose another path.")
+    if path.is_symlink() and not path.exists():  # a symbolic link loop, or a link to nothing
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise write_error(path, exc, f"create {what}") from exc
+        raise VlpromptError(f"{what} '{path}' is a symbolic link to '{os.readlink(path)}', which does not exist; "
+                            "fix or remove the link, or choose another path.")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

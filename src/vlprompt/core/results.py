@@ -41,9 +41,24 @@ SWEEP_PROTOCOLS = ("fewshot", *PROTOCOLS, "ood", "unsupervised")
 
 
 def _number(value: Any, what: str) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:
+        raise ValueError(f"{what} must be a finite number, got an integer too large for a float")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
     return float(value)
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'{what}' must be non-empty text, got {type(value).__name__}")
+    return value
+
+
+def _integer(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        shown = type(value).__name__ if not isinstance(value, int) else "an integer out of range"
+        raise ValueError(f"'{what}' must be an integer within 64 bits, got {shown}")
+    return value
 
 
 def _accuracy_block(value: Any, what: str) -> dict[str, Any]:
@@ -95,12 +110,14 @@ class RunResult(Result):
     fit: dict[str, Any] | None = None  # what a fitted method chose (e.g. the C of a linear probe)
 
     def validate(self) -> None:
+        _text(self.method, "method")
+        _text(self.dataset, "dataset")
         _backbone(self.backbone)
         _accuracy_block(self.test, "test")
         if self.val is not None:
             _accuracy_block(self.val, "val")
-        if isinstance(self.shots, bool) or not isinstance(self.shots, int):
-            raise ValueError(f"'shots' must be an integer, got {self.shots!r}")
+        _integer(self.shots, "shots")
+        _integer(self.seed, "seed")
 
     @property
     def accuracy(self) -> float:
@@ -210,7 +227,7 @@ def from_dict(cls: type[R], data: Any, *, source: str = "result") -> R:
     try:
         record = cls(**kwargs)
         record.validate()
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # overflow: an int too large for float
         raise DataError(f"{source}: not a valid {cls.kind} result ({exc})") from exc
     return record
 
@@ -235,4 +252,7 @@ def read_result(path: str | Path, cls: type[R]) -> R:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"result file '{path}' is not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting deeper than Python's stack
+        what = "is nested too deeply" if isinstance(exc, RecursionError) else f"holds an unreadable value ({exc})"
+        raise DataError(f"result file '{path}' {what}; not a result file vlprompt wrote") from exc
     return from_dict(cls, data, source=f"result file '{path}'")

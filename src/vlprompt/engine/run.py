@@ -89,33 +89,37 @@ class RunLock:
     workers), so only this process holds it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shared: bool = False, busy: str | None = None, what: str = "run") -> None:
+        """``shared``: a shared lock (many holders, none exclusive); ``busy``: the error message when another
+        process holds it; ``what``: the lock's owner in other messages."""
         self.path = path
+        self.shared = shared
+        self.what = what
+        self.busy = busy or (f"run folder '{path.parent}' is in use by another vlprompt process; wait for it to "
+                             "finish or choose another train.output_dir.")
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        ensure_dir(self.path.parent, "run folder")
+        ensure_dir(self.path.parent, f"{self.what} folder")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
-            raise write_error(self.path, exc, "create the run lock") from exc
+            raise write_error(self.path, exc, f"create the {self.what} lock") from exc
         try:
             import fcntl
 
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except ImportError:  # pragma: no cover - non-POSIX: no locking
             pass
         except OSError as exc:
             os.close(fd)
-            raise VlpromptError(
-                f"run folder '{self.path.parent}' is in use by another vlprompt process; wait for it to "
-                "finish or choose another train.output_dir."
-            ) from exc
+            raise VlpromptError(self.busy) from exc
         _HELD_LOCKS.add(fd)
         self._fd = fd
-        with contextlib.suppress(OSError):  # the pid is only informative
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+        if not self.shared:
+            with contextlib.suppress(OSError):  # the pid is only informative
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -123,6 +127,26 @@ class RunLock:
             _HELD_LOCKS.discard(self._fd)
             os.close(self._fd)
             self._fd = None
+
+
+def lock_is_held(path: Path) -> bool:
+    """True while a process holds an exclusive :class:`RunLock` on ``path`` (a run training, a sweep running);
+    False when nobody does (or the file does not exist): its holder ended, however it ended."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - non-POSIX: no locking, nothing known
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's own shared lock
+    return False
 
 
 class _TqdmHandler(logging.Handler):

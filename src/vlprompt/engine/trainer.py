@@ -12,6 +12,14 @@ A run killed at any point and restarted with ``resume=True`` continues from its 
 checkpoint (learned tensors, optimiser momentum, RNG states) and ends with the same prompt as an
 uninterrupted run on the same device and seed.
 
+Resumed with a larger budget (``optim.max_epoch``, or ``optim.iterations``), a run (finished or not) is
+trained on from its last checkpoint to the new number of epochs: optimiser momentum and RNG states continue,
+and the learning-rate schedule (:func:`~vlprompt.engine.optim.lr_at_epoch`, a function of the epoch and the
+total) is the one of the new total from the next epoch on (epochs already trained keep the rates they had;
+with a 1-epoch warm-up, a 1-epoch run trained on to 3 epochs equals a 3-epoch run). The log says
+``optim.max_epoch changed from 1 to 3: training epochs 2-3``; prompt and metrics are rewritten with the new
+total. A budget smaller than the epochs already trained is refused and changes nothing.
+
 Launched by ``torchrun`` (``WORLD_SIZE > 1``) the same function trains data-parallel: every rank
 takes its slice of each global batch, gradients are averaged over the global batch
 (:mod:`vlprompt.engine.distributed`), and rank 0 alone evaluates and writes the run folder.
@@ -80,8 +88,11 @@ from vlprompt.methods.registry import build_method, get_method
 #: Config parts that must not change between a run and its resumption ...
 _RESUME_KEYS = ("method", "backbone", "data", "optim")
 #: ... except these, which a user changes to recover a run (a NaN stop: lower the learning rate) or to
-#: train it longer / shorter; the log says what changed.
+#: train it longer (a smaller budget than the epochs trained is refused: :func:`_check_budget`); the log says
+#: what changed.
 _RESUME_MAY_CHANGE = ("optim.lr", "optim.max_epoch", "optim.iterations")
+#: The options that set a run's training budget: a larger one trains a finished run on (see :func:`_check_budget`).
+_BUDGET_KEYS = ("optim.max_epoch", "optim.iterations")
 #: Options that say where files go, not what is computed: they may differ on resumption (a sweep's
 #: launcher points every run at a shared feature cache); not even logged.
 _RESUME_LOCATIONS = ("data.feature_cache_dir",)
@@ -192,15 +203,18 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | N
     ctx, device = init_distributed(resolve_device(cfg.train.device), timeout_min=cfg.train.dist_timeout_min)
     main_only(ctx, lambda: check_batch_size(ctx, cfg.optim.batch_size))  # before anything is written
     with contextlib.ExitStack() as stack:
-        finished, notes = main_only(ctx, lambda: _open_run(paths, cfg, resume, stack))
+        finished, notes, extending = main_only(ctx, lambda: _open_run(paths, cfg, resume, stack))
         if finished is not None:
             return finished
         console = cfg.train.progress and cfg.train.console_log
         log = make_logger(paths.log, console=console) if ctx.is_main else quiet_logger(ctx.rank)
+        budget_notes = [n for n in notes if _is_budget_note(n)]
         for note in notes:
-            log.warning(note)
+            if note not in budget_notes:  # budget changes: logged with the epochs they train (_check_budget)
+                log.warning(note)
         try:
-            return _train(cfg, paths, resume, backbone, log, ctx, device)
+            return _train(cfg, paths, resume, backbone, log, ctx, device, budget_notes=budget_notes,
+                          extending=extending)
         except VlpromptError as exc:
             if ctx.is_main and not list_checkpoints(paths.checkpoints) and not paths.metrics.exists():
                 exc.args = (f"{user_message(exc)} (Run folder '{paths.root}' holds no checkpoint yet, only its config "
@@ -210,25 +224,65 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | N
             close_logger(log)
 
 
+def _is_budget_note(note: str) -> bool:
+    """``note`` ("optim.max_epoch changed from 1 to 3") is about an option of the training budget."""
+    return note.split(" ", 1)[0] in _BUDGET_KEYS
+
+
 def _open_run(paths: RunPaths, cfg: ExperimentConfig, resume: bool,
-              stack: contextlib.ExitStack) -> tuple[dict | None, list[str]]:
-    """Check and lock the run folder (held until ``stack`` closes), save the config; the metrics of an
-    already finished run being resumed (else None) and notes on changed options. Rank 0 only."""
+              stack: contextlib.ExitStack) -> tuple[dict | None, list[str], dict | None]:
+    """Check and lock the run folder (held until ``stack`` closes), save the config of a new run. Rank 0 only.
+
+    Returns the metrics of a finished run resumed with the same training budget (the result as it is; else
+    None), notes on changed options, and the metrics of a finished run resumed with another budget (trained
+    on to it, or refused, by :func:`_check_budget`; else None). A resumed run's config is saved by
+    :func:`_train` once its budget is checked, so that a refused resumption changes nothing.
+    """
     notes = _check_run_folder(paths, cfg, resume)
     ensure_dir(paths.root, "run folder (option train.output_dir)")
     stack.enter_context(RunLock(paths.lock))
+    extending = None
     if resume and paths.metrics.exists():
         metrics = _read_finished_metrics(paths)
-        if metrics is not None:
-            return metrics, []
-        notes.append(f"warning: '{paths.metrics}' is unreadable or not a run's metrics; finishing the run again "
-                     "from its checkpoints")
-    atomic_write_text(paths.config, cfg.to_yaml())
-    return None, notes
+        if metrics is None:
+            notes.append(f"warning: '{paths.metrics}' is unreadable or not a run's metrics; finishing the run "
+                         "again from its checkpoints")
+        elif not any(_is_budget_note(n) for n in notes):
+            return metrics, [], None
+        else:
+            extending = metrics
+    if not (resume and paths.config.exists()):
+        atomic_write_text(paths.config, cfg.to_yaml())
+    return None, notes, extending
+
+
+def _check_budget(paths: RunPaths, cfg: ExperimentConfig, max_epoch: int, start_epoch: int,
+                  extending: dict[str, Any] | None, restored: bool) -> None:
+    """Refuse a resumption whose budget (``max_epoch`` epochs) is smaller than what the run has trained, or
+    that would train a finished run on without a checkpoint to continue from (its result is kept)."""
+    budget = (f"optim.iterations={cfg.optim.iterations} ({max_epoch} epochs)" if cfg.optim.iterations is not None
+              else f"optim.max_epoch={max_epoch}")
+    if extending is not None and not restored:
+        raise VlpromptError(
+            f"cannot train '{paths.root}' on to {budget}: none of its checkpoints ({paths.checkpoints}) is usable, "
+            "so there is nothing to continue from; its finished result is kept. Train a new run in another folder. "
+            "Nothing was changed."
+        )
+    finished = extending.get("epochs") if extending is not None else None
+    done = max(start_epoch, finished if isinstance(finished, int) and not isinstance(finished, bool) else 0)
+    if max_epoch < done:
+        raise VlpromptError(
+            f"cannot resume '{paths.root}' with {budget}: it has already trained {done} epochs and a run cannot be "
+            f"shortened. Resume with a budget of at least {done} epochs (e.g. --set optim.max_epoch={done}), or "
+            "start a new run in another folder. Nothing was changed."
+        )
 
 
 def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backbone | None,
-           log: Any, ctx: DistContext = SINGLE, device: torch.device | None = None) -> dict[str, Any]:
+           log: Any, ctx: DistContext = SINGLE, device: torch.device | None = None, *,
+           budget_notes: Sequence[str] = (), extending: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run itself (after :func:`_open_run`); ``budget_notes``: changes of the training budget on resumption,
+    ``extending``: the metrics of a finished run resumed with another budget."""
     device = resolve_device(cfg.train.device) if device is None else device
     progress = cfg.train.progress and ctx.is_main
     seed_everything(cfg.train.seed)
@@ -261,18 +315,31 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backb
         log.info(f"data parallel: {ctx.world_size} processes ({device.type}), global batch {cfg.optim.batch_size} "
                  f"= {ctx.world_size} x {cfg.optim.batch_size // ctx.world_size}")
     if not caps.uses_sgd:  # fitted only: no epochs, no optimiser, no checkpoints
+        if resume:
+            main_only(ctx, lambda: atomic_write_text(paths.config, cfg.to_yaml()))
         return main_only(ctx, lambda: _finish(method, data, backbone, cfg, device, paths, log, [], 0, 0.0, fit_info))
     optimizer = build_optimizer(params, cfg.optim)
     steps_per_epoch = len(train_batches(len(data.train), cfg.optim.batch_size))  # every loader's sampler
     max_epoch = epochs_for(cfg.optim, cfg.data.dataset, cfg.data.shots, steps_per_epoch)
 
-    start_epoch, history = 0, []
+    start_epoch, history, earlier_time = 0, [], 0.0
     if resume:  # every rank reads the same newest good checkpoint (rank 0's RNG states)
         state = resume_training_state(paths.checkpoints, method, optimizer, log=log.warning)
         if state is not None:
             start_epoch, meta = state
             history = list(meta.get("history", []))[:start_epoch]
             log.info(f"resumed from epoch {start_epoch} ({len(history)} epochs done)")
+        _check_budget(paths, cfg, max_epoch, start_epoch, extending, restored=state is not None)
+        if budget_notes:  # the schedule (lr_at_epoch) follows the new budget from the next epoch on
+            what = (f"training epoch {max_epoch}" if start_epoch + 1 == max_epoch
+                    else f"training epochs {start_epoch + 1}-{max_epoch}" if start_epoch < max_epoch
+                    else f"nothing more to train ({start_epoch} epochs done)")
+            log.info(f"{'; '.join(budget_notes)}: {what}")
+        main_only(ctx, lambda: atomic_write_text(paths.config, cfg.to_yaml()))
+        if extending is not None:
+            if start_epoch >= max_epoch:  # the same number of epochs (e.g. another iterations count)
+                return extending
+            earlier_time = float(extending.get("train_time_s") or 0.0)
 
     train_loader = _train_loader(method, data, backbone, cfg, device, ctx, progress)
     loss_fn = _loss_step(method, cfg.train.compile)
@@ -311,7 +378,7 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backb
         if after:
             log.info(f"after training: {fit_summary(after)}")
         fit_info.update(after)
-    train_time = round(time.time() - t0, 2)
+    train_time = round(time.time() - t0 + earlier_time, 2)
     return main_only(ctx, lambda: _finish(method, data, backbone, cfg, device, paths, log, history, max_epoch,
                                           train_time, fit_info))
 

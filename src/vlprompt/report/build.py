@@ -87,8 +87,8 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         paper_file: a paper-results JSON of one's own (default: the shipped ``paper_results.json``).
 
     Returns:
-        ``markdown`` (the text of report.md), ``files`` (the report files written) and everything
-        report.json holds.
+        ``markdown`` (the text of report.md), ``files`` (the report files written), ``warnings`` (one line for
+        each file left out: unreadable or malformed) and everything report.json holds.
     """
     root = Path(root)
     if not root.is_dir():
@@ -96,9 +96,11 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
     out = Path(output) if output else root
     paper = _paper_entries(papers, paper_file)
     skipped: list[str] = []
-    groups = collect_fewshot(root)
-    protocols = collect_protocols(root, skipped)
-    ood = collect_ood(root, skipped)
+    reasons: dict[str, str] = {}
+    groups = collect_fewshot(root, skipped, reasons)
+    protocols = collect_protocols(root, skipped, reasons)
+    ood = collect_ood(root, skipped, reasons)
+    warnings = [f"warning: skipped {reasons.get(p, repr(p))}; the other results are reported" for p in skipped]
     if not groups and not protocols and not ood:
         raise VlpromptError(f"no finished runs (metrics.json), protocol results (*_results.json) or OOD results "
                             f"(ood_results.json) found under '{root}'")
@@ -158,4 +160,4 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
                "plots": [str(p) for p in plots], "ignored": skipped,
                "tables": [t.to_json() for t in shown] + [{**t.to_json(), "csv": name} for name, t in csv_files.items()]}
     atomic_write_json(out / "report.json", summary)
-    return {"markdown": text, "files": [str(f) for f in files], **summary}
+    return {"markdown": text, "files": [str(f) for f in files], "warnings": warnings, **summary}

@@ -9,10 +9,11 @@ including files written before the schema: format 0):
 * ``ood_results.json`` -> :class:`~vlprompt.core.results.OodResult`, grouped by (method, backbone, ID
   dataset, shots); the per-image ``ood_scores.json`` next to it is read by :func:`load_ood_scores`.
 
-Protocol and OOD files that cannot be read or are not such a record are noted in ``skipped`` (listed at
-the end of the report); a ``metrics.json`` that is not a finished run's is passed over silently (run
-folders may hold other ``metrics.json`` files). What a method is (trainable, unsupervised) comes from
-its registered capabilities (:func:`method_capabilities`), never from its name.
+A file that cannot be read or is not such a record (also a malformed ``metrics.json``: a method given as a
+mapping, a number too large for a float, a null dataset, JSON nested too deeply) is noted in ``skipped``
+(listed at the end of the report) with the reason in ``reasons``; ``vlprompt report`` prints one warning
+for each and reports the rest. What a method is (trainable, unsupervised) comes from its registered
+capabilities (:func:`method_capabilities`), never from its name.
 """
 
 from __future__ import annotations
@@ -55,14 +56,25 @@ def _model(backbone: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------ few-shot
-def collect_fewshot(root: Path) -> dict[FewKey, list[float]]:
-    """(method, backbone, dataset, shots) -> test accuracies of every seed found (``metrics.json``)."""
+def _skip(path: Path, exc: Exception, skipped: list[str] | None, reasons: dict[str, str] | None) -> None:
+    """Note ``path`` (left out of the report) and why."""
+    if skipped is not None:
+        skipped.append(str(path))
+    if reasons is not None:
+        reasons[str(path)] = str(exc) if str(path) in str(exc) else f"'{path}': {exc}"
+
+
+def collect_fewshot(root: Path, skipped: list[str] | None = None,
+                    reasons: dict[str, str] | None = None) -> dict[FewKey, list[float]]:
+    """(method, backbone, dataset, shots) -> test accuracies of every seed found (``metrics.json``); a file
+    that is not a finished run's metrics is noted in ``skipped`` / ``reasons`` and left out."""
     groups: dict[FewKey, list[float]] = defaultdict(list)
     for path in sorted(root.rglob("metrics.json")):
         try:
             run = read_result(path, RunResult)
-        except DataError:
-            continue  # not a finished run's metrics
+        except DataError as exc:
+            _skip(path, exc, skipped, reasons)
+            continue
         groups[(run.method, _model(run.backbone), run.dataset, run.shots)].append(run.accuracy)
     return dict(groups)
 
@@ -83,15 +95,15 @@ class ProtocolRow:
     datasets: list[str] | None = None  # the datasets an ``average`` row averages
 
 
-def collect_protocols(root: Path, skipped: list[str]) -> list[ProtocolRow]:
+def collect_protocols(root: Path, skipped: list[str], reasons: dict[str, str] | None = None) -> list[ProtocolRow]:
     """Every ``<kind>_results.json`` below ``root``, in protocol order then path order."""
     found = []
     for kind in PROTOCOLS:
         for path in sorted(root.rglob(f"{kind}_results.json")):
             try:
                 r = read_result(path, ProtocolResult)
-            except DataError:
-                skipped.append(str(path))
+            except DataError as exc:
+                _skip(path, exc, skipped, reasons)
                 continue
             cols = [str(c) for c in r.columns]
             summary = {c: (float(r.summary[c]["mean"]), float(r.summary[c]["std"])) for c in cols}
@@ -157,17 +169,17 @@ def ood_name(key: OodKey) -> str:
     return "|".join(key[:3]) + ("" if key[3] is None else f"|{key[3]}shots")
 
 
-def collect_ood(root: Path, skipped: list[str]) -> dict[OodKey, list[OodRun]]:
+def collect_ood(root: Path, skipped: list[str], reasons: dict[str, str] | None = None) -> dict[OodKey, list[OodRun]]:
     """(method, backbone, ID dataset, shots) -> the ``ood_results.json`` of each seed, lowest seed first."""
     groups: dict[OodKey, list[OodRun]] = defaultdict(list)
     for path in sorted(root.rglob("ood_results.json")):
         try:
             r = read_result(path, OodResult)
-        except DataError:
-            skipped.append(str(path))
+        except DataError as exc:
+            _skip(path, exc, skipped, reasons)
             continue
         if not (r.method and r.id_dataset):
-            skipped.append(str(path))
+            _skip(path, ValueError("no 'method' or 'id_dataset'"), skipped, reasons)
             continue
         key = (str(r.method), _model(r.backbone), str(r.id_dataset), _ood_shots(r, path, root))
         groups[key].append(OodRun(r, str(path.parent)))

@@ -42,6 +42,7 @@ from vlprompt.tasks.sweep_jobs import (
     prepare_shared,
     shard_jobs,
     summary_file,
+    sweep_lock,
 )
 
 LAUNCHERS = ("slurm", "local")
@@ -225,6 +226,13 @@ def launch_sweep(sw: Any, opts: LaunchOptions, *, shard: tuple[int, int] | None 
     if opts.gpus_per_run > 1 and sw.protocol in ("base2new", "dg", "xd"):
         raise ConfigError(f"--gpus-per-run > 1 trains one run on several GPUs; protocol {sw.protocol} runs its "
                           "seeds inside one job and evaluates between them: use --gpus-per-run 1")
+    with sweep_lock(sw.output_dir, shard):  # one launcher per sweep folder (or shard); `--status` reads the lock
+        return _launch(sw, opts, shard, log, on_poll)
+
+
+def _launch(sw: Any, opts: LaunchOptions, shard: tuple[int, int] | None, log: Any,
+            on_poll: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """:func:`launch_sweep` once the sweep folder (or shard) is locked."""
     jobs = plan_jobs(sw)
     if shard:
         jobs = shard_jobs(jobs, *shard)

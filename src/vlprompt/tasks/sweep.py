@@ -199,10 +199,18 @@ def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, sh
 def run_sweep(sw: Sweep, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Run (or resume) every job of :func:`~vlprompt.tasks.sweep_jobs.plan_jobs` in order, each through
     :func:`~vlprompt.tasks.sweep_jobs.execute_job`; returns ``{"done", "skipped", "failed": [...]}``."""
-    from vlprompt.tasks.sweep_jobs import execute_job, plan_jobs
+    from vlprompt.tasks.sweep_jobs import sweep_lock
 
     if sw.protocol in ("dg", "xd", "ood") and not sw.targets:
         raise ConfigError(f"sweep protocol {sw.protocol} needs 'targets' (the target / OOD datasets)")
+    with sweep_lock(sw.output_dir):  # one sweep at a time in a folder: a second one is refused at once
+        return _run_sweep(sw, progress, log)
+
+
+def _run_sweep(sw: Sweep, progress: bool, log: Any) -> dict[str, Any]:
+    """:func:`run_sweep` once the sweep folder is locked."""
+    from vlprompt.tasks.sweep_jobs import execute_job, plan_jobs
+
     summary: dict[str, Any] = {"sweep": sw.name, "protocol": sw.protocol, "done": 0, "skipped": 0, "failed": []}
     bar = tqdm(plan_jobs(sw), desc=f"sweep {sw.name}", disable=not progress, unit="run")
     try:

@@ -17,7 +17,14 @@ file lock so parallel shards never compute it twice:
 
 Each launcher (or shard) keeps a state file in the sweep folder, ``sweep_state.json`` (or
 ``sweep_state.shard-<i>-of-<N>.json``): for every run its status (``done``, ``running``, ``failed``,
-``pending``), job id, attempts, and the log path of a failure. :func:`sweep_status` merges all of them.
+``pending``), job id, attempts, and the log path of a failure. :func:`sweep_status` merges all of them;
+a run a local launcher or a shard left ``running`` when it ended (killed, terminated) shows as
+``interrupted``; a damaged state file is left out with a warning.
+
+One sweep at a time per folder (:func:`sweep_lock`): the sequential sweep and a launcher hold an
+exclusive ``flock`` on ``<output_dir>/.sweep.lock``; a shard holds it shared (shards of one sweep run in
+parallel) and its own ``.sweep.shard-<i>-of-<N>.lock`` exclusively. A second sweep on a folder in use is
+refused at once; the locks die with their process, however it ends.
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json
 
 STATE_PREFIX = "sweep_state"
-STATUSES = ("done", "running", "failed", "pending")
+STATUSES = ("done", "running", "failed", "pending", "interrupted")
+#: Launchers whose processes run on this machine: their locks say whether they still run.
+_LOCAL_LAUNCHERS = ("local", "shard")
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N`` (``i`` is e.g. ``$SLURM_ARRAY_TASK_ID`` of ``--array=0-(N-1)``)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
-        raise ConfigError(f"--shard must be i/N with 0 <= i < N (e.g. --shard $SLURM_ARRAY_TASK_ID/8), got {text!r}")
+        got = repr(text) if (text or "").strip() else "an empty value (an unset variable?)"
+        raise ConfigError(f"--shard must be i/N with 0 <= i < N (e.g. --shard $SLURM_ARRAY_TASK_ID/8), got {got}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -110,6 +120,33 @@ def state_file(output_dir: Path, shard: tuple[int, int] | None = None) -> Path:
 def summary_file(output_dir: Path, shard: tuple[int, int] | None = None) -> Path:
     suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
     return Path(output_dir) / f"sweep_summary{suffix}.json"
+
+
+def lock_file(output_dir: Path, shard: tuple[int, int] | None = None) -> Path:
+    """The lock of the whole sweep (``None``) or of one shard, held while it runs (:func:`sweep_lock`)."""
+    suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
+    return Path(output_dir) / f".sweep{suffix}.lock"
+
+
+@contextlib.contextmanager
+def sweep_lock(output_dir: str | Path, shard: tuple[int, int] | None = None) -> Iterator[None]:
+    """Hold the sweep folder for one sweep (or shard ``(i, N)``) while it runs; another sweep on it is refused.
+
+    The whole sweep (sequential, or a launcher without ``--shard``) locks the folder exclusively; a shard
+    locks it shared and its own shard lock exclusively, so shards of one sweep run in parallel but never
+    beside the whole sweep or the same shard twice.
+    """
+    from vlprompt.engine.run import RunLock
+
+    out = Path(output_dir)
+    where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
+    busy = (f"sweep folder '{out}' is in use by another vlprompt sweep{where}; wait for it to finish (`vlprompt "
+            "sweep SWEEP.yaml --status` shows its runs) or choose another output folder (-o). Nothing was changed.")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(RunLock(lock_file(out), shared=shard is not None, busy=busy, what="sweep"))
+        if shard is not None:
+            stack.enter_context(RunLock(lock_file(out, shard), busy=busy, what="sweep"))
+        yield
 
 
 # ------------------------------------------------------------------------------------ one job
@@ -270,8 +307,8 @@ class SweepState:
         self.path = state_file(sw.output_dir, shard)
         self.header = {"sweep": sw.name, "protocol": sw.protocol, "launcher": launcher,
                        "shard": f"{shard[0]}/{shard[1]}" if shard else None}
-        old = _read(self.path)
-        self.runs: dict[str, dict[str, Any]] = dict(old.get("runs", {})) if isinstance(old, dict) else {}
+        old, _ = read_state(self.path)  # a damaged state file is started afresh (the result files say what is done)
+        self.runs: dict[str, dict[str, Any]] = dict(old["runs"]) if old is not None else {}
 
     def set(self, job: SweepJob, sw: Any, status: str, **fields: Any) -> dict[str, Any]:
         entry = self.runs.setdefault(job.run_id, {})
@@ -287,36 +324,75 @@ class SweepState:
                                       "counts": counts, "runs": self.runs})
 
 
-def _read(path: Path) -> Any:
+def read_state(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A state file's content (``runs``: run id -> entry with a known ``status`` and a ``folder``), or None and
+    what is wrong with it (unreadable, not JSON, ``runs`` not a mapping, an entry without a folder, ...)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, f"not readable as JSON ({type(exc).__name__})"
+    if not isinstance(data, dict):
+        return None, f"a JSON {type(data).__name__}, not an object"
+    runs = data.get("runs", {})
+    if not isinstance(runs, dict):
+        return None, f"'runs' is a {type(runs).__name__}, not a mapping"
+    for run_id, entry in runs.items():
+        if not isinstance(entry, dict):
+            return None, f"the entry of run '{run_id}' is a {type(entry).__name__}, not a mapping"
+        if entry.get("status") not in STATUSES:
+            return None, f"run '{run_id}' has an unknown status {entry.get('status')!r}"
+        if not isinstance(entry.get("folder"), str):
+            return None, f"the 'folder' of run '{run_id}' is a {type(entry.get('folder')).__name__}, not text"
+    return data, None
+
+
+def _state_lock(path: Path) -> Path:
+    """The lock held by the launcher or shard that writes state file ``path``."""
+    m = re.fullmatch(re.escape(STATE_PREFIX) + r"\.shard-(\d+)-of-(\d+)\.json", path.name)
+    return lock_file(path.parent, (int(m.group(1)), int(m.group(2))) if m else None)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def sweep_status(output_dir: str | Path) -> dict[str, Any]:
     """Merge every state file of a sweep folder (all launchers and shards) into one view.
 
     A run whose result file exists is ``done`` whatever the state files say; otherwise the entry of the
-    most recently written state file counts. Returns ``{"files", "counts", "runs"}``.
+    most recently written state file counts. A run left ``running`` by a local launcher or a shard that no
+    longer runs (its sweep lock is free) and that no process trains (its run lock is free) is
+    ``interrupted``. A damaged state file is left out, with a line in ``warnings``. Returns ``{"files",
+    "counts", "runs", "warnings"}``.
     """
+    from vlprompt.engine.run import RunPaths, lock_is_held
+
     root = Path(output_dir)
-    files = sorted(root.glob(f"{STATE_PREFIX}*.json"), key=lambda p: p.stat().st_mtime)
     runs: dict[str, dict[str, Any]] = {}
-    for path in files:
-        data = _read(path)
-        if not isinstance(data, dict):
+    files, warnings = [], []
+    for path in sorted(root.glob(f"{STATE_PREFIX}*.json"), key=_mtime):
+        data, problem = read_state(path)
+        if data is None:
+            warnings.append(f"sweep state file '{path}' is damaged ({problem}); it is left out of this status. "
+                            "Rerun the sweep (the same command) to rewrite it, or delete it: finished runs are "
+                            "found from their result files")
             continue
-        for run_id, entry in (data.get("runs") or {}).items():
-            if isinstance(entry, dict):
-                runs[run_id] = {**entry, "state_file": path.name}
+        files.append(path)
+        gone = data.get("launcher") in _LOCAL_LAUNCHERS and not lock_is_held(_state_lock(path))
+        for run_id, entry in data["runs"].items():
+            runs[run_id] = {**entry, "state_file": path.name}
+            if gone and entry["status"] == "running" and not lock_is_held(RunPaths(Path(entry["folder"])).lock):
+                runs[run_id]["status"] = "interrupted"
     for entry in runs.values():
-        folder = Path(entry.get("folder", ""))
+        folder = Path(entry["folder"])
         if any((folder / f).exists() for f in ("metrics.json", "ood/ood_results.json")) or \
                 any(folder.glob("*_results.json")):
             entry["status"] = "done"
     counts = {s: sum(1 for r in runs.values() if r.get("status") == s) for s in STATUSES}
-    return {"files": [p.name for p in files], "counts": counts, "runs": runs}
+    return {"files": [p.name for p in files], "counts": counts, "runs": runs, "warnings": warnings}
 
 
 # ------------------------------------------------------------------------------------ a shard, in-process
@@ -328,6 +404,12 @@ def run_shard(sw: Any, shard: tuple[int, int], *, log: Any = print) -> dict[str,
     """
     if sw.protocol in ("dg", "xd", "ood") and not sw.targets:
         raise ConfigError(f"sweep protocol {sw.protocol} needs 'targets' (the target / OOD datasets)")
+    with sweep_lock(sw.output_dir, shard):
+        return _run_shard(sw, shard, log)
+
+
+def _run_shard(sw: Any, shard: tuple[int, int], log: Any) -> dict[str, Any]:
+    """:func:`run_shard` once its lock is held."""
     jobs = shard_jobs(plan_jobs(sw), *shard)
     state = SweepState(sw, "shard", shard)
     summary: dict[str, Any] = {"sweep": sw.name, "protocol": sw.protocol, "shard": f"{shard[0]}/{shard[1]}",
