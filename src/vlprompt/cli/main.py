@@ -122,10 +122,13 @@ def _prompt_tag(prompt: Path, own: Path) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from vlprompt.config import load_config
+    from vlprompt.core.deploy import refuse_exported
     from vlprompt.engine.run import RunPaths
     from vlprompt.engine.trainer import load_run_config
     from vlprompt.tasks.api import evaluate
 
+    if args.prompt:
+        refuse_exported(args.prompt, "eval")
     if args.run:
         paths = RunPaths(Path(args.run))
         cfg = load_run_config(paths.root, _overrides(args))
@@ -158,7 +161,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vlprompt.tasks.api import predict
+    from vlprompt.tasks.api import duplicate_names, predict
 
     if args.topk < 1:
         raise VlpromptError(f"--topk must be at least 1, got {args.topk}")
@@ -171,10 +174,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise VlpromptError(f"cannot read class-name file '{path}' (option --classnames): {exc}") from exc
-        classnames = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        numbered = [(i, ln.strip()) for i, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
+        classnames = [name for _, name in numbered]
         if not classnames:
             raise VlpromptError(f"class-name file '{path}' (option --classnames) lists no class names; write one "
                                 "class name per line")
+        dups = duplicate_names(classnames)
+        if dups:
+            where = [f"{name!r} on lines {' and '.join(str(numbered[i][0]) for i in pos)}"
+                     for name, pos in list(dups.items())[:5]]
+            more = f" (and {len(dups) - 5} more)" if len(dups) > 5 else ""
+            raise VlpromptError(f"class-name file '{path}' (option --classnames) lists the same class name more "
+                                f"than once: {'; '.join(where)}{more}; class names must be distinct")
     results = predict(args.prompt, args.images, topk=args.topk, classnames=classnames, device=args.device,
                       device_option="--device")
     for r in results:
@@ -189,9 +200,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_interpret(args: argparse.Namespace) -> int:
+    from vlprompt.core.deploy import refuse_exported
     from vlprompt.engine.checkpoint import load_prompt
     from vlprompt.methods.coop.interpret import nearest_words
 
+    refuse_exported(args.prompt, "interpret")
     method = load_prompt(args.prompt)
     ctx = getattr(method, "ctx", None)
     if ctx is None:
@@ -264,9 +277,12 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
+    from vlprompt.core.deploy import refuse_exported
     from vlprompt.engine.run import RunPaths
     from vlprompt.tasks.ood import ood_evaluate
 
+    if args.prompt:
+        refuse_exported(args.prompt, "ood")
     prompt = Path(args.prompt) if args.prompt else (RunPaths(Path(args.run)).prompt if args.run else None)
     if args.run and not args.config:
         args.config = str(RunPaths(Path(args.run)).config)
@@ -490,10 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_zeroshot)
 
     p = sub.add_parser("predict", help="classify images with a learned prompt",
-                       description="Top-k classes for image files / folders with a learned prompt file.")
+                       description="Top-k classes for image files / folders with a learned prompt file, or with a "
+                                   "classifier written by `vlprompt export` (docs/deploy.md).",
+                       epilog="A TorchScript file (.pt / .ts) runs code when it is loaded: load only files you "
+                              "exported (or trust).")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--prompt", "-p", required=True,
-                   help="prompt file (.safetensors) from `vlprompt train`, or a classifier from `vlprompt export`")
+                   help="prompt file (.safetensors) from `vlprompt train`, or a classifier from `vlprompt export` "
+                        "(.onnx; .pt / .ts TorchScript, which runs code when loaded: load only files you exported)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--classnames", help="text file with one class name per line (unified prompts only)")
     p.add_argument("--device", default="auto")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.build import build_backbone
@@ -112,15 +113,60 @@ def collect_images(inputs: list[str]) -> list[str]:
     return files
 
 
+#: With more class names than this, ``predict`` computes their text features this many classes at a time
+#: (bounded memory; the text features of a class do not depend on the other classes) with a progress bar.
+CLASS_CHUNK = 1024
+
+
+def duplicate_names(names: list[str]) -> dict[str, list[int]]:
+    """Names listed more than once -> their positions (0-based), in order of first appearance."""
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        seen.setdefault(name, []).append(i)
+    return {name: where for name, where in seen.items() if len(where) > 1}
+
+
+def _text_in_chunks(prompt: str | Path, backbone: Backbone | None, classnames: list[str], dev: torch.device,
+                    progress: bool) -> tuple[PromptMethod, Tensor | None]:
+    """The method for ``classnames`` and its text features, computed ``CLASS_CHUNK`` classes at a time.
+
+    Returns the method built for the last chunk (its ``logits`` take the concatenated text features) and
+    the text features ``[..., n_cls, E]``; an image-conditional method is built for all classes at once
+    (text ``None``: its text features depend on the image).
+    """
+    from tqdm.auto import tqdm
+
+    from vlprompt.engine.checkpoint import check_classnames_match, read_prompt
+
+    check_classnames_match(read_prompt(prompt)[1], classnames, prompt, allow_new_classes=True)
+    parts: list[Tensor] = []
+    method = None
+    with tqdm(total=len(classnames), desc="class texts", unit="class", disable=not progress,
+              dynamic_ncols=True, mininterval=1.0) as bar:
+        for start in range(0, len(classnames), CLASS_CHUNK):
+            names = classnames[start : start + CLASS_CHUNK]
+            method = load_prompt(prompt, backbone, names, allow_new_classes=True, device=dev).to(dev).eval()
+            backbone = method.backbone
+            if method.image_conditional:
+                bar.close()
+                method = load_prompt(prompt, backbone, classnames, allow_new_classes=True, device=dev)
+                return method.to(dev).eval(), None
+            parts.append(method.text_features())
+            bar.update(len(names))
+    assert method is not None
+    return method, torch.cat(parts, dim=-2)  # the class dimension: [n_cls, E], or [N, n_cls, E] for UPL
+
+
 @torch.no_grad()
 def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames: list[str] | None = None,
             device: str = "auto", backbone: Backbone | None = None,
-            batch_size: int = 32, device_option: str = "device") -> list[dict[str, Any]]:
+            batch_size: int = 32, device_option: str = "device", progress: bool = True) -> list[dict[str, Any]]:
     """Classify image files with a learned prompt: ``[{"image", "top": [[class, probability], ...]}]``.
 
-    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes);
-    ``device_option`` names the device argument in errors (the CLI's ``--device``). ``prompt`` may also be
-    a classifier written by ``vlprompt export`` (``.onnx``, ``.pt`` / ``.ts``).
+    ``classnames`` replaces the prompt's classes (a unified prompt transfers to new classes); more than
+    ``CLASS_CHUNK`` of them are encoded in batches with a progress bar (``progress``). ``device_option``
+    names the device argument in errors (the CLI's ``--device``). ``prompt`` may also be a classifier
+    written by ``vlprompt export`` (``.onnx``, ``.pt`` / ``.ts``).
     """
     from vlprompt.core.deploy import exported_format
 
@@ -128,6 +174,12 @@ def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames:
         raise VlpromptError(f"topk must be a whole number >= 1, got {topk!r}")
     if classnames is not None and not classnames:
         raise VlpromptError("classnames is empty; give at least one class name (or None for the prompt's own)")
+    if classnames is not None:
+        dups = duplicate_names(list(classnames))
+        if dups:
+            name, where = next(iter(dups.items()))
+            raise VlpromptError(f"classnames lists {name!r} {len(where)} times (positions "
+                                f"{', '.join(map(str, where))}); class names must be distinct")
     if exported_format(prompt):
         if classnames is not None:
             raise VlpromptError(f"'{prompt}' is an exported classifier: its classes are fixed; export the prompt "
@@ -136,12 +188,16 @@ def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames:
 
         return predict_exported(prompt, images, topk=topk, batch_size=batch_size)
     dev = resolve_device(device, device_option)
-    method = load_prompt(prompt, backbone, classnames, allow_new_classes=classnames is not None, device=dev)
-    method = method.to(dev).eval()
+    if classnames is not None and len(classnames) > CLASS_CHUNK:
+        method, text = _text_in_chunks(prompt, backbone, list(classnames), dev, progress)
+    else:
+        method = load_prompt(prompt, backbone, classnames, allow_new_classes=classnames is not None, device=dev)
+        method = method.to(dev).eval()
+        text = None if method.image_conditional else method.text_features()
+    names = list(classnames) if classnames is not None else list(method.classnames)
     transform = method.backbone.eval_transform()
     files = collect_images(images)
-    text = None if method.image_conditional else method.text_features()
-    k = min(topk, method.n_cls)
+    k = min(topk, len(names))
     results = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
@@ -151,5 +207,5 @@ def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames:
         probs = logits.float().softmax(dim=-1)
         top_p, top_i = probs.topk(k, dim=-1)
         for f, ps, ids in zip(chunk, top_p.tolist(), top_i.tolist()):
-            results.append({"image": f, "top": [[method.classnames[i], round(p, 6)] for p, i in zip(ps, ids)]})
+            results.append({"image": f, "top": [[names[i], round(p, 6)] for p, i in zip(ps, ids)]})
     return results

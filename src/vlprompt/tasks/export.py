@@ -21,15 +21,23 @@ exporter's reason. ONNX export uses torch's ``torch.export``-based exporter (``d
 ``onnx`` and ``onnxscript``): the older TorchScript-based ONNX exporter cannot translate the fused
 attention of open_clip's ViT in eval mode. Every export is checked after writing: the exported file
 (onnxruntime on CPU, or ``torch.jit.load``) and vlprompt must give the same logits on random images.
+Files are written atomically (temporary file, fsync, rename) and carry the SHA-256 of their graph and
+weights next to the metadata (``vlprompt_sha256``; :func:`~vlprompt.core.deploy.onnx_checksum`,
+:func:`torchscript_checksum`), checked whenever they are loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,19 +47,26 @@ import torch
 from torch import Tensor, nn
 
 from vlprompt.core.deploy import (
+    CHECKSUM_KEY,
     CLASSIFIER_FORMAT,
     CLASSIFIER_VERSION,
     OnnxClassifier,
+    corrupted,
     exported_format,
+    onnx_checksum,
+    onnx_metadata_entry,
+    parse_metadata,
 )
 from vlprompt.core.errors import ConfigError, ModelError, VlpromptError
-from vlprompt.core.io import atomic_write_bytes
+from vlprompt.core.io import atomic_write_bytes, write_error
 from vlprompt.methods.base import PromptMethod
 
 FORMATS = ("onnx", "torchscript")
 #: Largest |logit difference| accepted between the exported file and vlprompt, relative to the logit scale
 #: (measured: ~1e-7 x scale on the tiny towers and the world model, fp32 on CPU).
 TOLERANCE = 1e-5
+#: ONNX models with more weight bytes than this keep them in a second file, ``NAME.onnx.data`` (protobuf's 2 GB limit).
+EXTERNAL_DATA_BYTES = 1_500_000_000
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -185,23 +200,82 @@ def _export_onnx(module: ExportedClassifier, example: Tensor, output: Path, meta
                                         output_names=["logits"], dynamic_shapes=shapes, verbose=False)
     except Exception as exc:  # torch.export / translation errors come in many classes
         raise _refuse(module.method, "ONNX", exc) from exc
+    n_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    if n_bytes > EXTERNAL_DATA_BYTES:
+        meta["external_data"] = f"{output.name}.data"
     program.model.metadata_props["vlprompt"] = json.dumps(meta)
     program.model.metadata_props["classnames"] = json.dumps(meta["classnames"])
-    n_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    tmp = output.with_name(f".{output.name}.tmp")
-    program.save(str(tmp), external_data=n_bytes > 1_500_000_000)  # protobuf's 2 GB limit
-    tmp.replace(output)
+    if n_bytes > EXTERNAL_DATA_BYTES:
+        _save_onnx_external(program, output, meta["external_data"])
+        return
+    data = program.model_proto.SerializeToString()
+    # the checksum of everything but the metadata, appended as one more metadata entry (not part of the sum)
+    atomic_write_bytes(output, data + onnx_metadata_entry(CHECKSUM_KEY, onnx_checksum(data)))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_onnx_external(program: Any, output: Path, data_name: str) -> None:
+    """Write a large model as ``output`` + ``output.parent / data_name`` (its weights), each fsynced and
+    renamed into place from a temporary folder next to them; on failure no temporary file is left."""
+    tmp = None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+        staged = tmp / output.name
+        program.save(str(staged), external_data=True)  # writes staged and tmp / f"{output.name}.data"
+        weights = tmp / data_name
+        data = staged.read_bytes()
+        checksum = onnx_checksum(data, weights)
+        _fsync(weights)
+        os.replace(weights, output.parent / data_name)
+        atomic_write_bytes(output, data + onnx_metadata_entry(CHECKSUM_KEY, checksum))
+    except OSError as exc:
+        raise write_error(output, exc) from exc
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _export_torchscript(module: ExportedClassifier, example: Tensor, output: Path, meta: dict[str, Any]) -> None:
     try:
         with _quiet():
             traced = torch.jit.trace(module, (example,), check_trace=False)
+            extra = {"vlprompt.json": json.dumps(meta)}
             buf = io.BytesIO()
-            torch.jit.save(traced, buf, _extra_files={"vlprompt.json": json.dumps(meta)})
+            torch.jit.save(traced, buf, _extra_files=extra)
+            # saved again with the checksum of the first archive (equal but for its extra files and id)
+            extra[CHECKSUM_KEY] = torchscript_checksum(buf.getvalue())
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf, _extra_files=extra)
     except Exception as exc:
         raise _refuse(module.method, "TorchScript", exc) from exc
     atomic_write_bytes(output, buf.getvalue())
+
+
+def _unsummed(name: str) -> bool:
+    """Archive entries outside the checksum: extra files (metadata, the checksum) and the per-save id."""
+    return "/extra/" in name or name.endswith(".data/serialization_id")
+
+
+def torchscript_checksum(archive: bytes | str | Path) -> str:
+    """SHA-256 (hex) of a TorchScript archive's code, constants and tensors: each entry's name and bytes in
+    name order, without the extra files and the per-save id. Reading an entry also checks its CRC-32
+    (:class:`zipfile.BadZipFile` when it does not match)."""
+    h = hashlib.sha256()
+    source = io.BytesIO(archive) if isinstance(archive, bytes) else archive
+    with zipfile.ZipFile(source) as z:
+        for name in sorted(n for n in z.namelist() if not _unsummed(n)):
+            with z.open(name) as f:
+                h.update(f"{name}|{z.getinfo(name).file_size}|".encode())
+                while chunk := f.read(1 << 24):
+                    h.update(chunk)
+    return h.hexdigest()
 
 
 def reference_logits(method: PromptMethod, images: np.ndarray) -> Tensor:
@@ -223,26 +297,45 @@ def reference_logits(method: PromptMethod, images: np.ndarray) -> Tensor:
 class TorchScriptClassifier(OnnxClassifier):
     """An exported TorchScript classifier (same interface as :class:`~vlprompt.core.deploy.OnnxClassifier`).
 
-    ``torch.jit.load`` reads TorchScript code and tensors, not Python pickles; load files you exported or trust.
+    The archive's checksum (when it has one) and metadata are checked before ``torch.jit.load``, the width
+    of the logits on every run. ``torch.jit.load`` reads TorchScript code and tensors, not Python pickles,
+    but that code runs: load files you exported or trust.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise VlpromptError(f"exported classifier '{path}' does not exist")
-        extra = {"vlprompt.json": ""}
+        try:
+            with zipfile.ZipFile(self.path) as z:
+                extra = {n.rsplit("/extra/", 1)[1]: n for n in z.namelist() if "/extra/" in n}
+                raw = z.read(extra["vlprompt.json"]) if "vlprompt.json" in extra else None
+                expected = z.read(extra[CHECKSUM_KEY]).decode("ascii", "replace") if CHECKSUM_KEY in extra else None
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:
+            raise VlpromptError(f"'{path}' is not a readable TorchScript file ({exc})") from exc
+        self._init_meta(parse_metadata(raw, self.path))
+        try:  # also checks each entry's CRC-32, in archives written before checksums existed too
+            actual = torchscript_checksum(self.path)
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:
+            raise corrupted(self.path, f"an entry of the archive does not match its checksum ({exc})") from exc
+        if expected is not None and actual != expected:
+            raise corrupted(self.path, "its code and weights do not match their checksum (SHA-256 in its metadata)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+                self.module = torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:
                 raise VlpromptError(f"'{path}' is not a readable TorchScript file ({exc})") from exc
-        raw = extra["vlprompt.json"]
-        self._init_meta(json.loads(raw.decode() if isinstance(raw, bytes) else raw or "{}"))
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.module(torch.from_numpy(np.ascontiguousarray(images))).numpy()
+
+    @staticmethod
+    def _reason(exc: Exception) -> str:
+        """The last line of a TorchScript error (the first one only says that the interpreter failed)."""
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        return lines[-1][:300] if lines else type(exc).__name__
 
 
 def open_exported(path: str | Path) -> OnnxClassifier:
