@@ -1,18 +1,69 @@
-"""Plugins: packages that register datasets, backbones or methods through an entry point.
+"""Extensions: the one list of built-ins, and packages that register more through an entry point.
 
-A plugin declares ``[project.entry-points."vlprompt.plugins"] name = "pkg.module:register"`` and its
-``register()`` calls the public registries (``register_dataset``, ``register_model_config_dir``,
-``register_pretrained``, ``register_method``). vlprompt's own synthetic world is such a plugin, so
-nothing in the library below it names it. Registries call :func:`load_plugins` before a look-up.
+Every extension (a method, a backbone family, a dataset reader) is declared once, where it is
+registered: importing its module runs its registration (``register_method``,
+``register_backbone_family``, ``register_dataset``). :data:`BUILTINS` lists the modules of vlprompt's
+own extensions, one line each, by kind; a registry calls :func:`load_extensions` with its kind before a
+look-up, which imports them and then runs the plugins.
+
+A plugin (an outside package) declares ``[project.entry-points."vlprompt.plugins"] name =
+"pkg.module:register"`` and its ``register()`` calls the same public registries (``register_method``,
+``register_backbone_family``, ``register_dataset``, ``register_model_config_dir``, ``register_pretrained``).
+vlprompt's own synthetic world is such a plugin, so nothing in the library below it names it.
+
+The modules are named as text and imported on demand, so this bottom layer imports nothing above it.
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from importlib.metadata import entry_points
 
 GROUP = "vlprompt.plugins"
 _state = {"loaded": False}
+
+#: vlprompt's built-in extensions by kind: the modules whose import registers them. A new built-in is one
+#: module plus one line here.
+BUILTINS: dict[str, tuple[str, ...]] = {
+    "backbone_families": (
+        "vlprompt.backbones.openclip",
+        "vlprompt.backbones.hf",
+    ),
+    "methods": (
+        "vlprompt.methods.zeroshot",
+        "vlprompt.methods.coop",
+        "vlprompt.methods.cocoop",
+        "vlprompt.methods.upl",
+        "vlprompt.methods.locoop",
+        "vlprompt.methods.kgcoop",
+        "vlprompt.methods.prograd",
+        "vlprompt.methods.linear_probe",
+        "vlprompt.methods.clip_adapter",
+        "vlprompt.methods.tip_adapter",
+        "vlprompt.methods.clip_lora",
+        "vlprompt.methods.ivlp",
+        "vlprompt.methods.maple",
+        "vlprompt.methods.promptsrc",
+    ),
+    "datasets": (
+        "vlprompt.data.coop_layouts",
+        "vlprompt.data.custom",
+    ),
+}
+_imported: set[str] = set()
+
+
+def load_extensions(kind: str) -> None:
+    """Import the built-in extensions of ``kind`` (a key of :data:`BUILTINS`), then every plugin, once per
+    process (idempotent, re-entrant: an extension's import may itself look up a registry)."""
+    if kind not in BUILTINS:
+        raise KeyError(f"unknown extension kind {kind!r}; known: {', '.join(BUILTINS)}")
+    if kind not in _imported:
+        _imported.add(kind)
+        for module in BUILTINS[kind]:
+            importlib.import_module(module)
+    load_plugins()
 
 
 def load_plugins() -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vlprompt.core.errors import DataError
-from vlprompt.core.plugins import load_plugins
+from vlprompt.core.plugins import load_extensions
 from vlprompt.data.types import DatasetSplits
 
 DatasetBuilder = Callable[..., DatasetSplits]
@@ -36,11 +36,8 @@ def register_dataset(name: str, *aliases: str) -> Callable[[DatasetBuilder], Dat
 
 
 def _ensure_builtin() -> None:
-    # Import the modules whose import registers the built-in readers.
-    import vlprompt.data.coop_layouts  # noqa: F401
-    import vlprompt.data.custom  # noqa: F401
-
-    load_plugins()  # plugins (e.g. the synthetic world) register their datasets
+    """Register the built-in readers (:data:`vlprompt.core.plugins.BUILTINS`) and the plugins' datasets."""
+    load_extensions("datasets")
 
 
 def list_datasets() -> list[str]:

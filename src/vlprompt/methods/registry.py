@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import ConfigError, ModelError
+from vlprompt.core.plugins import load_extensions
 from vlprompt.methods.base import MethodContext, PromptMethod
 
 
@@ -108,21 +109,8 @@ def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], 
 
 
 def _ensure_builtin() -> None:
-    """Import the built-in methods (each registers itself: one line per method)."""
-    import vlprompt.methods.clip_adapter
-    import vlprompt.methods.clip_lora
-    import vlprompt.methods.cocoop
-    import vlprompt.methods.coop
-    import vlprompt.methods.ivlp
-    import vlprompt.methods.kgcoop
-    import vlprompt.methods.linear_probe
-    import vlprompt.methods.locoop
-    import vlprompt.methods.maple
-    import vlprompt.methods.prograd
-    import vlprompt.methods.promptsrc
-    import vlprompt.methods.tip_adapter
-    import vlprompt.methods.upl
-    import vlprompt.methods.zeroshot  # noqa: F401
+    """Register the built-in methods (:data:`vlprompt.core.plugins.BUILTINS`) and the plugins' methods."""
+    load_extensions("methods")
 
 
 def list_methods() -> list[str]:
