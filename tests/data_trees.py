@@ -1,7 +1,8 @@
 """Build tiny on-disk datasets for tests, in every layout vlprompt reads.
 
 Images are small solid-colour squares (one colour per class, plus a little noise), so that a tiny
-model can tell the classes apart. All builders return the folder to pass as ``root``.
+model can tell the classes apart (the image writers of :mod:`vlprompt.data.tiny_trees`, which the
+datasets' own tiny-tree builders use too). All builders return the folder to pass as ``root``.
 
 The CoOp layouts are spelled out here independently of ``vlprompt.data.coop_layouts`` (they are
 what the tests check the readers against).
@@ -13,19 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (220, 40, 40),
-    (40, 180, 60),
-    (40, 80, 220),
-    (230, 200, 30),
-    (160, 50, 200),
-    (30, 200, 200),
-    (240, 130, 30),
-    (110, 110, 110),
-)
+from vlprompt.data.tiny_trees import class_color, write_class_images, write_image
 
 # registry name -> (dataset folder, image folder inside it, split file) as in CoOp's DATASETS.md
 SPLIT_JSON_DATASETS: dict[str, tuple[str, str, str]] = {
@@ -53,40 +42,6 @@ DG_DATASETS: dict[str, tuple[str, str]] = {
     "imagenet_a": ("imagenet-adversarial", "imagenet-a"),
     "imagenet_r": ("imagenet-rendition", "imagenet-r"),
 }
-
-
-def class_color(index: int) -> tuple[int, int, int]:
-    """A distinct RGB colour for class ``index``."""
-    if index < len(PALETTE):
-        return PALETTE[index]
-    rng = np.random.default_rng(index)
-    return tuple(int(v) for v in rng.integers(0, 256, size=3))  # type: ignore[return-value]
-
-
-def write_image(path: str | Path, color: Sequence[int], *, size: int = 8, seed: int = 0) -> Path:
-    """Write a ``size`` x ``size`` image of ``color`` plus noise (+-12); format from the suffix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    noise = rng.integers(-12, 13, size=(size, size, 3))
-    pixels = np.clip(np.asarray(color, dtype=np.int64)[None, None, :] + noise, 0, 255).astype(np.uint8)
-    Image.fromarray(pixels, mode="RGB").save(path)
-    return path
-
-
-def write_class_images(
-    folder: str | Path, class_index: int, count: int, *, prefix: str = "img", ext: str = ".jpg", size: int = 8
-) -> list[Path]:
-    """Write ``count`` images of class ``class_index``'s colour into ``folder``."""
-    return [
-        write_image(
-            Path(folder) / f"{prefix}_{i:03d}{ext}",
-            class_color(class_index),
-            size=size,
-            seed=1000 * class_index + i,
-        )
-        for i in range(count)
-    ]
 
 
 def make_imagefolder(

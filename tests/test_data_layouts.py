@@ -10,12 +10,8 @@ import pytest
 
 from vlprompt.core.errors import DataError
 from vlprompt.data.coop_layouts import DGSplits
-from vlprompt.data.registry import build_dataset
-from vlprompt.data.templates import (
-    IMAGENET_TEMPLATES_SELECT,
-    dataset_template,
-    get_templates,
-)
+from vlprompt.data.registry import build_dataset, get_dataset_info
+from vlprompt.data.templates import IMAGENET_TEMPLATES_SELECT, get_templates
 
 from data_trees import (
     DG_DATASETS,
@@ -304,9 +300,9 @@ def test_dg_errors(tmp_path):
 
 def test_dataset_templates_match_coop():
     for coop_name, template in COOP_TEMPLATES.items():
-        assert dataset_template(coop_name) == template
+        assert get_dataset_info(coop_name).template == template
         assert get_templates("dataset", coop_name) == [template]
-    assert dataset_template("imagefolder") == "a photo of a {}."
+    assert get_dataset_info("imagefolder").template == "a photo of a {}."
 
 
 def test_imagenet_select_like_zeroshotclip2():

@@ -5,8 +5,8 @@ the matching ``datasets/*.py`` of CoOp does:
 
 * the 9 datasets that ship a ``split_zhou_*.json`` file (Caltech101, OxfordPets, StanfordCars,
   OxfordFlowers, Food101, SUN397, DescribableTextures, EuroSAT, UCF101) are one generic reader
-  (:func:`read_split_zhou`, mirroring ``OxfordPets.read_split``) parameterised by the table
-  :data:`SPLIT_JSON_LAYOUTS`;
+  (:func:`read_split_zhou`, mirroring ``OxfordPets.read_split``), each declared by one
+  :func:`register_split_json` call with its folders and its facts;
 * ``imagenet`` mirrors ``datasets/imagenet.py`` (CoOp's ``preprocessed.pkl`` only with
   ``data.options.order: preprocessed``);
 * ``fgvc_aircraft`` mirrors ``datasets/fgvc_aircraft.py``;
@@ -15,7 +15,11 @@ the matching ``datasets/*.py`` of CoOp does:
   return :class:`DGSplits`, which also maps their labels to ImageNet's 1000 class indices.
 
 Every reader is called as ``reader(root, **options)`` where ``root`` is the data root that holds
-the dataset folders (CoOp's ``DATASET.ROOT``); ``root`` may also be the dataset folder itself.
+the dataset folders (CoOp's ``DATASET.ROOT``); ``root`` may also be the dataset folder itself. Each
+is registered with its facts (:class:`vlprompt.data.registry.DatasetInfo`): CoOp's template of
+``trainers/zsclip.py``, the ``reference`` few-shot sampler (they list their images in the reference's
+order), ImageNet's val = test and 50 epochs, and a tiny tree of the layout (:meth:`SplitJsonLayout.tiny_tree`
+and the ``_tiny_*`` builders).
 Options shared by all readers (:data:`COMMON_OPTIONS`):
 
 * ``allow_outside_root`` (bool, default False): accept split entries that are absolute paths or
@@ -33,13 +37,14 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vlprompt.core.errors import DataError
 from vlprompt.data.images import list_images
 from vlprompt.data.reference_splits import listdir_order, preprocessed_order
-from vlprompt.data.registry import register_dataset
-from vlprompt.data.templates import dataset_template
+from vlprompt.data.registry import TinyTree, register_dataset
+from vlprompt.data.tiny_trees import TINY_CLASSES, TINY_COUNTS, class_color, write_class_images, write_image
 from vlprompt.data.types import DatasetSplits, Datum
 
 COOP_DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
@@ -295,7 +300,7 @@ def dataset_folder(root: str, dataset_dir: str, markers: Sequence[str], layout: 
 
 
 # --------------------------------------------------------------------------------------------
-# The 8 split_zhou_*.json datasets
+# The 9 split_zhou_*.json datasets
 # --------------------------------------------------------------------------------------------
 
 
@@ -314,23 +319,22 @@ class SplitJsonLayout:
         images = self.image_dir or "{cars_train, cars_test}"  # StanfordCars: paths relative to dataset_dir
         return f"<root>/{self.dataset_dir}/{images}/ and <root>/{self.dataset_dir}/{self.split_file}"
 
-
-SPLIT_JSON_LAYOUTS: tuple[SplitJsonLayout, ...] = (
-    SplitJsonLayout(
-        "caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json"
-    ),
-    SplitJsonLayout("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json"),
-    SplitJsonLayout("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json"),
-    SplitJsonLayout(
-        "oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json"
-    ),
-    SplitJsonLayout("food101", "Food101", "food-101", "images", "split_zhou_Food101.json"),
-    SplitJsonLayout("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json"),
-    SplitJsonLayout("dtd", "DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json"),
-    SplitJsonLayout("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json"),
-    SplitJsonLayout("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
-)
-"""CoOp's split-file datasets: folder names exactly as in CoOp's ``datasets/*.py``."""
+    def tiny_tree(self, folder: Path) -> TinyTree:
+        """This layout under ``folder`` with :data:`TINY_CLASSES` (StanfordCars: ``cars_train`` / ``cars_test``)."""
+        base = folder / self.dataset_dir
+        images = base / self.image_dir if self.image_dir else base
+        split: dict[str, list[list[Any]]] = {}
+        for name, count in TINY_COUNTS.items():
+            split[name] = [
+                [path.relative_to(images).as_posix(), label, cls.replace("_", " ")]
+                for label, cls in enumerate(TINY_CLASSES)
+                for path in write_class_images(
+                    images / (cls if self.image_dir else "cars_test" if name == "test" else "cars_train"),
+                    label, count, prefix=f"{cls}_{name}",
+                )
+            ]
+        (base / self.split_file).write_text(json.dumps(split), encoding="utf-8")
+        return TinyTree(str(folder))
 
 
 def _parse_label(value: Any) -> int | None:
@@ -437,31 +441,47 @@ def _read_split_json_dataset(
         hint=f"Check that the images are extracted into '{image_dir}'. {hint}",
     )
     return DatasetSplits(
-        name=layout.name,
-        classnames=classnames,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        template=dataset_template(layout.name),
+        name=layout.name, classnames=classnames, train=splits["train"], val=splits["val"], test=splits["test"]
     )
 
 
-def _make_split_json_reader(layout: SplitJsonLayout) -> Callable[..., DatasetSplits]:
+def register_split_json(
+    name: str, coop_name: str, dataset_dir: str, image_dir: str, split_file: str, *, template: str
+) -> None:
+    """Declare one of CoOp's split-file datasets: its :class:`SplitJsonLayout` (folder names exactly as
+    in CoOp's ``datasets/*.py``; CoOp's class name is an alias) and CoOp's ``template``; it samples
+    with the ``reference`` sampler and builds its tiny tree with :meth:`SplitJsonLayout.tiny_tree`."""
+    layout = SplitJsonLayout(name, coop_name, dataset_dir, image_dir, split_file)
+
     def reader(root: str | None = None, **options: Any) -> DatasetSplits:
         return _read_split_json_dataset(layout, root, options)
 
-    reader.__name__ = reader.__qualname__ = f"read_{layout.name}"
+    reader.__name__ = reader.__qualname__ = f"read_{name}"
     reader.__doc__ = (
-        f"Read CoOp's {layout.coop_name} (``datasets/{layout.name}.py``): {layout.layout}, "
+        f"Read CoOp's {coop_name} (``datasets/{name}.py``): {layout.layout}, "
         f"split file read like ``OxfordPets.read_split``."
     )
-    return reader
+    register_dataset(name, coop_name, template=template, sampler="reference", tiny_tree=layout.tiny_tree)(reader)
 
 
-SPLIT_JSON_READERS: dict[str, Callable[..., DatasetSplits]] = {
-    layout.name: register_dataset(layout.name, layout.coop_name)(_make_split_json_reader(layout))
-    for layout in SPLIT_JSON_LAYOUTS
-}
+register_split_json("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
+                    template="a photo of a {}.")
+register_split_json("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json",
+                    template="a photo of a {}, a type of pet.")
+register_split_json("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json",
+                    template="a photo of a {}.")
+register_split_json("oxford_flowers", "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
+                    template="a photo of a {}, a type of flower.")
+register_split_json("food101", "Food101", "food-101", "images", "split_zhou_Food101.json",
+                    template="a photo of {}, a type of food.")
+register_split_json("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json",
+                    template="a photo of a {}.")
+register_split_json("dtd", "DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json",
+                    template="{} texture.")
+register_split_json("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json",
+                    template="a centered satellite photo of {}.")
+register_split_json("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
+                    template="a photo of a person doing {}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,7 +520,26 @@ def _read_aircraft_split(
     return [d for _, d in rows]
 
 
-@register_dataset("fgvc_aircraft", "FGVCAircraft")
+def _tiny_fgvc_aircraft(folder: Path) -> TinyTree:
+    """``fgvc_aircraft/{variants.txt, images_variant_*.txt, images/<id>.jpg}`` with 2 variants."""
+    base = folder / "fgvc_aircraft"
+    variants = [cls.replace("_", " ") for cls in TINY_CLASSES]
+    (base / "images").mkdir(parents=True)
+    (base / "variants.txt").write_text("".join(f"{v}\n" for v in variants), encoding="utf-8")
+    image_id = 1000000
+    for split, count in TINY_COUNTS.items():
+        lines = []
+        for label, variant in enumerate(variants):
+            for _ in range(count):
+                write_image(base / "images" / f"{image_id}.jpg", class_color(label), seed=image_id)
+                lines.append(f"{image_id} {variant}\n")
+                image_id += 1
+        (base / f"images_variant_{split}.txt").write_text("".join(lines), encoding="utf-8")
+    return TinyTree(str(folder))
+
+
+@register_dataset("fgvc_aircraft", "FGVCAircraft", template="a photo of a {}, a type of aircraft.",
+                  sampler="reference", tiny_tree=_tiny_fgvc_aircraft)
 def read_fgvc_aircraft(root: str | None = None, **options: Any) -> DatasetSplits:
     """Read CoOp's FGVCAircraft (``datasets/fgvc_aircraft.py``).
 
@@ -533,12 +572,7 @@ def read_fgvc_aircraft(root: str | None = None, **options: Any) -> DatasetSplits
         for split in SPLIT_NAMES
     }
     return DatasetSplits(
-        name="fgvc_aircraft",
-        classnames=classnames,
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        template=dataset_template("fgvc_aircraft"),
+        name="fgvc_aircraft", classnames=classnames, train=splits["train"], val=splits["val"], test=splits["test"]
     )
 
 
@@ -633,7 +667,27 @@ def _imagenet_order(
     return train, test
 
 
-@register_dataset("imagenet", "ImageNet")
+_TINY_WNIDS = {"n01440764": "tench", "n01443537": "goldfish"}
+
+
+def _write_tiny_classnames(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{w} {n}\n" for w, n in _TINY_WNIDS.items()), encoding="utf-8")
+
+
+def _tiny_imagenet(folder: Path) -> TinyTree:
+    """``imagenet/{classnames.txt, images/train/<wnid>/, images/val/<wnid>/}`` with 2 wnids."""
+    base = folder / "imagenet"
+    _write_tiny_classnames(base / "classnames.txt")
+    for label, wnid in enumerate(sorted(_TINY_WNIDS)):
+        write_class_images(base / "images" / "train" / wnid, label, TINY_COUNTS["train"], prefix=wnid, ext=".JPEG")
+        write_class_images(base / "images" / "val" / wnid, label, TINY_COUNTS["test"], prefix=f"val_{wnid}",
+                           ext=".JPEG")
+    return TinyTree(str(folder))
+
+
+@register_dataset("imagenet", "ImageNet", template="a photo of a {}.", sampler="reference", val_is_test=True,
+                  default_epochs=50, tiny_tree=_tiny_imagenet)
 def read_imagenet(root: str | None = None, **options: Any) -> DatasetSplits:
     """Read CoOp's ImageNet (``datasets/imagenet.py``) from the raw folders.
 
@@ -675,14 +729,7 @@ def read_imagenet(root: str | None = None, **options: Any) -> DatasetSplits:
     train = _read_wnid_folders(train_dir, wnid_to_label, classnames, "classnames.txt", hint)
     test = _read_wnid_folders(val_dir, wnid_to_label, classnames, f"the wnid folders of '{train_dir}'", hint)
     train, test = _imagenet_order(opts["order"], ds_dir, train, test, classnames, hint)
-    return DatasetSplits(
-        name="imagenet",
-        classnames=classnames,
-        train=train,
-        val=list(test),
-        test=test,
-        template=dataset_template("imagenet"),
-    )
+    return DatasetSplits(name="imagenet", classnames=classnames, train=train, val=list(test), test=test)
 
 
 @dataclass(frozen=True)
@@ -699,15 +746,14 @@ class _DGLayout:
         folder = "<label 0..999>" if self.numbered else "<wnid>"
         return f"<root>/{self.dataset_dir}/{{{self.image_dir}/{folder}/, classnames.txt}}"
 
-
-_DG_LAYOUTS = (
-    _DGLayout(
-        "imagenetv2", "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", False, True
-    ),
-    _DGLayout("imagenet_sketch", "ImageNetSketch", "imagenet-sketch", "images", False),
-    _DGLayout("imagenet_a", "ImageNetA", "imagenet-adversarial", "imagenet-a", True),
-    _DGLayout("imagenet_r", "ImageNetR", "imagenet-rendition", "imagenet-r", True),
-)
+    def tiny_tree(self, folder: Path) -> TinyTree:
+        """This layout under ``folder`` with 2 ImageNet classes, test images only."""
+        base = folder / self.dataset_dir
+        _write_tiny_classnames(base / "classnames.txt")
+        for label, wnid in enumerate(sorted(_TINY_WNIDS)):
+            sub = str(label) if self.numbered else wnid
+            write_class_images(base / self.image_dir / sub, label, TINY_COUNTS["test"], prefix=wnid)
+        return TinyTree(str(folder))
 
 
 def _dg_classnames(root: str, ds_dir: str, hint: str) -> dict[str, str]:
@@ -770,23 +816,27 @@ def _read_dg_dataset(layout: _DGLayout, root: str | None, options: Mapping[str, 
         train=[],
         val=[],
         test=test,
-        template=dataset_template(layout.name),
         imagenet_indices=indices,
     )
 
 
-def _make_dg_reader(layout: _DGLayout) -> Callable[..., DGSplits]:
+def _register_dg(
+    name: str, coop_name: str, dataset_dir: str, image_dir: str, *, subset: bool, numbered: bool = False
+) -> None:
+    """Declare a test-only ImageNet variant: its :class:`_DGLayout`, CoOp's template, the reference sampler."""
+    layout = _DGLayout(name, coop_name, dataset_dir, image_dir, subset, numbered)
+
     def reader(root: str | None = None, **options: Any) -> DGSplits:
         return _read_dg_dataset(layout, root, options)
 
-    reader.__name__ = reader.__qualname__ = f"read_{layout.name}"
-    reader.__doc__ = (
-        f"Read CoOp's {layout.coop_name} (``datasets/{layout.name}.py``), test only: {layout.layout}."
-    )
-    return reader
+    reader.__name__ = reader.__qualname__ = f"read_{name}"
+    reader.__doc__ = f"Read CoOp's {coop_name} (``datasets/{name}.py``), test only: {layout.layout}."
+    register_dataset(name, coop_name, template="a photo of a {}.", sampler="reference",
+                     tiny_tree=layout.tiny_tree)(reader)
 
 
-DG_READERS: dict[str, Callable[..., DGSplits]] = {
-    layout.name: register_dataset(layout.name, layout.coop_name)(_make_dg_reader(layout))
-    for layout in _DG_LAYOUTS
-}
+_register_dg("imagenetv2", "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", subset=False,
+             numbered=True)
+_register_dg("imagenet_sketch", "ImageNetSketch", "imagenet-sketch", "images", subset=False)
+_register_dg("imagenet_a", "ImageNetA", "imagenet-adversarial", "imagenet-a", subset=True)
+_register_dg("imagenet_r", "ImageNetR", "imagenet-rendition", "imagenet-r", subset=True)

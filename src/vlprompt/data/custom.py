@@ -16,8 +16,10 @@ CSV's folder; ``label`` is an integer index into the class list or a class name.
 comes from option ``classnames_file`` (one name per line) or, without it, is the sorted set of the
 (string) labels of ``train.csv``. A label that looks like an integer is always an index.
 
-Both accept option ``template`` (the zero-shot template, default ``"a photo of a {}."``) and the
-common options ``allow_outside_root`` / ``check_files`` of :mod:`vlprompt.data.coop_layouts`.
+Both accept option ``template`` (the zero-shot template; without it the registered default,
+``"a photo of a {}."``) and the common options ``allow_outside_root`` / ``check_files`` of
+:mod:`vlprompt.data.coop_layouts`. Both declare the registry's default facts (the ``stable`` few-shot
+sampler: an ImageFolder or CSV listing has no canonical order).
 Relative file options are looked up under ``root`` first, then relative to the working directory.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from vlprompt.core.errors import DataError
@@ -41,8 +44,9 @@ from vlprompt.data.coop_layouts import (
     subfolders,
     take_options,
 )
-from vlprompt.data.registry import register_dataset
-from vlprompt.data.templates import DEFAULT_TEMPLATE, check_template
+from vlprompt.data.registry import TinyTree, register_dataset
+from vlprompt.data.templates import check_template
+from vlprompt.data.tiny_trees import TINY_CLASSES, TINY_COUNTS, write_class_images
 from vlprompt.data.types import DatasetSplits, Datum
 
 IMAGEFOLDER_OPTIONS: dict[str, Any] = {**COMMON_OPTIONS, "classnames_file": None, "template": None}
@@ -95,9 +99,10 @@ def _check_unique(names: Sequence[str], source: str) -> None:
         seen[name] = i
 
 
-def _template(opts: Mapping[str, Any]) -> str:
+def _template(opts: Mapping[str, Any]) -> str | None:
+    """Option ``template``, checked; None (the registered template) when not given."""
     if opts["template"] is None:
-        return DEFAULT_TEMPLATE
+        return None
     return check_template(opts["template"], "data.options.template")
 
 
@@ -166,7 +171,15 @@ def _read_class_tree(
     )
 
 
-@register_dataset("imagefolder", "ImageFolder", "image_folder")
+def _tiny_imagefolder(folder: Path) -> TinyTree:
+    """``folder/{train,val,test}/<class>/*.png`` with :data:`TINY_CLASSES`."""
+    for split, count in TINY_COUNTS.items():
+        for label, cls in enumerate(TINY_CLASSES):
+            write_class_images(folder / split / cls, label, count, prefix=f"{split}_{cls}", ext=".png")
+    return TinyTree(str(folder))
+
+
+@register_dataset("imagefolder", "ImageFolder", "image_folder", tiny_tree=_tiny_imagefolder)
 def read_imagefolder(root: str | None = None, **options: Any) -> DatasetSplits:
     """Read an ImageFolder tree: ``<root>/{train,test[,val]}/<class_folder>/images``.
 
@@ -311,7 +324,19 @@ def _csv_path(opts: Mapping[str, Any], root: str | None, split: str, required: b
     return None
 
 
-@register_dataset("csv", "CSV")
+def _tiny_csv(folder: Path) -> TinyTree:
+    """``folder/{train,val,test}.csv`` (``path,label`` with class-name labels) and the images they list."""
+    for split, count in TINY_COUNTS.items():
+        rows = [
+            f"{path.relative_to(folder).as_posix()},{cls}\n"
+            for label, cls in enumerate(TINY_CLASSES)
+            for path in write_class_images(folder / "images" / split / cls, label, count, ext=".png")
+        ]
+        (folder / f"{split}.csv").write_text("path,label\n" + "".join(rows), encoding="utf-8")
+    return TinyTree(str(folder))
+
+
+@register_dataset("csv", "CSV", tiny_tree=_tiny_csv)
 def read_csv_dataset(root: str | None = None, **options: Any) -> DatasetSplits:
     """Read a dataset described by ``train.csv`` / ``test.csv`` / optional ``val.csv`` (``path,label``).
 

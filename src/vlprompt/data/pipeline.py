@@ -19,9 +19,9 @@ from typing import Any
 from vlprompt.config import DataConfig
 from vlprompt.core.errors import DataError
 from vlprompt.data.fewshot import check_split_file_entries, load_fewshot_json, make_fewshot, save_fewshot_json
-from vlprompt.data.reference_fewshot import VAL_IS_TEST, make_fewshot_reference, resolve_sampler
+from vlprompt.data.reference_fewshot import make_fewshot_reference, resolve_sampler
 from vlprompt.data.reference_splits import is_pickle_file, load_reference_fewshot
-from vlprompt.data.registry import build_dataset
+from vlprompt.data.registry import DatasetInfo, build_dataset, get_dataset_info
 from vlprompt.data.subsample import subsample_classes
 from vlprompt.data.types import DatasetSplits, Datum
 
@@ -70,18 +70,22 @@ def drop_unreadable(splits: DatasetSplits, report: list[dict[str, str]]) -> Data
 
 
 def fewshot_splits(
-    full: DatasetSplits, *, shots: int | None, seed: int, sampler: str = "auto", subsample: str = "all"
+    full: DatasetSplits, *, shots: int | None, seed: int, sampler: str = "auto", subsample: str = "all",
+    dataset: str | None = None,
 ) -> DatasetSplits:
     """K-shot train / ``min(K, 4)``-shot val of ``full`` (every class), then the ``subsample`` classes.
 
     ``sampler`` (``data.fewshot_sampler``): ``reference`` samples as CoOp's code does for the same
     seed, over all classes before subsampling (:mod:`vlprompt.data.reference_fewshot`); ``stable``
     subsamples first and then samples independently of the listing order
-    (:func:`vlprompt.data.fewshot.make_fewshot`); ``auto`` is ``reference`` for the CoOp datasets and
-    ``stable`` for the others. Test is the ``subsample`` classes' whole test split either way.
+    (:func:`vlprompt.data.fewshot.make_fewshot`); ``auto`` is the sampler the dataset declares
+    (``DatasetInfo.sampler``: ``reference`` for the CoOp datasets). ``dataset`` is the registered
+    name the facts are looked up by (default ``full.name``). Test is the ``subsample`` classes' whole
+    test split either way.
     """
-    if resolve_sampler(sampler, full.name) == "reference":
-        return subsample_classes(make_fewshot_reference(full, shots, seed), subsample)
+    info = get_dataset_info(full.name if dataset is None else dataset)
+    if resolve_sampler(sampler, info) == "reference":
+        return subsample_classes(make_fewshot_reference(full, shots, seed, val_is_test=info.val_is_test), subsample)
     return make_fewshot(subsample_classes(full, subsample), shots, seed)
 
 
@@ -91,16 +95,17 @@ def _subsample_lists(full: DatasetSplits, train: list[Datum], val: list[Datum], 
 
 
 def read_fewshot_file(
-    source: Path, full: DatasetSplits, splits: DatasetSplits, subsample: str
+    source: Path, full: DatasetSplits, splits: DatasetSplits, subsample: str, info: DatasetInfo
 ) -> tuple[list[Datum], list[Datum]]:
-    """Train / val from a saved split for ``splits`` (= ``full`` with the ``subsample`` classes).
+    """Train / val from a saved split for ``splits`` (= ``full``, the dataset ``info``, with the
+    ``subsample`` classes).
 
     A reference pickle (CoOp's ``split_fewshot/*.pkl``) is matched against ``full`` and then
     subsampled, as the reference does; a vlprompt JSON must list ``splits``' classes, or all of
     ``full``'s (then it is subsampled the same way).
     """
     if is_pickle_file(source):
-        train, val = load_reference_fewshot(source, full, val_is_test=full.name in VAL_IS_TEST)
+        train, val = load_reference_fewshot(source, full, val_is_test=info.val_is_test)
         return _subsample_lists(full, train, val, subsample)
     train, val, meta = load_fewshot_json(source)
     names = list(meta.get("classnames", []))
@@ -125,7 +130,7 @@ def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None
     elif cfg.fewshot_file:
         source = Path(cfg.fewshot_file)
     if source is not None:
-        train, val = read_fewshot_file(source, full, splits, cfg.subsample_classes)
+        train, val = read_fewshot_file(source, full, splits, cfg.subsample_classes, get_dataset_info(cfg.dataset))
         if not train:
             raise DataError(
                 f"few-shot file '{source}' lists no training images for the classes of this run "
@@ -136,7 +141,7 @@ def prepare_data(cfg: DataConfig, *, seed: int, fewshot_path: Path | None = None
                                  allow_outside_root=bool(cfg.options.get("allow_outside_root", False)))
     else:
         sampled = fewshot_splits(full, shots=None if cfg.shots == -1 else cfg.shots, seed=seed,
-                                 sampler=cfg.fewshot_sampler, subsample=cfg.subsample_classes)
+                                 sampler=cfg.fewshot_sampler, subsample=cfg.subsample_classes, dataset=cfg.dataset)
         train, val = sampled.train, sampled.val
     if fewshot_path is not None and source != fewshot_path:
         save_fewshot_json(fewshot_path, (train, val), dataset=cfg.dataset, shots=cfg.shots, seed=seed,
@@ -174,7 +179,7 @@ def import_reference_split(
             "there would replace the reference pickle. Choose another output path, e.g. fewshot.json."
         )
     full = load_dataset(cfg, subsample=False)
-    train, val = load_reference_fewshot(pickle_path, full, val_is_test=full.name in VAL_IS_TEST)
+    train, val = load_reference_fewshot(pickle_path, full, val_is_test=get_dataset_info(cfg.dataset).val_is_test)
     m = _SPLIT_NAME.search(os.path.basename(os.fspath(pickle_path)))
     shots, seed = (int(m.group(1)), int(m.group(2))) if m else (None, None)
     save_fewshot_json(output, (train, val), dataset=cfg.dataset, shots=shots, seed=seed,  # type: ignore[arg-type]

@@ -24,7 +24,9 @@ What the reference computes (KaiyangZhou/CoOp and KaiyangZhou/Dassl.pytorch, fil
 ``random.seed(seed)``, without touching the global one); the caller subsamples classes afterwards
 (:func:`vlprompt.data.pipeline.prepare_data`). The result depends on the order of the split lists,
 which vlprompt's CoOp readers keep as the reference reads them (split-file order; ImageNet: see
-``data.options.order`` of the ``imagenet`` reader).
+``data.options.order`` of the ``imagenet`` reader). A dataset declares that it is read this way with
+``register_dataset(..., sampler="reference")`` (and ImageNet's val = test with ``val_is_test=True``);
+``data.fewshot_sampler: auto`` then picks this sampler for it.
 """
 
 from __future__ import annotations
@@ -36,34 +38,23 @@ from collections.abc import Sequence
 
 from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.data.fewshot import MAX_VAL_SHOTS, check_shots
+from vlprompt.data.registry import DatasetInfo
 from vlprompt.data.types import DatasetSplits, Datum
 
 SAMPLERS = ("auto", "reference", "stable")
 """``data.fewshot_sampler``: ``reference`` (this module), ``stable`` (:func:`vlprompt.data.fewshot.make_fewshot`,
-independent of the listing order) or ``auto`` (``reference`` for the CoOp datasets, else ``stable``)."""
-
-REFERENCE_DATASETS = frozenset({
-    "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "sun397", "dtd",
-    "eurosat", "ucf101", "fgvc_aircraft", "imagenet",
-    "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r",  # test only: nothing to sample
-})
-"""Registry names of the datasets read as CoOp reads them (``vlprompt.data.coop_layouts``)."""
-
-VAL_IS_TEST = frozenset({"imagenet"})
-"""Datasets whose reference val split is the whole test set, never sampled (``datasets/imagenet.py`` L61)."""
+independent of the listing order) or ``auto`` (the sampler the dataset declares, ``DatasetInfo.sampler``)."""
 
 
 class ShortClassWarning(UserWarning):
     """Some classes have fewer than K images; like the reference, all of them are kept."""
 
 
-def resolve_sampler(sampler: str, dataset: str) -> str:
-    """``reference`` or ``stable`` for ``data.fewshot_sampler`` = ``sampler`` on registry name ``dataset``."""
+def resolve_sampler(sampler: str, info: DatasetInfo) -> str:
+    """``reference`` or ``stable`` for ``data.fewshot_sampler`` = ``sampler`` on the dataset ``info``."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"option data.fewshot_sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
-    if sampler == "auto":
-        return "reference" if dataset in REFERENCE_DATASETS else "stable"
-    return sampler
+    return info.sampler if sampler == "auto" else sampler
 
 
 def sample_per_label(items: Sequence[Datum], shots: int, rng: random.Random) -> tuple[list[Datum], dict[int, int]]:
@@ -100,13 +91,16 @@ def _warn_short(splits: DatasetSplits, split: str, shots: int, short: dict[int, 
     )
 
 
-def make_fewshot_reference(splits: DatasetSplits, shots: int | None, seed: int) -> DatasetSplits:
+def make_fewshot_reference(
+    splits: DatasetSplits, shots: int | None, seed: int, *, val_is_test: bool = False
+) -> DatasetSplits:
     """Copy of ``splits`` with the reference's K-shot train and ``min(K, 4)``-shot val for ``seed``.
 
     ``splits`` must hold every class (subsample base / new classes afterwards, as the reference
     does) with its lists in the reference's order. ``shots`` None / -1 keeps everything. Classes
     with fewer images than asked for are kept whole, with a :class:`ShortClassWarning` naming them;
-    a class with no training image at all is named too. Test is never touched.
+    a class with no training image at all is named too. Test is never touched; with ``val_is_test``
+    (the dataset's ``DatasetInfo.val_is_test``: ImageNet) neither is val (``datasets/imagenet.py`` L61).
     """
     k = check_shots(shots)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -119,7 +113,7 @@ def make_fewshot_reference(splits: DatasetSplits, shots: int | None, seed: int) 
         present = {d.label for d in splits.train}
         short.update({label: 0 for label in range(splits.num_classes) if label not in present})
     _warn_short(splits, "train", k, short)
-    if splits.name in VAL_IS_TEST:
+    if val_is_test:
         val = list(splits.val)
     else:
         val, short_val = sample_per_label(splits.val, min(k, MAX_VAL_SHOTS), rng)

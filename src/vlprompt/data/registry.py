@@ -1,36 +1,156 @@
-"""Dataset registry: ``build_dataset(name, root, **options) -> DatasetSplits``.
+"""Dataset registry: a dataset is declared once, where its reader is registered.
 
-Readers register themselves with :func:`register_dataset`; names are case-insensitive and
-CoOp's class names (``OxfordPets``) work as aliases of the snake-case names (``oxford_pets``).
+::
+
+    @register_dataset("oxford_pets", "OxfordPets", template="a photo of a {}, a type of pet.",
+                      sampler="reference", tiny_tree=build_tiny_pets)
+    def read_oxford_pets(root: str | None = None, **options) -> DatasetSplits: ...
+
+The call records a :class:`DatasetInfo`: the reader and every fact the rest of vlprompt needs about
+the dataset (its hand-crafted zero-shot template, which few-shot sampler ``data.fewshot_sampler:
+auto`` picks, whether its val split is its test set, its default number of epochs, and a builder of a
+tiny on-disk tree for the dataset contract test). :func:`get_dataset_info` is the one place engine and
+data code asks for them. A fact left out takes the default documented on :class:`DatasetInfo`.
+
+Names are case-insensitive (``-`` and ``_`` alike); aliases (CoOp's class names: ``OxfordPets``) find
+the same dataset. The built-in readers are the modules of ``BUILTINS["datasets"]``
+(:mod:`vlprompt.core.plugins`), imported on the first look-up together with the plugins' datasets, so
+a new reader module needs no import line here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vlprompt.core.errors import DataError
 from vlprompt.core.plugins import load_extensions
+from vlprompt.data.templates import DEFAULT_TEMPLATE, check_template
 from vlprompt.data.types import DatasetSplits
 
 DatasetBuilder = Callable[..., DatasetSplits]
-_DATASETS: dict[str, DatasetBuilder] = {}
+SAMPLER_KINDS = ("reference", "stable")
+"""What a dataset declares as its ``sampler`` (``data.fewshot_sampler: auto`` resolves to it)."""
+
+
+@dataclass(frozen=True)
+class TinyTree:
+    """Where a tiny-tree builder put its dataset: ``build_dataset(name, root, **options)`` reads it.
+
+    ``root`` is None for a generated dataset that reads no files (the world's).
+    """
+
+    root: str | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+TreeBuilder = Callable[[Path], TinyTree]
+"""``builder(folder) -> TinyTree``: writes a minimal valid tree of the dataset's published layout under
+``folder`` (an empty folder) and says how to read it. The tree must hold at least 2 classes, each with
+at least 2 training images (none for a test-only dataset) and at least 1 test image; a few pixels per
+image are enough (:mod:`vlprompt.data.tiny_trees` writes them)."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Everything vlprompt knows about a registered dataset; the defaults are those of a dataset that
+    says nothing.
+
+    Attributes:
+        name: registry name (lower case, ``[a-z0-9_]``), e.g. ``"oxford_pets"``.
+        reader: ``reader(root: str | None, **options) -> DatasetSplits``.
+        aliases: other names that find it (CoOp's class name ``"OxfordPets"``).
+        template: the hand-crafted zero-shot template, one ``{}`` for the class name (``data.templates:
+            dataset``; CoOp's ``CUSTOM_TEMPLATES`` for its datasets). Default ``"a photo of a {}."``. A
+            reader may still set ``DatasetSplits.template`` itself (e.g. from a reader option); when it
+            leaves it None, :func:`build_dataset` fills in this one.
+        sampler: ``"reference"`` (CoOp's / Dassl's few-shot images for the seed; for datasets read in
+            the order the reference reads them) or ``"stable"`` (independent of the listing order;
+            default). ``data.fewshot_sampler: auto`` uses it.
+        val_is_test: the reference's val split is the whole test set and is never sampled (ImageNet).
+            Default False.
+        default_epochs: epochs when the config sets neither ``optim.max_epoch`` nor
+            ``optim.iterations``, for every K (ImageNet: 50). Default None: CoOp's rule by shots (50 for
+            1 shot, 100 for 2 and 4, 200 for 8 and 16; :func:`vlprompt.engine.optim.default_max_epoch`).
+        tiny_tree: the :data:`TreeBuilder` the dataset contract test (``tests/test_dataset_contract.py``)
+            reads the dataset from. Optional here; the contract test fails for a dataset without one.
+    """
+
+    name: str
+    reader: DatasetBuilder
+    aliases: tuple[str, ...] = ()
+    template: str = DEFAULT_TEMPLATE
+    sampler: str = "stable"
+    val_is_test: bool = False
+    default_epochs: int | None = None
+    tiny_tree: TreeBuilder | None = None
+
+    def __post_init__(self) -> None:
+        where = f"register_dataset('{self.name}')"
+        check_template(self.template, f"{where}: template")
+        if self.sampler not in SAMPLER_KINDS:
+            raise DataError(f"{where}: sampler must be one of {', '.join(SAMPLER_KINDS)}, got {self.sampler!r}.")
+        if not isinstance(self.val_is_test, bool):
+            raise DataError(f"{where}: val_is_test must be True or False, got {self.val_is_test!r}.")
+        epochs = self.default_epochs
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise DataError(f"{where}: default_epochs must be a positive integer or None, got {epochs!r}.")
+        for what, fn in (("reader", self.reader), ("tiny_tree", self.tiny_tree)):
+            if fn is not None and not callable(fn):
+                raise DataError(f"{where}: {what} must be a function, got {fn!r}.")
+
+
+_DATASETS: dict[str, DatasetInfo] = {}
 _ALIASES: dict[str, str] = {}
+_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 
 
 def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def register_dataset(name: str, *aliases: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator registering ``fn(root: str | None, **options) -> DatasetSplits`` under ``name``."""
+def _check_name(name: Any, what: str) -> str:
+    key = _key(name) if isinstance(name, str) else ""
+    if not _NAME.fullmatch(key):
+        raise DataError(
+            f"register_dataset: {what} {name!r} must be letters, digits, '_' or '-' (starting with a letter or digit)."
+        )
+    if key in _DATASETS or key in _ALIASES:
+        owner = _DATASETS[key] if key in _DATASETS else _DATASETS[_ALIASES[key]]
+        raise DataError(
+            f"register_dataset: {what} '{name}' is already taken by dataset '{owner.name}'; choose another name."
+        )
+    return key
 
-    def deco(fn: DatasetBuilder) -> DatasetBuilder:
-        _DATASETS[_key(name)] = fn
-        for alias in aliases:
-            _ALIASES[_key(alias)] = _key(name)
-        return fn
+
+def register_dataset(
+    name: str,
+    *aliases: str,
+    template: str = DEFAULT_TEMPLATE,
+    sampler: str = "stable",
+    val_is_test: bool = False,
+    default_epochs: int | None = None,
+    tiny_tree: TreeBuilder | None = None,
+) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator registering ``reader(root: str | None, **options) -> DatasetSplits`` as dataset ``name``
+    with its facts (see :class:`DatasetInfo` for each and its default).
+
+    Raises:
+        DataError: a malformed name or fact, or a name / alias another dataset already has.
+    """
+
+    def deco(reader: DatasetBuilder) -> DatasetBuilder:
+        key = _check_name(name, "name")
+        alias_keys = tuple(dict.fromkeys(_check_name(a, "alias") for a in aliases if _key(a) != key))
+        info = DatasetInfo(key, reader, alias_keys, template, sampler, val_is_test, default_epochs, tiny_tree)
+        _DATASETS[key] = info
+        _ALIASES.update(dict.fromkeys(alias_keys, key))
+        return reader
 
     return deco
 
@@ -41,15 +161,16 @@ def _ensure_builtin() -> None:
 
 
 def list_datasets() -> list[str]:
+    """Registry names of every dataset, sorted."""
     _ensure_builtin()
     return sorted(_DATASETS)
 
 
-def build_dataset(name: str, root: str | None = None, **options: Any) -> DatasetSplits:
-    """Build the dataset registered as ``name`` from ``root``.
+def get_dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of dataset ``name`` (registry name or alias).
 
     Raises:
-        DataError: unknown name (with close matches), or whatever the reader finds wrong.
+        DataError: unknown name (with close matches).
     """
     _ensure_builtin()
     key = _ALIASES.get(_key(name), _key(name))
@@ -60,4 +181,18 @@ def build_dataset(name: str, root: str | None = None, **options: Any) -> Dataset
             f"unknown dataset '{name}' (option data.dataset).{hint} "
             f"Known datasets: {', '.join(sorted(_DATASETS))}."
         )
-    return _DATASETS[key](root, **options)
+    return _DATASETS[key]
+
+
+def build_dataset(name: str, root: str | None = None, **options: Any) -> DatasetSplits:
+    """Build the dataset registered as ``name`` from ``root``, its template filled in from the registry
+    when the reader left ``DatasetSplits.template`` None.
+
+    Raises:
+        DataError: unknown name (with close matches), or whatever the reader finds wrong.
+    """
+    info = get_dataset_info(name)
+    splits = info.reader(root, **options)
+    if splits.template is None:
+        splits = dataclasses.replace(splits, template=info.template)
+    return splits

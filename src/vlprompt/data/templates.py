@@ -1,7 +1,8 @@
 """Zero-shot prompt templates.
 
-* :data:`CUSTOM_TEMPLATES` — CoOp's hand-crafted template per dataset (``CUSTOM_TEMPLATES`` in
-  CoOp's ``trainers/zsclip.py``), keyed by our registry names.
+* a dataset's own hand-crafted template (CoOp's ``CUSTOM_TEMPLATES`` of ``trainers/zsclip.py`` for
+  its datasets) is declared where the dataset is registered
+  (:class:`vlprompt.data.registry.DatasetInfo`; :data:`DEFAULT_TEMPLATE` when it declares none).
 * :data:`IMAGENET_TEMPLATES` — CLIP's 80 ImageNet prompt templates, taken from
   ``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES`` (loaded lazily: importing open_clip
   imports torch).
@@ -20,26 +21,7 @@ from typing import Any
 from vlprompt.core.errors import DataError
 
 DEFAULT_TEMPLATE = "a photo of a {}."
-"""Template for datasets CoOp has no template for (custom ImageFolder / CSV data)."""
-
-CUSTOM_TEMPLATES: dict[str, str] = {
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "{} texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "stanford_cars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.",
-    "sun397": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-    "imagenet_sketch": "a photo of a {}.",
-    "imagenetv2": "a photo of a {}.",
-    "imagenet_a": "a photo of a {}.",
-    "imagenet_r": "a photo of a {}.",
-}
-"""CoOp's per-dataset zero-shot template (``trainers/zsclip.py``), by registry name."""
+"""Template of a dataset that declares none (custom ImageFolder / CSV data without option ``template``)."""
 
 IMAGENET_TEMPLATES_SELECT: tuple[str, ...] = (
     "itap of a {}.",
@@ -54,17 +36,6 @@ IMAGENET_TEMPLATES_SELECT: tuple[str, ...] = (
 
 TEMPLATE_SPECS = ("dataset", "imagenet80", "imagenet_select")
 
-# Registry names by normalised name, so CoOp class names ("OxfordPets") and spellings with
-# dashes/underscores all find their template.
-_EXTRA_NAMES = {"describabletextures": "dtd"}
-
-
-def _norm(name: str) -> str:
-    return name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
-
-
-_BY_NORM = {_norm(k): k for k in CUSTOM_TEMPLATES} | _EXTRA_NAMES
-
 
 @functools.lru_cache(maxsize=1)
 def imagenet_templates() -> tuple[str, ...]:
@@ -78,17 +49,6 @@ def __getattr__(name: str) -> Any:  # PEP 562: IMAGENET_TEMPLATES is computed on
     if name == "IMAGENET_TEMPLATES":
         return imagenet_templates()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def canonical_dataset_name(dataset: str) -> str | None:
-    """Registry name of ``dataset`` (``"OxfordPets"`` -> ``"oxford_pets"``), or None if not a CoOp one."""
-    return _BY_NORM.get(_norm(dataset))
-
-
-def dataset_template(dataset: str) -> str:
-    """CoOp's template for ``dataset`` (registry or CoOp name); :data:`DEFAULT_TEMPLATE` otherwise."""
-    key = canonical_dataset_name(dataset)
-    return CUSTOM_TEMPLATES[key] if key is not None else DEFAULT_TEMPLATE
 
 
 def check_template(template: Any, where: str = "template") -> str:
@@ -120,14 +80,16 @@ def get_templates(
             templates), ``"imagenet_select"`` (CoOp's ``ZeroshotCLIP2``: the 7 selected templates
             plus the dataset template, which CoOp leaves out for ImageNet itself), a single template
             string containing ``{}``, or an explicit list of templates.
-        dataset: registry (or CoOp) name of the dataset.
-        template: the dataset's own template (``DatasetSplits.template``), used instead of the
-            table lookup when given (custom datasets may set their own).
+        dataset: registry name (or alias) of the dataset.
+        template: the dataset's own template (``DatasetSplits.template``; custom datasets may set
+            their own); when None, the template registered with the dataset.
 
     Raises:
         DataError: unknown spec, empty list, or a template without exactly one ``{}``.
     """
-    own = check_template(template, "dataset template") if template is not None else dataset_template(dataset)
+    from vlprompt.data.registry import get_dataset_info  # the registry imports this module
+
+    own = check_template(template, "dataset template") if template is not None else get_dataset_info(dataset).template
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key == "dataset":
@@ -136,7 +98,7 @@ def get_templates(
             return list(imagenet_templates())
         if key == "imagenet_select":
             out = list(IMAGENET_TEMPLATES_SELECT)
-            if canonical_dataset_name(dataset) != "imagenet" and own not in out:
+            if get_dataset_info(dataset).name != "imagenet" and own not in out:  # zsclip.py: NAME != "ImageNet"
                 out.append(own)
             return out
         if "{" in spec:

@@ -1,8 +1,8 @@
 """Plain data records shared by every dataset reader.
 
 A dataset is a :class:`DatasetSplits`: class names (index == label) plus lists of
-:class:`Datum` for train / val / test, the per-dataset zero-shot template CoOp uses, and the
-function that turns a ``Datum.path`` into a PIL image (files on disk by default; generated
+:class:`Datum` for train / val / test, the dataset's zero-shot template, and the function that
+turns a ``Datum.path`` into a PIL image (:func:`file_loader`, files on disk, by default; generated
 images for the synthetic world).
 """
 
@@ -23,7 +23,8 @@ class Datum:
     classname: str
 
 
-def _default_loader(path: str) -> Image.Image:
+def file_loader(path: str) -> Image.Image:
+    """The default ``DatasetSplits.loader``: ``path`` is an image file (:func:`vlprompt.data.images.load_image`)."""
     from vlprompt.data.images import load_image
 
     return load_image(path)
@@ -37,7 +38,9 @@ class DatasetSplits:
         name: registry name, e.g. ``"oxford_pets"``.
         classnames: human-readable class names; ``classnames[label]``.
         train / val / test: the splits (``val`` may be empty).
-        template: CoOp's hand-crafted zero-shot template for this dataset, with ``{}``.
+        template: the dataset's hand-crafted zero-shot template, with ``{}``; None (what a reader
+            usually leaves) is filled in by ``build_dataset`` with the template registered with the
+            reader (:class:`vlprompt.data.registry.DatasetInfo`).
         loader: maps ``Datum.path`` to an RGB PIL image.
     """
 
@@ -46,8 +49,8 @@ class DatasetSplits:
     train: list[Datum]
     val: list[Datum]
     test: list[Datum]
-    template: str = "a photo of a {}."
-    loader: Callable[[str], Image.Image] = field(default=_default_loader, repr=False)
+    template: str | None = None
+    loader: Callable[[str], Image.Image] = field(default=file_loader, repr=False)
 
     @property
     def num_classes(self) -> int:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vlprompt.config import OptimConfig
+from vlprompt.data.registry import get_dataset_info
 
 
 def lr_at_epoch(epoch: int, cfg: OptimConfig, max_epoch: int) -> float:
@@ -44,9 +45,11 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def default_max_epoch(dataset: str, shots: int) -> int:
-    """CoOp's epochs: 50 for 1 shot, 100 for 2/4 shots, 200 for 8/16 shots; ImageNet 50 for all."""
-    if dataset.lower().replace("-", "_") == "imagenet":
-        return 50
+    """The epochs ``dataset`` declares (``DatasetInfo.default_epochs``; ImageNet: 50 for every K), else
+    CoOp's rule: 50 for 1 shot, 100 for 2/4 shots, 200 for 8/16 shots."""
+    declared = get_dataset_info(dataset).default_epochs
+    if declared is not None:
+        return declared
     if shots == 1:
         return 50
     if shots in (2, 4):

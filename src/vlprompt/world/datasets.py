@@ -60,7 +60,7 @@ import numpy as np
 from PIL import Image
 
 from vlprompt.core.errors import DataError
-from vlprompt.data.registry import register_dataset
+from vlprompt.data.registry import TinyTree, register_dataset
 from vlprompt.data.subsample import subsample_classes
 from vlprompt.data.types import DatasetSplits, Datum
 from vlprompt.world.generate import (
@@ -309,5 +309,20 @@ def _build_registered(key: str, root: str | None = None, **options: Any) -> Data
     return build_world_dataset(key, **options)
 
 
+def _tiny(d: WorldDataset, folder: Path) -> TinyTree:
+    """Nothing to write (images are generated from their keys): a few small images per class."""
+    del folder
+    counts = {"n_test": 1} if d.test_only else {"n_train": 2, "n_val": 1, "n_test": 1}
+    return TinyTree(None, {**counts, "image_size": 16})
+
+
+def _register(d: WorldDataset) -> None:
+    """Declare world dataset ``d``: the world's template, the ``stable`` sampler (generated images have
+    no reference listing), CoOp's epochs by shots, and a generated tiny tree."""
+    register_dataset(d.name, template=TEMPLATE, sampler="stable", tiny_tree=partial(_tiny, d))(
+        partial(_build_registered, d.key)
+    )
+
+
 for _d in WORLD_DATASETS.values():
-    register_dataset(_d.name)(partial(_build_registered, _d.key))
+    _register(_d)
