@@ -266,6 +266,7 @@ def test_the_contract_fails_a_broken_dataset(
     (("oxford_pets",), {}, r"name 'oxford_pets' is already taken by dataset 'oxford_pets'"),
     (("toy_new", "OxfordPets"), {}, r"alias 'OxfordPets' is already taken by dataset 'oxford_pets'"),
     (("Toy Pets",), {}, r"name 'Toy Pets' must be letters, digits"),
+    (("toy_new", 7), {}, r"alias 7 must be letters, digits"),
     (("toy_new",), {"template": "a photo of a pet."}, r"template 'a photo of a pet\.' must contain exactly one"),
     (("toy_new",), {"sampler": "coop"}, r"sampler must be one of reference, stable, got 'coop'"),
     (("toy_new",), {"val_is_test": "yes"}, r"val_is_test must be True or False"),

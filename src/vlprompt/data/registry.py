@@ -146,7 +146,7 @@ def register_dataset(
 
     def deco(reader: DatasetBuilder) -> DatasetBuilder:
         key = _check_name(name, "name")
-        alias_keys = tuple(dict.fromkeys(_check_name(a, "alias") for a in aliases if _key(a) != key))
+        alias_keys = tuple(k for k in dict.fromkeys(_check_name(a, "alias") for a in aliases) if k != key)
         info = DatasetInfo(key, reader, alias_keys, template, sampler, val_is_test, default_epochs, tiny_tree)
         _DATASETS[key] = info
         _ALIASES.update(dict.fromkeys(alias_keys, key))
