@@ -189,7 +189,7 @@ def check_backbone_matches(meta: dict[str, Any], backbone: Any, path: str | Path
         )
 
 
-def _is_class_specific(meta: dict[str, Any]) -> bool:
+def _holds_class_state(meta: dict[str, Any]) -> bool:
     """Whether the prompt in ``meta`` holds state that belongs to its classes: its method's capability
     ``class_specific`` with the saved options (the defaults when they no longer validate); an unknown method
     is a :class:`ConfigError` naming the known ones."""
@@ -209,7 +209,7 @@ def check_classnames_match(meta: dict[str, Any], classnames: list[str], path: st
     saved = list(meta.get("classnames", []))
     if saved == list(classnames):
         return
-    class_specific = _is_class_specific(meta)
+    class_specific = _holds_class_state(meta)
     if allow_new_classes and not class_specific:
         return
     first = next((i for i, (a, b) in enumerate(zip(saved, classnames)) if a != b), min(len(saved), len(classnames)))
