@@ -73,7 +73,8 @@ def test_exported_logits_equal_vlprompt(tmp_path, model, method, fmt):
     with torch.no_grad():  # vlprompt's own path: open_clip transform, encode_images, logits
         x = torch.stack([backbone.eval_transform()(load_image(f)) for f in files])
         feats = m.encode_images(x)
-        want = (m.forward_features(feats) if m.capabilities.image_conditional else m.logits(feats, m.text_features())).numpy()
+        conditional = m.capabilities.image_conditional
+        want = (m.forward_features(feats) if conditional else m.logits(feats, m.text_features())).numpy()
     assert got.shape == (len(files), len(CLASSES))
     assert np.abs(got - want).max() <= TOLERANCE * float(backbone.logit_scale)
 
