@@ -35,7 +35,9 @@ import yaml
 
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.validate import FLOAT_MAX, INT_MAX, INT_MIN, check_choice, check_float, check_int, shown
-from vlprompt.methods.capabilities import Capabilities
+
+if typing.TYPE_CHECKING:
+    from vlprompt.methods.capabilities import Capabilities
 
 
 @dataclass
