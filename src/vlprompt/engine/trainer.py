@@ -1,4 +1,4 @@
-"""The training loop (CoOp-style prompt learning on a frozen backbone), with resume.
+"""Training a method: one run from its folder to its result (CoOp-style prompt learning on a frozen backbone).
 
 ``train(cfg)`` runs one experiment into ``cfg.train.output_dir``::
 
