@@ -28,7 +28,7 @@ from torch import nn
 
 from vlprompt.backbones.deep_prompts import encode_image_deep, encode_text_deep
 from vlprompt.core.errors import ConfigError, ModelError
-from vlprompt.methods.registry import build_method, get_method
+from vlprompt.methods.registry import build_method, get_method, make_method_config
 
 CLASSES = ["circle", "red star", "big_square"]
 
@@ -207,9 +207,9 @@ def test_vpt_deep_uses_the_fixed_clip_prompt_and_deep_language_the_frozen_image_
     ids = vit.tokenize([f"a photo of a {c.replace('_', ' ')}." for c in CLASSES])
     with torch.no_grad():
         torch.testing.assert_close(vpt.text_features(), F.normalize(vit.model.encode_text(ids), dim=-1))
-    assert vpt.vision_ctx.shape == (8, 64) and vpt.modifies_encoders
+    assert vpt.vision_ctx.shape == (8, 64) and vpt.capabilities.modifies_encoders
     dl = build_method("deep_language", vit, CLASSES).eval()
-    assert dl.text_prompt.n_ctx == 4 and dl.vision_ctx is None and not dl.modifies_encoders
+    assert dl.text_prompt.n_ctx == 4 and dl.vision_ctx is None and not dl.capabilities.modifies_encoders
     with torch.no_grad():
         torch.testing.assert_close(dl.encode_images(images), vit.encode_image(images))
 
@@ -228,9 +228,16 @@ def test_gradients_reach_only_the_learned_tensors(vit, images, name):
 
 
 def test_capabilities_are_declared():
-    for name in ("ivlp", "vpt_deep", "deep_language", "maple", "promptsrc"):
-        caps = get_method(name).capabilities
+    """Methods that learn in the image tower modify the encoders; deep_language (and an ivlp config without
+    vision prompts) does not: its image features are the frozen tower's and may be cached."""
+    for name in ("ivlp", "vpt_deep", "maple", "promptsrc"):
+        caps = get_method(name).capabilities_for()
         assert caps.modifies_encoders and caps.training == "sgd" and not caps.image_conditional
+    assert not get_method("deep_language").capabilities_for().modifies_encoders
+    ivlp = get_method("ivlp")
+    assert not ivlp.capabilities_for(make_method_config("ivlp", {"n_ctx_vision": 0})).modifies_encoders
+    promptsrc = get_method("promptsrc")  # trains on packed prompted + frozen features: never cached
+    assert promptsrc.capabilities_for(make_method_config("promptsrc", {"n_ctx_vision": 0})).modifies_encoders
 
 
 def test_image_towers_without_tokens_are_refused_clearly():
@@ -257,7 +264,7 @@ def test_modifying_methods_are_never_served_cached_features(vit, tmp_path):
     from vlprompt.data.pipeline import prepare_data
     from vlprompt.engine.distributed import SINGLE
     from vlprompt.engine.evaluate import evaluate_items
-    from vlprompt.engine.trainer import _train_loader
+    from vlprompt.engine.loop import train_loader
 
     raw = {"method": {"name": "maple"}, "backbone": {"model": "vlprompt-test-vit", "pretrained": None},
            "data": {"dataset": "world_shapes", "shots": 1, "num_workers": 0, "augment": False,
@@ -266,7 +273,7 @@ def test_modifying_methods_are_never_served_cached_features(vit, tmp_path):
     cfg = config_from_dict(raw)
     data = prepare_data(cfg.data, seed=1)
     m = build_method("maple", vit, data.splits.classnames).eval()
-    images, _ = next(iter(_train_loader(m, data, vit, cfg, torch.device("cpu"), SINGLE, False)))
+    images, _ = next(iter(train_loader(m, data, vit, cfg, torch.device("cpu"), SINGLE, False)))
     assert images.dim() == 4  # images, not cached features
     items = data.splits.test[:6]
     calls = []
@@ -429,6 +436,7 @@ def test_promptsrc_trains_and_evaluates_through_the_cli(tmp_path):
 
 def test_promptsrc_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_imagefolder, monkeypatch):
     """The Gaussian aggregate travels with the training checkpoints: a resumed run ends with the same prompt."""
+    import vlprompt.engine.loop as loop_mod
     import vlprompt.engine.trainer as trainer_mod
     from vlprompt.config import config_from_dict
     from vlprompt.engine.checkpoint import read_prompt
@@ -446,7 +454,7 @@ def test_promptsrc_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_
     trainer_mod.train(config_from_dict(raw_full))
     ref, _ = read_prompt(tmp_path / "full" / "prompt.safetensors")
 
-    original = trainer_mod.save_training_state
+    original = loop_mod.save_training_state
 
     class Killed(Exception):
         pass
@@ -458,10 +466,10 @@ def test_promptsrc_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_
         return path
 
     raw_cut = raw("cut")
-    monkeypatch.setattr(trainer_mod, "save_training_state", save_then_die)
+    monkeypatch.setattr(loop_mod, "save_training_state", save_then_die)
     with pytest.raises(Killed):
         trainer_mod.train(config_from_dict(raw_cut))
-    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    monkeypatch.setattr(loop_mod, "save_training_state", original)
     trainer_mod.train(config_from_dict(raw_cut), resume=True)
     got, _ = read_prompt(tmp_path / "cut" / "prompt.safetensors")
     assert set(got) == set(ref) and any(k.startswith("gpa.") for k in got)

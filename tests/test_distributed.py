@@ -134,6 +134,7 @@ def test_two_processes_through_the_cli_equal_one_process_and_only_rank_0_writes(
 _DRIVER = textwrap.dedent('''
     """Run by torchrun: CoCoOp; LoCoOp; a CoOp run stopped on rank 0 after epoch 2, then resumed; a bad batch size."""
     import json, os, sys
+    import vlprompt.engine.loop as loop_mod
     import vlprompt.engine.trainer as trainer_mod
     from vlprompt.config import load_config
     from vlprompt.engine.distributed import shutdown
@@ -143,7 +144,7 @@ _DRIVER = textwrap.dedent('''
     report = {}
     trainer_mod.train(load_config(cocoop))
     trainer_mod.train(load_config(locoop))
-    original = trainer_mod.save_training_state
+    original = loop_mod.save_training_state
 
     def save_then_fail(folder, epoch, *args, **kwargs):
         path = original(folder, epoch, *args, **kwargs)
@@ -151,12 +152,12 @@ _DRIVER = textwrap.dedent('''
             raise RuntimeError("disk on fire")
         return path
 
-    trainer_mod.save_training_state = save_then_fail
+    loop_mod.save_training_state = save_then_fail
     try:
         trainer_mod.train(load_config(coop))
     except Exception as exc:
         report["stopped"] = [type(exc).__name__, str(exc), getattr(exc, "relayed", False)]
-    trainer_mod.save_training_state = original
+    loop_mod.save_training_state = original
     report["resumed_test_accuracy"] = trainer_mod.train(load_config(coop), resume=True)["test"]["accuracy"]
     try:
         trainer_mod.train(load_config(bad))
@@ -192,7 +193,7 @@ def test_cocoop_locoop_resume_and_errors_under_two_processes(single, tmp_path):
 def _step_losses(backend: str | bool) -> tuple[float, float]:
     """Loss before and after one SGD step of a freshly built CoOp (seeded), compiled or not."""
     from vlprompt.backbones.openclip import load_backbone
-    from vlprompt.engine.trainer import _loss_step
+    from vlprompt.engine.loop import loss_step
     from vlprompt.methods.registry import build_method, make_method_config
 
     backbone = load_backbone("vlprompt-test-vit")
@@ -201,7 +202,7 @@ def _step_losses(backend: str | bool) -> tuple[float, float]:
                           config=make_method_config("coop", {"n_ctx": 4})).train()
     feats, labels = torch.randn(8, backbone.embed_dim), torch.arange(8) % 5
     opt = torch.optim.SGD([p for _, p in method.learned_parameters()], lr=0.1, momentum=0.9)
-    step = _loss_step(method, backend)
+    step = loss_step(method, backend)
     loss = step(feats, labels).total()
     loss.backward()
     opt.step()
@@ -227,10 +228,10 @@ def test_compiled_loss_step_equals_eager(backend):
 
 
 def test_an_unknown_compile_backend_is_a_clear_error():
-    from vlprompt.engine.trainer import _loss_step
+    from vlprompt.engine.loop import loss_step
 
     with pytest.raises(ConfigError, match="unknown torch.compile backend 'warp9'"):
-        _loss_step(object(), "warp9")  # type: ignore[arg-type]
+        loss_step(object(), "warp9")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="train.compile"):
         config_from_dict({"data": {"dataset": "x"}, "train": {"compile": " "}})
 

@@ -66,14 +66,15 @@ def test_exported_logits_equal_vlprompt(tmp_path, model, method, fmt):
     m = build_method(method, backbone, CLASSES).eval()
     out = tmp_path / ("clf.onnx" if fmt == "onnx" else "clf.pt")
     info = export_classifier(m, out, fmt=fmt)
-    assert info["classnames"] == CLASSES and info["image_conditional"] == m.image_conditional
+    assert info["classnames"] == CLASSES and info["image_conditional"] == m.capabilities.image_conditional
     files = _images(tmp_path / "img")
     clf = open_exported(out)
     got = clf.logits(np.stack([clf.preprocess(load_image(f)) for f in files]))
     with torch.no_grad():  # vlprompt's own path: open_clip transform, encode_images, logits
         x = torch.stack([backbone.eval_transform()(load_image(f)) for f in files])
         feats = m.encode_images(x)
-        want = (m.forward_features(feats) if m.image_conditional else m.logits(feats, m.text_features())).numpy()
+        conditional = m.capabilities.image_conditional
+        want = (m.forward_features(feats) if conditional else m.logits(feats, m.text_features())).numpy()
     assert got.shape == (len(files), len(CLASSES))
     assert np.abs(got - want).max() <= TOLERANCE * float(backbone.logit_scale)
 

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import vlprompt.engine.loop as loop_mod
 import vlprompt.engine.trainer as trainer_mod
 from vlprompt.config import config_from_dict
 from vlprompt.core.errors import VlpromptError
@@ -72,7 +73,7 @@ class _Stop(Exception):
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, tiny_imagefolder, reference, monkeypatch):
     raw = _raw(tmp_path, tiny_imagefolder, "run")
-    original = trainer_mod.save_training_state
+    original = loop_mod.save_training_state
 
     def stop_after_3(folder, epoch, *a, **k):
         path = original(folder, epoch, *a, **k)
@@ -80,10 +81,10 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, tiny_i
             raise _Stop()
         return path
 
-    monkeypatch.setattr(trainer_mod, "save_training_state", stop_after_3)
+    monkeypatch.setattr(loop_mod, "save_training_state", stop_after_3)
     with pytest.raises(_Stop):
         trainer_mod.train(config_from_dict(raw))
-    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    monkeypatch.setattr(loop_mod, "save_training_state", original)
     latest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
     latest.write_bytes(latest.read_bytes()[:200])  # truncated
     trainer_mod.train(config_from_dict(raw), resume=True)

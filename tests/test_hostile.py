@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+import vlprompt.engine.loop as loop_mod
 import vlprompt.engine.trainer as trainer_mod
 from vlprompt.cli.main import main
 from vlprompt.config import config_from_dict, load_config
@@ -94,7 +95,7 @@ class _Stop(Exception):
 
 
 def _train_then_stop(raw: dict, monkeypatch, after: int) -> None:
-    original = trainer_mod.save_training_state
+    original = loop_mod.save_training_state
 
     def save_then_stop(folder, epoch, *a, **k):
         path = original(folder, epoch, *a, **k)
@@ -102,10 +103,10 @@ def _train_then_stop(raw: dict, monkeypatch, after: int) -> None:
             raise _Stop()
         return path
 
-    monkeypatch.setattr(trainer_mod, "save_training_state", save_then_stop)
+    monkeypatch.setattr(loop_mod, "save_training_state", save_then_stop)
     with pytest.raises(_Stop):
         trainer_mod.train(config_from_dict(raw))
-    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    monkeypatch.setattr(loop_mod, "save_training_state", original)
 
 
 # ------------------------------------------------------------------------------------ G1 checksums, non-finite
@@ -184,9 +185,10 @@ def _encode(backbone, items, loader, disk_dir):
 
 
 def _fresh_process(monkeypatch, backbone) -> None:
-    """Forget the features kept on the backbone, as a new process would."""
-    if hasattr(backbone, "_vlprompt_feature_cache"):
-        monkeypatch.setattr(backbone, "_vlprompt_feature_cache", {})
+    """Forget the features kept for the backbone, as a new process would."""
+    from vlprompt.engine import features
+
+    monkeypatch.delitem(features._MEMORY, backbone, raising=False)
 
 
 def test_g2_feature_cache_follows_the_content_of_the_files(tmp_path, tiny_imagefolder, vit_backbone, monkeypatch):

@@ -255,17 +255,17 @@ def test_a_run_resumes_under_a_launcher_that_sets_the_shared_feature_cache(tmp_p
     from vlprompt.config import config_from_dict
     from vlprompt.core.errors import VlpromptError
     from vlprompt.engine.run import RunPaths
-    from vlprompt.engine.trainer import _check_run_folder
+    from vlprompt.engine.run_life import check_run_folder
 
     raw = {**BASE, "train": {**BASE["train"], "output_dir": str(tmp_path / "run")}}
     paths = RunPaths(tmp_path / "run")
     paths.root.mkdir()
     paths.config.write_text(config_from_dict(raw).to_yaml())
     cached = config_from_dict({**raw, "data": {**raw["data"], "feature_cache_dir": str(tmp_path / "features")}})
-    _check_run_folder(paths, cached, resume=True)  # allowed
+    check_run_folder(paths, cached, resume=True)  # allowed
     other = config_from_dict({**raw, "data": {**raw["data"], "shots": 8}})
     with pytest.raises(VlpromptError, match="differs in data"):
-        _check_run_folder(paths, other, resume=True)
+        check_run_folder(paths, other, resume=True)
 
 
 def test_shared_work_is_computed_once_and_reused(tmp_path):

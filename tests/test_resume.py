@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+import vlprompt.engine.loop as loop_mod
 import vlprompt.engine.trainer as trainer_mod
 from vlprompt.config import config_from_dict
 from vlprompt.core.errors import VlpromptError
@@ -43,7 +44,7 @@ class _Killed(Exception):
 @pytest.mark.parametrize("stop_after", [1, 3])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_imagefolder, reference, monkeypatch, stop_after):
     ref_ctx, ref_metrics = reference
-    original = trainer_mod.save_training_state
+    original = loop_mod.save_training_state
 
     def save_then_die(folder, epoch, *args, **kwargs):
         path = original(folder, epoch, *args, **kwargs)
@@ -52,10 +53,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_imagefolde
         return path
 
     raw = _cfg(tmp_path, tiny_imagefolder, "interrupted")
-    monkeypatch.setattr(trainer_mod, "save_training_state", save_then_die)
+    monkeypatch.setattr(loop_mod, "save_training_state", save_then_die)
     with pytest.raises(_Killed):
         trainer_mod.train(config_from_dict(raw))
-    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    monkeypatch.setattr(loop_mod, "save_training_state", original)
     torch.manual_seed(999)  # the resumed process starts from another RNG state
     with pytest.raises(VlpromptError, match="--resume"):
         trainer_mod.train(config_from_dict(raw))  # without --resume the half-finished run is protected
@@ -68,16 +69,16 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_imagefolde
 
 def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_imagefolder, monkeypatch):
     raw = _cfg(tmp_path, tiny_imagefolder, "changed")
-    original = trainer_mod.save_training_state
+    original = loop_mod.save_training_state
 
     def die(folder, epoch, *args, **kwargs):
         original(folder, epoch, *args, **kwargs)
         raise _Killed()
 
-    monkeypatch.setattr(trainer_mod, "save_training_state", die)
+    monkeypatch.setattr(loop_mod, "save_training_state", die)
     with pytest.raises(_Killed):
         trainer_mod.train(config_from_dict(raw))
-    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    monkeypatch.setattr(loop_mod, "save_training_state", original)
     raw["optim"]["batch_size"] = 2  # optim.lr / optim.max_epoch may change (tests/test_hostile.py)
     with pytest.raises(VlpromptError, match=r"differs in optim\.batch_size"):
         trainer_mod.train(config_from_dict(raw), resume=True)
@@ -129,17 +130,17 @@ def test_cached_augmented_views_train_and_resume_exactly(tmp_path, tiny_imagefol
 
     full = trainer_mod.train(config_from_dict(raw("full")))
     assert len(full["history"]) == 4
-    original = trainer_mod.save_training_state
+    original = loop_mod.save_training_state
 
     def die(folder, epoch, *a, **k):
         original(folder, epoch, *a, **k)
         if epoch == 1:
             raise _Killed()
 
-    monkeypatch.setattr(trainer_mod, "save_training_state", die)
+    monkeypatch.setattr(loop_mod, "save_training_state", die)
     with pytest.raises(_Killed):
         trainer_mod.train(config_from_dict(raw("cut")))
-    monkeypatch.setattr(trainer_mod, "save_training_state", original)
+    monkeypatch.setattr(loop_mod, "save_training_state", original)
     trainer_mod.train(config_from_dict(raw("cut")), resume=True)
     a = read_prompt(tmp_path / "full" / "prompt.safetensors")[0]["prompt_learner.ctx"]
     b = read_prompt(tmp_path / "cut" / "prompt.safetensors")[0]["prompt_learner.ctx"]

@@ -36,6 +36,9 @@ import yaml
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.validate import FLOAT_MAX, INT_MAX, INT_MIN, check_choice, check_float, check_int, shown
 
+if typing.TYPE_CHECKING:
+    from vlprompt.methods.capabilities import Capabilities
+
 
 @dataclass
 class BackboneConfig:
@@ -188,6 +191,13 @@ class MethodSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self.config)}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The method's capabilities with these options: ``get_method(name).capabilities_for(config)``."""
+        from vlprompt.methods.registry import get_method
+
+        return get_method(self.name).capabilities_for(self.config)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from vlprompt.core.errors import ModelError
 
@@ -155,11 +155,17 @@ class Backbone(Protocol):
     def encode_text(self, ids: Tensor) -> Tensor: ...  # [P, L] -> [P, E]
 
     # ------------------------------------------------------------------ image side
-    def encode_image(self, images: Tensor) -> Tensor: ...  # [B, 3, H, W] -> [B, E]
+    def encode_image(self, images: Tensor) -> Tensor: ...  # [B, 3, H, W] -> [B, E]; differentiable w.r.t.
+    # image-tower parameters that require gradients (none in a frozen backbone, so no graph is built; a
+    # method's private copy with adapters, CLIP-LoRA)
     def local_features(self, images: Tensor) -> tuple[Tensor, Tensor]: ...  # [B, E], [B, N, E]
     def local_features_unsupported(self) -> str | None: ...  # why not, or None when available
     def eval_transform(self) -> Any: ...
     def train_transform(self) -> Any: ...
+
+    # ------------------------------------------------------------------ structure (for methods that adapt it)
+    def transformer_blocks(self, tower: str) -> list[nn.Module]: ...  # "text" / "image": residual blocks in
+    # order, [] when the tower has none (ResNet, timm); a method changing them works on copy.deepcopy(backbone)
 
 
 # ---------------------------------------------------------------------------------- families

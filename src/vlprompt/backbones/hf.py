@@ -244,15 +244,22 @@ class HFBackbone(nn.Module):
         return self.encode_text_embeddings(self.token_embedding(ids), self.pooled_index(ids), ids=ids)
 
     # ------------------------------------------------------------------ image side
-    @torch.no_grad()
     def encode_image(self, images: Tensor) -> Tensor:
-        """Image features ``[B, 3, H, W] -> [B, E]`` (the model's ``get_image_features``)."""
+        """Image features ``[B, 3, H, W] -> [B, E]`` (the model's ``get_image_features``); differentiable with
+        respect to image-tower parameters that require gradients (none in the frozen model: no graph)."""
         images = images.to(self.device, self.dtype)
         if self.model_type == "siglip2":
             out = self.model.get_image_features(**siglip2_patches(images, self.model.config.vision_config.patch_size))
         else:
             out = self.model.get_image_features(pixel_values=images)
         return out.pooler_output if hasattr(out, "pooler_output") else out
+
+    def transformer_blocks(self, tower: str) -> list[nn.Module]:
+        """The encoder layers of the ``"text"`` or ``"image"`` tower, input to output (``encoder.layers``)."""
+        if tower not in ("text", "image"):
+            raise ValueError(f"tower must be 'text' or 'image', got {tower!r}")
+        part = self.model.text_model if tower == "text" else self.model.vision_model
+        return list(part.encoder.layers)
 
     def local_features_unsupported(self) -> str | None:
         return ("local (patch) features are defined for open_clip image towers only; "

@@ -220,9 +220,9 @@ class OpenClipBackbone(nn.Module):
         return self.encode_text_embeddings(self.token_embedding(ids), self.pooled_index(ids), ids=ids)
 
     # ------------------------------------------------------------------ image side
-    @torch.no_grad()
     def encode_image(self, images: Tensor) -> Tensor:
-        """Image features ``[B, 3, H, W] -> [B, E]`` (unnormalised; frozen, so no graph is built)."""
+        """Image features ``[B, 3, H, W] -> [B, E]`` (unnormalised). Differentiable with respect to image-tower
+        parameters that require gradients (adapters of a method's private copy); frozen, no graph is built."""
         visual_dtype = next(self.model.visual.parameters()).dtype
         return self.model.encode_image(images.to(self.device, visual_dtype), normalize=False)
 
@@ -251,6 +251,16 @@ class OpenClipBackbone(nn.Module):
 
         visual_dtype = next(self.model.visual.parameters()).dtype
         return capture_and_encode(self.model, images.to(self.device, visual_dtype))
+
+    def transformer_blocks(self, tower: str) -> list[nn.Module]:
+        """The residual attention blocks of the ``"text"`` or ``"image"`` tower, input to output (open_clip
+        ``Transformer.resblocks``); empty when the tower has none (ModifiedResNet, timm, Hugging Face text
+        towers). A method that changes them (CLIP-LoRA) works on its own ``copy.deepcopy`` of the backbone."""
+        if tower not in ("text", "image"):
+            raise ValueError(f"tower must be 'text' or 'image', got {tower!r}")
+        text = self.model.text if hasattr(self.model, "text") else self.model
+        owner = text if tower == "text" else self.model.visual
+        return list(getattr(getattr(owner, "transformer", None), "resblocks", []))
 
     # ------------------------------------------------------------------ transforms
     def eval_transform(self) -> Any:

@@ -124,7 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vlprompt.config import load_config
     from vlprompt.core.deploy import refuse_exported
     from vlprompt.engine.run import RunPaths
-    from vlprompt.engine.trainer import load_run_config
+    from vlprompt.engine.run_life import load_run_config
     from vlprompt.tasks.api import evaluate
 
     if args.prompt:
@@ -418,7 +418,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from vlprompt.methods.registry import get_method, list_methods
 
     methods = list_methods()
-    needs_local = {m for m in methods if get_method(m).capabilities.local_features}
+    needs_local = {m for m in methods if get_method(m).capabilities_for().local_features}
     print(f"{'model':36s} {'family':9s} {'text tower':12s} {'image tower':30s} methods; pretrained tags")
     for entry in open_clip_catalog():
         if args.filter and args.filter.lower() not in entry.name.lower():

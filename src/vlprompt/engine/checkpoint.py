@@ -189,28 +189,27 @@ def check_backbone_matches(meta: dict[str, Any], backbone: Any, path: str | Path
         )
 
 
-def _is_class_specific(meta: dict[str, Any]) -> bool:
-    """Whether the prompt in ``meta`` holds per-class tensors (asked of its method; False if unknown)."""
+def _holds_class_state(meta: dict[str, Any]) -> bool:
+    """Whether the prompt in ``meta`` holds state that belongs to its classes: its method's capability
+    ``class_specific`` with the saved options (the defaults when they no longer validate); an unknown method
+    is a :class:`ConfigError` naming the known ones."""
     from vlprompt.methods.registry import get_method, make_method_config
 
+    entry = get_method(str(meta.get("method")))
     try:
-        entry = get_method(str(meta.get("method")))
-        return entry.model_cls.is_class_specific(make_method_config(entry.name, dict(meta.get("config") or {})))
-    except (VlpromptError, TypeError, ValueError, AttributeError):
-        return False
+        config = make_method_config(entry.name, dict(meta.get("config") or {}))
+    except (VlpromptError, TypeError, ValueError):
+        config = None
+    return entry.capabilities_for(config).class_specific
 
 
 def check_classnames_match(meta: dict[str, Any], classnames: list[str], path: str | Path,
                            *, allow_new_classes: bool) -> None:
     """Refuse a prompt learned for another class list unless transfer to new classes is allowed."""
-    from vlprompt.methods.registry import get_method
-
     saved = list(meta.get("classnames", []))
     if saved == list(classnames):
         return
-    class_specific = _is_class_specific(meta)
-    if meta.get("method") and get_method(meta["method"]).capabilities.class_specific:
-        class_specific = True
+    class_specific = _holds_class_state(meta)
     if allow_new_classes and not class_specific:
         return
     first = next((i for i, (a, b) in enumerate(zip(saved, classnames)) if a != b), min(len(saved), len(classnames)))

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from vlprompt.core.metrics import accuracy_report
 from vlprompt.data.types import Datum
-from vlprompt.engine.features import encode_items
+from vlprompt.engine.features import encode_items, image_encoding
 from vlprompt.methods.base import PromptMethod
 
 
@@ -19,7 +19,7 @@ from vlprompt.methods.base import PromptMethod
 def logits_from_features(method: PromptMethod, features: Tensor, *, batch_size: int = 256) -> Tensor:
     """``[N, n_cls]`` logits from image features; fixed prompts' text features are computed once."""
     method.eval()
-    text = None if method.image_conditional else method.text_features()
+    text = None if method.capabilities.image_conditional else method.text_features()
     out = []
     for start in range(0, features.shape[0], batch_size):
         f = features[start : start + batch_size]
@@ -41,13 +41,14 @@ def evaluate_items(
     """Accuracy report (see :func:`accuracy_report`) of ``method`` on ``items``.
 
     Images go through the frozen encoder once per process (features cached on the backbone), then
-    the logits are computed on features. A method that modifies the encoders (deep prompts) encodes
-    every image anew, with no cache. Evaluation never changes the caller's RNG state.
+    the logits are computed on features. A method whose encoders change (:func:`image_encoding`
+    "every_step": deep vision prompts, LoRA) encodes every image anew, with no cache. Evaluation never changes
+    the caller's RNG state.
     """
-    frozen = not method.modifies_encoders
+    cached = image_encoding(method.capabilities) == "cached"
     feats, labels = encode_items(method.encode_images, items, loader, method.backbone.eval_transform(),
                                  batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc,
-                                 cache_owner=method.backbone if frozen else None, cache_kind=method.feature_kind,
-                                 disk_dir=disk_dir if frozen else None)
+                                 cache_owner=method.backbone if cached else None,
+                                 cache_kind=method.capabilities.feature_kind, disk_dir=disk_dir if cached else None)
     logits = logits_from_features(method, feats, batch_size=batch_size)
     return accuracy_report(logits.argmax(dim=-1), labels.cpu(), method.classnames)

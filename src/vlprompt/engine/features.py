@@ -1,9 +1,10 @@
-"""Frozen-encoder feature caching.
+"""Frozen-encoder feature caching, and the one decision whether images are encoded every step.
 
 The image encoder is frozen, so when training without random augmentation every epoch sees the
 same image features: encode each training image once and run the loop on features. The result
 equals encoding every batch (up to float rounding of batched matmuls); it is the default whenever
-``data.augment`` is false.
+``data.augment`` is false. :func:`image_encoding` says, from a method's capabilities and the data options,
+which of the three ways a training run (and an evaluation) gets its image features.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -21,9 +23,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from vlprompt.config import DataConfig
 from vlprompt.data.loading import make_loader
 from vlprompt.data.types import Datum
 from vlprompt.engine.distributed import SINGLE, DistContext, GlobalBatchSampler
+from vlprompt.methods.capabilities import Capabilities
 
 #: Upper bound on cached images per backbone (ImageNet's 1.3M train images would not all be kept).
 MAX_CACHED = 400_000
@@ -31,6 +35,35 @@ MAX_CACHED = 400_000
 logger = logging.getLogger("vlprompt.features")
 _CONTENT_HASHES: dict[tuple[str, int, int, int, int], str] = {}
 _WARNED: set[str] = set()
+
+
+#: How image features reach a training step or an evaluation (see :func:`image_encoding`).
+ImageEncoding = Literal["every_step", "cached_views", "cached"]
+
+
+def image_encoding(caps: Capabilities, data: DataConfig | None = None) -> ImageEncoding:
+    """Encode images every step or not: the one decision, from a method's capabilities and the data options
+    (``data`` None: an evaluation, which never augments).
+
+    * ``"every_step"``: images ``[B, 3, H, W]`` go through the method's encoder at every step (and every
+      evaluation batch), never cached: the encoders change with learned tensors (capability
+      ``modifies_encoders``), or training augments on the fly (``data.augment``), or caching is off
+      (``data.cache_features: false``). Features cached for a method whose encoders change would be stale,
+      so such a method is never given a cache, in memory or on disk.
+    * ``"cached_views"``: ``data.augment_views`` randomly augmented views of every training image, encoded
+      once (opt-in approximation of on-the-fly augmentation).
+    * ``"cached"``: every image encoded once through the frozen encoder; the features are kept per backbone
+      in memory (and on disk with ``data.feature_cache_dir``) and reused by later epochs, evaluations and runs.
+    """
+    if caps.modifies_encoders:
+        return "every_step"
+    if data is None:
+        return "cached"
+    if data.augment and data.augment_views > 0:
+        return "cached_views"
+    if data.augment or not data.cache_features:
+        return "every_step"
+    return "cached"
 
 
 def content_key(path: str) -> str:
@@ -64,15 +97,16 @@ def _warn_once(path: Path, problem: str) -> None:
                        "and replacing it")
 
 
+#: Each backbone's in-memory feature cache, kept beside the backbone (never on it: a method's private copy of a
+#: backbone, such as CLIP-LoRA's, starts without one) for as long as the backbone lives.
+_MEMORY: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str], Tensor]] = weakref.WeakKeyDictionary()
+
+
 def _cache_of(owner: Any) -> dict[tuple[str, str, str], Tensor] | None:
-    """The feature cache living on ``owner`` (a backbone): it dies with the backbone, never goes stale."""
+    """The in-memory feature cache of ``owner`` (a backbone): it dies with the backbone, never goes stale."""
     if owner is None:
         return None
-    cache = getattr(owner, "_vlprompt_feature_cache", None)
-    if cache is None:
-        cache = {}
-        owner._vlprompt_feature_cache = cache
-    return cache
+    return _MEMORY.setdefault(owner, {})
 
 
 def encode_items(

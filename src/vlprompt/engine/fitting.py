@@ -18,7 +18,7 @@ from torch import Tensor
 
 from vlprompt.data.loading import ImageDataset
 from vlprompt.data.pipeline import PreparedData
-from vlprompt.engine.features import encode_items
+from vlprompt.engine.features import encode_items, image_encoding
 from vlprompt.methods.base import PromptMethod
 
 #: offset of the augmentation seed from the run's seed (the cached-views path uses 7919)
@@ -29,21 +29,20 @@ class RunFitData:
     """Few-shot features of one run (see the module doc).
 
     Args:
-        method: the method being fitted (its ``encode_images`` and ``feature_kind``).
+        method: the method being fitted (its ``encode_images`` and capabilities).
         data: the run's prepared data (few-shot train, val).
         seed: the run's seed (augmented views).
         batch_size / num_workers / disk_dir: encoding options (``optim.test_batch_size``, ...).
-        cache: use the backbone's feature cache (False for methods that modify the encoders).
         log: the run's logger function.
     """
 
     def __init__(self, method: PromptMethod, data: PreparedData, *, seed: int, batch_size: int = 100,
-                 num_workers: int = 0, disk_dir: str | None = None, cache: bool = True, progress: bool = False,
+                 num_workers: int = 0, disk_dir: str | None = None, progress: bool = False,
                  log: Callable[[str], None] | None = None) -> None:
         self.method, self.data, self.seed = method, data, seed
         self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
-        self.cache = cache
-        self.disk_dir = disk_dir if cache else None
+        self.cache = image_encoding(method.capabilities) == "cached"  # never for encoders that change
+        self.disk_dir = disk_dir if self.cache else None
         self._log = log
 
     def features(self, split: str) -> tuple[Tensor, Tensor]:
@@ -56,7 +55,7 @@ class RunFitData:
         return encode_items(self.method.encode_images, items, self.data.splits.loader, backbone.eval_transform(),
                             batch_size=self.batch_size, num_workers=self.num_workers, progress=self.progress,
                             desc=f"encoding {split}", cache_owner=backbone if self.cache else None,
-                            cache_kind=self.method.feature_kind, disk_dir=self.disk_dir)
+                            cache_kind=self.method.capabilities.feature_kind, disk_dir=self.disk_dir)
 
     @torch.no_grad()
     def augmented_features(self, views: int, crop_scale: tuple[float, float] = (0.08, 1.0)) -> tuple[Tensor, Tensor]:

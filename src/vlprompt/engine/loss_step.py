@@ -26,7 +26,6 @@ from vlprompt.engine.distributed import (
     sum_gradients,
 )
 from vlprompt.methods.base import LossTerms, PromptMethod
-from vlprompt.methods.registry import get_method
 
 
 @dataclass
@@ -53,7 +52,7 @@ def backward_terms(method: PromptMethod, out: LossTerms, params: Sequence[Tensor
     non-finite loss, on every rank alike (the values are all-reduced).
     """
     if owns_gradient_step is None:
-        owns_gradient_step = get_method(method.method_name).capabilities.owns_gradient_step
+        owns_gradient_step = method.capabilities.owns_gradient_step
     names = sorted(out.terms)
     local_counts = [int(out.terms[k][1]) for k in names]
     counts = dict(zip(names, (int(round(c)) for c in all_reduce_values(ctx, local_counts))))

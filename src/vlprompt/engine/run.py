@@ -1,4 +1,4 @@
-"""Run folders: layout, single-writer lock, logging, device and seeding."""
+"""Run folders: layout, single-writer lock, logging, device, precision and seeding."""
 
 from __future__ import annotations
 
@@ -201,6 +201,13 @@ def resolve_device(spec: str, option: str = "option train.device") -> torch.devi
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{option} is '{spec}' but no CUDA GPU is available; use cpu or auto")
     return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision == "amp"`` (learned parameters stay fp32), else a no-op."""
+    if precision != "amp":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def seed_everything(seed: int) -> None:

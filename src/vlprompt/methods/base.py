@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlprompt.backbones.base import Backbone
+from vlprompt.methods.capabilities import Capabilities
 
 
 @dataclass(frozen=True)
@@ -100,22 +101,54 @@ def template_text_features(backbone: Backbone, classnames: list[str], templates:
     return torch.cat(feats)
 
 
+#: The class attribute in which :func:`~vlprompt.methods.registry.register_method` records a method class's
+#: registration (its name and capabilities); read from the class itself, never inherited.
+REGISTRATION_ATTR = "__vlprompt_registration__"
+
+
+class Registration(Protocol):
+    """What registering a method class recorded (a :class:`~vlprompt.methods.registry.MethodEntry`)."""
+
+    name: str
+
+    def capabilities_for(self, config: Any = None) -> Capabilities: ...
+
+
+def registration_of(cls: type) -> Registration:
+    """The registration of method class ``cls`` itself (a subclass does not inherit its parent's)."""
+    entry = cls.__dict__.get(REGISTRATION_ATTR)
+    if entry is None:
+        raise TypeError(f"method class {cls.__qualname__} is not registered: register it with "
+                        f"register_method('<name>', <ConfigClass>, {cls.__name__}) (docs/methods.md, "
+                        "'The method contract')")
+    return entry
+
+
+class _RegisteredName:
+    """``method_name``: the name the class was registered under (``TypeError`` for an unregistered class)."""
+
+    def __get__(self, obj: Any, owner: type) -> str:
+        return registration_of(owner).name
+
+
 class PromptMethod(nn.Module):
     """A classifier ``images -> logits [B, n_cls]`` built on a frozen CLIP backbone.
 
-    Subclasses implement :meth:`text_features` (and, for image-conditional prompts such as
-    CoCoOp, set ``image_conditional = True`` and override :meth:`forward_features`).
+    Subclasses implement :meth:`text_features` (image-conditional prompts such as CoCoOp override
+    :meth:`forward_features` and declare the capability ``image_conditional`` where they are registered).
+    A method's name and capabilities come from its registration
+    (:func:`~vlprompt.methods.registry.register_method`): ``method_name`` is the registered name and
+    ``self.capabilities`` the :class:`Capabilities` of this instance's config, which is what the engine,
+    tasks and report read.
+
+    The engine calls the hooks below at fixed points; each has a default, so a method overrides only
+    what it needs: :meth:`fit` (before any epoch, capability ``training`` "fit" / "fit+sgd"),
+    :meth:`training_loss` (every step), :meth:`combine_gradients` (every step, with ``owns_gradient_step``),
+    :meth:`on_epoch_end` (after every epoch) and :meth:`after_training` (after the last epoch, "fit+sgd").
     """
 
-    method_name: ClassVar[str] = "base"
-    #: True when text features depend on the image (CoCoOp); evaluation then cannot cache them.
-    image_conditional: ClassVar[bool] = False
-    #: What :meth:`encode_images` returns (a key of the per-backbone feature cache).
-    feature_kind: ClassVar[str] = "global"
-    #: True when the method changes the encoders themselves (deep prompts, LoRA): its image features
-    #: depend on learned tensors, so they are never cached. An instance may set it to False when it
-    #: learns nothing inside the image tower (e.g. deep text prompts only).
-    modifies_encoders: ClassVar[bool] = False
+    #: The registered name (set by registration; reading it on an unregistered class raises ``TypeError``).
+    method_name = _RegisteredName()
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: Any,
                  context: MethodContext | None = None) -> None:
@@ -126,16 +159,12 @@ class PromptMethod(nn.Module):
         self.classnames = list(classnames)
         self.config = config
         self.context = context if context is not None else MethodContext()
+        #: What this method needs and does with this config (declared at registration).
+        self.capabilities: Capabilities = registration_of(type(self)).capabilities_for(config)
 
     @property
     def n_cls(self) -> int:
         return len(self.classnames)
-
-    @classmethod
-    def is_class_specific(cls, config: Any) -> bool:
-        """True when the learned state holds one tensor per class (CoOp's CSC): such a prompt only fits its
-        own class list and cannot transfer to new classes."""
-        return False
 
     # -------------------------------------------------------------- learned state
     def learned_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -199,6 +228,11 @@ class PromptMethod(nn.Module):
     def after_training(self, data: FitData) -> dict[str, Any]:
         """Called once after the SGD epochs (e.g. Tip-Adapter-F's search of alpha / beta); returns values to log."""
         return {}
+
+    def on_epoch_end(self, epoch: int, max_epoch: int) -> None:
+        """Called after every training epoch ``epoch`` (0-based) of ``max_epoch``, before its checkpoint is
+        written (e.g. PromptSRC's Gaussian prompt aggregation). State it keeps must be in the learned state
+        (parameters or persistent buffers) for a resumed run to equal an uninterrupted one. Default: nothing."""
 
     def combine_gradients(self, grads: dict[str, list[Tensor | None]]) -> list[Tensor | None]:
         """The update direction of the learned parameters from each loss term's gradient.

@@ -1,111 +1,139 @@
-"""Method registry: ``build_method(name, backbone, classnames, **options)``.
+"""Method registry: one declaration per method, ``build_method(name, backbone, classnames, **options)``.
 
-Each method registers a config dataclass (fields = the options, named as in the papers' code)
-and a :class:`~vlprompt.methods.base.PromptMethod` subclass.
+A method is registered once, with its name, its config dataclass (fields = the options, named as in the
+papers' code), its :class:`~vlprompt.methods.base.PromptMethod` subclass and its :class:`Capabilities`
+(a constant, or a function of the config when a capability depends on an option)::
+
+    register_method("coop", CoOpConfig, CoOp, capabilities=lambda cfg: Capabilities(class_specific=cfg.csc))
+
+    @register_method("toy", ToyConfig)          # the same, as a class decorator
+    class Toy(PromptMethod): ...
+
+Registration gives the class its identity (``Toy.method_name == "toy"``; an unregistered class has none),
+refuses a malformed name and a name or a class registered twice, and records the capabilities that every
+built method carries as ``method.capabilities`` (``get_method(name).capabilities_for(config)`` before one
+is built).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, TypeVar, overload
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import ConfigError, ModelError
 from vlprompt.core.plugins import load_extensions
-from vlprompt.methods.base import MethodContext, PromptMethod
+from vlprompt.methods.base import REGISTRATION_ATTR, MethodContext, PromptMethod
+from vlprompt.methods.capabilities import Capabilities
 
+__all__ = ["Capabilities", "MethodEntry", "build_method", "get_method", "list_methods", "make_method_config",
+           "register_method"]
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What a method needs and does, declared where it is registered; engine, tasks and report read
-    these instead of testing method names.
+#: A method's name: lower case letters, digits and underscores, starting with a letter (it is a config
+#: value, a folder name in sweeps and a column of the report).
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 
-    Attributes:
-        training: ``"sgd"`` (learned by the trainer's gradient loop), ``"fit"`` (fitted in closed form on
-            the few-shot features by :meth:`~vlprompt.methods.base.PromptMethod.fit`: linear probe,
-            Tip-Adapter), ``"fit+sgd"`` (fitted, then trained by the loop: Tip-Adapter-F) or ``"none"``
-            (training-free, e.g. zero-shot CLIP).
-        supervision: ``"labels"`` (ground-truth few-shot labels) or ``"none"`` (no labels: training-free,
-            or unsupervised such as UPL, which learns from its own pseudo-labels).
-        image_conditional: text features depend on the image (CoCoOp): they cannot be computed once
-            for an evaluation.
-        local_features: needs patch-level (local) image features besides the global one (LoCoOp).
-        modifies_encoders: changes the encoders themselves (LoRA, deep prompts): image features cannot
-            be cached and the shared-prefix text shortcut does not apply.
-        class_specific: what it learns belongs to the training classes (a linear probe's weights,
-            Tip-Adapter's cache): it predicts only those classes, so base-to-new and cross-dataset
-            evaluation on other class names are refused.
-        owns_gradient_step: the method turns its loss terms' gradients into the update itself
-            (:meth:`~vlprompt.methods.base.PromptMethod.combine_gradients`; ProGrad).
-    """
-
-    training: Literal["sgd", "fit", "fit+sgd", "none"] = "sgd"
-    supervision: Literal["labels", "none"] = "labels"
-    image_conditional: bool = False
-    local_features: bool = False
-    modifies_encoders: bool = False
-    class_specific: bool = False
-    owns_gradient_step: bool = False
-
-    def __post_init__(self) -> None:
-        if self.training not in ("sgd", "fit", "fit+sgd", "none"):
-            raise ValueError(f"capability training must be sgd, fit, fit+sgd or none, got {self.training!r}")
-        if self.owns_gradient_step and not self.uses_sgd:
-            raise ValueError("owns_gradient_step needs a method trained by SGD")
-
-    @property
-    def fitted(self) -> bool:
-        """Has a closed-form ``fit`` step (before any SGD)."""
-        return self.training in ("fit", "fit+sgd")
-
-    @property
-    def uses_sgd(self) -> bool:
-        """Trained by the trainer's gradient loop (learned parameters, optimiser, epochs)."""
-        return self.training in ("sgd", "fit+sgd")
-
-    @property
-    def trainable(self) -> bool:
-        """Whether a run learns anything (a training-free method is evaluated directly)."""
-        return self.training != "none"
-
-    @property
-    def unsupervised(self) -> bool:
-        """Learns without ground-truth labels (UPL)."""
-        return self.trainable and self.supervision == "none"
+M = TypeVar("M", bound=type[PromptMethod])
+#: The capabilities of a method registered without any: trained by SGD on labels, nothing else.
+PLAIN = Capabilities()
 
 
 @dataclass(frozen=True)
 class MethodEntry:
+    """A registered method: its name, config dataclass, model class and declared capabilities.
+
+    ``declared`` is a :class:`Capabilities`, or a function of a config (an instance of ``config_cls``)
+    returning one; :meth:`capabilities_for` is the one answer either way.
+    """
+
     name: str
     config_cls: type
     model_cls: type[PromptMethod]
-    capabilities: Capabilities = Capabilities()
+    declared: Capabilities | Callable[[Any], Capabilities] = Capabilities()
 
-    @property
-    def trainable(self) -> bool:
-        return self.capabilities.trainable
+    def capabilities_for(self, config: Any = None) -> Capabilities:
+        """The capabilities of this method built with ``config`` (None: the config's defaults)."""
+        if isinstance(self.declared, Capabilities):
+            return self.declared
+        caps = self.declared(self.config_cls() if config is None else config)
+        if not isinstance(caps, Capabilities):
+            raise TypeError(f"the capabilities function of method '{self.name}' returned {caps!r}, not Capabilities")
+        return caps
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], *,
-                    capabilities: Capabilities | None = None, **flags: Any) -> None:
-    """Register ``model_cls`` (built from ``config_cls(**options)``) under ``name``.
+@overload
+def register_method(name: str, config_cls: type, model_cls: None = None, *,
+                    capabilities: Capabilities | Callable[[Any], Capabilities] = ...) -> Callable[[M], M]: ...
 
-    Capabilities are given as a :class:`Capabilities` or as its fields (``training="none"``, ...);
-    ``image_conditional``, ``local_features`` and ``modifies_encoders`` default to what ``model_cls`` declares.
+
+@overload
+def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], *,
+                    capabilities: Capabilities | Callable[[Any], Capabilities] = ...) -> None: ...
+
+
+def register_method(name: str, config_cls: type, model_cls: type[PromptMethod] | None = None, *,
+                    capabilities: Capabilities | Callable[[Any], Capabilities] = PLAIN) -> Any:
+    """Register ``model_cls`` (built from ``config_cls(**options)``) under ``name``; without ``model_cls``,
+    return a class decorator that does.
+
+    Args:
+        name: the method's name (``method.name`` in configs); lower case, ``[a-z][a-z0-9_]*``.
+        config_cls: a dataclass whose fields are the method's options (every field with a default).
+        model_cls: the :class:`PromptMethod` subclass; registration sets its ``method_name``.
+        capabilities: a :class:`Capabilities`, or a function of a ``config_cls`` instance returning one
+            (when a capability depends on an option).
+
+    Raises:
+        ConfigError: a malformed name, a name already registered for another class, or a class already
+            registered under another name (re-registering the same class under the same name, as a module
+            imported again does, replaces the entry).
     """
-    if capabilities is None:
-        flags.setdefault("image_conditional", bool(model_cls.image_conditional))
-        flags.setdefault("local_features", model_cls.feature_kind != "global")
-        flags.setdefault("modifies_encoders", bool(model_cls.modifies_encoders))
-        capabilities = Capabilities(**flags)
-    elif flags:
-        raise TypeError("pass either capabilities or its fields to register_method, not both")
-    _METHODS[name] = MethodEntry(name, config_cls, model_cls, capabilities)
+    if model_cls is None:
+        def decorator(cls: M) -> M:
+            _register(name, config_cls, cls, capabilities)
+            return cls
+
+        return decorator
+    _register(name, config_cls, model_cls, capabilities)
+    return None
+
+
+def _same_class(a: type, b: type) -> bool:
+    """The same class, or the same class defined again (its module imported anew)."""
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
+def _register(name: str, config_cls: type, model_cls: type[PromptMethod],
+              capabilities: Capabilities | Callable[[Any], Capabilities]) -> None:
+    where = f"register_method({name!r}, ...)"
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"{where}: a method name is lower case letters, digits and underscores starting with a "
+                          f"letter (e.g. 'my_method'), got {name!r}")
+    if not (isinstance(model_cls, type) and issubclass(model_cls, PromptMethod)):
+        raise ConfigError(f"{where}: the model class must be a subclass of PromptMethod, got {model_cls!r}")
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise ConfigError(f"{where}: the config class must be a dataclass, got {config_cls!r}")
+    if not (isinstance(capabilities, Capabilities) or callable(capabilities)):
+        raise ConfigError(f"{where}: capabilities must be a Capabilities or a function of the config returning "
+                          f"one, got {capabilities!r}")
+    taken = _METHODS.get(name)
+    if taken is not None and not _same_class(taken.model_cls, model_cls):
+        raise ConfigError(f"{where}: the name '{name}' is already registered for "
+                          f"{taken.model_cls.__module__}.{taken.model_cls.__qualname__}; choose another name")
+    own = model_cls.__dict__.get(REGISTRATION_ATTR)
+    if own is not None and own.name != name:
+        raise ConfigError(f"{where}: {model_cls.__qualname__} is already registered as '{own.name}'; a class has "
+                          "one name (register a subclass for a variant)")
+    entry = MethodEntry(name, config_cls, model_cls, capabilities)
+    _METHODS[name] = entry
+    setattr(model_cls, REGISTRATION_ATTR, entry)
 
 
 def _ensure_builtin() -> None:
@@ -150,16 +178,17 @@ def build_method(
 
     Options are the config dataclass's fields (e.g. ``n_ctx=16, csc=False`` for CoOp); pass
     either a ready ``config`` object or keyword options, not both. ``context`` gives the dataset's
-    hand-crafted template(s) (default: ``"a photo of a {}."``).
+    hand-crafted template(s) (default: ``"a photo of a {}."``). The method carries its capabilities
+    with this config as ``method.capabilities``.
     """
     entry = get_method(name)
-    if entry.capabilities.local_features:
-        why = backbone.local_features_unsupported()
-        if why is not None:
-            raise ModelError(f"method '{name}' needs local (patch) image features, which backbone "
-                             f"'{backbone.name}' does not provide: {why}.")
     if config is None:
         config = make_method_config(name, options)
     elif options:
         raise ConfigError("pass either a config object or keyword options to build_method, not both")
+    if entry.capabilities_for(config).local_features:
+        why = backbone.local_features_unsupported()
+        if why is not None:
+            raise ModelError(f"method '{name}' needs local (patch) image features, which backbone "
+                             f"'{backbone.name}' does not provide: {why}.")
     return entry.model_cls(backbone, classnames, config, context)

@@ -38,10 +38,10 @@ OodKey = tuple[str, str, str, int | None]  # (method, backbone, ID dataset, shot
 
 @cache
 def method_capabilities(name: str) -> Capabilities:
-    """The registered capabilities of method ``name``; a name this release does not know (an old or a
-    plugin's result file) counts as a trainable, supervised method."""
+    """The registered capabilities of method ``name`` with its default options; a name this release does not
+    know (an old or a plugin's result file) counts as a trainable, supervised method."""
     try:
-        return get_method(name).capabilities
+        return get_method(name).capabilities_for()
     except ConfigError:
         return Capabilities()
 

@@ -147,7 +147,7 @@ def _text_in_chunks(prompt: str | Path, backbone: Backbone | None, classnames: l
             names = classnames[start : start + CLASS_CHUNK]
             method = load_prompt(prompt, backbone, names, allow_new_classes=True, device=dev).to(dev).eval()
             backbone = method.backbone
-            if method.image_conditional:
+            if method.capabilities.image_conditional:
                 bar.close()
                 method = load_prompt(prompt, backbone, classnames, allow_new_classes=True, device=dev)
                 return method.to(dev).eval(), None
@@ -193,7 +193,7 @@ def predict(prompt: str | Path, images: list[str], *, topk: int = 5, classnames:
     else:
         method = load_prompt(prompt, backbone, classnames, allow_new_classes=classnames is not None, device=dev)
         method = method.to(dev).eval()
-        text = None if method.image_conditional else method.text_features()
+        text = None if method.capabilities.image_conditional else method.text_features()
     names = list(classnames) if classnames is not None else list(method.classnames)
     transform = method.backbone.eval_transform()
     files = collect_images(images)

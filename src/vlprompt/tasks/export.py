@@ -85,7 +85,7 @@ class ExportedClassifier(nn.Module):
         cfg = method.backbone.preprocess_cfg
         self.register_buffer("mean", torch.tensor(cfg.get("mean", _OPENAI_MEAN), dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.get("std", _OPENAI_STD), dtype=torch.float32).view(1, 3, 1, 1))
-        self.image_conditional = bool(method.image_conditional)
+        self.image_conditional = method.capabilities.image_conditional
         if not self.image_conditional:
             with torch.no_grad():
                 self.register_buffer("text", method.text_features().detach().float())
@@ -94,7 +94,7 @@ class ExportedClassifier(nn.Module):
         """Image features ``[B, E]`` (global) of uint8 images ``[B, S, S, 3]``."""
         x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0  # torchvision ToTensor
         x = (x - self.mean) / self.std  # Normalize
-        if self.method.feature_kind == "global":
+        if not self.method.capabilities.local_features:
             return self.method.encode_images(x)
         return self.method.backbone.encode_image(x)  # local features only serve training (LoCoOp)
 
@@ -148,7 +148,7 @@ def classifier_metadata(method: PromptMethod, fmt: str, batch: int | None,
     size = bb.image_size
     return {
         "format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "vlprompt_version": __version__,
-        "export_format": fmt, "method": method.method_name, "image_conditional": bool(method.image_conditional),
+        "export_format": fmt, "method": method.method_name, "image_conditional": method.capabilities.image_conditional,
         "classnames": list(method.classnames), "backbone": bb.info.as_dict(),
         "logit_scale": float(bb.logit_scale), "logit_bias": None if bb.logit_bias is None else float(bb.logit_bias),
         "preprocess": {"size": size, "mean": list(cfg.get("mean", _OPENAI_MEAN)),
@@ -180,7 +180,7 @@ def _quiet() -> Iterator[None]:
 
 def _refuse(method: PromptMethod, fmt: str, exc: Exception) -> ModelError:
     reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-    kind = "image-conditional " if method.image_conditional else ""
+    kind = "image-conditional " if method.capabilities.image_conditional else ""
     return ModelError(f"the {kind}method '{method.method_name}' could not be exported to {fmt}: {reason[:300]}. "
                       "Use the prompt file with vlprompt (vlprompt predict / eval) instead.")
 
@@ -289,7 +289,7 @@ def reference_logits(method: PromptMethod, images: np.ndarray) -> Tensor:
                      for img in images])
     with torch.no_grad():
         feats = method.encode_images(x)
-        if method.image_conditional:
+        if method.capabilities.image_conditional:
             return method.forward_features(feats).float()
         return method.logits(feats, method.text_features()).float()
 
@@ -374,7 +374,7 @@ def export_classifier(method: PromptMethod, output: str | Path, *, fmt: str = "o
     method = method.to("cpu").float().eval()
     module = ExportedClassifier(method).eval()
     size = method.backbone.image_size
-    batch = 1 if method.image_conditional else None  # CoCoOp's graph specialises the batch size
+    batch = 1 if method.capabilities.image_conditional else None  # CoCoOp's graph specialises the batch size
     gen = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (batch or 2, size, size, 3), dtype=torch.uint8, generator=gen)
     meta = classifier_metadata(method, fmt, batch, extra)

@@ -100,9 +100,9 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
         method = zeroshot_classifier(backbone, splits.classnames, templates).to(device)
     else:
         method = load_prompt(prompt, backbone, splits.classnames).to(device)
-    if method.image_conditional:
+    if method.capabilities.image_conditional:
         raise VlpromptError(f"OOD scores need fixed class prompts; method '{method.method_name}' is image-conditional")
-    if method.modifies_encoders:  # OOD features come from the frozen image tower below
+    if method.capabilities.modifies_encoders:  # OOD features come from the frozen image tower below
         raise VlpromptError(f"OOD scores use the frozen image tower; method '{method.method_name}' learns prompts "
                             "inside the image tower, which OOD evaluation does not support yet")
     with torch.no_grad():

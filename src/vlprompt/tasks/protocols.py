@@ -28,7 +28,6 @@ from vlprompt.core.io import atomic_write_text
 from vlprompt.core.metrics import harmonic_mean
 from vlprompt.core.results import ProtocolResult, write_result
 from vlprompt.core.tables import markdown_table
-from vlprompt.methods.registry import get_method
 
 
 def _with(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -52,7 +51,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, extra: list[str
     """Train (or reuse) the run of ``seed``; ``(prompt path, source test accuracy)``; (None, None) for zero-shot."""
     from vlprompt.engine.trainer import train
 
-    if not get_method(cfg.method.name).trainable:
+    if not cfg.method.capabilities.trainable:
         return None, None
     run_dir = out_dir / f"seed{seed}"
     run_cfg = _with(cfg, [f"train.seed={seed}", f"train.output_dir={_q(str(run_dir))}", *extra])
@@ -61,8 +60,9 @@ def _train_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, extra: list[str
 
 
 def _check_transfers(cfg: ExperimentConfig, protocol: str) -> None:
-    """Refuse a class-specific method (linear probe, Tip-Adapter) for a protocol that predicts other classes."""
-    if get_method(cfg.method.name).capabilities.class_specific:
+    """Refuse a class-specific method (linear probe, Tip-Adapter, CoOp with ``csc``) for a protocol that predicts
+    other classes: before anything is trained."""
+    if cfg.method.capabilities.class_specific:
         raise ConfigError(f"method '{cfg.method.name}' learns state for its training classes only (it is "
                           f"class-specific) and cannot predict the other classes protocol '{protocol}' evaluates "
                           "on; use it with the few-shot protocol, or a method that transfers (coop, cocoop, ...)")
@@ -74,7 +74,7 @@ def base_to_new(cfg: ExperimentConfig, seeds: Sequence[int], out_dir: str | Path
     _check_transfers(cfg, "base2new")
     out = Path(out_dir)
     rows = []
-    trainable = get_method(cfg.method.name).trainable
+    trainable = cfg.method.capabilities.trainable
     for seed in (seeds if trainable else seeds[:1]):
         prompt, base = _train_seed(cfg, seed, out, ["data.subsample_classes=base"])
         if base is None:
@@ -93,7 +93,7 @@ def transfer(cfg: ExperimentConfig, targets: Sequence[str], seeds: Sequence[int]
         _check_transfers(cfg, kind)
     out = Path(out_dir)
     rows = []
-    trainable = get_method(cfg.method.name).trainable
+    trainable = cfg.method.capabilities.trainable
     source = cfg.data.dataset
     for seed in (seeds if trainable else seeds[:1]):
         prompt, source_acc = _train_seed(cfg, seed, out, [])

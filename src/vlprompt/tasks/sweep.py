@@ -43,7 +43,6 @@ from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json
 from vlprompt.core.results import SWEEP_PROTOCOLS, RunResult, write_result
 from vlprompt.core.validate import shown
-from vlprompt.methods.registry import get_method
 
 SEEDS_INSIDE = ("base2new", "dg", "xd")  # protocol functions that run every seed themselves
 _KEYS = {"name", "protocol", "config", "methods", "datasets", "shots", "seeds", "backbones", "targets", "set",
@@ -172,7 +171,7 @@ def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, datas
 def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, shots: int, seed: int,
               train: Any) -> None:
     """One seed of a per-seed protocol (fewshot, ood, unsupervised) into ``run_dir``."""
-    trainable = get_method(cfg.method.name).trainable
+    trainable = cfg.method.capabilities.trainable
     if sw.protocol == "unsupervised" and trainable:
         from vlprompt.tasks.pseudo_label import pseudo_label
 

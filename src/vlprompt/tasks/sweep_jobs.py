@@ -187,7 +187,6 @@ def execute_job(sw: Any, job: SweepJob, *, rank: int = 0, progress: bool = False
     scoring) alone.
     """
     from vlprompt.engine.trainer import train
-    from vlprompt.methods.registry import get_method
     from vlprompt.tasks.protocols import base_to_new, transfer
     from vlprompt.tasks.sweep import _run_seed
 
@@ -203,7 +202,7 @@ def execute_job(sw: Any, job: SweepJob, *, rank: int = 0, progress: bool = False
                 transfer(cfg, sw.targets, sw.seeds, folder, kind=sw.protocol)
         return "done"
     if rank > 0:  # the other ranks of a data-parallel job: training only
-        if get_method(cfg.method.name).trainable:
+        if cfg.method.capabilities.trainable:
             if sw.protocol == "unsupervised":
                 cfg.data.fewshot_file = str(folder / "pseudo_labels.json")
             train(cfg, resume=True)
@@ -239,7 +238,6 @@ def prepare_shared(sw: Any, jobs: Sequence[SweepJob], *, log: Any = print) -> di
     Returns ``{"pseudo_labels": n, "features": n}``: pseudo-label files computed by this call, and feature
     sets made sure of (computed, or read back from the cache when another process had computed them).
     """
-    from vlprompt.methods.registry import get_method
 
     counts = {"pseudo_labels": 0, "features": 0}
     pending = [j for j in jobs if not done_file(sw, j).exists()]
@@ -249,7 +247,7 @@ def prepare_shared(sw: Any, jobs: Sequence[SweepJob], *, log: Any = print) -> di
             continue
         seen.add(job.group)
         cfg = job_config(sw, replace(job, seed=job.seed if job.seed is not None else sw.seeds[0]))
-        if sw.protocol == "unsupervised" and get_method(cfg.method.name).trainable:
+        if sw.protocol == "unsupervised" and cfg.method.capabilities.trainable:
             pseudo = Path(sw.output_dir) / job.group / "pseudo_labels.json"
             with shared_lock(sw, f"pseudo:{job.group}"):
                 if not pseudo.exists():
@@ -265,7 +263,7 @@ def prepare_shared(sw: Any, jobs: Sequence[SweepJob], *, log: Any = print) -> di
         cfg = job_config(sw, replace(job, seed=job.seed if job.seed is not None else sw.seeds[0]))
         key = (json.dumps(cfg.as_dict()["backbone"], sort_keys=True, default=str), cfg.train.compute_precision,
                json.dumps(cfg.as_dict()["data"], sort_keys=True, default=str),
-               get_method(cfg.method.name).model_cls.feature_kind)
+               cfg.method.capabilities.feature_kind)
         if key in feature_keys:
             continue
         feature_keys.add(key)
@@ -279,8 +277,7 @@ def _encode_test_split(cfg: Any, log: Any) -> int:
     from vlprompt.backbones.build import build_backbone
     from vlprompt.data.pipeline import load_dataset
     from vlprompt.engine.features import encode_items
-    from vlprompt.engine.run import resolve_device
-    from vlprompt.engine.trainer import autocast
+    from vlprompt.engine.run import autocast, resolve_device
     from vlprompt.methods.registry import build_method
 
     device = resolve_device(cfg.train.device)
@@ -290,11 +287,12 @@ def _encode_test_split(cfg: Any, log: Any) -> int:
         return 0
     method = build_method(cfg.method.name, backbone, splits.classnames, config=cfg.method.config).to(device)
     transform = backbone.eval_transform()
-    log(f"shared: test-split features of {cfg.data.dataset} ({cfg.backbone.model}, {method.feature_kind})")
+    log(f"shared: test-split features of {cfg.data.dataset} ({cfg.backbone.model}, {method.capabilities.feature_kind})")
     with autocast(device, cfg.train.compute_precision):  # the evaluation's autocast: same cache entry
         encode_items(method.encode_images, splits.test, splits.loader, transform,
                      batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
-                     cache_owner=backbone, cache_kind=method.feature_kind, disk_dir=cfg.data.feature_cache_dir)
+                     cache_owner=backbone, cache_kind=method.capabilities.feature_kind,
+                     disk_dir=cfg.data.feature_cache_dir)
     return 1
 
 

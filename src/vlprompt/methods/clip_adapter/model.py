@@ -15,37 +15,18 @@ ensembled like zero-shot CLIP) and is rebuilt for whatever class names the adapt
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.core.validate import check_float, check_int
+from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodContext, PromptMethod, template_text_features
-
-
-@dataclass
-class ClipAdapterConfig:
-    """The adapter's bottleneck ``reduction`` and residual ``ratio`` (CLIP-Adapter's defaults)."""
-
-    reduction: int = field(default=4, metadata={"help": "bottleneck width E / reduction (Adapter(c_in, 4))"})
-    ratio: float = field(default=0.2, metadata={"help": "residual ratio alpha: f' = alpha A(f) + (1 - alpha) f"})
-
-    def __post_init__(self) -> None:
-        check_int(self.reduction, "method.reduction", minimum=1)
-        check_float(self.ratio, "method.ratio", minimum=0.0)
-        if self.ratio > 1:
-            from vlprompt.core.errors import ConfigError
-
-            raise ConfigError(f"option method.ratio must be in [0, 1], got {self.ratio}")
+from vlprompt.methods.clip_adapter.config import ClipAdapterConfig
 
 
 class ClipAdapter(PromptMethod):
     """Learned visual adapter ``adapter`` on frozen image features; frozen hand-crafted text classifier."""
 
-    method_name = "clip_adapter"
-
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: ClipAdapterConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: ClipAdapterConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         dim = backbone.embed_dim

@@ -115,12 +115,10 @@ def _additive_mask(attn_mask: Tensor | None, key_padding_mask: Tensor | None, dt
     return mask
 
 
-def attention_modules(tower: nn.Module) -> list[tuple[int, nn.Module, str]]:
-    """``(block index, block, attribute)`` of every ``nn.MultiheadAttention`` directly inside the tower's
-    ``resblocks`` (open_clip ``Transformer``)."""
-    blocks = getattr(tower, "resblocks", None)
-    if blocks is None:
-        return []
+def attention_modules(blocks: Sequence[nn.Module]) -> list[tuple[int, nn.Module, str]]:
+    """``(block index, block, attribute)`` of every ``nn.MultiheadAttention`` directly inside a tower's
+    residual ``blocks`` (:meth:`~vlprompt.backbones.base.Backbone.transformer_blocks`; open_clip's; a
+    Hugging Face layer's attention has separate projections and is not found)."""
     found = []
     for i, block in enumerate(blocks):
         for name, child in block.named_children():

@@ -2,8 +2,8 @@
 
 from vlprompt.methods.cocoop.config import CoCoOpConfig
 from vlprompt.methods.cocoop.model import CoCoOp
-from vlprompt.methods.registry import register_method
+from vlprompt.methods.registry import Capabilities, register_method
 
-register_method("cocoop", CoCoOpConfig, CoCoOp)
+register_method("cocoop", CoCoOpConfig, CoCoOp, capabilities=Capabilities(image_conditional=True))
 
 __all__ = ["CoCoOp", "CoCoOpConfig"]

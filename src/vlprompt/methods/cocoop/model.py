@@ -30,9 +30,6 @@ from vlprompt.methods.coop.prompt import PromptLearner
 class CoCoOp(PromptMethod):
     """Image-conditional prompts: learned context ``ctx [M, D]`` + Meta-Net ``E -> E/16 -> D``."""
 
-    method_name = "cocoop"
-    image_conditional = True
-
     def __init__(self, backbone: Backbone, classnames: list[str], config: CoCoOpConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

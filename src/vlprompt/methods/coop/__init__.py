@@ -2,8 +2,9 @@
 
 from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.model import CoOp
-from vlprompt.methods.registry import register_method
+from vlprompt.methods.registry import Capabilities, register_method
 
-register_method("coop", CoOpConfig, CoOp)
+#: class-specific context (csc) belongs to the training classes
+register_method("coop", CoOpConfig, CoOp, capabilities=lambda cfg: Capabilities(class_specific=cfg.csc))
 
 __all__ = ["CoOp", "CoOpConfig"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -19,12 +17,6 @@ class CoOp(PromptMethod):
     ``p(y=c|x) = softmax_c( logit_scale * cos(f(x), g(t_c)) )`` with
     ``t_c = [SOS][V]1..[V]M[CLASS_c].[EOT]`` (Eq. 2-3 of the paper).
     """
-
-    method_name = "coop"
-
-    @classmethod
-    def is_class_specific(cls, config: Any) -> bool:
-        return bool(config.csc)
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: CoOpConfig,
                  context: MethodContext | None = None) -> None:

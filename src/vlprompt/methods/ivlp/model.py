@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.deep_prompts import (
     check_vision_deep,
     encode_image_deep,
@@ -26,7 +27,6 @@ from vlprompt.backbones.deep_prompts import (
     vision_depth,
     vision_width,
 )
-from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.ivlp.config import IVLPConfig
 from vlprompt.methods.ivlp.prompt import DeepTextPrompt
@@ -48,10 +48,7 @@ class IVLP(PromptMethod):
     """Deep prompts in the text tower (``text_prompt.ctx`` + ``text_deep``) and / or the ViT image tower
     (``vision_ctx`` + ``vision_deep``), learned independently."""
 
-    method_name = "ivlp"
-    modifies_encoders = True
-
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: IVLPConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: IVLPConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         std, dev = config.init_std, backbone.device
@@ -76,8 +73,6 @@ class IVLP(PromptMethod):
             nn.init.normal_(first, std=std)
             self.vision_ctx = nn.Parameter(first.to(dev))
             self.vision_deep = _normal_list(depth - 1, config.n_ctx_vision, width, std, dev)
-        #: image features depend on learned tensors only when vision prompts are learned
-        self.modifies_encoders = config.learns_vision
 
     def text_features(self) -> Tensor:
         """``[n_cls, E]`` normalised text features (deep language prompts, or the fixed VPT prompt)."""
@@ -97,10 +92,8 @@ class IVLP(PromptMethod):
 class VPTDeep(IVLP):
     """VPT-deep: vision prompts only, with CLIP's fixed text prompt."""
 
-    method_name = "vpt_deep"
 
 
 class DeepLanguage(IVLP):
     """Deep language prompting: text prompts only, frozen image tower."""
 
-    method_name = "deep_language"

@@ -13,15 +13,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.deep_prompts import encode_text_deep_shared
-from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.core.errors import ConfigError
 
 
 class DeepTextPrompt(nn.Module):
     """Learned layer-0 context ``ctx [n_ctx, D]`` and the frozen SOS / suffix embeddings of each class."""
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], *, n_ctx: int, ctx_init: str | None,
+    def __init__(self, backbone: Backbone, classnames: list[str], *, n_ctx: int, ctx_init: str | None,
                  init_std: float, option: str = "method.n_ctx") -> None:
         super().__init__()
         dim = backbone.text_width
@@ -50,7 +50,7 @@ class DeepTextPrompt(nn.Module):
         self.register_buffer("token_suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)  # rest, name . EOT
         self.register_buffer("eot_index", eot, persistent=False)
 
-    def encode(self, backbone: OpenClipBackbone, deep: list[Tensor]) -> Tensor:
+    def encode(self, backbone: Backbone, deep: list[Tensor]) -> Tensor:
         """``[n_cls, E]`` unnormalised text features with deep prompts ``deep`` (each ``[n_ctx, D]``): SOS and the
         prompts are the same for every class, so the exact shared-prefix pass runs them once."""
         return encode_text_deep_shared(backbone, self.ctx, self.token_prefix[0], self.token_suffix,

@@ -12,40 +12,19 @@ writes the squared distance ||w_c - w_c^clip||^2, which is 2 (1 - cos) for unit 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.core.validate import check_float
+from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import LossTerms, MethodContext, template_text_features
-from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.model import CoOp
-
-
-@dataclass
-class KgCoOpConfig(CoOpConfig):
-    """CoOp's options with KgCoOp's defaults (4 context tokens initialised from 'a photo of a') plus ``w``."""
-
-    n_ctx: int = field(default=4, metadata={"help": "M (KgCoOp's base-to-new scripts: NCTX=4)"})
-    ctx_init: str | None = field(
-        default="a photo of a",
-        metadata={"help": "initial context words (KgCoOp's trainer uses 'a photo of a'); null = N(0, 0.02)"},
-    )
-    w: float = field(default=8.0, metadata={"help": "weight of the knowledge-guided penalty (TRAINER.COOP.W)"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_float(self.w, "method.w", minimum=0.0)
+from vlprompt.methods.kgcoop.config import KgCoOpConfig
 
 
 class KgCoOp(CoOp):
     """CoOp + ``W * (1 - mean_c cos(w_c, w_c^clip))``; ``w^clip`` is a frozen buffer ``[n_cls, E]``."""
 
-    method_name = "kgcoop"
-
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: KgCoOpConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: KgCoOpConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         clip = template_text_features(backbone, self.classnames, self.context.templates)

@@ -16,34 +16,18 @@ scikit-learn is needed only to fit (``pip install 'vlprompt[probe]'``); predicti
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import ConfigError
-from vlprompt.core.validate import check_float, check_int
 from vlprompt.methods.base import FitData, MethodContext, PromptMethod
+from vlprompt.methods.linear_probe.config import LinearProbeConfig
 
 #: lpclip's initial grid of C (``linear_probe.py`` l.54)
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
-
-
-@dataclass
-class LinearProbeConfig:
-    """Logistic-regression options (lpclip's defaults)."""
-
-    C: float | None = field(default=None, metadata={"help": "inverse L2 strength; null = search on val as lpclip"})
-    search_steps: int = field(default=8, metadata={"help": "bisection steps after the grid (--num_step 8)"})
-    max_iter: int = field(default=1000, metadata={"help": "L-BFGS iterations (max_iter=1000)"})
-
-    def __post_init__(self) -> None:
-        if self.C is not None:
-            check_float(self.C, "method.C", minimum=0.0, strict=True)
-        check_int(self.search_steps, "method.search_steps", minimum=0)
-        check_int(self.max_iter, "method.max_iter", minimum=1)
 
 
 def _sklearn_logistic_regression() -> Any:
@@ -87,9 +71,7 @@ def search_c(fit_predict: Any, train: tuple[Any, Any], val: tuple[Any, Any], ste
 class LinearProbe(PromptMethod):
     """``logits = f W^T + b`` with ``W [n_cls, E]``, ``b [n_cls]`` fitted by :meth:`fit` (class-specific)."""
 
-    method_name = "linear_probe"
-
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: LinearProbeConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: LinearProbeConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         dev = backbone.device

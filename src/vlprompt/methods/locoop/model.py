@@ -8,42 +8,23 @@ Loss (Eq. 4-6 of the paper, as in the reference ``trainers/locoop.py``)::
     L_ood = - mean_{p in J} H(softmax(l_p)),  H(q) = -sum_c q_c log(q_c + 1e-5)
 
 L_ood is 0 (without error) when no patch is selected. Local features: see
-:meth:`~vlprompt.backbones.openclip.OpenClipBackbone.local_features`. Any CoOp prompt (unified or
+:meth:`~vlprompt.backbones.base.Backbone.local_features`. Any CoOp prompt (unified or
 class-specific) can be trained with the regulariser: the options are CoOp's plus ``lambda_value``
 and ``top_k``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.backbones.local import GLOBAL_LOCAL, packed_global_local
+from vlprompt.backbones.local import packed_global_local
 from vlprompt.core.errors import ConfigError
-from vlprompt.core.validate import check_float, check_int
 from vlprompt.methods.base import LossTerms, MethodContext
-from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.model import CoOp
-
-
-@dataclass
-class LoCoOpConfig(CoOpConfig):
-    """CoOp's options plus the OOD regulariser's."""
-
-    lambda_value: float = field(default=0.25, metadata={"help": "weight of the OOD regulariser (LoCoOp's LAMBDA)"})
-    top_k: int | None = field(
-        default=None, metadata={"help": "K of the top-K rule (LoCoOp's TOPK: 200 of 1000); null = 20% of classes"}
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_float(self.lambda_value, "method.lambda_value", minimum=0.0)
-        if self.top_k is not None:
-            check_int(self.top_k, "method.top_k", minimum=1)
+from vlprompt.methods.locoop.config import LoCoOpConfig
 
 
 def entropy_sum_of_selected(local_logits: Tensor, labels: Tensor, top_k: int) -> tuple[Tensor, int]:
@@ -73,9 +54,6 @@ def entropy_of_selected(local_logits: Tensor, labels: Tensor, top_k: int) -> Ten
 
 class LoCoOp(CoOp):
     """CoOp + LoCoOp's OOD regulariser on local features; inference is CoOp's (global features)."""
-
-    method_name = "locoop"
-    feature_kind = GLOBAL_LOCAL
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: LoCoOpConfig,
                  context: MethodContext | None = None) -> None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.deep_prompts import (
     check_vision_deep,
     encode_image_deep,
@@ -30,7 +31,6 @@ from vlprompt.backbones.deep_prompts import (
     vision_depth,
     vision_width,
 )
-from vlprompt.backbones.openclip import OpenClipBackbone
 from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.ivlp.prompt import DeepTextPrompt
 from vlprompt.methods.maple.config import MaPLeConfig
@@ -39,10 +39,7 @@ from vlprompt.methods.maple.config import MaPLeConfig
 class MaPLe(PromptMethod):
     """Coupled deep prompts in both towers (needs a ViT image tower)."""
 
-    method_name = "maple"
-    modifies_encoders = True
-
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: MaPLeConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: MaPLeConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         check_vision_deep(backbone)

@@ -20,33 +20,14 @@ l.115 / ``scripts/prograd.sh`` l.15), ``T`` 1.0 (LOSS.T in ``configs/trainers/Pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.core.validate import check_float
+from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import LossTerms, MethodContext, template_text_features
-from vlprompt.methods.coop.config import CoOpConfig
 from vlprompt.methods.coop.model import CoOp
-
-
-@dataclass
-class ProGradConfig(CoOpConfig):
-    """CoOp's options plus ProGrad's ``lambda_value`` (LOSS.LAMBDA) and ``temperature`` (LOSS.T)."""
-
-    lambda_value: float = field(
-        default=1.0, metadata={"help": "strength of the projection (LOSS.LAMBDA; the README uses 0.8 for "
-                               "8/16 shots on Flowers102, DTD, EuroSAT)"}
-    )
-    temperature: float = field(default=1.0, metadata={"help": "distillation temperature T (LOSS.T)"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_float(self.lambda_value, "method.lambda_value", minimum=0.0)
-        check_float(self.temperature, "method.temperature", minimum=0.0, strict=True)
+from vlprompt.methods.prograd.config import ProGradConfig
 
 
 def prograd_kl_sum(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -69,9 +50,7 @@ def project_gradient(g_ce: Tensor, g_kl: Tensor, lambda_value: float) -> Tensor:
 class ProGrad(CoOp):
     """CoOp whose update follows the cross-entropy gradient projected off the zero-shot distillation's."""
 
-    method_name = "prograd"
-
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: ProGradConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: ProGradConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         zs = template_text_features(backbone, self.classnames, self.context.templates)

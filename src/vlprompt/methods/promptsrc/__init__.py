@@ -2,8 +2,9 @@
 
 from vlprompt.methods.promptsrc.config import PromptSRCConfig
 from vlprompt.methods.promptsrc.model import PromptSRC
-from vlprompt.methods.registry import register_method
+from vlprompt.methods.registry import Capabilities, register_method
 
-register_method("promptsrc", PromptSRCConfig, PromptSRC, modifies_encoders=True)
+#: trains on packed prompted + frozen image features (encode_images in train mode): never cached
+register_method("promptsrc", PromptSRCConfig, PromptSRC, capabilities=Capabilities(modifies_encoders=True))
 
 __all__ = ["PromptSRC", "PromptSRCConfig"]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlprompt.backbones.openclip import OpenClipBackbone
+from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import LossTerms, MethodContext
 from vlprompt.methods.ivlp.model import IVLP
 from vlprompt.methods.promptsrc.config import PromptSRCConfig
@@ -57,10 +57,7 @@ def teacher_templates(n: int) -> list[str]:
 class PromptSRC(IVLP):
     """IVLP + self-regulating consistency terms + Gaussian prompt aggregation."""
 
-    method_name = "promptsrc"
-    modifies_encoders = True
-
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: PromptSRCConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: PromptSRCConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         names = [n.replace("_", " ") for n in self.classnames]

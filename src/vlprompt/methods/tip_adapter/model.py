@@ -22,68 +22,20 @@ epoch with the best *test* accuracy (l.111-126); vlprompt keeps the last epoch (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vlprompt.backbones.openclip import OpenClipBackbone
-from vlprompt.core.errors import ConfigError
-from vlprompt.core.validate import check_bool, check_float, check_int
+from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import (
     FitData,
     MethodContext,
     PromptMethod,
     template_text_features,
 )
-
-
-def _pair(value: Any, name: str, kind: type) -> list:
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise ConfigError(f"option method.{name} must be a list of two numbers [beta, alpha], got {value!r}")
-    out = [kind(v) if not isinstance(v, bool) and isinstance(v, int | float) else None for v in value]
-    if None in out or any(v <= 0 for v in out):
-        raise ConfigError(f"option method.{name} must hold two positive numbers [beta, alpha], got {value!r}")
-    return out
-
-
-@dataclass
-class TipAdapterConfig:
-    """Tip-Adapter's options, named as in its ``configs/*.yaml`` (defaults: ``configs/imagenet.yaml``)."""
-
-    init_beta: float = field(default=1.0, metadata={"help": "beta before / without the search (init_beta)"})
-    init_alpha: float = field(default=1.17, metadata={"help": "alpha before / without the search (init_alpha)"})
-    search_hp: bool = field(default=True, metadata={"help": "search alpha and beta on the validation split"})
-    search_scale: list[float] = field(default_factory=lambda: [7.0, 3.0],
-                                      metadata={"help": "[S_beta, S_alpha]: largest values searched"})
-    search_step: list[int] = field(default_factory=lambda: [200, 20],
-                                   metadata={"help": "[N_beta, N_alpha]: number of values searched"})
-    augment_epoch: int = field(default=10, metadata={"help": "augmented passes over the few-shot set for the keys"})
-    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0],
-                                    metadata={"help": "RandomResizedCrop scale of the cache's augmentation"})
-
-    def __post_init__(self) -> None:
-        check_float(self.init_beta, "method.init_beta", minimum=0.0)
-        check_float(self.init_alpha, "method.init_alpha", minimum=0.0)
-        check_bool(self.search_hp, "method.search_hp")
-        self.search_scale = _pair(self.search_scale, "search_scale", float)
-        steps = _pair(self.search_step, "search_step", float)
-        if any(s != int(s) for s in steps):
-            raise ConfigError(f"option method.search_step must hold two positive integers, got {self.search_step!r}")
-        self.search_step = [int(s) for s in steps]
-        check_int(self.augment_epoch, "method.augment_epoch", minimum=1)
-        lo, hi = _pair(self.crop_scale, "crop_scale", float)
-        if lo > hi or hi > 1:
-            raise ConfigError(f"option method.crop_scale must be [low, high] with 0 < low <= high <= 1, "
-                              f"got {self.crop_scale!r}")
-        self.crop_scale = [lo, hi]
-
-
-@dataclass
-class TipAdapterFConfig(TipAdapterConfig):
-    """Tip-Adapter-F: the same options; the optimiser comes from the ``optim`` section (AdamW, lr 0.001)."""
+from vlprompt.methods.tip_adapter.config import TipAdapterConfig
 
 
 def search_grid(scale: float, steps: int) -> list[float]:
@@ -114,10 +66,9 @@ class TipAdapter(PromptMethod):
     ``beta``. The cache is class-specific: the method predicts the classes it was fitted on.
     """
 
-    method_name = "tip_adapter"
     learn_keys = False
 
-    def __init__(self, backbone: OpenClipBackbone, classnames: list[str], config: TipAdapterConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: TipAdapterConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         dim, dev = backbone.embed_dim, backbone.device
@@ -189,7 +140,6 @@ class TipAdapter(PromptMethod):
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the cache keys are learned (SGD on cross-entropy), then alpha / beta are searched."""
 
-    method_name = "tip_adapter_f"
     learn_keys = True
 
     def fit(self, data: FitData) -> dict[str, Any]:

@@ -26,8 +26,6 @@ from vlprompt.methods.upl.config import UPLConfig
 class UPL(PromptMethod):
     """Ensemble of ``N`` unified CoOp prompts: ``ctx [N, M, D]``."""
 
-    method_name = "upl"
-
     def __init__(self, backbone: Backbone, classnames: list[str], config: UPLConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

@@ -1,0 +1,84 @@
+"""What a method needs and does (:class:`Capabilities`), declared once where the method is registered.
+
+The engine, tasks, report and checkpoints read a built method's ``method.capabilities`` (or, before a
+method is built, ``get_method(name).capabilities_for(config)``), never the method's name or class
+attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from vlprompt.backbones.local import GLOBAL_LOCAL
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method needs and does; engine, tasks and report read these instead of testing method names.
+
+    Attributes:
+        training: ``"sgd"`` (learned by the trainer's gradient loop), ``"fit"`` (fitted in closed form on
+            the few-shot features by :meth:`~vlprompt.methods.base.PromptMethod.fit`: linear probe,
+            Tip-Adapter), ``"fit+sgd"`` (fitted, then trained by the loop: Tip-Adapter-F) or ``"none"``
+            (training-free, e.g. zero-shot CLIP).
+        supervision: ``"labels"`` (ground-truth few-shot labels) or ``"none"`` (no labels: training-free,
+            or unsupervised such as UPL, which learns from its own pseudo-labels).
+        image_conditional: text features depend on the image (CoCoOp): they cannot be computed once
+            for an evaluation.
+        local_features: ``encode_images`` returns patch-level (local) image features besides the global
+            one, packed ``[B, 1 + P, E]`` (LoCoOp); the backbone must provide them.
+        modifies_encoders: image features depend on learned tensors (LoRA, deep vision prompts): they are
+            never cached (memory or disk), and training encodes its images at every step.
+        class_specific: what it learns belongs to the training classes (a linear probe's weights,
+            Tip-Adapter's cache, CoOp's class-specific context): it predicts only those classes, so
+            base-to-new and cross-dataset evaluation on other class names are refused.
+        owns_gradient_step: the method turns its loss terms' gradients into the update itself
+            (:meth:`~vlprompt.methods.base.PromptMethod.combine_gradients`; ProGrad).
+    """
+
+    training: Literal["sgd", "fit", "fit+sgd", "none"] = "sgd"
+    supervision: Literal["labels", "none"] = "labels"
+    image_conditional: bool = False
+    local_features: bool = False
+    modifies_encoders: bool = False
+    class_specific: bool = False
+    owns_gradient_step: bool = False
+
+    def __post_init__(self) -> None:
+        if self.training not in ("sgd", "fit", "fit+sgd", "none"):
+            raise ValueError(f"capability training must be sgd, fit, fit+sgd or none, got {self.training!r}")
+        if self.supervision not in ("labels", "none"):
+            raise ValueError(f"capability supervision must be labels or none, got {self.supervision!r}")
+        for flag in ("image_conditional", "local_features", "modifies_encoders", "class_specific",
+                     "owns_gradient_step"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"capability {flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.owns_gradient_step and not self.uses_sgd:
+            raise ValueError("owns_gradient_step needs a method trained by SGD")
+
+    @property
+    def fitted(self) -> bool:
+        """Has a closed-form ``fit`` step (before any SGD)."""
+        return self.training in ("fit", "fit+sgd")
+
+    @property
+    def uses_sgd(self) -> bool:
+        """Trained by the trainer's gradient loop (learned parameters, optimiser, epochs)."""
+        return self.training in ("sgd", "fit+sgd")
+
+    @property
+    def trainable(self) -> bool:
+        """Whether a run learns anything (a training-free method is evaluated directly)."""
+        return self.training != "none"
+
+    @property
+    def unsupervised(self) -> bool:
+        """Learns without ground-truth labels (UPL)."""
+        return self.trainable and self.supervision == "none"
+
+    @property
+    def feature_kind(self) -> str:
+        """What ``encode_images`` returns, the key of the engine's feature caches: ``"global"`` (``[B, E]``)
+        or ``"global+local"`` (``[B, 1 + P, E]``, with ``local_features``)."""
+        return GLOBAL_LOCAL if self.local_features else "global"
