@@ -62,3 +62,6 @@ def test_malformed_backbones_are_refused_with_the_field(value, message):
     with pytest.raises(ValueError, match=message):
         BackboneRecord.parse(value)
 
+
+def test_a_loaded_backbone_gives_its_record(vit_backbone):
+    assert vit_backbone.info.record == BackboneRecord("open_clip", "vlprompt-test-vit", None)
