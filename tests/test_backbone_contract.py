@@ -32,6 +32,7 @@ from vlprompt.backbones.base import (
     backbone_families,
     encode_prefix_suffix_in_full,
     family_of,
+    load_any_backbone,
     register_backbone_family,
 )
 from vlprompt.backbones.build import build_backbone
@@ -245,10 +246,11 @@ def test_a_family_needs_a_loader_and_a_test_model(registry):
 
 
 def test_a_family_registered_at_run_time_routes_its_prefix(registry):
-    family = register_backbone_family("toy", _other_loader, test_model="toy:x")
+    family = register_backbone_family("toy", "vlprompt.backbones.openclip:load_backbone", test_model="toy:x")
     assert family.prefix == "toy:" and backbone_families()["open_clip"].prefix is None
-    assert family_of("toy:ViT-B-16") == (family, "ViT-B-16")
+    assert family_of("toy:vlprompt-test-vit") == (family, "vlprompt-test-vit")
     assert family_of("hf-hub:timm/x")[0].name == "open_clip"  # open_clip's own schemes are not families
+    assert load_any_backbone("toy:vlprompt-test-vit").name == "vlprompt-test-vit"  # "module:function" loader
 
 
 def test_one_cache_for_every_family_keyed_by_family_model_and_options():
