@@ -176,7 +176,7 @@ class Backbone(Protocol):
 #: A family's tiny test model: a ``backbone.model`` string that loads offline with ``pretrained: null``
 #: (random init), or a function that writes such a model into the empty folder it is given and returns
 #: the model string that loads it.
-TestModel = str | Callable[[Path], str]
+FamilyTestModel = str | Callable[[Path], str]
 
 
 def _qualified(fn: Callable[..., Any] | str) -> str:
@@ -193,14 +193,14 @@ class BackboneFamily:
             ``open_clip``, also takes every string without a family prefix).
         loader: ``loader(model, pretrained, device=, precision=, cache_dir=) -> Backbone``, or
             ``"module:function"`` (imported on first use).
-        test_model: its tiny offline test model (:data:`TestModel`), loaded by the family contract test.
+        test_model: its tiny offline test model (:data:`FamilyTestModel`), loaded by the family contract test.
         description: one line for ``vlprompt models``.
         requires: optional packages (import names) the family needs beyond vlprompt's own dependencies.
     """
 
     name: str
     loader: Callable[..., Any] | str
-    test_model: TestModel
+    test_model: FamilyTestModel
     description: str = ""
     requires: tuple[str, ...] = ()
 
@@ -226,7 +226,7 @@ class BackboneFamily:
 _FAMILIES: dict[str, BackboneFamily] = {}
 
 
-def register_backbone_family(name: str, loader: Callable[..., Any] | str, *, test_model: TestModel,
+def register_backbone_family(name: str, loader: Callable[..., Any] | str, *, test_model: FamilyTestModel,
                              description: str = "", requires: tuple[str, ...] = ()) -> BackboneFamily:
     """Declare a backbone family; ``--model <name>:<model>`` then loads through ``loader``.
 
@@ -240,7 +240,7 @@ def register_backbone_family(name: str, loader: Callable[..., Any] | str, *, tes
         name: family name, e.g. ``"toy"`` for ``--model toy:...``.
         loader: ``loader(model, pretrained, *, device, precision, cache_dir) -> Backbone`` (``model``
             without the prefix), or ``"module:function"`` imported on first load.
-        test_model: the tiny offline test model (:data:`TestModel`) every family must provide: the
+        test_model: the tiny offline test model (:data:`FamilyTestModel`) every family must provide: the
             family contract test (``tests/test_backbone_contract.py``) loads it through
             :func:`~vlprompt.backbones.build.build_backbone` and checks the :class:`Backbone` protocol.
         description: one line for ``vlprompt models``.
