@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vlprompt.config import config_from_dict
+from vlprompt.config import BackboneConfig, config_from_dict
 from vlprompt.core.tables import markdown_table
 
 
@@ -28,10 +28,10 @@ def main() -> None:
     ap.add_argument("--views", default="4,8")
     ap.add_argument("--epochs", type=int, default=50)
     args = ap.parse_args()
-    from vlprompt.backbones.openclip import shared_backbone
+    from vlprompt.backbones.build import build_backbone
     from vlprompt.engine.trainer import train
 
-    backbone = shared_backbone("vlprompt-world-rn", "world")
+    backbone = build_backbone(BackboneConfig("vlprompt-world-rn", "world"))
     modes = [("none", {"augment": False}), ("on the fly", {"augment": True})]
     modes += [(f"{k} cached views", {"augment": True, "augment_views": int(k)}) for k in args.views.split(",")]
     rows = []

@@ -22,8 +22,8 @@ import torch
 import vlprompt.engine.loop as loop_mod
 import vlprompt.engine.trainer as trainer_mod
 import vlprompt.methods.registry as registry
-from vlprompt.backbones.openclip import load_backbone
-from vlprompt.config import config_from_dict
+from vlprompt.backbones.build import build_backbone
+from vlprompt.config import BackboneConfig, config_from_dict
 from vlprompt.core.errors import ConfigError, ModelError
 from vlprompt.engine.checkpoint import load_prompt, read_prompt, save_prompt
 from vlprompt.engine.loss_step import backward_terms, local_objectives
@@ -44,7 +44,7 @@ SMALL = {"coop": {"n_ctx": 2}, "kgcoop": {"n_ctx": 2, "ctx_init": None}, "progra
 
 @pytest.fixture(scope="module", params=TINY_MODELS)
 def backbone(request):
-    return load_backbone(request.param)
+    return build_backbone(BackboneConfig(request.param, None), shared=False)
 
 
 def _images(backbone, n, seed=0):

@@ -19,9 +19,9 @@ import json
 
 import pytest
 
+from vlprompt.backbones.build import build_backbone
 from vlprompt.backbones.configs import pretrained_weights
-from vlprompt.backbones.openclip import shared_backbone
-from vlprompt.config import config_from_dict
+from vlprompt.config import BackboneConfig, config_from_dict
 
 MODEL, TAG = "vlprompt-world-rn", "world"
 WEIGHTS = pretrained_weights()[(MODEL, TAG)]
@@ -78,7 +78,7 @@ def test_coop_16_shots_beats_zero_shot(dataset, tmp_path):
     from vlprompt.tasks.api import zeroshot
 
     options, gain = COOP_GAIN[dataset]
-    backbone = shared_backbone(MODEL, TAG)
+    backbone = build_backbone(BackboneConfig(MODEL, TAG))
     zs = zeroshot(_cfg(dataset, {"name": "zeroshot"}, options=options), progress=False, backbone=backbone)
     run = train(_cfg(dataset, {"name": "coop", "n_ctx": 16}, tmp_path, options=options), backbone=backbone)
     coop = run["test"]["accuracy"]

@@ -114,9 +114,10 @@ def test_the_shipped_world_vit_is_small_and_matches_its_hash():
 
 
 def test_the_world_vit_reads_text_exactly_as_the_world_resnet():
-    from vlprompt.backbones.openclip import shared_backbone
+    from vlprompt.backbones.build import build_backbone
+    from vlprompt.config import BackboneConfig
 
-    vit, rn = shared_backbone(VIT, TAG), shared_backbone("vlprompt-world-rn", TAG)
+    vit, rn = build_backbone(BackboneConfig(VIT, TAG)), build_backbone(BackboneConfig("vlprompt-world-rn", TAG))
     ids = vit.tokenize(["a photo of a red circle.", "grass"])
     with torch.no_grad():
         torch.testing.assert_close(vit.model.encode_text(ids), rn.model.encode_text(ids), rtol=0, atol=0)

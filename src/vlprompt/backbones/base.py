@@ -4,8 +4,10 @@ A backbone is a frozen vision-language model (an ``nn.Module`` kept in eval mode
 :class:`Backbone`: tokenizer, token embeddings, the text tower run on prompt *embeddings*, the image
 tower, the logit scale / bias and the facts about its text tower that a prompt method must not
 guess (:class:`TextTowerFacts`). Concrete adapters live beside this module: ``openclip.py`` (every
-open_clip architecture) and ``hf.py`` (Hugging Face ``transformers`` CLIP / SigLIP models); a
-*family registry* maps a model string to the adapter that loads it (:func:`register_backbone_family`).
+open_clip architecture) and ``hf.py`` (Hugging Face ``transformers`` CLIP / SigLIP models). Each
+declares its *family* in its own module (:func:`register_backbone_family`, with a tiny test model);
+the family registry imports the modules listed in ``vlprompt.core.plugins.BUILTINS`` and the plugins
+before a look-up and maps a model string (``<family>:<model>``, or a plain open_clip name) to its family.
 
 Prompt layout contract (what makes learned prompts exact on every tower):
 
@@ -26,13 +28,16 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from vlprompt.core.backbone_record import DEFAULT_FAMILY, FAMILY_NAME, BackboneRecord
 from vlprompt.core.errors import ModelError
+from vlprompt.core.plugins import load_extensions
 
 #: Text-tower kinds (``TextTowerFacts.kind``), as listed by ``vlprompt models``.
 TOWER_KINDS: dict[str, str] = {
@@ -89,10 +94,15 @@ class BackboneInfo:
     pretrained: str | None
     embed_dim: int
     text_width: int
-    family: str = "open_clip"
+    family: str = DEFAULT_FAMILY
 
     #: Keys compared when a prompt file is loaded onto a backbone.
     MATCH_KEYS = ("family", "model", "pretrained", "embed_dim", "text_width")
+
+    @property
+    def record(self) -> BackboneRecord:
+        """The backbone's identity in result files (family, model, pretrained)."""
+        return BackboneRecord(self.family, self.model, self.pretrained)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -169,65 +179,125 @@ class Backbone(Protocol):
 
 
 # ---------------------------------------------------------------------------------- families
+#: A family's tiny test model: a ``backbone.model`` string that loads offline with ``pretrained: null``
+#: (random init), or a function that writes such a model into the empty folder it is given and returns
+#: the model string that loads it.
+FamilyTestModel = str | Callable[[Path], str]
+
+
+def _qualified(fn: Callable[..., Any] | str) -> str:
+    """``module:function`` of a loader (equal across re-imports of its module)."""
+    return fn if isinstance(fn, str) else f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
+
+
 @dataclass(frozen=True)
 class BackboneFamily:
-    """A way to load backbones: ``loader(model, pretrained, device=, precision=, cache_dir=)``.
+    """A way to load backbones, declared once by :func:`register_backbone_family` in its own module.
 
-    ``prefix`` selects the family from the model string (``hf:`` for Hugging Face); the family
-    without prefix (open_clip) takes every other name. ``loader`` may be ``"module:function"``
-    (imported on first use, so optional dependencies are imported only when that family is used).
+    Attributes:
+        name: the family name; model strings ``<name>:<model>`` are routed to it (the default family,
+            ``open_clip``, also takes every string without a family prefix).
+        loader: ``loader(model, pretrained, device=, precision=, cache_dir=) -> Backbone``, or
+            ``"module:function"`` (imported on first use).
+        test_model: its tiny offline test model (:data:`FamilyTestModel`), loaded by the family contract test.
+        description: one line for ``vlprompt models``.
+        requires: optional packages (import names) the family needs beyond vlprompt's own dependencies.
     """
 
     name: str
     loader: Callable[..., Any] | str
-    prefix: str | None = None
+    test_model: FamilyTestModel
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+
+    @property
+    def prefix(self) -> str | None:
+        """What starts its model strings (``"hf:"``); None for the default family (plain names)."""
+        return None if self.name == DEFAULT_FAMILY else f"{self.name}:"
 
     def load(self, model: str, pretrained: str | None, **kwargs: Any) -> Any:
+        """The backbone ``model`` (without the family prefix) through the family's loader."""
         fn = self.loader
         if isinstance(fn, str):
             module, _, attr = fn.partition(":")
             fn = getattr(importlib.import_module(module), attr)
         return fn(model, pretrained, **kwargs)
 
+    def make_test_model(self, folder: Path) -> str:
+        """The ``backbone.model`` string of the family's tiny test model, written into ``folder`` if the
+        family builds it there (``folder`` is empty and kept while the model is used)."""
+        return self.test_model if isinstance(self.test_model, str) else self.test_model(folder)
+
 
 _FAMILIES: dict[str, BackboneFamily] = {}
-_DEFAULT_FAMILY = "open_clip"
 
 
-def register_backbone_family(name: str, loader: Callable[..., Any] | str, *, prefix: str | None = None,
-                             description: str = "") -> None:
-    """Register a backbone family; ``prefix`` (e.g. ``"hf:"``) routes model strings to it."""
-    _FAMILIES[name] = BackboneFamily(name, loader, prefix, description)
+def register_backbone_family(name: str, loader: Callable[..., Any] | str, *, test_model: FamilyTestModel,
+                             description: str = "", requires: tuple[str, ...] = ()) -> BackboneFamily:
+    """Declare a backbone family; ``--model <name>:<model>`` then loads through ``loader``.
+
+    Called once, at import of the family's module (listed in ``vlprompt.core.plugins.BUILTINS`` or
+    imported by a plugin's ``register()``). Registering the same name again with the same loader (a
+    re-import) replaces the declaration; with another loader it is refused, as is a name that is not
+    lowercase letters, digits and ``_`` (the prefix of its model strings is the name and ``:``, so two
+    families' prefixes never overlap).
+
+    Args:
+        name: family name, e.g. ``"toy"`` for ``--model toy:...``.
+        loader: ``loader(model, pretrained, *, device, precision, cache_dir) -> Backbone`` (``model``
+            without the prefix), or ``"module:function"`` imported on first load.
+        test_model: the tiny offline test model (:data:`FamilyTestModel`) every family must provide: the
+            family contract test (``tests/test_backbone_contract.py``) loads it through
+            :func:`~vlprompt.backbones.build.build_backbone` and checks the :class:`Backbone` protocol.
+        description: one line for ``vlprompt models``.
+        requires: optional packages (import names) the family needs (``("transformers",)`` for ``hf``).
+
+    Raises:
+        ModelError: malformed name, loader or test model, or the name taken by another loader.
+    """
+    if not isinstance(name, str) or not FAMILY_NAME.fullmatch(name):
+        raise ModelError(f"backbone family name {name!r} must be lowercase letters, digits and '_', starting "
+                         "with a letter (its model strings are written '<name>:<model>')")
+    if not (callable(loader) or (isinstance(loader, str) and ":" in loader)):
+        raise ModelError(f"backbone family '{name}': loader must be a function or 'module:function', got {loader!r}")
+    if not (callable(test_model) or (isinstance(test_model, str) and test_model)):
+        raise ModelError(f"backbone family '{name}': test_model must be a model string or a function of a folder "
+                         f"returning one (a tiny offline model for the family contract test), got {test_model!r}")
+    old = _FAMILIES.get(name)
+    if old is not None and _qualified(old.loader) != _qualified(loader):
+        raise ModelError(f"backbone family '{name}' is already registered with loader {_qualified(old.loader)}; "
+                         f"a family with loader {_qualified(loader)} needs another name")
+    family = BackboneFamily(name, loader, test_model, description, tuple(requires))
+    _FAMILIES[name] = family
+    return family
 
 
 def backbone_families() -> dict[str, BackboneFamily]:
-    """The registered families by name."""
+    """The registered families by name (built-ins and plugins)."""
+    load_extensions("backbone_families")
     return dict(_FAMILIES)
 
 
 def family_of(model: str) -> tuple[BackboneFamily, str]:
-    """The family that loads ``model`` and the model string without its family prefix."""
-    for fam in _FAMILIES.values():
-        if fam.prefix and model.startswith(fam.prefix):
-            return fam, model[len(fam.prefix):]
-    if _DEFAULT_FAMILY not in _FAMILIES:
-        raise ModelError(f"no backbone family can load '{model}'")
-    return _FAMILIES[_DEFAULT_FAMILY], model
+    """The family that loads ``model`` and the model string without its family prefix.
+
+    ``"hf:/models/clip"`` -> (``hf``, ``"/models/clip"``); a string without a family prefix (open_clip
+    names, open_clip's ``hf-hub:`` / ``local-dir:`` schemes) -> (``open_clip``, the string).
+    """
+    load_extensions("backbone_families")
+    record = BackboneRecord.from_model_string(model)
+    if record.family not in _FAMILIES:
+        known = ", ".join(sorted(_FAMILIES)) or "none"
+        raise ModelError(f"unknown backbone family '{record.family}' in model '{model}' (option backbone.model); "
+                         f"registered families: {known} (docs/backbones.md, 'Adding a family')")
+    return _FAMILIES[record.family], record.model
 
 
 def load_any_backbone(model: str, pretrained: str | None = None, **kwargs: Any) -> Any:
-    """Load ``model`` through the family its string names (``hf:...`` or an open_clip name)."""
+    """Load ``model`` through the family its string names (``hf:...`` or an open_clip name), uncached
+    (:func:`~vlprompt.backbones.build.build_backbone` shares one instance per spec)."""
     fam, name = family_of(model)
     return fam.load(name, pretrained, **kwargs)
-
-
-register_backbone_family("open_clip", "vlprompt.backbones.openclip:load_backbone",
-                         description="open_clip model names (+ pretrained tag or local weights file)")
-register_backbone_family("hf", "vlprompt.backbones.hf:load_hf_backbone", prefix="hf:",
-                         description="Hugging Face transformers CLIPModel / SiglipModel (local directory or "
-                                     "cached hub id; needs `pip install vlprompt[hf]`)")
 
 
 def encode_prefix_suffix_in_full(backbone: Any, prefix: Tensor, suffix: Tensor, eot_in_suffix: Tensor, *,

@@ -1,7 +1,8 @@
 """One way to build a backbone from a config section: :func:`build_backbone`.
 
 Every workflow (training, evaluation, zero-shot, OOD, pseudo-labelling, the demo) builds its frozen
-backbone here, so the weight dtype and download cache of ``backbone:`` are honoured everywhere.
+backbone here, so the weight dtype and download cache of ``backbone:`` are honoured everywhere, and
+every family shares one per-process cache of loaded backbones.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Protocol
 import torch
 
 from vlprompt.backbones.base import Backbone, family_of
-from vlprompt.backbones.openclip import load_backbone, shared_backbone
 
-_SHARED: dict[tuple, Backbone] = {}
+#: (family, model, pretrained, device, weight dtype, cache dir) -> the backbone loaded for it.
+_CACHE: dict[tuple[str, str, str | None, str, str, str | None], Backbone] = {}
 
 
 class BackboneSpec(Protocol):
@@ -29,25 +30,22 @@ def build_backbone(spec: BackboneSpec, *, device: str | torch.device = "cpu",
                    shared: bool = True) -> Backbone:
     """The frozen backbone described by ``spec`` on ``device``, loaded by its family.
 
-    ``spec.model`` names the family (:func:`vlprompt.backbones.base.family_of`): ``hf:<dir or hub id>``
-    for Hugging Face ``transformers`` models, any other string is an open_clip model name.
+    ``spec.model`` names the family (:func:`vlprompt.backbones.base.family_of`): ``<family>:<model>``
+    (``hf:<dir or hub id>``, a plugin's ``toy:...``); any other string is an open_clip model name.
 
     Args:
         spec: the ``backbone:`` section (model name, pretrained tag or file, weight dtype, cache dir).
         device: where the weights go.
-        shared: reuse one instance per process for equal specs (frozen backbones are safely shared
-            between runs, so their feature cache serves every seed and method of a sweep); False builds
-            a private copy.
+        shared: reuse one instance per process for equal family, model, pretrained, device, weight
+            dtype and cache dir (frozen backbones are safely shared between runs, so their feature
+            cache serves every seed and method of a sweep); False builds a private copy.
     """
     family, model = family_of(spec.model)
-    if family.name == "open_clip":
-        load = shared_backbone if shared else load_backbone
-        return load(model, spec.pretrained, device=device, precision=spec.weight_dtype, cache_dir=spec.cache_dir)
     key = (family.name, model, spec.pretrained, str(torch.device(device)), spec.weight_dtype, spec.cache_dir)
-    if shared and key in _SHARED:
-        return _SHARED[key]
+    if shared and key in _CACHE:
+        return _CACHE[key]
     backbone = family.load(model, spec.pretrained, device=device, precision=spec.weight_dtype,
                            cache_dir=spec.cache_dir)
     if shared:
-        _SHARED[key] = backbone
+        _CACHE[key] = backbone
     return backbone

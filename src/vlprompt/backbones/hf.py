@@ -2,7 +2,9 @@
 
 Loaded offline only (``local_files_only=True``): a local directory written by ``save_pretrained``
 or a hub id already in the local Hugging Face cache. Needs the optional dependency
-``pip install vlprompt[hf]``; the core package never imports this module.
+``pip install vlprompt[hf]``. Importing this module declares the ``hf`` family and imports no
+``transformers`` (that happens on the first load); its test model is the tiny open_clip test ViT
+converted to a ``CLIPModel`` folder (:func:`write_test_model`).
 
 Text path on prompt embeddings: the model's own text forward runs on the token ids of the prompt
 layout, with a forward pre-hook on its embedding module that passes the prompt embeddings as
@@ -33,6 +35,7 @@ from vlprompt.backbones.base import (
     TextTowerFacts,
     coop_train_transform,
     encode_prefix_suffix_in_full,
+    register_backbone_family,
 )
 from vlprompt.backbones.hf_folder import (
     MAX_IMAGE_SIDE,
@@ -46,7 +49,8 @@ from vlprompt.backbones.hf_folder import (
 )
 from vlprompt.core.errors import ModelError, VlpromptError
 
-__all__ = ["SUPPORTED_TYPES", "HFBackbone", "load_hf_backbone", "preprocess_from_processor", "siglip2_patches"]
+__all__ = ["SUPPORTED_TYPES", "HFBackbone", "load_hf_backbone", "preprocess_from_processor", "siglip2_patches",
+           "write_test_model"]
 
 
 def _require_transformers() -> Any:
@@ -393,3 +397,22 @@ def load_hf_backbone(model: str, pretrained: str | None = None, *, device: str |
                              f"...): {_reason(exc)}; copy the model's tokenizer files into the folder again "
                              "(tokenizer.save_pretrained)") from exc
     return HFBackbone(net.to(device), tok, model, pre)
+
+
+def write_test_model(folder: Path) -> str:
+    """The ``hf`` family's test model: the tiny random-init open_clip ``vlprompt-test-vit`` converted to a
+    ``CLIPModel`` folder in ``folder`` (weights, tokenizer, processor config); returns ``"hf:<folder>"``."""
+    from vlprompt.backbones.hf_convert import save_open_clip_as_hf
+    from vlprompt.backbones.openclip import load_backbone
+
+    _require_transformers()
+    tiny = load_backbone("vlprompt-test-vit")
+    save_open_clip_as_hf(tiny.model, str(folder), tiny.preprocess_cfg)
+    return f"hf:{folder}"
+
+
+register_backbone_family(
+    "hf", load_hf_backbone, test_model=write_test_model, requires=("transformers",),
+    description="Hugging Face transformers CLIPModel / SiglipModel (local directory or cached hub id; needs "
+                "`pip install vlprompt[hf]`)",
+)

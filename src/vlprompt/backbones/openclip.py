@@ -16,6 +16,9 @@ Methods never touch open_clip directly: :class:`OpenClipBackbone` implements the
   (D), train / eval transforms, ``text_facts`` (:class:`~vlprompt.backbones.base.TextTowerFacts`).
 
 The wrapped model is frozen: no parameter requires grad and it always stays in eval mode.
+
+Importing this module declares the ``open_clip`` family (the default: every model string without a
+family prefix); its test model is the tiny random-init ``vlprompt-test-vit``.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from vlprompt.backbones.base import (
     TextTowerFacts,
     coop_train_transform,
     encode_prefix_suffix_in_full,
+    register_backbone_family,
 )
 from vlprompt.backbones.configs import load_parts, pretrained_weights, register_model_configs, weights_files
 from vlprompt.backbones.openclip_towers import TokenizerView, text_view
 from vlprompt.core.errors import ModelError, VlpromptError
 
-__all__ = ["BackboneInfo", "OpenClipBackbone", "load_backbone", "shared_backbone", "list_pretrained_tags"]
+__all__ = ["BackboneInfo", "OpenClipBackbone", "load_backbone", "list_pretrained_tags"]
 
 
 class OpenClipBackbone(nn.Module):
@@ -420,14 +424,7 @@ def _check_hf_parts(model: str, cache_dir: str | None) -> None:
         check_open_clip_hf_parts(names, cache_dir)
 
 
-_SHARED: dict[tuple[str, str | None, str, str, str | None], OpenClipBackbone] = {}
-
-
-def shared_backbone(model: str, pretrained: str | None = None, *, device: str | torch.device = "cpu",
-                    precision: str = "fp32", cache_dir: str | None = None) -> OpenClipBackbone:
-    """:func:`load_backbone`, memoised per process: frozen backbones are safely shared between runs,
-    so their per-backbone feature cache serves every seed, method and evaluation of a sweep."""
-    key = (model, pretrained, str(torch.device(device)), precision, cache_dir)
-    if key not in _SHARED:
-        _SHARED[key] = load_backbone(model, pretrained, device=device, precision=precision, cache_dir=cache_dir)
-    return _SHARED[key]
+register_backbone_family(
+    "open_clip", load_backbone, test_model="vlprompt-test-vit",
+    description="open_clip model names (+ pretrained tag or local weights file)",
+)
