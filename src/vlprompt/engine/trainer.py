@@ -47,7 +47,7 @@ from vlprompt.backbones.build import build_backbone
 from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict, read_yaml
 from vlprompt.core.errors import ConfigError, DataError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json, atomic_write_text, ensure_dir
-from vlprompt.core.results import RunResult, read_result, write_result
+from vlprompt.core.results import BackboneRecord, RunResult, config_digest, read_result, write_result
 from vlprompt.core.tables import accuracy_table
 from vlprompt.data.loading import ImageDataset
 from vlprompt.data.pipeline import PreparedData, prepare_data
@@ -163,11 +163,11 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
         return saved
 
 
-def _read_finished_metrics(paths: RunPaths) -> dict[str, Any] | None:
-    """The metrics of a finished run, or None when ``metrics.json`` is unreadable / not a run's metrics
+def _read_finished_metrics(paths: RunPaths) -> RunResult | None:
+    """The result of a finished run, or None when ``metrics.json`` is unreadable / not a run's metrics
     (the run is then finished again from its checkpoints, which rewrites it)."""
     try:
-        return read_result(paths.metrics, RunResult).to_dict()
+        return read_result(paths.metrics, RunResult)
     except DataError:
         return None
 
@@ -188,8 +188,9 @@ def build_training_method(cfg: ExperimentConfig, backbone: Backbone, classnames:
     return build_method(cfg.method.name, backbone, classnames, config=cfg.method.config, context=context)
 
 
-def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | None = None) -> dict[str, Any]:
-    """Train ``cfg.method`` on ``cfg.data`` and evaluate on the test split; return metrics.
+def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | None = None) -> RunResult:
+    """Train ``cfg.method`` on ``cfg.data`` and evaluate on the test split; return the run's result (what
+    ``metrics.json`` holds: ``result.test["accuracy"]``, ``result.history``, ``result.to_dict()``, ...).
 
     Args:
         cfg: the experiment (see :mod:`vlprompt.config`).
@@ -230,11 +231,11 @@ def _is_budget_note(note: str) -> bool:
 
 
 def _open_run(paths: RunPaths, cfg: ExperimentConfig, resume: bool,
-              stack: contextlib.ExitStack) -> tuple[dict | None, list[str], dict | None]:
+              stack: contextlib.ExitStack) -> tuple[RunResult | None, list[str], RunResult | None]:
     """Check and lock the run folder (held until ``stack`` closes), save the config of a new run. Rank 0 only.
 
-    Returns the metrics of a finished run resumed with the same training budget (the result as it is; else
-    None), notes on changed options, and the metrics of a finished run resumed with another budget (trained
+    Returns the result of a finished run resumed with the same training budget (the result as it is; else
+    None), notes on changed options, and the result of a finished run resumed with another budget (trained
     on to it, or refused, by :func:`_check_budget`; else None). A resumed run's config is saved by
     :func:`_train` once its budget is checked, so that a refused resumption changes nothing.
     """
@@ -257,7 +258,7 @@ def _open_run(paths: RunPaths, cfg: ExperimentConfig, resume: bool,
 
 
 def _check_budget(paths: RunPaths, cfg: ExperimentConfig, max_epoch: int, start_epoch: int,
-                  extending: dict[str, Any] | None, restored: bool) -> None:
+                  extending: RunResult | None, restored: bool) -> None:
     """Refuse a resumption whose budget (``max_epoch`` epochs) is smaller than what the run has trained, or
     that would train a finished run on without a checkpoint to continue from (its result is kept)."""
     budget = (f"optim.iterations={cfg.optim.iterations} ({max_epoch} epochs)" if cfg.optim.iterations is not None
@@ -268,7 +269,7 @@ def _check_budget(paths: RunPaths, cfg: ExperimentConfig, max_epoch: int, start_
             "so there is nothing to continue from; its finished result is kept. Train a new run in another folder. "
             "Nothing was changed."
         )
-    finished = extending.get("epochs") if extending is not None else None
+    finished = extending.epochs if extending is not None else None
     done = max(start_epoch, finished if isinstance(finished, int) and not isinstance(finished, bool) else 0)
     if max_epoch < done:
         raise VlpromptError(
@@ -280,9 +281,9 @@ def _check_budget(paths: RunPaths, cfg: ExperimentConfig, max_epoch: int, start_
 
 def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backbone | None,
            log: Any, ctx: DistContext = SINGLE, device: torch.device | None = None, *,
-           budget_notes: Sequence[str] = (), extending: dict[str, Any] | None = None) -> dict[str, Any]:
+           budget_notes: Sequence[str] = (), extending: RunResult | None = None) -> RunResult:
     """The run itself (after :func:`_open_run`); ``budget_notes``: changes of the training budget on resumption,
-    ``extending``: the metrics of a finished run resumed with another budget."""
+    ``extending``: the result of a finished run resumed with another budget."""
     device = resolve_device(cfg.train.device) if device is None else device
     progress = cfg.train.progress and ctx.is_main
     seed_everything(cfg.train.seed)
@@ -339,7 +340,7 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backb
         if extending is not None:
             if start_epoch >= max_epoch:  # the same number of epochs (e.g. another iterations count)
                 return extending
-            earlier_time = float(extending.get("train_time_s") or 0.0)
+            earlier_time = float(extending.train_time_s or 0.0)
 
     train_loader = _train_loader(method, data, backbone, cfg, device, ctx, progress)
     loss_fn = _loss_step(method, cfg.train.compile)
@@ -385,22 +386,24 @@ def _train(cfg: ExperimentConfig, paths: RunPaths, resume: bool, backbone: Backb
 
 def _finish(method: PromptMethod, data: PreparedData, backbone: Backbone, cfg: ExperimentConfig,
             device: torch.device, paths: RunPaths, log: Any, history: list[dict[str, Any]], max_epoch: int,
-            train_time: float, fit_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Save the prompt, evaluate on test (and val), write metrics.json and results.md (rank 0)."""
+            train_time: float, fit_info: dict[str, Any] | None = None) -> RunResult:
+    """Save the prompt, evaluate on test (and val), write metrics.json and results.md (rank 0); the result."""
     save_prompt(paths.prompt, method, extra={"dataset": cfg.data.dataset, "shots": cfg.data.shots,
                                               "seed": cfg.train.seed, "epochs": max_epoch})
     log.info("evaluating on the test split")
     test = _evaluate_split(method, data, data.splits.test, backbone, cfg, device, "test")
     val_report = _evaluate_split(method, data, data.val, backbone, cfg, device, "val") if data.val else None
-    metrics = write_result(paths.metrics, RunResult(
+    result = RunResult(
         method=cfg.method.name, dataset=cfg.data.dataset, shots=cfg.data.shots, seed=cfg.train.seed,
-        backbone=backbone.info.as_dict(), epochs=max_epoch, train_time_s=train_time,
-        skipped_images=len(data.skipped), test=test, val=val_report, history=history, fit=fit_info or None))
+        backbone=BackboneRecord.from_any(backbone.info.as_dict()), epochs=max_epoch, train_time_s=train_time,
+        skipped_images=len(data.skipped), test=test, val=val_report, history=history, fit=fit_info or None,
+        config_digest=config_digest(cfg.as_dict()))
+    write_result(paths.metrics, result)
     table = accuracy_table(test, title=f"{cfg.method.name} on {cfg.data.dataset} ({cfg.data.shots} shots, "
                                          f"seed {cfg.train.seed}) - test")
     atomic_write_text(paths.results_table, table)
     log.info("\n" + table)
-    return metrics
+    return result
 
 
 def _train_loader(method: PromptMethod, data: PreparedData, backbone: Backbone, cfg: ExperimentConfig,
