@@ -178,9 +178,13 @@ def test_write_then_read_round_trip(tmp_path: Path) -> None:
     assert read_result(tmp_path / "metrics.json", RunResult) == rec
 
 
-def test_a_result_is_never_written_without_its_config_digest(tmp_path: Path) -> None:
+def test_a_result_is_never_written_without_its_config_digest_or_backbone_record(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="config_digest"):
         write_result(tmp_path / "metrics.json", _record())
+    spelled = _record(config_digest=config_digest(_resolved()))
+    spelled.backbone = {"model": "hf:/m/clip"}  # a writer must build the record, not a spelling of it
+    with pytest.raises(ValueError, match="BackboneRecord"):
+        write_result(tmp_path / "metrics.json", spelled)
     assert not (tmp_path / "metrics.json").exists()
 
 

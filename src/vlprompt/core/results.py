@@ -180,6 +180,12 @@ def _optional_text(value: Any, what: str) -> None:
         _text(value, what)
 
 
+def _backbone(value: Any, *, optional: bool = False) -> None:
+    """A record's ``backbone`` is a :class:`BackboneRecord` (None only where ``optional``)."""
+    if not (isinstance(value, BackboneRecord) or (optional and value is None)):
+        raise ValueError(f"'backbone' must be a BackboneRecord, got {type(value).__name__}")
+
+
 @dataclass
 class Result:
     """Base of every record: ``kind`` names the record type in the file, ``format_version`` its schema;
@@ -205,7 +211,8 @@ class Result:
 
 @dataclass
 class RunResult(Result):
-    """One trained (or training-free) run: ``metrics.json`` in its run folder."""
+    """One trained (or training-free) run: ``metrics.json`` in its run folder, and what ``vlprompt.train``
+    returns (``result.test["accuracy"]`` or ``result.accuracy``, ``result.history``, ``result.to_dict()``)."""
 
     kind: ClassVar[str] = "run"
     method: str
@@ -225,6 +232,7 @@ class RunResult(Result):
         super().validate()
         _text(self.method, "method")
         _text(self.dataset, "dataset")
+        _backbone(self.backbone)
         _accuracy_block(self.test, "test")
         if self.val is not None:
             _accuracy_block(self.val, "val")
@@ -255,6 +263,7 @@ class EvalResult(Result):
 
     def validate(self) -> None:
         super().validate()
+        _backbone(self.backbone)
         _number(self.accuracy, "accuracy")
 
 
@@ -278,6 +287,7 @@ class ProtocolResult(Result):
 
     def validate(self) -> None:
         super().validate()
+        _backbone(self.backbone)
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"'protocol' must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         for c in self.columns:
@@ -309,6 +319,7 @@ class OodResult(Result):
 
     def validate(self) -> None:
         super().validate()
+        _backbone(self.backbone, optional=True)
         if not isinstance(self.per_set, dict) or not isinstance(self.average, dict):
             raise ValueError("'per_set' and 'average' must be mappings")
         if not isinstance(self.scores, list):
