@@ -103,7 +103,7 @@ def run_upl(seeds: list[int], out: Path, log: Any) -> str:
             extra = {"fewshot_file": str(pseudo)} if labels == "pseudo" else {}
             c = cfg(method, SOURCE, run, **extra)
             c.train.seed = seed
-            accs.append(train(c, resume=True)["test"]["accuracy"])
+            accs.append(train(c, resume=True).accuracy)
         rows.append([method, labels, ms(accs)])
         log(f"upl {method}: {rows[-1][2]}")
     ev = evaluate(cfg("upl", SOURCE), out / "upl" / "upl-ensemble" / f"seed{seeds[0]}" / "prompt.safetensors",

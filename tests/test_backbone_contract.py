@@ -86,8 +86,8 @@ def test_identity_is_the_familys_and_the_model_is_frozen(loaded):
     assert family_of(loaded.model)[0].name == name
     assert bb.family == bb.info.family == name
     # both spellings of result files (run metrics' mapping, protocol / OOD results' model string) agree
-    record = BackboneRecord.parse(bb.info.as_dict())
-    assert record == bb.info.record == BackboneRecord.parse({"model": loaded.model, "pretrained": None})
+    record = BackboneRecord.from_any(bb.info.as_dict())
+    assert record == bb.info.record == BackboneRecord.from_any({"model": loaded.model, "pretrained": None})
     assert record.family == name and family_of(record.model_string()) == (loaded.family, record.model)
     bb.train()
     assert not bb.training and not any(p.requires_grad for p in bb.parameters())
@@ -322,5 +322,5 @@ def test_a_plugin_family_loads_through_the_cli(plugin_env, tmp_path, tiny_imagef
                          capture_output=True, text=True, timeout=600, env=plugin_env)
     assert out.returncode == 0, out.stderr[-3000:]
     saved = json.loads(result.read_text())
-    assert BackboneRecord.parse(saved["backbone"]) == BackboneRecord("toy", "vlprompt-test-vit", None)
+    assert BackboneRecord.from_any(saved["backbone"]) == BackboneRecord("toy", "vlprompt-test-vit", None)
     assert 0 <= saved["accuracy"] <= 100

@@ -16,24 +16,24 @@ def test_run_metrics_and_protocol_spellings_give_one_record():
     # run metrics / prompt files: the mapping of BackboneInfo; protocol / OOD results: the --model string
     metrics = {"family": "hf", "model": "/models/clip", "pretrained": None, "embed_dim": 512, "text_width": 512}
     protocol = {"model": "hf:/models/clip", "pretrained": None}
-    assert BackboneRecord.parse(metrics) == BackboneRecord.parse(protocol) == BackboneRecord("hf", "/models/clip")
-    assert BackboneRecord.parse("hf:/models/clip") == BackboneRecord("hf", "/models/clip")
+    assert BackboneRecord.from_any(metrics) == BackboneRecord.from_any(protocol) == BackboneRecord("hf", "/models/clip")
+    assert BackboneRecord.from_any("hf:/models/clip") == BackboneRecord("hf", "/models/clip")
     oc = {"family": "open_clip", "model": "ViT-B-16", "pretrained": "openai", "embed_dim": 512, "text_width": 512}
-    assert BackboneRecord.parse(oc) == BackboneRecord.parse({"model": "ViT-B-16", "pretrained": "openai"})
-    assert BackboneRecord.parse(oc).key() == ("open_clip", "ViT-B-16", "openai")
+    assert BackboneRecord.from_any(oc) == BackboneRecord.from_any({"model": "ViT-B-16", "pretrained": "openai"})
+    assert BackboneRecord.from_any(oc).key() == ("open_clip", "ViT-B-16", "openai")
 
 
 def test_the_previous_releases_files_all_name_one_backbone():
     files = [p for p in V0.rglob("*.json") if "backbone" in json.loads(p.read_text())]
     assert {p.name for p in files} >= {"metrics.json", "base2new_results.json", "xd_results.json",
                                        "ood_results.json", "zeroshot_eval.json"}
-    records = {BackboneRecord.parse(json.loads(p.read_text())["backbone"]) for p in files}
+    records = {BackboneRecord.from_any(json.loads(p.read_text())["backbone"]) for p in files}
     assert records == {BackboneRecord("open_clip", "vlprompt-test-vit", None)}
 
 
 @pytest.mark.parametrize("model", ["ViT-B-16", "hf-hub:timm/ViT-B-16-SigLIP", "local-dir:/models/x", "/w/x.pt"])
 def test_strings_without_a_family_prefix_are_open_clip(model):
-    record = BackboneRecord.parse({"model": model, "pretrained": None})
+    record = BackboneRecord.from_any({"model": model, "pretrained": None})
     assert record == BackboneRecord("open_clip", model) and record.model_string() == model
 
 
@@ -43,11 +43,11 @@ def test_label_dict_and_model_string_round_trip():
     assert oc.label() == "open_clip:ViT-B-16 (openai)" and hf.label() == "hf:/models/clip"
     assert oc.as_dict() == {"family": "open_clip", "model": "ViT-B-16", "pretrained": "openai"}
     for record in (oc, hf, BackboneRecord("toy", "vlprompt-test-vit")):
-        assert BackboneRecord.parse(record.as_dict()) == record
+        assert BackboneRecord.from_any(record.as_dict()) == record
         assert BackboneRecord.from_model_string(record.model_string(), record.pretrained) == record
-        assert BackboneRecord.parse(record) is record
+        assert BackboneRecord.from_any(record) is record
     assert hf.model_string() == "hf:/models/clip" and oc.model_string() == "ViT-B-16"
-    assert BackboneRecord.parse("open_clip:ViT-B-16") == BackboneRecord("open_clip", "ViT-B-16")
+    assert BackboneRecord.from_any("open_clip:ViT-B-16") == BackboneRecord("open_clip", "ViT-B-16")
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -60,7 +60,7 @@ def test_label_dict_and_model_string_round_trip():
 ])
 def test_malformed_backbones_are_refused_with_the_field(value, message):
     with pytest.raises(ValueError, match=message):
-        BackboneRecord.parse(value)
+        BackboneRecord.from_any(value)
 
 
 def test_a_loaded_backbone_gives_its_record(vit_backbone):

@@ -90,4 +90,4 @@ def test_cocoop_trains_and_round_trips_through_a_prompt_file(tmp_path, tiny_imag
     from vlprompt.tasks.api import evaluate
 
     report = evaluate(config_from_dict(raw), tmp_path / "run" / "prompt.safetensors", progress=False)
-    assert report["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert report["accuracy"] == pytest.approx(metrics.test["accuracy"])

@@ -158,7 +158,7 @@ _DRIVER = textwrap.dedent('''
     except Exception as exc:
         report["stopped"] = [type(exc).__name__, str(exc), getattr(exc, "relayed", False)]
     loop_mod.save_training_state = original
-    report["resumed_test_accuracy"] = trainer_mod.train(load_config(coop), resume=True)["test"]["accuracy"]
+    report["resumed_test_accuracy"] = trainer_mod.train(load_config(coop), resume=True).accuracy
     try:
         trainer_mod.train(load_config(bad))
     except Exception as exc:

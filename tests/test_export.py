@@ -146,9 +146,9 @@ print(json.dumps({{"accuracy": acc, "n": len(files), "predicted": dict(zip(files
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["n"] == metrics["test"]["n"] == len(splits.test)
+    assert result["n"] == metrics.test["n"] == len(splits.test)
     # the same images right (vlprompt computes the percentage in float32: compare counts)
-    assert round(result["accuracy"] * result["n"] / 100) == round(metrics["test"]["accuracy"] * result["n"] / 100)
+    assert round(result["accuracy"] * result["n"] / 100) == round(metrics.test["accuracy"] * result["n"] / 100)
     assert result["accuracy"] > 100.0 / len(splits.classnames) + 20  # a real classifier, not chance
     from vlprompt.tasks.api import predict  # and image by image the same class as vlprompt with the prompt file
 

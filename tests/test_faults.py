@@ -156,7 +156,7 @@ def test_unreadable_images_skip_and_report(tmp_path, tiny_imagefolder):
     metrics = trainer_mod.train(config_from_dict(raw))
     report = json.loads((tmp_path / "run" / "skipped_images.json").read_text())
     assert sorted(r["path"] for r in report) == sorted(str(p) for p in bad)
-    assert metrics["skipped_images"] == 2
+    assert metrics.skipped_images == 2
     used = json.loads((tmp_path / "run" / "fewshot.json").read_text())["train"]
     assert not {str(p) for p in bad} & {p for p, _, _ in used}
     raw["data"]["on_bad_image"] = "stop"

@@ -309,7 +309,7 @@ def test_g4_non_finite_weights_are_never_checkpointed_and_resume_accepts_a_lower
         assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
     raw["optim"].update(lr=0.01, max_epoch=2)
     metrics = trainer_mod.train(config_from_dict(raw), resume=True)
-    assert len(metrics["history"]) == 2
+    assert len(metrics.history) == 2
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "optim.lr changed from 3e+38 to 0.01" in log and "optim.max_epoch changed from 3 to 2" in log
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["optim"]["lr"] == 0.01
@@ -322,7 +322,7 @@ def test_g4_resume_with_a_changed_lr_continues_from_the_checkpoint(tmp_path, tin
     metrics = trainer_mod.train(config_from_dict(raw), resume=True)
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "resumed from epoch 2" in log and "optim.lr changed from 0.01 to 0.005" in log
-    assert len(metrics["history"]) == 3
+    assert len(metrics.history) == 3
 
 
 @pytest.mark.parametrize("option", ["optim.lr=1e300", "optim.warmup_lr=1e39", "train.seed=99999999999999999999",
@@ -616,8 +616,8 @@ def test_g9_corrupt_metrics_json_on_resume_finishes_the_run_again(tmp_path, fini
     run = _copy_run(finished, tmp_path)
     (run / "metrics.json").write_text(content)
     metrics = trainer_mod.train(config_from_dict(_raw(tmp_path, tiny_imagefolder)), resume=True)
-    assert metrics["test"]["accuracy"] == json.loads((finished / "metrics.json").read_text())["test"]["accuracy"]
-    assert json.loads((run / "metrics.json").read_text())["test"] == metrics["test"]
+    assert metrics.test["accuracy"] == json.loads((finished / "metrics.json").read_text())["test"]["accuracy"]
+    assert json.loads((run / "metrics.json").read_text())["test"] == metrics.test
     assert "metrics.json' is unreadable or not a run's metrics" in (run / "log.txt").read_text()
 
 
@@ -672,7 +672,7 @@ def test_g9_resume_falls_back_past_a_readable_checkpoint_that_does_not_fit(tmp_p
     metrics = trainer_mod.train(config_from_dict(raw), resume=True)
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "skipping unusable checkpoint" in log and "resumed from epoch 1" in log
-    assert len(metrics["history"]) == 3
+    assert len(metrics.history) == 3
 
 
 # ------------------------------------------------------------------------------------ G10 minor
@@ -729,7 +729,7 @@ def test_a_run_saved_by_an_older_release_still_resumes(tmp_path, finished, tiny_
     saved["backbone"]["precision"] = saved["backbone"].pop("weight_dtype")
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     metrics = trainer_mod.train(config_from_dict(_raw(tmp_path, tiny_imagefolder)), resume=True)
-    assert metrics["test"] == json.loads((finished / "metrics.json").read_text())["test"]
+    assert metrics.test == json.loads((finished / "metrics.json").read_text())["test"]
     changed = _raw(tmp_path, tiny_imagefolder, data={"augment": True})
     with pytest.raises(VlpromptError, match="differs in data.augment"):
         trainer_mod.train(config_from_dict(changed), resume=True)

@@ -243,10 +243,10 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(name, backbone, tmp_pa
     assert a.keys() == b.keys() and meta["context"]["templates"]
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
-    assert resumed["test"]["accuracy"] == full["test"]["accuracy"]
-    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]])
+    assert resumed.test["accuracy"] == full.test["accuracy"]
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in full.history])
     if caps.fitted:
-        assert resumed["fit"] == full["fit"]
+        assert resumed.fit == full.fit
     # the run's prompt file predicts image files (`vlprompt predict`)
     from vlprompt.tasks.api import predict
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from vlprompt.cli.main import main
+from vlprompt.core.version import __version__
 from vlprompt.data.registry import build_dataset
 from vlprompt.data.subsample import subsample_classes
 from vlprompt.tasks.protocols import harmonic_mean
@@ -46,9 +47,12 @@ def test_base_to_new_over_seeds(tmp_path, capsys, method):
     for r in rows:
         assert r["H"] == pytest.approx(harmonic_mean(r["base"], r["new"]))
     assert "±" in capsys.readouterr().out
+    assert result["vlprompt_version"] == __version__ and len(result["config_digest"]) == 64
+    assert result["backbone"] == {"family": "open_clip", "model": "vlprompt-test-rn", "pretrained": None}
     if method["name"] != "zeroshot":
         run = json.loads((out / "seed1" / "metrics.json").read_text())
         assert run["test"]["n"] == 4 * 3  # 4 base classes x 3 test images
+        assert run["backbone"] == result["backbone"]  # one backbone record in every result kind
         # a second invocation reuses the finished runs (no retraining) and gives the same numbers
         mtime = (out / "seed1" / "metrics.json").stat().st_mtime
         assert main(["protocol", "base2new", "-c", str(cfg), "--seeds", "1,2", "-o", str(out)]) == 0

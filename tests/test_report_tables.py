@@ -6,7 +6,7 @@ import csv
 import io
 import json
 
-from vlprompt.core.results import RunResult, write_result
+from vlprompt.core.results import BackboneRecord, RunResult, config_digest, write_result
 from vlprompt.core.tables import Table, markdown_table
 from vlprompt.report.build import make_report
 from vlprompt.report.collect import collect_fewshot, method_capabilities
@@ -31,8 +31,8 @@ def test_current_and_format_0_run_files_are_read_and_tables_listed(tmp_path):
     backbone = {"model": "ViT-B-16", "pretrained": "openai"}
     for seed, acc in ((1, 50.0), (2, 54.0)):
         write_result(tmp_path / f"new{seed}" / "metrics.json", RunResult(
-            method="newmethod", dataset="dtd", shots=4, seed=seed, backbone=backbone,
-            test={"accuracy": acc, "macro_accuracy": acc, "n": 10}))
+            method="newmethod", dataset="dtd", shots=4, seed=seed, backbone=BackboneRecord.from_any(backbone),
+            test={"accuracy": acc, "macro_accuracy": acc, "n": 10}, config_digest=config_digest({"seed": seed})))
     old = tmp_path / "old" / "metrics.json"  # format 0: no format_version / kind
     old.parent.mkdir()
     old.write_text(json.dumps({"method": "coop", "dataset": "dtd", "shots": 4, "seed": 1, "backbone": backbone,

@@ -63,8 +63,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_imagefolde
     metrics = trainer_mod.train(config_from_dict(raw), resume=True)
     tensors, _ = read_prompt(tmp_path / "interrupted" / "prompt.safetensors")
     torch.testing.assert_close(tensors["prompt_learner.ctx"], ref_ctx, rtol=0, atol=1e-6)
-    assert [h["loss"] for h in metrics["history"]] == pytest.approx([h["loss"] for h in ref_metrics["history"]])
-    assert metrics["test"]["accuracy"] == ref_metrics["test"]["accuracy"]
+    assert [h["loss"] for h in metrics.history] == pytest.approx([h["loss"] for h in ref_metrics.history])
+    assert metrics.test["accuracy"] == ref_metrics.test["accuracy"]
 
 
 def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_imagefolder, monkeypatch):
@@ -119,8 +119,8 @@ def test_cached_features_give_the_same_prompt_as_encoding_every_batch(tmp_path, 
         prompts[cache] = (read_prompt(tmp_path / f"cache{cache}" / "prompt.safetensors")[0], metrics)
     torch.testing.assert_close(prompts[True][0]["prompt_learner.ctx"], prompts[False][0]["prompt_learner.ctx"],
                                rtol=1e-4, atol=1e-5)
-    assert [h["loss"] for h in prompts[True][1]["history"]] == pytest.approx(
-        [h["loss"] for h in prompts[False][1]["history"]], rel=1e-4)
+    assert [h["loss"] for h in prompts[True][1].history] == pytest.approx(
+        [h["loss"] for h in prompts[False][1].history], rel=1e-4)
 
 
 def test_cached_augmented_views_train_and_resume_exactly(tmp_path, tiny_imagefolder, monkeypatch):
@@ -129,7 +129,7 @@ def test_cached_augmented_views_train_and_resume_exactly(tmp_path, tiny_imagefol
                            "augment_views": 3}, train={"output_dir": str(tmp_path / name)})
 
     full = trainer_mod.train(config_from_dict(raw("full")))
-    assert len(full["history"]) == 4
+    assert len(full.history) == 4
     original = loop_mod.save_training_state
 
     def die(folder, epoch, *a, **k):

@@ -13,6 +13,7 @@ import pytest
 from vlprompt.cli.main import main
 from vlprompt.core.errors import DataError
 from vlprompt.core.ood import ood_metrics
+from vlprompt.core.version import __version__
 from vlprompt.report.build import make_report
 from vlprompt.report.papers import (
     PAPER_RESULTS,
@@ -438,7 +439,11 @@ def test_real_ood_runs_saved_scores_and_report(tmp_path, capsys):
         assert main(["ood", "-c", str(cfg), "--ood-sets", "world_ood_textures", "--scores", "mcm,glmcm",
                      "--set", f"train.seed={seed}", "-o", str(out)]) == 0
     res = json.loads((tmp_path / "runs" / "seed1" / "ood" / "ood_results.json").read_text())
-    assert res["seed"] == 1 and res["backbone"]["model"] == "vlprompt-test-vit"
+    assert res["seed"] == 1 and res["backbone"] == {"family": "open_clip", "model": "vlprompt-test-vit",
+                                                    "pretrained": None}
+    seed2 = json.loads((tmp_path / "runs" / "seed2" / "ood" / "ood_results.json").read_text())
+    assert res["vlprompt_version"] == seed2["vlprompt_version"] == __version__
+    assert len(res["config_digest"]) == 64 and res["config_digest"] != seed2["config_digest"]  # train.seed differs
     saved = json.loads((tmp_path / "runs" / "seed1" / "ood" / "ood_scores.json").read_text())
     assert set(saved["id"]) == {"mcm", "glmcm"} and list(saved["ood"]) == ["world_ood_textures"]
     assert len(saved["id"]["mcm"]) == 12 * 2  # 12 classes x n_test

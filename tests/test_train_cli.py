@@ -45,14 +45,34 @@ def test_train_writes_the_run_folder_and_the_loss_falls(trained_run):
     assert events and events[0].stat().st_size > 0
 
 
+def test_every_result_file_records_the_version_and_the_config_digest(trained_run, capsys):
+    """metrics.json and `vlprompt eval --run` of the same run: this release's version, the run's config digest."""
+    from vlprompt.core.results import config_digest
+    from vlprompt.core.version import __version__
+    from vlprompt.engine.trainer import load_run_config
+
+    tmp, _ = trained_run
+    run = tmp / "run"
+    digest = config_digest(load_run_config(run).as_dict())
+    assert _run(capsys, "eval", "--run", run, "--split", "val", "--no-progress")[0] == 0
+    for name in ("metrics.json", "eval_imagefolder_val.json"):
+        written = json.loads((run / name).read_text())
+        assert written["vlprompt_version"] == __version__ and written["config_digest"] == digest, name
+        assert written["backbone"] == {"family": "open_clip", "model": "vlprompt-test-vit", "pretrained": None}
+    assert _run(capsys, "eval", "--run", run, "--split", "val", "--no-progress", "--set", "data.shots=2")[0] == 0
+    assert json.loads((run / "eval_imagefolder_val.json").read_text())["config_digest"] != digest
+
+
 def test_a_saved_fewshot_file_is_reused(trained_run, tiny_imagefolder, tmp_path):
     from vlprompt.config import config_from_dict
+    from vlprompt.core.results import RunResult, read_result
     from vlprompt.engine.trainer import train
 
     tmp, _ = trained_run
     raw = tiny_config(tmp_path, tiny_imagefolder, optim={"max_epoch": 1},
                       data={"fewshot_file": str(tmp / "run" / "fewshot.json")}, train={"seed": 7})
-    train(config_from_dict(raw))
+    result = train(config_from_dict(raw))
+    assert result == read_result(tmp_path / "run" / "metrics.json", RunResult)  # train returns what it wrote
     old = json.loads((tmp / "run" / "fewshot.json").read_text())
     new = json.loads((tmp_path / "run" / "fewshot.json").read_text())
     assert new["train"] == old["train"] and new["val"] == old["val"]
@@ -152,7 +172,7 @@ def test_mixed_precision_training_runs_and_keeps_fp32_parameters(tmp_path, tiny_
     tensors, _ = read_prompt(tmp_path / "run" / "prompt.safetensors")
     assert tensors["prompt_learner.ctx"].dtype.is_floating_point
     assert str(tensors["prompt_learner.ctx"].dtype) == "torch.float32"
-    assert all(h["loss"] == h["loss"] for h in metrics["history"])  # finite, not NaN
+    assert all(h["loss"] == h["loss"] for h in metrics.history)  # finite, not NaN
 
 
 def test_an_iteration_budget_becomes_whole_epochs(tmp_path, tiny_imagefolder):
@@ -164,4 +184,4 @@ def test_an_iteration_budget_becomes_whole_epochs(tmp_path, tiny_imagefolder):
     raw = tiny_config(tmp_path, tiny_imagefolder, optim={"iterations": 5, "batch_size": 4})
     raw["optim"].pop("max_epoch", None)
     metrics = train(config_from_dict(raw))
-    assert len(metrics["history"]) == 2 and metrics["epochs"] == 2
+    assert len(metrics.history) == 2 and metrics.epochs == 2

@@ -81,6 +81,6 @@ def test_coop_16_shots_beats_zero_shot(dataset, tmp_path):
     backbone = build_backbone(BackboneConfig(MODEL, TAG))
     zs = zeroshot(_cfg(dataset, {"name": "zeroshot"}, options=options), progress=False, backbone=backbone)
     run = train(_cfg(dataset, {"name": "coop", "n_ctx": 16}, tmp_path, options=options), backbone=backbone)
-    coop = run["test"]["accuracy"]
+    coop = run.test["accuracy"]
     assert coop - zs["accuracy"] >= gain, f"CoOp {coop:.1f}% vs zero-shot {zs['accuracy']:.1f}%"
-    assert run["history"][-1]["loss"] < run["history"][0]["loss"]
+    assert run.history[-1]["loss"] < run.history[0]["loss"]

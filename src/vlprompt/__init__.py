@@ -8,7 +8,11 @@ Quick use::
                                   class_token_position="end", ctx_init=None)
     logits = model(images)   # [B, n_cls]; model.ctx: [n_ctx, dim] or [n_cls, n_ctx, dim]
 
-Training from a config: ``vlprompt.train(vlprompt.load_config("cfg.yaml"))``.
+Training from a config returns the run's result (a :class:`~vlprompt.core.results.RunResult`, the record
+``metrics.json`` holds)::
+
+    result = vlprompt.train(vlprompt.load_config("cfg.yaml"))
+    result.test["accuracy"], result.backbone.label, result.config_digest   # result.to_dict(): the JSON
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ _LAZY = {
     "load_config": ("vlprompt.config", "load_config"),
     "ExperimentConfig": ("vlprompt.config", "ExperimentConfig"),
     "train": ("vlprompt.engine.trainer", "train"),
+    "RunResult": ("vlprompt.core.results", "RunResult"),
+    "BackboneRecord": ("vlprompt.core.results", "BackboneRecord"),
     "evaluate": ("vlprompt.tasks.api", "evaluate"),
     "zeroshot": ("vlprompt.tasks.api", "zeroshot"),
     "predict": ("vlprompt.tasks.api", "predict"),
@@ -47,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vlprompt.backbones.openclip import OpenClipBackbone, load_backbone  # noqa: F401
     from vlprompt.config import ExperimentConfig, load_config  # noqa: F401
     from vlprompt.core.errors import VlpromptError  # noqa: F401
+    from vlprompt.core.results import BackboneRecord, RunResult  # noqa: F401
     from vlprompt.data.registry import build_dataset, list_datasets  # noqa: F401
     from vlprompt.engine.checkpoint import load_prompt, save_prompt  # noqa: F401
     from vlprompt.engine.trainer import train  # noqa: F401

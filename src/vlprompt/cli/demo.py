@@ -82,9 +82,8 @@ def run_demo(
             n_ep = epochs_for(row["classes"], k, epochs, max_steps)
             cfg = world_config({"name": "coop", "n_ctx": 16}, {"max_epoch": n_ep, "batch_size": 32}, dataset,
                                shots=k, out=out / f"coop_{dataset}_{k}shots_seed{seed}", **common)
-            metrics = train(cfg, backbone=backbone)
-            row["coop"][k] = metrics["test"]["accuracy"]
-            log(f"[{time.time() - t0:5.0f}s] {dataset}: CoOp {k:2d} shots {metrics['test']['accuracy']:.1f}%")
+            row["coop"][k] = train(cfg, backbone=backbone).accuracy
+            log(f"[{time.time() - t0:5.0f}s] {dataset}: CoOp {k:2d} shots {row['coop'][k]:.1f}%")
         rows.append(row)
     others = None
     if methods:

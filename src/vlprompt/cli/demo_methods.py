@@ -78,11 +78,11 @@ def run_method_demo(out: Path, *, model: str, pretrained: str | None, seed: int,
     pseudo = out / "upl" / "pseudo_labels.json"
     report = pseudo_label(_cfg("upl", UPL_DATASET, **kw), pseudo, top_k=16, progress=False)
     zs = zeroshot(_cfg("zeroshot", UPL_DATASET, **kw), progress=False)["accuracy"]
-    upl = train(_cfg("upl", UPL_DATASET, out=out / "upl" / "run", fewshot_file=str(pseudo), **kw))
+    upl = train(_cfg("upl", UPL_DATASET, out=out / "upl" / "run", fewshot_file=str(pseudo), **kw)).accuracy
     results["upl"].update(pseudo_label_accuracy=report["pseudo_label_accuracy"])
     results["upl"]["rows"] = [{"method": "zeroshot", "labels": "none", "accuracy": zs},
-                              {"method": "upl", "labels": "top-16 pseudo", "accuracy": upl["test"]["accuracy"]}]
-    log(f"[{time.time() - t0:5.0f}s] UPL {UPL_DATASET}: zero-shot {zs:.1f}% -> UPL {upl['test']['accuracy']:.1f}% "
+                              {"method": "upl", "labels": "top-16 pseudo", "accuracy": upl}]
+    log(f"[{time.time() - t0:5.0f}s] UPL {UPL_DATASET}: zero-shot {zs:.1f}% -> UPL {upl:.1f}% "
         f"(no labels; pseudo-labels {report['pseudo_label_accuracy']:.1f}% right)")
 
     for method in ("zeroshot", "coop", "locoop"):

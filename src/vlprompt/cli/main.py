@@ -87,10 +87,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _load_cfg(args, {"output_dir": "train.output_dir", "seed": "train.seed", "shots": "data.shots"})
     try:
-        metrics = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume)
     finally:
         shutdown()
-    test = metrics["test"]
+    test = result.test
     if env_world()[1] == 0:
         print(f"test accuracy {test['accuracy']:.2f}% (mean per-class {test['macro_accuracy']:.2f}%) - "
               f"results in {cfg.train.output_dir}")

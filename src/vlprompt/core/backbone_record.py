@@ -4,7 +4,7 @@ Result files of the current release spell a backbone two ways: run metrics (``me
 prompt files write the mapping ``{"family": "hf", "model": "/models/clip", "pretrained": null, ...}``,
 protocol and OOD results write the model string as given to ``--model`` (``{"model": "hf:/models/clip",
 "pretrained": null}``), whose ``family:`` prefix names the family (none for open_clip, the default).
-:meth:`BackboneRecord.parse` reads both to the same record, so one backbone is one group in a report.
+:meth:`BackboneRecord.from_any` reads both to the same record, so one backbone is one group in a report.
 
 A backbone family's name is lowercase letters, digits and ``_`` and its model strings are written
 ``<family>:<model>`` (``hf:...``, ``toy:...``); every other model string belongs to the default family
@@ -21,14 +21,21 @@ from typing import Any
 
 #: The family that loads every model string without a family prefix.
 DEFAULT_FAMILY = "open_clip"
-#: What a family name may be: it is also the prefix of its model strings (``name:``).
-FAMILY_NAME = re.compile(r"[a-z][a-z0-9_]*")
-_PREFIXED = re.compile(r"([a-z][a-z0-9_]*):(.+)", re.DOTALL)
+#: What a family name may be: it is also the prefix of its model strings (``name:``). At least two
+#: characters, so that a drive letter (``c:/models/x``) or open_clip's own ``hf-hub:`` scheme is no family.
+FAMILY_NAME = re.compile(r"[a-z][a-z0-9_]+")
+_PREFIXED = re.compile(r"([a-z][a-z0-9_]+):(.+)", re.DOTALL)
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'{what}' must be non-empty text, got {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
 class BackboneRecord:
-    """Which backbone a result was obtained with.
+    """Which frozen backbone a result was computed with: the one backbone record of every result kind.
 
     Attributes:
         family: the backbone family (``"open_clip"``, ``"hf"``, a plugin's family).
@@ -41,6 +48,12 @@ class BackboneRecord:
     model: str
     pretrained: str | None = None
 
+    def __post_init__(self) -> None:
+        _text(self.family, "backbone.family")
+        _text(self.model, "backbone.model")
+        if self.pretrained is not None and not isinstance(self.pretrained, str):
+            raise ValueError(f"'backbone.pretrained' must be text or null, got {type(self.pretrained).__name__}")
+
     def as_dict(self) -> dict[str, Any]:
         """``{"family", "model", "pretrained"}``, the spelling every result file writes."""
         return {"family": self.family, "model": self.model, "pretrained": self.pretrained}
@@ -49,9 +62,11 @@ class BackboneRecord:
         """What results are grouped by: ``(family, model, pretrained)``."""
         return (self.family, self.model, self.pretrained)
 
+    @property
     def label(self) -> str:
-        """One line for tables: ``"open_clip:ViT-B-16 (openai)"``, ``"hf:/models/clip"``."""
-        return f"{self.family}:{self.model}" + (f" ({self.pretrained})" if self.pretrained else "")
+        """How reports name (and group) the backbone: the model for open_clip, else ``<family>:<model>`` (the
+        ``backbone.model`` that selects it); one backbone with several pretrained tags is one row."""
+        return self.model_string()
 
     def model_string(self) -> str:
         """The ``--model`` / ``backbone.model`` value that loads it (no prefix for the default family)."""
@@ -67,7 +82,7 @@ class BackboneRecord:
         return cls(DEFAULT_FAMILY, model, pretrained)
 
     @classmethod
-    def parse(cls, value: Any) -> BackboneRecord:
+    def from_any(cls, value: Any) -> BackboneRecord:
         """Read a backbone as any result file of this or an earlier release spells it.
 
         Accepts a record, a mapping with ``family`` and ``model`` (run metrics, prompt files), a mapping

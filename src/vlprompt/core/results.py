@@ -1,9 +1,17 @@
 """The results schema: every result file vlprompt writes, as typed records with a format version.
 
 One module writes and reads them (:func:`write_result`, :func:`read_result`); the trainer, the
-sweep, the protocols, OOD evaluation, the API and the report all go through it. Files written before
-the schema existed (format 0: no ``format_version`` field) still load: their fields are the same, only
-the version and ``kind`` are missing.
+sweep, the protocols, OOD evaluation, the API and the report all go through it. Files of every earlier
+release still load:
+
+* format 0 (no ``format_version``, no ``kind``): the fields of format 1, without the version and kind;
+* format 1: no ``vlprompt_version`` / ``config_digest`` (read as None), and the backbone spelled two ways:
+  run metrics and evaluation reports ``{"family", "model", "pretrained", "embed_dim", "text_width"}``,
+  protocol and OOD results ``{"model": "<family>:<model>", "pretrained"}`` (``hf:<dir>``; open_clip
+  names without a prefix);
+* format 2 (this release): every record holds one :class:`BackboneRecord` (``{"family", "model",
+  "pretrained"}``), the ``vlprompt_version`` that wrote it and the ``config_digest`` of the resolved
+  config it was computed from (:func:`config_digest`).
 
 Records and their files:
 
@@ -18,21 +26,31 @@ record                        file                   written by
 
 Accuracy blocks (``test``, ``val`` and the fields of an :class:`EvalResult`) hold ``accuracy``,
 ``macro_accuracy`` (%), ``n`` (images) and ``per_class`` (class -> % or None).
+
+A record made in code carries this release's version (:data:`vlprompt.core.version.__version__`); one read
+from a file carries what the file says (None for formats 0 and 1). :func:`write_result` refuses a record
+without a config digest, so every file written from now on has both.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from vlprompt.core.backbone_record import BackboneRecord
 from vlprompt.core.errors import DataError
 from vlprompt.core.io import atomic_write_json
+from vlprompt.core.version import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: The evaluation protocols run by ``vlprompt protocol`` (one ``<kind>_results.json`` each).
 PROTOCOLS = ("base2new", "dg", "xd")
@@ -69,21 +87,56 @@ def _accuracy_block(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _backbone(value: Any) -> dict[str, Any]:
-    """Backbone descriptions are mappings (``model``, ``pretrained``, ...); anything else is malformed."""
-    if not isinstance(value, dict):
-        raise ValueError(f"'backbone' must be a mapping with 'model', got {type(value).__name__}")
-    return value
+#: Options left out of :func:`config_digest` (``section.option``): they say where files are (output folder,
+#: dataset root, download and feature caches) or how a run shows and keeps its progress (bars, log lines,
+#: TensorBoard, checkpoint frequency, rank timeout), not what is computed; so one experiment run in another
+#: folder or on another machine's paths, or resumed with other bookkeeping, has the same digest.
+DIGEST_EXCLUDED = (
+    "train.output_dir", "data.root", "data.feature_cache_dir", "backbone.cache_dir",
+    "train.progress", "train.console_log", "train.tensorboard", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.dist_timeout_min",
+)
+
+
+def config_digest(resolved: Mapping[str, Any]) -> str:
+    """The sha256 (hex) of the resolved config (``ExperimentConfig.as_dict()``) without :data:`DIGEST_EXCLUDED`,
+    as canonical JSON (keys sorted, no spaces, UTF-8): equal digests mean results of the same experiment."""
+    data = copy.deepcopy(dict(resolved))
+    for option in DIGEST_EXCLUDED:
+        section, name = option.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _optional_text(value: Any, what: str) -> None:
+    if value is not None:
+        _text(value, what)
+
+
+def _backbone(value: Any, *, optional: bool = False) -> None:
+    """A record's ``backbone`` is a :class:`BackboneRecord` (None only where ``optional``)."""
+    if not (isinstance(value, BackboneRecord) or (optional and value is None)):
+        raise ValueError(f"'backbone' must be a BackboneRecord, got {type(value).__name__}")
 
 
 @dataclass
 class Result:
-    """Base of every record: ``kind`` names the record type in the file, ``format_version`` its schema."""
+    """Base of every record: ``kind`` names the record type in the file, ``format_version`` its schema;
+    ``vlprompt_version`` the release that wrote it and ``config_digest`` (:func:`config_digest`) the resolved
+    config it was computed from (both None in files of formats 0 and 1)."""
 
     kind: ClassVar[str] = ""
+    vlprompt_version: str | None = field(default=__version__, kw_only=True)
+    config_digest: str | None = field(default=None, kw_only=True)
 
     def validate(self) -> None:
         """Raise ValueError naming the first malformed field."""
+        _optional_text(self.vlprompt_version, "vlprompt_version")
+        if self.config_digest is not None and not (
+                isinstance(self.config_digest, str) and re.fullmatch(r"[0-9a-f]{64}", self.config_digest)):
+            raise ValueError(f"'config_digest' must be 64 hex digits (sha256), got {self.config_digest!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {"format_version": FORMAT_VERSION, "kind": self.kind}
@@ -93,14 +146,15 @@ class Result:
 
 @dataclass
 class RunResult(Result):
-    """One trained (or training-free) run: ``metrics.json`` in its run folder."""
+    """One trained (or training-free) run: ``metrics.json`` in its run folder, and what ``vlprompt.train``
+    returns (``result.test["accuracy"]`` or ``result.accuracy``, ``result.history``, ``result.to_dict()``)."""
 
     kind: ClassVar[str] = "run"
     method: str
     dataset: str
     shots: int
     seed: int
-    backbone: dict[str, Any]
+    backbone: BackboneRecord
     test: dict[str, Any]
     val: dict[str, Any] | None = None
     epochs: int | None = None
@@ -110,6 +164,7 @@ class RunResult(Result):
     fit: dict[str, Any] | None = None  # what a fitted method chose (e.g. the C of a linear probe)
 
     def validate(self) -> None:
+        super().validate()
         _text(self.method, "method")
         _text(self.dataset, "dataset")
         _backbone(self.backbone)
@@ -132,7 +187,7 @@ class EvalResult(Result):
     method: str
     dataset: str
     split: str
-    backbone: dict[str, Any]
+    backbone: BackboneRecord
     accuracy: float
     macro_accuracy: float
     n: int
@@ -142,6 +197,7 @@ class EvalResult(Result):
     table: str = ""
 
     def validate(self) -> None:
+        super().validate()
         _backbone(self.backbone)
         _number(self.accuracy, "accuracy")
 
@@ -157,7 +213,7 @@ class ProtocolResult(Result):
     protocol: str
     method: str
     dataset: str
-    backbone: dict[str, Any]
+    backbone: BackboneRecord
     seeds: list[int]
     columns: list[str]
     per_seed: list[dict[str, Any]]
@@ -165,6 +221,7 @@ class ProtocolResult(Result):
     table: str = ""
 
     def validate(self) -> None:
+        super().validate()
         _backbone(self.backbone)
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"'protocol' must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
@@ -186,7 +243,7 @@ class OodResult(Result):
     scores: list[str]
     per_set: dict[str, dict[str, dict[str, float]]]
     average: dict[str, dict[str, float]]
-    backbone: dict[str, Any] = field(default_factory=dict)  # absent in the earliest OOD files
+    backbone: BackboneRecord | None = None  # absent in the earliest OOD files
     id_accuracy: float | None = None
     prompt: str | None = None
     seed: int | None = None
@@ -196,7 +253,8 @@ class OodResult(Result):
     table: str = ""
 
     def validate(self) -> None:
-        _backbone(self.backbone)
+        super().validate()
+        _backbone(self.backbone, optional=True)
         if not isinstance(self.per_set, dict) or not isinstance(self.average, dict):
             raise ValueError("'per_set' and 'average' must be mappings")
         if not isinstance(self.scores, list):
@@ -211,7 +269,8 @@ def from_dict(cls: type[R], data: Any, *, source: str = "result") -> R:
     """Build a ``cls`` record from a parsed JSON object (any format version this release reads).
 
     Unknown extra fields of newer writers are ignored; missing required fields or malformed values
-    raise :class:`DataError` naming ``source`` and the field.
+    raise :class:`DataError` naming ``source`` and the field. ``vlprompt_version`` is what the object holds
+    (None when absent: formats 0 and 1), not this release's.
     """
     if not isinstance(data, dict):
         raise DataError(f"{source}: expected a JSON object, got {type(data).__name__}")
@@ -223,8 +282,10 @@ def from_dict(cls: type[R], data: Any, *, source: str = "result") -> R:
     if kind != cls.kind:
         raise DataError(f"{source}: holds a '{kind}' result, not a '{cls.kind}' result")
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in data.items() if k in names}
+    kwargs = {"vlprompt_version": None, **{k: v for k, v in data.items() if k in names}}
     try:
+        if kwargs.get("backbone") is not None:  # any spelling of formats 0-2 (BackboneRecord.from_any)
+            kwargs["backbone"] = BackboneRecord.from_any(kwargs["backbone"])
         record = cls(**kwargs)
         record.validate()
     except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # overflow: an int too large for float
@@ -233,7 +294,14 @@ def from_dict(cls: type[R], data: Any, *, source: str = "result") -> R:
 
 
 def write_result(path: str | Path, record: Result) -> dict[str, Any]:
-    """Write ``record`` atomically as JSON (with ``format_version`` and ``kind``); return the dict written."""
+    """Write ``record`` atomically as JSON (with ``format_version`` and ``kind``); return the dict written.
+
+    Raises:
+        ValueError: a malformed record, or one without its ``vlprompt_version`` or ``config_digest`` (every
+            file written records both; a writer sets ``config_digest=config_digest(cfg.as_dict())``).
+    """
+    if record.vlprompt_version is None or record.config_digest is None:
+        raise ValueError(f"a {record.kind} result is written with its vlprompt_version and config_digest")
     record.validate()
     data = record.to_dict()
     atomic_write_json(path, data)

@@ -27,7 +27,7 @@ from typing import Any
 from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict, read_yaml
 from vlprompt.core.errors import ConfigError, DataError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json, atomic_write_text, ensure_dir
-from vlprompt.core.results import RunResult, read_result, write_result
+from vlprompt.core.results import BackboneRecord, RunResult, config_digest, read_result, write_result
 from vlprompt.core.tables import accuracy_table
 from vlprompt.engine.checkpoint import list_checkpoints, save_prompt
 from vlprompt.engine.distributed import DistContext, main_only
@@ -105,11 +105,11 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
         return saved
 
 
-def _read_finished_metrics(paths: RunPaths) -> dict[str, Any] | None:
-    """The metrics of a finished run, or None when ``metrics.json`` is unreadable / not a run's metrics
+def _read_finished_metrics(paths: RunPaths) -> RunResult | None:
+    """The result of a finished run, or None when ``metrics.json`` is unreadable / not a run's metrics
     (the run is then finished again from its checkpoints, which rewrites it)."""
     try:
-        return read_result(paths.metrics, RunResult).to_dict()
+        return read_result(paths.metrics, RunResult)
     except DataError:
         return None
 
@@ -124,9 +124,9 @@ class Run:
     """An open run folder (see :func:`open_run`).
 
     Attributes:
-        finished: the metrics of a finished run resumed with the same training budget (the result as it is;
+        finished: the result of a finished run resumed with the same training budget (the result as it is;
             nothing is to be done), else None.
-        extending: the metrics of a finished run resumed with another budget (trained on to it, or refused, by
+        extending: the result of a finished run resumed with another budget (trained on to it, or refused, by
             :meth:`check_budget`), else None.
         budget_notes: changes of the training budget on resumption, logged with the epochs they train.
     """
@@ -136,8 +136,8 @@ class Run:
     ctx: DistContext
     resume: bool
     log: Any = None
-    finished: dict[str, Any] | None = None
-    extending: dict[str, Any] | None = None
+    finished: RunResult | None = None
+    extending: RunResult | None = None
     budget_notes: Sequence[str] = field(default_factory=list)
 
     def write_config(self) -> None:
@@ -151,7 +151,7 @@ class Run:
             atomic_write_json(where, skipped)
             self.log.warning(f"skipped {len(skipped)} unreadable images (data.on_bad_image=skip); listed in {where}")
 
-    def check_budget(self, max_epoch: int, start_epoch: int, restored: bool) -> dict[str, Any] | None:
+    def check_budget(self, max_epoch: int, start_epoch: int, restored: bool) -> RunResult | None:
         """The budget of a resumed run: refuse one smaller than what the run has trained, or one that would
         train a finished run on without a checkpoint to continue from (its result is kept; nothing changes).
         Logs the epochs a changed budget trains, then saves the config. Returns the finished run's metrics when
@@ -166,7 +166,7 @@ class Run:
                 "usable, so there is nothing to continue from; its finished result is kept. Train a new run in "
                 "another folder. Nothing was changed."
             )
-        finished = extending.get("epochs") if extending is not None else None
+        finished = extending.epochs if extending is not None else None
         done = max(start_epoch, finished if isinstance(finished, int) and not isinstance(finished, bool) else 0)
         if max_epoch < done:
             raise VlpromptError(
@@ -187,7 +187,7 @@ class Run:
     @property
     def earlier_time(self) -> float:
         """Training seconds of the finished run being trained on (0 for any other)."""
-        return float(self.extending.get("train_time_s") or 0.0) if self.extending is not None else 0.0
+        return float(self.extending.train_time_s or 0.0) if self.extending is not None else 0.0
 
     def tensorboard(self, start_epoch: int) -> Any:
         """A TensorBoard writer of the run's scalars (rank 0, option train.tensorboard, if installed), else None."""
@@ -213,27 +213,28 @@ class Run:
         save_prompt(self.paths.prompt, method, extra={"dataset": cfg.data.dataset, "shots": cfg.data.shots,
                                                        "seed": cfg.train.seed, "epochs": epochs})
 
-    def write_results(self, *, backbone_info: dict[str, Any], test: dict[str, Any], val: dict[str, Any] | None,
+    def write_results(self, *, backbone: BackboneRecord, test: dict[str, Any], val: dict[str, Any] | None,
                       history: list[dict[str, Any]], epochs: int, train_time: float, skipped: int,
-                      fit_info: dict[str, Any] | None) -> dict[str, Any]:
-        """Write ``metrics.json`` and ``results.md`` (rank 0); return the metrics."""
+                      fit_info: dict[str, Any] | None) -> RunResult:
+        """Write ``metrics.json`` and ``results.md`` (rank 0); return the run's result."""
         cfg, paths = self.cfg, self.paths
-        metrics = write_result(paths.metrics, RunResult(
+        result = RunResult(
             method=cfg.method.name, dataset=cfg.data.dataset, shots=cfg.data.shots, seed=cfg.train.seed,
-            backbone=backbone_info, epochs=epochs, train_time_s=train_time,
-            skipped_images=skipped, test=test, val=val, history=history, fit=fit_info or None))
+            backbone=backbone, epochs=epochs, train_time_s=train_time, skipped_images=skipped, test=test,
+            val=val, history=history, fit=fit_info or None, config_digest=config_digest(cfg.as_dict()))
+        write_result(paths.metrics, result)
         table = accuracy_table(test, title=f"{cfg.method.name} on {cfg.data.dataset} ({cfg.data.shots} shots, "
                                              f"seed {cfg.train.seed}) - test")
         atomic_write_text(paths.results_table, table)
         self.log.info("\n" + table)
-        return metrics
+        return result
 
 
-def _open(run: Run, stack: contextlib.ExitStack) -> tuple[dict[str, Any] | None, list[str], dict[str, Any] | None]:
+def _open(run: Run, stack: contextlib.ExitStack) -> tuple[RunResult | None, list[str], RunResult | None]:
     """Check and lock the run folder (held until ``stack`` closes), save the config of a new run. Rank 0 only.
 
-    Returns the metrics of a finished run resumed with the same training budget (else None), notes on changed
-    options, and the metrics of a finished run resumed with another budget (else None). A resumed run's config is
+    Returns the result of a finished run resumed with the same training budget (else None), notes on changed
+    options, and the result of a finished run resumed with another budget (else None). A resumed run's config is
     saved by :meth:`Run.check_budget`, so that a refused resumption changes nothing.
     """
     paths, cfg, resume = run.paths, run.cfg, run.resume

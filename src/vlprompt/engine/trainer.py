@@ -42,6 +42,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.build import build_backbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.core.errors import ConfigError
+from vlprompt.core.results import RunResult
 from vlprompt.data.pipeline import PreparedData, prepare_data
 from vlprompt.data.templates import get_templates
 from vlprompt.engine import loop
@@ -75,8 +76,9 @@ def build_training_method(cfg: ExperimentConfig, backbone: Backbone, classnames:
     return build_method(cfg.method.name, backbone, classnames, config=cfg.method.config, context=context)
 
 
-def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | None = None) -> dict[str, Any]:
-    """Train ``cfg.method`` on ``cfg.data`` and evaluate on the test split; return metrics.
+def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | None = None) -> RunResult:
+    """Train ``cfg.method`` on ``cfg.data`` and evaluate on the test split; return the run's result (what
+    ``metrics.json`` holds: ``result.test["accuracy"]``, ``result.history``, ``result.to_dict()``, ...).
 
     Args:
         cfg: the experiment (see :mod:`vlprompt.config`).
@@ -94,7 +96,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | N
         return _train(run, backbone, device)
 
 
-def _train(run: Run, backbone: Backbone | None, device: torch.device) -> dict[str, Any]:
+def _train(run: Run, backbone: Backbone | None, device: torch.device) -> RunResult:
     """The run itself, in its open folder: data, method, closed-form fit, the loop, evaluation."""
     cfg, ctx, log = run.cfg, run.ctx, run.log
     progress = cfg.train.progress and ctx.is_main
@@ -160,14 +162,14 @@ def _train(run: Run, backbone: Backbone | None, device: torch.device) -> dict[st
 
 def _finish(method: PromptMethod, data: PreparedData, backbone: Backbone, run: Run, device: torch.device,
             history: list[dict[str, Any]], max_epoch: int, train_time: float,
-            fit_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Save the prompt, evaluate on test (and val), write metrics.json and results.md (rank 0)."""
+            fit_info: dict[str, Any] | None = None) -> RunResult:
+    """Save the prompt, evaluate on test (and val), write metrics.json and results.md (rank 0); the result."""
     cfg = run.cfg
     run.save_prompt(method, max_epoch)
     run.log.info("evaluating on the test split")
     test = _evaluate_split(method, data, data.splits.test, cfg, device, "test")
     val_report = _evaluate_split(method, data, data.val, cfg, device, "val") if data.val else None
-    return run.write_results(backbone_info=backbone.info.as_dict(), test=test, val=val_report, history=history,
+    return run.write_results(backbone=backbone.info.record, test=test, val=val_report, history=history,
                              epochs=max_epoch, train_time=train_time, skipped=len(data.skipped), fit_info=fit_info)
 
 

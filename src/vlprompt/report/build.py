@@ -1,7 +1,9 @@
 """``vlprompt report RUNS_DIR``: tables (Markdown, CSV, JSON) and plots from a folder of runs.
 
 Everything below ``RUNS_DIR`` is found by file name (:mod:`vlprompt.report.collect`), so a sweep's folder,
-a few hand-made run folders or a mix of both work alike:
+a few hand-made run folders or a mix of both work alike. A backbone is the
+:class:`~vlprompt.core.results.BackboneRecord` every result holds, named by its label (``ViT-B-16``,
+``hf:<dir>``), so the runs, protocols and OOD results of one backbone share its rows whichever release wrote them:
 
 * **Few-shot** (every ``metrics.json``): test accuracy mean ± std over seeds, one table per method and
   backbone with datasets as rows, shots as columns and an average row (CoOp's layout); training-free

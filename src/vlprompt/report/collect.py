@@ -9,6 +9,10 @@ including files written before the schema: format 0):
 * ``ood_results.json`` -> :class:`~vlprompt.core.results.OodResult`, grouped by (method, backbone, ID
   dataset, shots); the per-image ``ood_scores.json`` next to it is read by :func:`load_ood_scores`.
 
+The backbone of every group is the results' :class:`~vlprompt.core.results.BackboneRecord`, named by its
+``label`` (``ViT-B-16``, ``hf:<dir>``): the family and model, whichever way an older file spelled them (a run's
+``{"family": "hf", "model": "<dir>"}`` and a protocol's ``"hf:<dir>"`` are one backbone).
+
 A file that cannot be read or is not such a record (also a malformed ``metrics.json``: a method given as a
 mapping, a number too large for a float, a null dataset, JSON nested too deeply) is noted in ``skipped``
 (listed at the end of the report) with the reason in ``reasons``; ``vlprompt report`` prints one warning
@@ -29,11 +33,11 @@ from typing import Any
 
 from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.core.metrics import harmonic_mean
-from vlprompt.core.results import PROTOCOLS, OodResult, ProtocolResult, RunResult, read_result
+from vlprompt.core.results import PROTOCOLS, BackboneRecord, OodResult, ProtocolResult, RunResult, read_result
 from vlprompt.methods.registry import Capabilities, get_method
 
-FewKey = tuple[str, str, str, int]  # (method, backbone, dataset, shots)
-OodKey = tuple[str, str, str, int | None]  # (method, backbone, ID dataset, shots or None when unknown)
+FewKey = tuple[str, str, str, int]  # (method, backbone label, dataset, shots)
+OodKey = tuple[str, str, str, int | None]  # (method, backbone label, ID dataset, shots or None when unknown)
 
 
 @cache
@@ -51,8 +55,9 @@ def is_training_free(method: str) -> bool:
     return not method_capabilities(method).trainable
 
 
-def _model(backbone: dict[str, Any]) -> str:
-    return str(backbone.get("model", "?"))
+def _backbone_label(backbone: BackboneRecord | None) -> str:
+    """The name a backbone is grouped and shown under (``?`` for the earliest OOD files, which have none)."""
+    return "?" if backbone is None else backbone.label
 
 
 # ------------------------------------------------------------------------------------ few-shot
@@ -75,7 +80,7 @@ def collect_fewshot(root: Path, skipped: list[str] | None = None,
         except DataError as exc:
             _skip(path, exc, skipped, reasons)
             continue
-        groups[(run.method, _model(run.backbone), run.dataset, run.shots)].append(run.accuracy)
+        groups[(run.method, _backbone_label(run.backbone), run.dataset, run.shots)].append(run.accuracy)
     return dict(groups)
 
 
@@ -86,7 +91,7 @@ class ProtocolRow:
 
     kind: str
     method: str
-    backbone: str
+    backbone: str  # the BackboneRecord's label
     dataset: str
     columns: list[str]
     summary: dict[str, tuple[float, float | None]]
@@ -107,7 +112,7 @@ def collect_protocols(root: Path, skipped: list[str], reasons: dict[str, str] | 
                 continue
             cols = [str(c) for c in r.columns]
             summary = {c: (float(r.summary[c]["mean"]), float(r.summary[c]["std"])) for c in cols}
-            found.append(ProtocolRow(kind=kind, method=str(r.method), backbone=_model(r.backbone),
+            found.append(ProtocolRow(kind=kind, method=str(r.method), backbone=_backbone_label(r.backbone),
                                      dataset=str(r.dataset), columns=cols, summary=summary,
                                      seeds=list(r.seeds or []), path=str(path)))
     return found
@@ -181,7 +186,7 @@ def collect_ood(root: Path, skipped: list[str], reasons: dict[str, str] | None =
         if not (r.method and r.id_dataset):
             _skip(path, ValueError("no 'method' or 'id_dataset'"), skipped, reasons)
             continue
-        key = (str(r.method), _model(r.backbone), str(r.id_dataset), _ood_shots(r, path, root))
+        key = (str(r.method), _backbone_label(r.backbone), str(r.id_dataset), _ood_shots(r, path, root))
         groups[key].append(OodRun(r, str(path.parent)))
     for runs in groups.values():
         runs.sort(key=lambda run: (run.seed is None, run.seed or 0, run.folder))

@@ -12,6 +12,8 @@ and the JSON summary ``report.json`` keeps under the section's key:
 * :func:`ood_comparison`: per (backbone, ID dataset) with several methods or shot counts, the averages.
 
 With published numbers (``paper``, from :mod:`vlprompt.report.papers`) the tables get ``paper`` columns.
+``backbone`` / ``bb`` is always the label of a :class:`~vlprompt.core.results.BackboneRecord` (the keys of
+:mod:`vlprompt.report.collect`).
 """
 
 from __future__ import annotations

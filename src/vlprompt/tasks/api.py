@@ -13,7 +13,7 @@ from vlprompt.backbones.build import build_backbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.core.errors import DataError, VlpromptError
 from vlprompt.core.io import atomic_write_text
-from vlprompt.core.results import EvalResult, from_dict, write_result
+from vlprompt.core.results import EvalResult, config_digest, write_result
 from vlprompt.core.tables import accuracy_table
 from vlprompt.data.images import list_images, load_image
 from vlprompt.data.pipeline import load_dataset
@@ -47,10 +47,9 @@ def _run_eval(method: PromptMethod, splits: DatasetSplits, split: str, cfg: Expe
                           disk_dir=cfg.data.feature_cache_dir)
 
 
-def _save(report: dict[str, Any], output: Path | None, title: str) -> dict[str, Any]:
-    """The report as an :class:`EvalResult` dict with its table; written (JSON + ``.md``) when ``output``."""
-    record = from_dict(EvalResult, report, source="evaluation report")
-    record.table = accuracy_table(report, title=title)
+def _save(record: EvalResult, output: Path | None, title: str) -> dict[str, Any]:
+    """The record as a dict with its table; written (JSON + ``.md``) when ``output``."""
+    record.table = accuracy_table(record.to_dict(), title=title)
     if output is not None:
         atomic_write_text(output.with_suffix(".md"), record.table)
         return write_result(output, record)
@@ -70,9 +69,10 @@ def zeroshot(cfg: ExperimentConfig, *, split: str = "test", output: str | Path |
     templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
     method = zeroshot_classifier(backbone, splits.classnames, templates).to(device)
     report = _run_eval(method, splits, split, cfg, device, progress)
-    report = {"method": method.method_name, "dataset": cfg.data.dataset, "split": split, "templates": templates,
-              "backbone": backbone.info.as_dict(), **report}
-    return _save(report, Path(output) if output else None,
+    record = EvalResult(method=method.method_name, dataset=cfg.data.dataset, split=split, templates=templates,
+                        backbone=backbone.info.record,
+                        config_digest=config_digest(cfg.as_dict()), **report)
+    return _save(record, Path(output) if output else None,
                  f"zero-shot CLIP on {cfg.data.dataset} ({split}, {len(templates)} template(s))")
 
 
@@ -85,9 +85,10 @@ def evaluate(cfg: ExperimentConfig, prompt: str | Path, *, split: str = "test", 
     method = load_prompt(prompt, backbone, splits.classnames, allow_new_classes=allow_new_classes,
                          context=method_context(cfg, splits)).to(device)
     report = _run_eval(method, splits, split, cfg, device, progress)
-    report = {"method": method.method_name, "prompt": str(prompt), "dataset": cfg.data.dataset, "split": split,
-              "backbone": backbone.info.as_dict(), **report}
-    return _save(report, Path(output) if output else None, f"{method.method_name} on {cfg.data.dataset} ({split})")
+    record = EvalResult(method=method.method_name, prompt=str(prompt), dataset=cfg.data.dataset, split=split,
+                        backbone=backbone.info.record,
+                        config_digest=config_digest(cfg.as_dict()), **report)
+    return _save(record, Path(output) if output else None, f"{method.method_name} on {cfg.data.dataset} ({split})")
 
 
 def collect_images(inputs: list[str]) -> list[str]:

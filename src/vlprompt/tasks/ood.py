@@ -26,7 +26,7 @@ from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.core.metrics import accuracy_report
 from vlprompt.core.ood import SCORES, ood_metrics, ood_scores
 from vlprompt.core.plots import plot_score_histograms
-from vlprompt.core.results import OodResult, from_dict, write_result
+from vlprompt.core.results import OodResult, config_digest, write_result
 from vlprompt.core.tables import markdown_table
 from vlprompt.data.images import list_images
 from vlprompt.data.pipeline import load_dataset
@@ -129,13 +129,12 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
         per_set[name] = {s: ood_metrics(id_scores[s].numpy(), ood_raw[name][s].numpy()) for s in scores}
     average = {s: {m: sum(per_set[n][s][m] for n in per_set) / len(per_set) for m in ("fpr95", "auroc", "aupr")}
                for s in scores}
-    result = {"method": method.method_name, "prompt": str(prompt) if prompt else None, "id_dataset": cfg.data.dataset,
-              "backbone": {"model": cfg.backbone.model, "pretrained": cfg.backbone.pretrained}, "seed": cfg.train.seed,
-              "shots": cfg.data.shots if prompt else None,  # a learned prompt's training shots (zero-shot: none)
-              "id_accuracy": acc["accuracy"], "scores": list(scores), "temperature": temperature,
-              "per_set": per_set, "average": average, "convention": "ID = positive; higher score = more ID"}
-    record = from_dict(OodResult, result, source="OOD result")
-    record.table = ood_table(result)
+    record = OodResult(method=method.method_name, prompt=str(prompt) if prompt else None, id_dataset=cfg.data.dataset,
+                       backbone=backbone.info.record, seed=cfg.train.seed,
+                       shots=cfg.data.shots if prompt else None,  # a learned prompt's training shots (zero-shot: none)
+                       id_accuracy=acc["accuracy"], scores=list(scores), temperature=temperature,
+                       per_set=per_set, average=average, config_digest=config_digest(cfg.as_dict()))
+    record.table = ood_table(record.to_dict())
     result = record.to_dict()
     if output_dir is not None:
         out = Path(output_dir)

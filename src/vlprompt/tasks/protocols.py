@@ -26,7 +26,7 @@ from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.io import atomic_write_text
 from vlprompt.core.metrics import harmonic_mean
-from vlprompt.core.results import ProtocolResult, write_result
+from vlprompt.core.results import BackboneRecord, ProtocolResult, config_digest, write_result
 from vlprompt.core.tables import markdown_table
 
 
@@ -38,13 +38,16 @@ def _q(value: Any) -> str:
     return f"{value}" if not isinstance(value, str) else f'"{value}"'
 
 
-def _accuracy(cfg: ExperimentConfig, prompt: Path | None, progress: bool) -> float:
-    """Test accuracy of a learned prompt (or of zero-shot CLIP when ``prompt`` is None) on ``cfg.data``."""
+def _accuracy(cfg: ExperimentConfig, prompt: Path | None, progress: bool) -> tuple[float, BackboneRecord]:
+    """Test accuracy of a learned prompt (or of zero-shot CLIP when ``prompt`` is None) on ``cfg.data``, and
+    the backbone it was computed with (the protocol's result records it)."""
     from vlprompt.tasks.api import evaluate, zeroshot
 
     if prompt is None:
-        return float(zeroshot(cfg, progress=progress)["accuracy"])
-    return float(evaluate(cfg, prompt, allow_new_classes=True, progress=progress)["accuracy"])
+        report = zeroshot(cfg, progress=progress)
+    else:
+        report = evaluate(cfg, prompt, allow_new_classes=True, progress=progress)
+    return float(report["accuracy"]), BackboneRecord.from_any(report["backbone"])
 
 
 def _train_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, extra: list[str]) -> tuple[Path | None, float | None]:
@@ -55,8 +58,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, out_dir: Path, extra: list[str
         return None, None
     run_dir = out_dir / f"seed{seed}"
     run_cfg = _with(cfg, [f"train.seed={seed}", f"train.output_dir={_q(str(run_dir))}", *extra])
-    metrics = train(run_cfg, resume=True)
-    return run_dir / "prompt.safetensors", float(metrics["test"]["accuracy"])
+    return run_dir / "prompt.safetensors", train(run_cfg, resume=True).accuracy
 
 
 def _check_transfers(cfg: ExperimentConfig, protocol: str) -> None:
@@ -78,10 +80,10 @@ def base_to_new(cfg: ExperimentConfig, seeds: Sequence[int], out_dir: str | Path
     for seed in (seeds if trainable else seeds[:1]):
         prompt, base = _train_seed(cfg, seed, out, ["data.subsample_classes=base"])
         if base is None:
-            base = _accuracy(_with(cfg, ["data.subsample_classes=base"]), None, progress)
-        new = _accuracy(_with(cfg, ["data.subsample_classes=new", f"train.seed={seed}"]), prompt, progress)
+            base, _ = _accuracy(_with(cfg, ["data.subsample_classes=base"]), None, progress)
+        new, backbone = _accuracy(_with(cfg, ["data.subsample_classes=new", f"train.seed={seed}"]), prompt, progress)
         rows.append({"seed": seed, "base": base, "new": new, "H": harmonic_mean(base, new)})
-    return _finish("base2new", cfg, rows, ["base", "new", "H"], out)
+    return _finish("base2new", cfg, backbone, rows, ["base", "new", "H"], out)
 
 
 def transfer(cfg: ExperimentConfig, targets: Sequence[str], seeds: Sequence[int], out_dir: str | Path, *,
@@ -98,25 +100,26 @@ def transfer(cfg: ExperimentConfig, targets: Sequence[str], seeds: Sequence[int]
     for seed in (seeds if trainable else seeds[:1]):
         prompt, source_acc = _train_seed(cfg, seed, out, [])
         if source_acc is None:
-            source_acc = _accuracy(cfg, None, progress)
+            source_acc, _ = _accuracy(cfg, None, progress)
         row: dict[str, Any] = {"seed": seed, source: source_acc}
         for target in targets:
             tcfg = _with(cfg, [f"data.dataset={_q(target)}", "data.options={}", f"train.seed={seed}"])
-            row[target] = _accuracy(tcfg, prompt, progress)
+            row[target], backbone = _accuracy(tcfg, prompt, progress)
         row["target average"] = statistics.fmean(row[t] for t in targets)
         rows.append(row)
-    return _finish(kind, cfg, rows, [source, *targets, "target average"], out)
+    return _finish(kind, cfg, backbone, rows, [source, *targets, "target average"], out)
 
 
-def _finish(kind: str, cfg: ExperimentConfig, rows: list[dict[str, Any]], columns: list[str],
-            out: Path) -> dict[str, Any]:
+def _finish(kind: str, cfg: ExperimentConfig, backbone: BackboneRecord, rows: list[dict[str, Any]],
+            columns: list[str], out: Path) -> dict[str, Any]:
+    """Write ``<kind>_results.json`` / ``.md`` (mean and population std of every column over the seeds)."""
     summary = {}
     for col in columns:
         values = [r[col] for r in rows]
         summary[col] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
-    record = ProtocolResult(protocol=kind, method=cfg.method.name, dataset=cfg.data.dataset,
-                            backbone={"model": cfg.backbone.model, "pretrained": cfg.backbone.pretrained},
-                            seeds=[r["seed"] for r in rows], columns=columns, per_seed=rows, summary=summary)
+    record = ProtocolResult(protocol=kind, method=cfg.method.name, dataset=cfg.data.dataset, backbone=backbone,
+                            seeds=[r["seed"] for r in rows], columns=columns, per_seed=rows, summary=summary,
+                            config_digest=config_digest(cfg.as_dict()))
     record.table = protocol_table(record.to_dict())
     out.mkdir(parents=True, exist_ok=True)
     result = write_result(out / f"{kind}_results.json", record)

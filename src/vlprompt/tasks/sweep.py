@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from vlprompt.config import apply_overrides, config_from_dict, read_yaml
 from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json
-from vlprompt.core.results import SWEEP_PROTOCOLS, RunResult, write_result
+from vlprompt.core.results import SWEEP_PROTOCOLS, BackboneRecord, RunResult, config_digest, write_result
 from vlprompt.core.validate import shown
 
 SEEDS_INSIDE = ("base2new", "dg", "xd")  # protocol functions that run every seed themselves
@@ -184,8 +184,9 @@ def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, sh
 
         rep = zeroshot(cfg, progress=False)
         write_result(run_dir / "metrics.json", RunResult(
-            method=rep["method"], dataset=dataset, shots=shots, seed=seed, backbone=rep["backbone"],
-            test={k: rep[k] for k in ("accuracy", "macro_accuracy", "n")}))
+            method=rep["method"], dataset=dataset, shots=shots, seed=seed, backbone=BackboneRecord.from_any(
+                rep["backbone"]), test={k: rep[k] for k in ("accuracy", "macro_accuracy", "n")},
+            config_digest=config_digest(cfg.as_dict())))
     else:
         train(cfg, resume=True)  # a finished run (OOD sweep killed before scoring) returns its metrics as is
     if sw.protocol == "ood":
