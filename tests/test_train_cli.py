@@ -49,7 +49,7 @@ def test_every_result_file_records_the_version_and_the_config_digest(trained_run
     """metrics.json and `vlprompt eval --run` of the same run: this release's version, the run's config digest."""
     from vlprompt.core.results import config_digest
     from vlprompt.core.version import __version__
-    from vlprompt.engine.trainer import load_run_config
+    from vlprompt.engine.run_life import load_run_config
 
     tmp, _ = trained_run
     run = tmp / "run"
