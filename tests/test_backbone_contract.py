@@ -232,18 +232,18 @@ def test_a_malformed_family_name_is_refused(registry, name):
 
 def test_a_family_needs_a_loader_and_a_test_model(registry):
     with pytest.raises(ModelError, match="loader must be a function or 'module:function'"):
-        register_backbone_family("toy", "no_colon", test_model="toy:x")
+        register_backbone_family("scratch", "no_colon", test_model="scratch:x")
     with pytest.raises(ModelError, match="test_model must be a model string or a function"):
-        register_backbone_family("toy", _other_loader, test_model="")
-    assert "toy" not in backbone_families()
+        register_backbone_family("scratch", _other_loader, test_model="")
+    assert "scratch" not in backbone_families()
 
 
 def test_a_family_registered_at_run_time_routes_its_prefix(registry):
-    family = register_backbone_family("toy", "vlprompt.backbones.openclip:load_backbone", test_model="toy:x")
-    assert family.prefix == "toy:" and backbone_families()["open_clip"].prefix is None
-    assert family_of("toy:vlprompt-test-vit") == (family, "vlprompt-test-vit")
+    family = register_backbone_family("scratch", "vlprompt.backbones.openclip:load_backbone", test_model="scratch:x")
+    assert family.prefix == "scratch:" and backbone_families()["open_clip"].prefix is None
+    assert family_of("scratch:vlprompt-test-vit") == (family, "vlprompt-test-vit")
     assert family_of("hf-hub:timm/x")[0].name == "open_clip"  # open_clip's own schemes are not families
-    assert load_any_backbone("toy:vlprompt-test-vit").name == "vlprompt-test-vit"  # "module:function" loader
+    assert load_any_backbone("scratch:vlprompt-test-vit").name == "vlprompt-test-vit"  # "module:function" loader
 
 
 def test_one_cache_for_every_family_keyed_by_family_model_and_options():
