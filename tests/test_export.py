@@ -4,7 +4,6 @@ classifier runs under onnxruntime alone (no torch in the process) with vlprompt'
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,8 @@ from vlprompt.data.images import load_image  # noqa: E402
 from vlprompt.methods.registry import build_method  # noqa: E402
 from vlprompt.tasks.export import TOLERANCE, export_classifier, open_exported  # noqa: E402
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
+from docs_blocks import blocks  # noqa: E402
+
 CLASSES = ["red thing", "green thing", "blue thing"]
 
 
@@ -94,9 +94,9 @@ def test_export_errors_are_one_line(tmp_path, capsys):
 # ------------------------------------------------------------------------------------ the world classifier
 def _docs_example() -> str:
     """The deployment example of docs/deploy.md (its first python block)."""
-    match = re.search(r"```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
-    assert match, "docs/deploy.md has no python example"
-    return match.group(1)
+    found = [b for b in blocks("deploy.md") if b.lang == "python"]
+    assert found, "docs/deploy.md has no python example"
+    return found[0].code
 
 
 @pytest.fixture(scope="module")

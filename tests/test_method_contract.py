@@ -1,8 +1,8 @@
 """The method contract, checked for every registered method on both tiny towers (timm-style).
 
 A method added later is covered by these tests without writing them again (the parametrisation is the
-registry's list at collection time: a built-in, a plugin's or one registered by a ``-p`` plugin module;
-``test_a_method_registered_at_test_time_is_covered_by_the_contract`` proves it): registration gives it its
+registry's list at collection time: a built-in or a plugin's; tests/test_docs_examples.py proves it with the
+docs' ``gain`` installed in a plugin package, collected here like a built-in method): registration gives it its
 identity and its capabilities, it builds from its defaults and a build context, predicts ``[B, n_cls]``,
 sends gradients only to its learned tensors, survives save -> load with identical logits, resumes after a
 kill to the uninterrupted result, gives the same gradients when a global batch is split over two ranks
@@ -425,59 +425,3 @@ def test_base2new_refuses_coop_with_class_specific_context_before_training(tmp_p
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "'coop'" in err and "class-specific" in err and "Traceback" not in err
     assert not out.exists() or not any(out.rglob("*")), "a run was trained before the refusal"
-
-
-#: A method defined and registered outside the tests (a ``-p`` plugin module), as docs/methods.md writes one.
-PLUGGED = '''
-from dataclasses import dataclass, field
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from vlprompt.methods.base import PromptMethod, template_text_features
-from vlprompt.methods.registry import Capabilities, register_method
-
-
-@dataclass
-class PluggedConfig:
-    init_gain: float = field(default=1.0, metadata={"help": "initial value of the learned gain"})
-    class_gains: bool = field(default=False, metadata={"help": "one gain vector per class"})
-
-
-class Plugged(PromptMethod):
-    def __init__(self, backbone, classnames, config, context=None):
-        super().__init__(backbone, classnames, config, context)
-        zs = template_text_features(backbone, self.classnames, self.context.templates)
-        self.register_buffer("zeroshot", zs, persistent=False)
-        shape = (self.n_cls, backbone.embed_dim) if config.class_gains else (backbone.embed_dim,)
-        self.gain = nn.Parameter(torch.full(shape, config.init_gain, device=backbone.device))
-
-    def text_features(self):
-        return F.normalize(self.zeroshot * self.gain, dim=-1)
-
-
-register_method("plugged", PluggedConfig, Plugged,
-                capabilities=lambda cfg: Capabilities(class_specific=cfg.class_gains))
-'''
-
-
-def test_a_method_registered_at_test_time_is_covered_by_the_contract(tmp_path):
-    """A method registered by a plugin module (nothing in the tests names it) gets every contract test, on
-    both towers, and passes them."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    (tmp_path / "plugged_method.py").write_text(PLUGGED)
-    contract = [n for n, f in globals().items() if n.startswith("test_") and any(
-        m.name == "parametrize" and m.args[0] == "name" for m in getattr(f, "pytestmark", []))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "pytest", __file__, "-p", "plugged_method", "-k",
-               "plugged and not registered_at_test_time", "-q", "-rA", "-p", "no:cacheprovider"]
-    done = subprocess.run(command, cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    passed = {line.split("::")[1] for line in done.stdout.splitlines() if line.startswith("PASSED")}
-    assert {p.split("[")[0] for p in passed} == set(contract) and len(passed) == 2 * len(contract), passed
