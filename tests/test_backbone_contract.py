@@ -77,6 +77,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------------------------ the contract
+@pytest.mark.slow
 def test_identity_is_the_familys_and_the_model_is_frozen(loaded):
     bb, name = loaded.backbone, loaded.family.name
     assert isinstance(bb, Backbone) and isinstance(bb, nn.Module)
@@ -90,6 +91,7 @@ def test_identity_is_the_familys_and_the_model_is_frozen(loaded):
     assert not bb.training and not any(p.requires_grad for p in bb.parameters())
 
 
+@pytest.mark.slow
 def test_one_shared_instance_per_spec(loaded):
     spec = BackboneConfig(loaded.model, None)
     assert build_backbone(spec) is loaded.backbone
@@ -186,6 +188,7 @@ def test_local_features_or_their_documented_refusal(loaded):
             bb.local_features(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["zeroshot", "coop"])
 def test_prompt_files_load_back_by_family_and_model(loaded, method, tmp_path):
     torch.manual_seed(0)
@@ -267,6 +270,8 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_registering_the_families_imports_no_optional_dependency():
     code = ("import sys\nfrom vlprompt.backbones.base import backbone_families\n"
             "assert {'open_clip', 'hf'} <= set(backbone_families())\n"

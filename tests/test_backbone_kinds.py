@@ -68,6 +68,7 @@ def test_tiny_representative_is_classified_like_its_config(kind_backbone):
     assert classify(kind_backbone.name, cfg).local_features == (kind_backbone.local_features_unsupported() is None)
 
 
+@pytest.mark.slow
 def test_text_path_equals_open_clip_encode_text(kind_backbone):
     ids = open_clip.get_tokenizer(kind_backbone.name)(TEXTS)
     assert torch.equal(kind_backbone.tokenize(TEXTS), ids)
@@ -76,6 +77,7 @@ def test_text_path_equals_open_clip_encode_text(kind_backbone):
     torch.testing.assert_close(ours, _open_clip_text(kind_backbone, TEXTS), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", [{"class_token_position": "end"}, {"class_token_position": "front"},
                                     {"csc": True}])
 def test_coop_with_sentence_context_equals_the_written_prompt(kind_backbone, layout):

@@ -91,6 +91,8 @@ def _generator():
     return module
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_every_shipped_config_loads(monkeypatch, tmp_path):
     """Every shipped config goes through vlprompt's loader (each section and method option validated;
     nothing is built); a generated one (== the generator's text, next test) also runs the method its

@@ -168,6 +168,7 @@ def test_dataset_contract(name: str, tmp_path: Path) -> None:
     check_dataset_contract(name, tmp_path / "tree")
 
 
+@pytest.mark.world
 def test_every_built_in_and_the_world_are_checked() -> None:
     names = dataset_names()
     assert {"oxford_pets", "imagenet", "imagenet_r", "fgvc_aircraft", "imagefolder", "csv"} <= set(names)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from vlprompt.cli.main import main
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_demo_writes_table_json_and_plot(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "-o", str(out), "--model", "vlprompt-test-rn", "--pretrained", "none",
@@ -27,6 +31,7 @@ def test_demo_writes_table_json_and_plot(tmp_path, capsys):
     assert main(["demo", "-o", str(out), "--model", "vlprompt-test-rn", "--pretrained", "none"]) == 2
 
 
+@pytest.mark.slow
 def test_demo_methods_section_runs_cocoop_upl_locoop(tmp_path):
     from vlprompt.cli.demo_methods import method_tables, run_method_demo
     from vlprompt.tasks.protocols import harmonic_mean

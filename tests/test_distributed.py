@@ -118,6 +118,8 @@ def test_a_batch_size_not_divisible_by_the_processes_is_one_clear_error():
 
 
 # ------------------------------------------------------------------------------------ 2 processes
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_processes_through_the_cli_equal_one_process_and_only_rank_0_writes(single, tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", **_raw(tmp_path / "unused"))
     run = tmp_path / "ddp"
@@ -169,6 +171,8 @@ _DRIVER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cocoop_locoop_resume_and_errors_under_two_processes(single, tmp_path):
     cocoop = write_config(tmp_path / "cocoop.yaml", **_raw(tmp_path / "cocoop", {"name": "cocoop", "n_ctx": 4}))
     locoop = write_config(tmp_path / "locoop.yaml", **_raw(tmp_path / "locoop", LOCOOP))
@@ -213,6 +217,7 @@ def _step_losses(backend: str | bool) -> tuple[float, float]:
 _SLOW = os.environ.get("VLPROMPT_SLOW_TESTS") == "1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [
     "aot_eager",
     pytest.param(True, marks=pytest.mark.skipif(
@@ -260,6 +265,8 @@ _NEW_DRIVER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_new_methods_under_two_processes_equal_one_process(tmp_path):
     from vlprompt.engine.trainer import train
 

@@ -54,6 +54,7 @@ def test_deploy_preprocessing_equals_open_clip_eval_transform(tmp_path, tiny_bac
         assert torch.allclose(x, tiny_backbone.eval_transform()(img), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, method, fmt", [
     ("vlprompt-test-vit", "coop", "onnx"),
     ("vlprompt-test-rn", "upl", "torchscript"),
@@ -119,6 +120,9 @@ def world_run(tmp_path_factory):
     return root, metrics, model
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.world
 def test_world_classifier_under_onnxruntime_alone_has_vlprompt_accuracy(world_run):
     from vlprompt.data.registry import build_dataset
 
@@ -156,6 +160,7 @@ print(json.dumps({{"accuracy": acc, "n": len(files), "predicted": dict(zip(files
     assert {Path(r["image"]).name: r["top"][0][0] for r in ours} == result["predicted"]
 
 
+@pytest.mark.world
 def test_predict_accepts_the_exported_file(world_run, tmp_path, capsys):
     root, _, model = world_run
     from vlprompt.data.registry import build_dataset

@@ -42,6 +42,8 @@ def _cmd(cfg):
     return [sys.executable, "-m", "vlprompt.cli.main", "train", "-c", str(cfg)]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_many_times_at_random_points_then_resumed(tmp_path, tiny_imagefolder, reference):
     cfg = write_config(tmp_path / "cfg.yaml", **_raw(tmp_path, tiny_imagefolder, "run"))
     rng = random.Random(0)
@@ -94,6 +96,8 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, tiny_i
     torch.testing.assert_close(ctx, reference, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_full_disk_gives_a_clear_error_and_keeps_earlier_files(tmp_path, tiny_imagefolder):
     raw = _raw(tmp_path, tiny_imagefolder, "run")
     raw["train"]["tensorboard"] = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vlprompt.data.registry import build_dataset
@@ -10,6 +11,7 @@ from vlprompt.engine.features import encode_items
 from vlprompt.methods.registry import build_method
 
 
+@pytest.mark.world
 def test_cache_encodes_each_image_once_and_matches_fresh_encoding(tiny_backbone):
     splits = build_dataset("world_patterns", None, n_train=2, n_val=0, n_test=3, image_size=32)
     calls = []
@@ -30,6 +32,7 @@ def test_cache_encodes_each_image_once_and_matches_fresh_encoding(tiny_backbone)
     assert torch.equal(lb.cpu(), labels.cpu())
 
 
+@pytest.mark.world
 def test_cached_evaluation_equals_uncached(tiny_backbone):
     splits = build_dataset("world_patterns", None, n_train=2, n_val=0, n_test=3, image_size=32)
     method = build_method("coop", tiny_backbone, splits.classnames, n_ctx=2)
@@ -43,6 +46,7 @@ def test_cached_evaluation_equals_uncached(tiny_backbone):
     assert abs(first["accuracy"] - 100.0 * float((preds == labels).float().mean())) < 1e-9
 
 
+@pytest.mark.world
 def test_disk_cache_is_reused_by_a_fresh_backbone(tmp_path):
     from vlprompt.backbones.openclip import load_backbone
 

@@ -44,6 +44,7 @@ def _close(a, b):
     torch.testing.assert_close(a.float(), b.float(), rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
+@pytest.mark.slow
 def test_hf_clip_features_equal_open_clip(clip_pair):
     oc, hf, _ = clip_pair
     assert isinstance(hf, Backbone) and isinstance(oc, Backbone)
@@ -172,6 +173,8 @@ def test_locoop_refuses_hf_backbones_clearly(siglip_dir):
         build_method("locoop", bb, CLASSES)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_core_imports_and_runs_without_transformers():
     """vlprompt's core (open_clip family) needs no transformers: block the import and train a step."""
     code = (
@@ -227,6 +230,7 @@ def hf_text_tower_model(request, tmp_path_factory):
     return load_backbone(name)
 
 
+@pytest.mark.slow
 def test_open_clip_hf_text_tower_prompts_equal_the_written_sentence(hf_text_tower_model):
     import open_clip
 

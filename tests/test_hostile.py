@@ -548,6 +548,8 @@ def test_g7_a_symlink_inside_the_root_that_leads_outside_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ G8 run lock
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_g8_run_lock_dies_with_its_process_even_with_forked_workers(tmp_path):
     from vlprompt.engine.run import RunLock
 

@@ -149,6 +149,7 @@ def _flip_weight_bytes(path: Path, fmt: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ item 5
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_r3_5_flipped_weight_bytes_are_refused(exported, tmp_path, capsys, fmt):
     model = _copy(exported, fmt, tmp_path)
@@ -166,6 +167,7 @@ def test_r3_5_torchscript_weights_changed_with_valid_crc_are_refused(exported, t
     assert f"exported file '{model}' is corrupted: its code and weights do not match their checksum" in line, line
 
 
+@pytest.mark.slow
 def test_r3_5_onnx_external_data_is_checked_and_no_temporary_file_is_left(tmp_path, capsys, monkeypatch):
     """A model exported with its weights in a second file (as models over 1.5 GB are): both files in place,
     nothing else; a flipped byte in the weights file is refused."""
@@ -271,6 +273,7 @@ def _disk_full_below(monkeypatch, folder: Path) -> None:
     monkeypatch.setattr(os, "fdopen", full_fdopen)
 
 
+@pytest.mark.slow
 def test_r3_12_disk_full_during_onnx_export(exported, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
@@ -286,6 +289,7 @@ def test_r3_12_disk_full_during_onnx_export(exported, tmp_path, capsys, monkeypa
     assert earlier.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_r3_12_onnx_export_is_fsynced_before_the_rename(exported, tmp_path, monkeypatch):
     """The ONNX file is written to a temporary file in the output folder, fsynced, then renamed."""
     synced: list[str] = []
@@ -377,6 +381,7 @@ def _names(n: int) -> list[str]:
     return list(out)
 
 
+@pytest.mark.slow
 def test_r3_msg_many_class_names_are_encoded_in_batches_with_progress(exported, tmp_path, capsys):
     names = tmp_path / "names.txt"
     names.write_text("\n".join(_names(5000)) + "\n", encoding="utf-8")
@@ -389,6 +394,7 @@ def test_r3_msg_many_class_names_are_encoded_in_batches_with_progress(exported, 
     assert out.count("(") == 3
 
 
+@pytest.mark.slow
 def test_r3_msg_class_texts_in_batches_equal_one_pass(exported, monkeypatch):
     """Text features computed in batches of classes give the predictions of one pass over all classes."""
     import vlprompt.tasks.api as api

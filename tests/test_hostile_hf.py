@@ -107,6 +107,8 @@ def _with_custom_code(folder: Path, marker: Path, *, model_type: str = "evilclip
 
 
 # ------------------------------------------------------------------------------------ item 1
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_r3_1_custom_code_never_runs_and_stdin_is_never_read(clip_dir, tmp_path, tiny_imagefolder):
     """Driven from a script whose stdin says "y": the folder's code must not run, nothing is read."""
     folder = _copy(clip_dir, tmp_path)
@@ -214,6 +216,7 @@ def _set(path: str, value: Any):
     return change
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, expected", [
     ('{"model_type": "clip", ', "not valid JSON"),
     ("[1, 2]", "not a JSON object"),

@@ -71,6 +71,7 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ 3 train longer
+@pytest.mark.slow
 def test_r3_3_resume_with_a_larger_max_epoch_trains_on_to_the_new_budget(tmp_path, tiny_imagefolder, one_epoch,
                                                                          capsys):
     run = _copy(one_epoch, tmp_path)
@@ -187,6 +188,8 @@ def test_r3_16_status_with_a_damaged_state_file_warns_and_reports_the_rest(tmp_p
     assert "1 failed" in out_text and "boom" in out_text, out_text  # the good state file is still reported
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_r3_16_a_shard_rerun_over_a_damaged_state_file_rewrites_it(tmp_path, capsys):
     path = _sweep_file(tmp_path, seeds=[1], datasets=["world_patterns"],
                        set=["backbone.model=vlprompt-test-vit", "backbone.pretrained=null",
@@ -238,6 +241,9 @@ def test_r3_msg_parallel_shards_of_one_sweep_are_still_allowed(tmp_path):
         pass
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.world
 def test_r3_msg_status_says_interrupted_once_the_local_launcher_is_gone(tmp_path, capsys):
     """A real `vlprompt sweep --launcher local` killed (with its jobs) while its runs are 'running'."""
     pytest.importorskip("submitit")
@@ -292,6 +298,7 @@ def test_r3_msg_status_of_a_dead_shard_says_interrupted(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ 15 report
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["method a mapping", "accuracy too large for float", "shots too large",
                                     "dataset null", "deep nesting", "seed text"])
 def test_r3_15_report_skips_one_malformed_metrics_file_with_one_warning(tmp_path, one_epoch, capsys, damage):
@@ -333,6 +340,7 @@ def test_r3_msg_a_huge_iterations_value_says_it_is_out_of_range(tmp_path, tiny_i
     assert "optim.iterations" in line and "out of range" in line and "int or null" not in line, line
 
 
+@pytest.mark.slow
 def test_r3_msg_eval_with_another_prompt_never_overwrites_the_run_eval_file(tmp_path, tiny_imagefolder, one_epoch,
                                                                            capsys):
     run = _copy(one_epoch, tmp_path)

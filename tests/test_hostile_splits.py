@@ -114,6 +114,7 @@ def _in_thread(fn: Callable[[], Any], fifos: list[Path]) -> Any:
 
 
 # ------------------------------------------------------------------ 2. test images as training images
+@pytest.mark.slow
 def test_r3_2_a_test_image_is_not_matched_to_the_train_image_of_the_same_name(tmp_path, dassl_datum, capsys):
     root = _same_names_tree(tmp_path / "pets")
     ds = build_dataset("imagefolder", str(root))

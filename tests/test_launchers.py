@@ -37,6 +37,7 @@ def _sweep(tmp_path: Path, base: dict | None = None, **extra) -> Path:
     return path
 
 
+@pytest.mark.world
 def test_shards_partition_the_plan_deterministically(tmp_path):
     sw = load_sweep(_sweep(tmp_path, methods=["zeroshot", "coop"], shots=[1, 2, 4], seeds=[1, 2, 3]))
     jobs = plan_jobs(sw)
@@ -80,6 +81,7 @@ def _sbatch_lines(path: Path) -> set[str]:
     return {ln for ln in path.read_text().splitlines() if ln.startswith("#SBATCH")}
 
 
+@pytest.mark.subprocess
 def test_slurm_submission_settings_and_rerun_submits_only_what_is_missing(tmp_path, fake_slurm, capsys):
     pytest.importorskip("submitit")
     path = _sweep(tmp_path)
@@ -148,6 +150,8 @@ def _task_pids(controller_pid: int) -> list[int]:
         return []
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_local_executor_parallel_runs_survive_a_killed_job_and_equal_the_sequential_sweep(tmp_path):
     """submitit's LocalExecutor runs the jobs (the code path of SLURM jobs): 2 runs at once; one is
     killed (SIGKILL) after its first epoch's checkpoint (of 2; images are encoded every step so an epoch
@@ -203,6 +207,7 @@ def test_local_executor_parallel_runs_survive_a_killed_job_and_equal_the_sequent
             assert torch.allclose(pa[k], pb[k], atol=1e-6)
 
 
+@pytest.mark.world
 def test_shards_write_their_own_state_and_the_report_merges_them(tmp_path, capsys):
     path = _sweep(tmp_path, methods=["zeroshot", "coop"], seeds=[1, 2])
     assert main(["sweep", str(path), "--shard", "0/2", "--no-progress"]) == 0
@@ -223,6 +228,9 @@ def test_shards_write_their_own_state_and_the_report_merges_them(tmp_path, capsy
     assert "0 runs done, 2 already finished" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.world
 def test_a_multi_gpu_run_is_one_job_whose_tasks_train_like_torchrun(tmp_path):
     """--gpus-per-run 2: one job with 2 tasks that export torchrun's variables; on CPU (gloo) they train the
     run data-parallel, and the prompt equals the sequential (one-process) sweep's."""
@@ -268,6 +276,7 @@ def test_a_run_resumes_under_a_launcher_that_sets_the_shared_feature_cache(tmp_p
         check_run_folder(paths, other, resume=True)
 
 
+@pytest.mark.world
 def test_shared_work_is_computed_once_and_reused(tmp_path):
     """prepare_shared computes the UPL pseudo-labels of each setting and the test features once (under a lock);
     a second call (another shard, a rerun) finds them and computes nothing."""

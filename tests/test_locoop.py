@@ -59,6 +59,8 @@ def test_default_top_k_scales_with_classes_and_is_checked(vit_backbone):
         build_method("locoop", vit_backbone, ["a", "b"], lambda_value=-1.0)
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_locoop_trains_then_ood_reports_table_json_and_plot(tmp_path, capsys):
     from vlprompt.cli.main import main
 
@@ -88,6 +90,7 @@ def test_locoop_trains_then_ood_reports_table_json_and_plot(tmp_path, capsys):
     assert (tmp_path / "run" / "ood" / "ood_scores.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_zero_shot_ood_against_an_image_folder(tmp_path, tiny_imagefolder, capsys):
     from vlprompt.cli.main import main
 

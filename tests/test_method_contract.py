@@ -24,7 +24,7 @@ import vlprompt.engine.trainer as trainer_mod
 import vlprompt.methods.registry as registry
 from vlprompt.backbones.build import build_backbone
 from vlprompt.config import BackboneConfig, config_from_dict
-from vlprompt.core.errors import ConfigError, ModelError
+from vlprompt.core.errors import ConfigError, ModelError, VlpromptError
 from vlprompt.engine.checkpoint import load_prompt, read_prompt, save_prompt
 from vlprompt.engine.loss_step import backward_terms, local_objectives
 from vlprompt.methods.base import MethodContext, PromptMethod
@@ -108,6 +108,7 @@ def _build(name, backbone, names=NAMES):
     return method
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_builds_and_predicts_one_logit_per_class(name, backbone):
     method = _build(name, backbone).eval()
@@ -116,6 +117,7 @@ def test_builds_and_predicts_one_logit_per_class(name, backbone):
     assert logits.shape == (4, len(NAMES)) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_gradients_reach_only_the_learned_tensors(name, backbone):
     method = _build(name, backbone).train()
@@ -137,6 +139,7 @@ def test_gradients_reach_only_the_learned_tensors(name, backbone):
     assert all(p.grad is None for n, p in method.named_parameters() if n not in learned)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_save_then_load_gives_identical_logits(name, backbone, tmp_path):
     method = _build(name, backbone)
@@ -151,6 +154,7 @@ def test_save_then_load_gives_identical_logits(name, backbone, tmp_path):
         torch.testing.assert_close(loaded.eval()(images), method.eval()(images), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_two_simulated_ranks_give_the_single_process_gradient(name, backbone):
     """The trainer's reduction (global counts, local objectives, summed gradients) on a batch split in two."""
@@ -224,6 +228,7 @@ def _kill_midway(monkeypatch, caps):
         monkeypatch.setattr(trainer_mod, "_finish", die)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_a_killed_run_resumes_to_the_uninterrupted_result(name, backbone, tmp_path, tiny_imagefolder, monkeypatch):
     caps = _caps(name)
@@ -235,6 +240,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(name, backbone, tmp_pa
     with monkeypatch.context() as m:
         _kill_midway(m, caps)
         with pytest.raises(_Killed):
+            trainer_mod.train(config_from_dict(raw))
+    if caps.uses_sgd:  # without --resume a half-trained run (it has a checkpoint) is protected
+        with pytest.raises(VlpromptError, match="--resume"):
             trainer_mod.train(config_from_dict(raw))
     torch.manual_seed(123)  # the resumed process starts from another RNG state
     resumed = trainer_mod.train(config_from_dict(raw), resume=True)
@@ -255,6 +263,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(name, backbone, tmp_pa
     assert [len(p["top"]) for p in preds] == [2, 2, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_runs_under_the_base2new_protocol(name, backbone, tmp_path, tiny_imagefolder, capsys):
     from vlprompt.cli.main import main
@@ -276,6 +285,7 @@ def test_runs_under_the_base2new_protocol(name, backbone, tmp_path, tiny_imagefo
     assert all(0 <= result["summary"][k]["mean"] <= 100 for k in ("base", "new", "H"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_registration_gives_the_identity_and_the_capabilities(name, backbone):
     """The name and the capabilities come from the registration alone; the built method carries them."""

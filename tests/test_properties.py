@@ -23,6 +23,7 @@ scores = st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 1.0]) | st.floats(-
                   min_size=1, max_size=40)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(pos=scores, neg=scores)
 def test_ood_metrics_equal_sklearn(pos, neg):
@@ -50,6 +51,7 @@ def test_fewshot_sampling(counts, shots, seed, shuffle_seed):
     assert sample_fewshot(shuffled, shots, seed) == out  # independent of input order, stable for a seed
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(n=st.integers(1, 60), c=st.integers(1, 6), k=st.integers(1, 8), seed=st.integers(0, 10_000))
 def test_pseudo_label_selection(n, c, k, seed):
@@ -73,6 +75,7 @@ sections = st.sampled_from(["method", "backbone", "data", "optim", "train", "bog
 keys = st.sampled_from(["name", "n_ctx", "csc", "lr", "shots", "dataset", "seed", "max_epoch", "precision", "x"])
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=st.dictionaries(sections, st.dictionaries(keys, yaml_values, max_size=4) | yaml_values, max_size=5))
 def test_config_loader_never_crashes_with_a_traceback(raw):

@@ -27,6 +27,7 @@ def _world_cfg(tmp_path, method: dict, dataset="world_patterns"):
     )
 
 
+@pytest.mark.world
 def test_subsample_classes_follows_coop():
     splits = build_dataset("world_patterns", None, n_train=2, n_val=1, n_test=2)  # 7 classes
     base, new = subsample_classes(splits, "base"), subsample_classes(splits, "new")
@@ -36,6 +37,8 @@ def test_subsample_classes_follows_coop():
     assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140) and harmonic_mean(0, 0) == 0
 
 
+@pytest.mark.slow
+@pytest.mark.world
 @pytest.mark.parametrize("method", [{"name": "coop", "n_ctx": 2}, {"name": "cocoop"}, {"name": "zeroshot"}])
 def test_base_to_new_over_seeds(tmp_path, capsys, method):
     cfg = _world_cfg(tmp_path, method)
@@ -60,6 +63,8 @@ def test_base_to_new_over_seeds(tmp_path, capsys, method):
         assert json.loads((out / "base2new_results.json").read_text())["per_seed"] == rows
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_domain_generalisation_and_cross_dataset(tmp_path):
     cfg = _world_cfg(tmp_path, {"name": "coop", "n_ctx": 2}, dataset="world_shapes")
     out = tmp_path / "dg"
@@ -73,6 +78,7 @@ def test_domain_generalisation_and_cross_dataset(tmp_path):
     assert "world_patterns" in json.loads((out / "xd_results.json").read_text())["summary"]
 
 
+@pytest.mark.world
 def test_transfer_without_targets_is_a_clear_error(tmp_path, capsys):
     cfg = _world_cfg(tmp_path, {"name": "coop"})
     assert main(["protocol", "dg", "-c", str(cfg), "--seeds", "1", "-o", str(tmp_path / "x")]) == 2

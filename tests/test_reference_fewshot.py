@@ -37,6 +37,7 @@ from data_trees import make_imagefolder
 CASES = [(name, order) for name in COOP_LAYOUTS for order in ("sorted", "shuffled")] + [("imagenet", "listdir")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "order"), CASES)
 def test_reference_sampler_matches_coop(tmp_path, name, order):
     build_tree(tmp_path, name, order)

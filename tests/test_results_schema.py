@@ -80,6 +80,7 @@ def test_earlier_release_files_load(release: Path, path: Path, cls: type, writte
     assert again == record  # and it round-trips in the current format
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("release", ["v0", "v1"])
 def test_report_of_earlier_release_files_is_unchanged(release: str, tmp_path: Path, monkeypatch) -> None:
     """`vlprompt report` writes, byte for byte, the Markdown / CSV / JSON the release before issue 26 wrote for
@@ -99,6 +100,8 @@ def _backbones(report: Path) -> set[str]:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_one_backbone_is_one_backbone_in_every_result_kind(tmp_path: Path) -> None:
     """results_v1/hf: the run's metrics say {"family": "hf", "model": "hf_tiny"}, the protocol and OOD results
     {"model": "hf:hf_tiny"} (the release before issue 26 showed two backbones, "hf_tiny" and "hf:hf_tiny")."""
@@ -218,6 +221,8 @@ def test_unreadable_result_files_are_data_errors(tmp_path: Path, content: str) -
         read_result(path, RunResult)
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_report_reads_previous_release_folder(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     shutil.copytree(V0, runs)

@@ -41,32 +41,6 @@ class _Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("stop_after", [1, 3])
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_imagefolder, reference, monkeypatch, stop_after):
-    ref_ctx, ref_metrics = reference
-    original = loop_mod.save_training_state
-
-    def save_then_die(folder, epoch, *args, **kwargs):
-        path = original(folder, epoch, *args, **kwargs)
-        if epoch + 1 == stop_after:
-            raise _Killed()
-        return path
-
-    raw = _cfg(tmp_path, tiny_imagefolder, "interrupted")
-    monkeypatch.setattr(loop_mod, "save_training_state", save_then_die)
-    with pytest.raises(_Killed):
-        trainer_mod.train(config_from_dict(raw))
-    monkeypatch.setattr(loop_mod, "save_training_state", original)
-    torch.manual_seed(999)  # the resumed process starts from another RNG state
-    with pytest.raises(VlpromptError, match="--resume"):
-        trainer_mod.train(config_from_dict(raw))  # without --resume the half-finished run is protected
-    metrics = trainer_mod.train(config_from_dict(raw), resume=True)
-    tensors, _ = read_prompt(tmp_path / "interrupted" / "prompt.safetensors")
-    torch.testing.assert_close(tensors["prompt_learner.ctx"], ref_ctx, rtol=0, atol=1e-6)
-    assert [h["loss"] for h in metrics.history] == pytest.approx([h["loss"] for h in ref_metrics.history])
-    assert metrics.test["accuracy"] == ref_metrics.test["accuracy"]
-
-
 def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_imagefolder, monkeypatch):
     raw = _cfg(tmp_path, tiny_imagefolder, "changed")
     original = loop_mod.save_training_state
@@ -84,6 +58,8 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_imagefolder, mon
         trainer_mod.train(config_from_dict(raw), resume=True)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkill_during_training_then_resume(tmp_path, tiny_imagefolder, reference):
     """A real SIGKILL of the CLI process once checkpoints appear; resuming gives the reference prompt."""
     ref_ctx, _ = reference
@@ -109,6 +85,7 @@ def test_sigkill_during_training_then_resume(tmp_path, tiny_imagefolder, referen
     assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["epochs"] == EPOCHS
 
 
+@pytest.mark.slow
 def test_cached_features_give_the_same_prompt_as_encoding_every_batch(tmp_path, tiny_imagefolder):
     prompts = {}
     for cache in (True, False):
@@ -123,6 +100,7 @@ def test_cached_features_give_the_same_prompt_as_encoding_every_batch(tmp_path, 
         [h["loss"] for h in prompts[False][1].history], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_cached_augmented_views_train_and_resume_exactly(tmp_path, tiny_imagefolder, monkeypatch):
     def raw(name):
         return tiny_config(tmp_path, tiny_imagefolder, optim={"max_epoch": 4}, data={"augment": True,

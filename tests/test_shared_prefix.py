@@ -16,6 +16,7 @@ def test_shared_prefix_equals_plain_values_and_gradients(tiny_backbone, groups):
     _check_against_plain(tiny_backbone, groups)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [1, 3])
 def test_shared_prefix_any_depth(vit_backbone, depth):
     """One block (the first block is also the last, read only at EOT rows) and three blocks."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from vlprompt.cli.main import main
@@ -28,6 +29,8 @@ def _sweep(tmp_path, **extra):
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
     path = _sweep(tmp_path)
     assert main(["sweep", str(path), "--no-progress"]) == 0
@@ -55,6 +58,7 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
     assert cell["seeds"] == 2 and abs(cell["mean"] - sum(accs) / 2) < 1e-9
 
 
+@pytest.mark.world
 def test_a_failing_run_is_reported_without_stopping_the_others(tmp_path, capsys):
     path = _sweep(tmp_path, datasets=["world_patterns", "no_such_dataset"], methods=["coop"], shots=[1], seeds=[1])
     assert main(["sweep", str(path), "--no-progress"]) == 1
@@ -63,6 +67,7 @@ def test_a_failing_run_is_reported_without_stopping_the_others(tmp_path, capsys)
     assert (tmp_path / "out" / "coop" / "default" / "world_patterns" / "1shots" / "seed1" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_sweep_protocol_base2new(tmp_path):
     path = _sweep(tmp_path, protocol="base2new", methods=["coop"], shots=[1], seeds=[1, 2])
     assert main(["sweep", str(path), "--no-progress"]) == 0
@@ -75,6 +80,8 @@ def test_sweep_protocol_base2new(tmp_path):
     assert record["seeds"] == [1, 2] and record["paper"] is None
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_sweep_protocol_ood_trains_scores_and_reports(tmp_path):
     path = _sweep(tmp_path, protocol="ood", methods=["zeroshot", "locoop"], shots=[1], seeds=[1, 2],
                   targets=["world_ood_novel"])
@@ -92,6 +99,7 @@ def test_sweep_protocol_ood_trains_scores_and_reports(tmp_path):
     assert "FPR95" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.world
 def test_sweep_protocol_unsupervised_pseudo_labels_once_for_all_seeds(tmp_path):
     path = _sweep(tmp_path, protocol="unsupervised", methods=["upl"], shots=[2], seeds=[1, 2])
     assert main(["sweep", str(path), "--no-progress"]) == 0
@@ -104,6 +112,7 @@ def test_sweep_protocol_unsupervised_pseudo_labels_once_for_all_seeds(tmp_path):
     assert pseudo  # the shared split file (top-2 per class of the unlabeled train split)
 
 
+@pytest.mark.world
 def test_sweep_progress_shows_the_overall_bar_and_each_runs_bar_without_log_lines(tmp_path, capsys):
     path = _sweep(tmp_path, methods=["coop"], shots=[1], seeds=[1, 2])
     assert main(["sweep", str(path)]) == 0
@@ -114,6 +123,7 @@ def test_sweep_progress_shows_the_overall_bar_and_each_runs_bar_without_log_line
     assert "epoch=1 " in log and "epoch=1 " not in err  # log lines go to the run's log, not the console
 
 
+@pytest.mark.world
 def test_sweep_config_per_method_mapping(tmp_path):
     path = _sweep(tmp_path, methods=["coop", "cocoop"], shots=[1], seeds=[1])
     base = yaml.safe_load((tmp_path / "base.yaml").read_text())

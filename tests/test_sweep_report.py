@@ -242,6 +242,7 @@ def ood_entry(method: str, paper_method: str, shots: int, score: str, ood_set: s
             "dataset": ood_set, "values": {"fpr95": fpr95, "auroc": auroc}, "source": "https://example.org/t1"}
 
 
+@pytest.mark.slow
 def test_paper_fpr95_and_auroc_next_to_ours_in_ood_tables(tmp_path, capsys):
     """A LoCoOp-style sweep folder (<method>/<backbone>/imagenet/<k>shots/seed<s>/ood) and published OOD rows."""
     rng = np.random.default_rng(1)
@@ -286,6 +287,7 @@ def test_paper_fpr95_and_auroc_next_to_ours_in_ood_tables(tmp_path, capsys):
     assert [(r["metric"], r["paper"]) for r in csv_rows] == [("fpr95", "30.0"), ("auroc", "90.0"), ("aupr", "")]
 
 
+@pytest.mark.slow
 def test_ood_paper_average_and_unknown_shots(tmp_path):
     """An average over other OOD sets than the paper's is not compared; runs without shots match no shot row."""
     rng = np.random.default_rng(2)
@@ -309,6 +311,7 @@ def test_ood_paper_average_and_unknown_shots(tmp_path):
     assert table_row(section, ["average"])[-3:] == ["-", "-", "-"]  # ours: 2 sets, the paper's: 4
 
 
+@pytest.mark.slow
 def test_paper_accuracy_next_to_ours_for_upl_runs(tmp_path, capsys):
     for ds, acc in (("dtd", 45.0), ("eurosat", 60.0)):
         for seed in (1, 2):
@@ -343,6 +346,7 @@ def test_unknown_paper_is_a_one_line_cli_error(tmp_path, capsys):
     assert err.count("\n") == 0 and "no published results for paper(s) nope" in err and "cocoop" in err
 
 
+@pytest.mark.world
 def test_no_matching_paper_numbers_is_said(tmp_path):
     write_protocol(tmp_path / "a", "base2new", "coop", "world_shapes", [b2n(1, 80.0, 40.0)],
                    backbone={"model": "vlprompt-test-rn", "pretrained": None})
@@ -351,6 +355,8 @@ def test_no_matching_paper_numbers_is_said(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ OOD
+@pytest.mark.slow
+@pytest.mark.world
 def test_ood_table_is_mean_and_std_over_seeds_with_histograms(tmp_path):
     rng = np.random.default_rng(0)
     runs = [write_ood(tmp_path / "locoop" / f"seed{s}" / "ood", "locoop", s, rng) for s in (1, 2, 3)]
@@ -382,6 +388,7 @@ def test_ood_table_is_mean_and_std_over_seeds_with_histograms(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ comparisons, plots
+@pytest.mark.slow
 def test_comparison_tables_for_several_methods(tmp_path):
     accs = {("coop", "dtd"): 60.0, ("coop", "eurosat"): 80.0, ("cocoop", "dtd"): 55.0,
             ("cocoop", "eurosat"): 75.0, ("zeroshot", "dtd"): 40.0, ("zeroshot", "eurosat"): 45.0}
@@ -425,6 +432,8 @@ def test_empty_folder_is_a_clear_error(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+@pytest.mark.world
 def test_real_ood_runs_saved_scores_and_report(tmp_path, capsys):
     """Zero-shot OOD with the tiny model on the world (2 seeds): per-image scores saved, then the report."""
     from conftest import write_config
@@ -458,6 +467,7 @@ def test_real_ood_runs_saved_scores_and_report(tmp_path, capsys):
     assert (tmp_path / "runs" / "report_ood_hist_zeroshot_vlprompt-test-vit_world_shapes.png").is_file()
 
 
+@pytest.mark.world
 def test_our_base2new_averages_sit_next_to_the_papers_published_ones():
     """Runs on other datasets (the world's) than a paper's 11: the papers' averages are shown beside ours,
     each from its own paper, never mixed into the like-for-like protocol table."""

@@ -27,6 +27,7 @@ def trained_run(tmp_path_factory, tiny_imagefolder):
     return tmp, cfg
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_folder_and_the_loss_falls(trained_run):
     tmp, _ = trained_run
     run = tmp / "run"
@@ -162,6 +163,7 @@ def test_bad_input_gives_one_clear_error(case, match, tmp_path, tiny_imagefolder
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_mixed_precision_training_runs_and_keeps_fp32_parameters(tmp_path, tiny_imagefolder):
     from vlprompt.config import config_from_dict
     from vlprompt.engine.checkpoint import read_prompt
@@ -175,6 +177,7 @@ def test_mixed_precision_training_runs_and_keeps_fp32_parameters(tmp_path, tiny_
     assert all(h["loss"] == h["loss"] for h in metrics.history)  # finite, not NaN
 
 
+@pytest.mark.slow
 def test_an_iteration_budget_becomes_whole_epochs(tmp_path, tiny_imagefolder):
     """optim.iterations (CLIP-LoRA's 500 x K): 12 training images, batch 4 -> 3 steps per epoch, so 5 steps
     are rounded up to 2 epochs."""

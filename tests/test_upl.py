@@ -69,6 +69,7 @@ def test_ensemble_is_the_mean_of_independent_prompts(vit_backbone):
     assert (upl.ctx.grad[0] - coop.ctx.grad).abs().max() > 1e-3  # another prompt gets another gradient
 
 
+@pytest.mark.slow
 def test_pseudo_label_then_train_then_eval(tmp_path, tiny_imagefolder, capsys):
     raw = tiny_config(tmp_path, tiny_imagefolder, method={"name": "upl", "n_ctx": 4, "n_prompts": 2},
                       optim={"max_epoch": 2}, data={"augment": False})

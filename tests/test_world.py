@@ -31,6 +31,7 @@ def _spec(shape: str, style: str, index: int = 0) -> tuple[g.ObjectSpec, np.rand
 # -- generator ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.world
 def test_sample_pairs_is_deterministic_per_seed_and_index() -> None:
     a_img, a_cap = g.sample_pairs(6, seed=0)
     b_img, b_cap = g.sample_pairs(6, seed=0)
@@ -44,6 +45,7 @@ def test_sample_pairs_is_deterministic_per_seed_and_index() -> None:
     assert np.array_equal(img, a_img[4]) and cap == a_cap[4]
 
 
+@pytest.mark.world
 @pytest.mark.parametrize("style", g.STYLES)
 def test_every_style_renders_every_shape(style: str) -> None:
     for i, shape in enumerate(g.SHAPES):
@@ -55,12 +57,14 @@ def test_every_style_renders_every_shape(style: str) -> None:
     assert g.render(spec, rng, image_size=32).shape == (32, 32, 3)
 
 
+@pytest.mark.world
 def test_cartoon_fills_the_object_with_its_flat_colour() -> None:
     spec = g.ObjectSpec("circle", "red", "plain", "large", "centre", "plain", "cartoon", 0.7, 0.0, 0.0, 0.0)
     img = g.render(spec, np.random.default_rng(0))
     assert tuple(img[32, 32]) == pytest.approx((219, 26, 26), abs=3)
 
 
+@pytest.mark.world
 def test_captions_never_say_photo_and_respect_the_style() -> None:
     rng = np.random.default_rng(0)
     for i in range(1500):
@@ -73,6 +77,7 @@ def test_captions_never_say_photo_and_respect_the_style() -> None:
             assert cap[0].isalpha()
 
 
+@pytest.mark.world
 def test_pretraining_domain_holds_out_pairs_and_novel_shapes() -> None:
     specs = [g.pretrain_spec(1, i)[0] for i in range(3000)]
     objects = [s for s in specs if s.shape is not None]
@@ -84,6 +89,7 @@ def test_pretraining_domain_holds_out_pairs_and_novel_shapes() -> None:
     assert len(g.ID_SHAPES) >= 12 and len(g.COLOURS) >= 10 and len(g.STYLES) >= 4
 
 
+@pytest.mark.world
 def test_pretraining_groups_share_everything_but_the_shape() -> None:
     group = [g.pretrain_spec(0, i)[0] for i in range(8, 8 + g.PRETRAIN_GROUP_SIZE)]
     group = [s for s in group if s.shape is not None]  # bare textures stand alone
@@ -94,6 +100,7 @@ def test_pretraining_groups_share_everything_but_the_shape() -> None:
     assert len({s.colour for s in ungrouped[:4]} | {s.style for s in ungrouped[:4]}) > 2
 
 
+@pytest.mark.world
 def test_sample_pairs_options() -> None:
     _, caps = g.sample_pairs(20, seed=0, styles=["sketch"])
     assert all(not any(c in cap.split() for c in g.COLOUR_NAMES) for cap in caps)
@@ -104,6 +111,7 @@ def test_sample_pairs_options() -> None:
 # -- datasets ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.world
 @pytest.mark.parametrize(("name", "n_classes"), [("world_shapes", 12), ("world_objects", 120), ("world_patterns", 7)])
 def test_id_dataset_sizes_and_labels(name: str, n_classes: int) -> None:
     ds = build_dataset(name, None)
@@ -117,6 +125,7 @@ def test_id_dataset_sizes_and_labels(name: str, n_classes: int) -> None:
     assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
 
 
+@pytest.mark.world
 def test_loader_renders_keys_deterministically_and_splits_differ() -> None:
     ds = build_dataset("world_shapes", None, n_train=2, n_val=2, n_test=2)
     assert ds.test[3].path == "world://shapes/test/3"
@@ -134,6 +143,7 @@ def test_loader_renders_keys_deterministically_and_splits_differ() -> None:
     assert [d.path for d in small.train] == [d.path for d in ds.train[:12]]  # nested subsets
 
 
+@pytest.mark.world
 def test_domain_shifted_sets_share_classes() -> None:
     source = build_dataset("world_shapes", None)
     shifted = [n for n in world_dataset_names() if n.startswith("world_shapes_")]
@@ -144,6 +154,7 @@ def test_domain_shifted_sets_share_classes() -> None:
     assert build_dataset("world_objects_cartoon", None).classnames == build_dataset("world_objects").classnames
 
 
+@pytest.mark.world
 def test_ood_sets_are_test_only_and_disjoint_from_id_classes() -> None:
     id_classes = set(build_dataset("world_shapes").classnames) | set(build_dataset("world_objects").classnames)
     assert len(OOD_DATASETS) >= 2
@@ -156,6 +167,7 @@ def test_ood_sets_are_test_only_and_disjoint_from_id_classes() -> None:
             build_dataset(name, None, n_train=1)
 
 
+@pytest.mark.world
 def test_base_new_split() -> None:
     ds = build_dataset("world_patterns", None, n_train=2, n_val=1, n_test=3)
     base, new = base_new_split(ds)
@@ -166,6 +178,7 @@ def test_base_new_split() -> None:
     assert via_option.test == new.test and via_option.classnames == new.classnames
 
 
+@pytest.mark.world
 def test_bad_options_and_keys_raise_data_errors() -> None:
     with pytest.raises(DataError, match="unknown option"):
         build_dataset("world_shapes", None, shots=4)
@@ -179,6 +192,7 @@ def test_bad_options_and_keys_raise_data_errors() -> None:
     assert world_key("world_objects", "val", 7) == "world://objects/val/7"
 
 
+@pytest.mark.world
 def test_export_imagefolder_round_trip(tmp_path: Path) -> None:
     ds = build_dataset("world_patterns", None, n_train=2, n_val=1, n_test=1)
     root = export_imagefolder(ds, tmp_path / "export")
@@ -194,6 +208,7 @@ def test_export_imagefolder_round_trip(tmp_path: Path) -> None:
 # -- model config and pretraining ------------------------------------------------------------------
 
 
+@pytest.mark.world
 def test_world_model_config_fits_budget_and_coop_prompts() -> None:
     import open_clip
 
@@ -210,6 +225,7 @@ def test_world_model_config_fits_budget_and_coop_prompts() -> None:
     assert max(len(tokenizer.encode(c)) + 2 for c in caps) <= 32
 
 
+@pytest.mark.world
 def test_pretrain_smoke(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file

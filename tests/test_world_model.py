@@ -35,34 +35,38 @@ ZERO_SHOT = {
     "world_positions": (9, 38.0, {}),
     "world_textures": (10, 70.0, {}),
 }
-# dataset -> (dataset options, minimum gain of CoOp 16-shot (seed 1) over zero-shot, in points). Measured
-# with these options: scenes +16.6, positions +20.9, textures +7.8, objects_painting +4.7.
+# dataset -> (dataset options, minimum gain of CoOp 16-shot (seed 1) over zero-shot in points, epochs). Measured
+# with these options: scenes +16.6, positions +20.9, textures +7.8 (50 epochs); objects_painting +4.7 with 50
+# epochs and +4.3 with 20 (2-core CPU, 151 s vs 41 s: its 120-class text pass dominates the suite, so it runs 20).
 _SMALL = {"n_train": 16, "n_val": 4}
 COOP_GAIN = {
-    "world_scenes": (_SMALL, 10.0),
-    "world_positions": (_SMALL, 10.0),
-    "world_textures": (_SMALL, 3.0),
-    "world_objects_painting": ({**_SMALL, "n_test": 10}, 2.0),
+    "world_scenes": (_SMALL, 10.0, 50),
+    "world_positions": (_SMALL, 10.0, 50),
+    "world_textures": (_SMALL, 3.0, 50),
+    "world_objects_painting": ({**_SMALL, "n_test": 10}, 2.0, 20),
 }
 
 
-def _cfg(dataset: str, method: dict, tmp_path=None, **data):
+def _cfg(dataset: str, method: dict, tmp_path=None, epochs: int = 50, **data):
     return config_from_dict({
         "method": method,
         "backbone": {"model": MODEL, "pretrained": TAG},
         "data": {"dataset": dataset, "shots": 16, "augment": False, "num_workers": 0, **data},
-        "optim": {"max_epoch": 50, "batch_size": 32},
+        "optim": {"max_epoch": epochs, "batch_size": 32},
         "train": {"device": "cpu", "progress": False, "tensorboard": False,
                   "output_dir": str(tmp_path / "run") if tmp_path else ""},
     })
 
 
+@pytest.mark.world
 def test_shipped_weights_are_small_and_match_their_hash():
     assert WEIGHTS.is_file() and WEIGHTS.stat().st_size <= 20 * 2**20
     meta = json.loads(WEIGHTS.with_suffix(".json").read_text())
     assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == meta["sha256"]
 
 
+@pytest.mark.slow
+@pytest.mark.world
 @pytest.mark.parametrize("dataset", list(ZERO_SHOT))
 def test_zero_shot_is_far_above_chance(dataset):
     from vlprompt.tasks.api import zeroshot
@@ -72,15 +76,17 @@ def test_zero_shot_is_far_above_chance(dataset):
     assert report["accuracy"] >= minimum > 100.0 / n_cls + 20
 
 
+@pytest.mark.slow
+@pytest.mark.world
 @pytest.mark.parametrize("dataset", list(COOP_GAIN))
 def test_coop_16_shots_beats_zero_shot(dataset, tmp_path):
     from vlprompt.engine.trainer import train
     from vlprompt.tasks.api import zeroshot
 
-    options, gain = COOP_GAIN[dataset]
+    options, gain, epochs = COOP_GAIN[dataset]
     backbone = build_backbone(BackboneConfig(MODEL, TAG))
     zs = zeroshot(_cfg(dataset, {"name": "zeroshot"}, options=options), progress=False, backbone=backbone)
-    run = train(_cfg(dataset, {"name": "coop", "n_ctx": 16}, tmp_path, options=options), backbone=backbone)
+    run = train(_cfg(dataset, {"name": "coop", "n_ctx": 16}, tmp_path, epochs, options=options), backbone=backbone)
     coop = run.test["accuracy"]
     assert coop - zs["accuracy"] >= gain, f"CoOp {coop:.1f}% vs zero-shot {zs['accuracy']:.1f}%"
     assert run.history[-1]["loss"] < run.history[0]["loss"]

@@ -27,6 +27,7 @@ def _save(state: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
+@pytest.mark.world
 def test_parts_fill_each_tensor_from_the_longest_matching_prefix(tmp_path):
     a, b, c = (_model("vlprompt-test-vit", s) for s in (1, 2, 3))
     vis = _save({k: v for k, v in a.state_dict().items() if k.startswith("visual.")}, tmp_path / "v.safetensors")
@@ -36,6 +37,7 @@ def test_parts_fill_each_tensor_from_the_longest_matching_prefix(tmp_path):
         torch.testing.assert_close(v, (a if k.startswith("visual.") else b).state_dict()[k], rtol=0, atol=0)
 
 
+@pytest.mark.world
 def test_parts_missing_or_misshapen_tensors_are_refused(tmp_path):
     a = _model("vlprompt-test-vit", 1)
     only_visual = _save({k: v for k, v in a.state_dict().items() if k.startswith("visual.")}, tmp_path / "v.st")
@@ -47,6 +49,7 @@ def test_parts_missing_or_misshapen_tensors_are_refused(tmp_path):
         load_parts(a, {"": rn_all})
 
 
+@pytest.mark.world
 def test_registered_parts_load_through_the_backbone_factory(tmp_path):
     from vlprompt.backbones.configs import VLPROMPT_PRETRAINED, register_pretrained
     from vlprompt.backbones.openclip import load_backbone
@@ -68,6 +71,8 @@ def test_registered_parts_load_through_the_backbone_factory(tmp_path):
         VLPROMPT_PRETRAINED.pop(key, None)
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_distillation_trains_only_the_image_tower_on_the_teachers_text_tower(tmp_path):
     from vlprompt.world.distill import parse_args, run_distillation
 
@@ -88,6 +93,7 @@ def test_distillation_trains_only_the_image_tower_on_the_teachers_text_tower(tmp
     load_parts(student, {"visual.": weights, "": teacher_file})
 
 
+@pytest.mark.world
 def test_distillation_refuses_a_student_with_another_text_tower(tmp_path):
     from vlprompt.core.errors import ModelError
     from vlprompt.world.distill import adopt_text_tower
@@ -100,6 +106,7 @@ def test_distillation_refuses_a_student_with_another_text_tower(tmp_path):
 VIT, TAG = "vlprompt-world-vit", "world"
 
 
+@pytest.mark.world
 def test_the_shipped_world_vit_is_small_and_matches_its_hash():
     from vlprompt.world.plugin import SHIPPED, WEIGHTS_DIR
 
@@ -113,6 +120,7 @@ def test_the_shipped_world_vit_is_small_and_matches_its_hash():
     assert pretrained_weights()[(VIT, TAG)] == parts
 
 
+@pytest.mark.world
 def test_the_world_vit_reads_text_exactly_as_the_world_resnet():
     from vlprompt.backbones.build import build_backbone
     from vlprompt.config import BackboneConfig
@@ -144,6 +152,8 @@ def _vit_cfg(dataset: str, method: dict, tmp_path=None, optim=None):
     })
 
 
+@pytest.mark.slow
+@pytest.mark.world
 @pytest.mark.parametrize("dataset", list(VIT_ZERO_SHOT))
 def test_the_world_vit_is_far_above_chance_zero_shot(dataset):
     from vlprompt.tasks.api import zeroshot
@@ -152,6 +162,8 @@ def test_the_world_vit_is_far_above_chance_zero_shot(dataset):
     assert report["accuracy"] >= VIT_ZERO_SHOT[dataset]
 
 
+@pytest.mark.slow
+@pytest.mark.world
 def test_maple_on_the_world_vit_learns_what_its_frozen_features_miss(tmp_path):
     """MaPLe with its authors' recipe (SGD 0.0035, batch 4, 5 epochs) on the base classes of world_positions,
     where the frozen world ViT is weak: measured in docs/world_results.md (seeds 1-3), base accuracy 73.7 ±
