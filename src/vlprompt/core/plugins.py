@@ -45,6 +45,8 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.ivlp",
         "vlprompt.methods.maple",
         "vlprompt.methods.promptsrc",
+        "vlprompt.methods.tpt",
+        "vlprompt.methods.ctpt",
     ),
     "datasets": (
         "vlprompt.data.coop_layouts",
