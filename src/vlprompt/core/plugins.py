@@ -47,6 +47,8 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.promptsrc",
         "vlprompt.methods.tpt",
         "vlprompt.methods.ctpt",
+        "vlprompt.methods.zero",
+        "vlprompt.methods.mta",
     ),
     "datasets": (
         "vlprompt.data.coop_layouts",
