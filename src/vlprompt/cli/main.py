@@ -657,7 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="tables and plots from a folder of runs",
                        description="Mean ± std tables (Markdown, CSV, JSON) of few-shot runs, protocol results "
-                                   "(base2new, dg, xd), test-time adaptation (tta) and OOD results, a comparison of methods, and plots "
+                                   "(base2new, dg, xd), test-time adaptation (tta) and OOD results, a comparison "
+                                   "of methods, and plots "
                                    "(accuracy vs shots, base/new/H bars, OOD score histograms).")
     p.add_argument("runs", help="folder with run folders (e.g. a sweep's output_dir)")
     p.add_argument("--output", help="where report.* go (default: the runs folder)")

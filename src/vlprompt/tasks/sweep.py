@@ -209,6 +209,10 @@ def _run_tta_seed(sw: Sweep, cfg: Any, method: str | None, bb: dict[str, Any] | 
         train(cfg, resume=True)  # the run folder is run_dir itself (a trained method evaluated on the targets)
         prompt = run_dir / "prompt.safetensors"
     elif start is not None:
+        if not cfg.method.capabilities.adapts_at_test_time:
+            raise ConfigError(f"sweep method '{method}': '{cfg.method.name}' does not adapt at test time; write A+B "
+                              f"with a test-time method A (e.g. tpt+{start}), or '{start}' alone to evaluate its "
+                              "prompt")
         start_dir = run_dir / f"start_{start}"
         scfg = build_config(sw, start, bb, dataset, shots, seed, start_dir)
         if scfg.as_dict()["backbone"] != cfg.as_dict()["backbone"]:
