@@ -32,7 +32,8 @@ Every table is one :class:`~vlprompt.core.tables.Table` (built in :mod:`vlprompt
 to the output folder (default ``RUNS_DIR``) as:
 
 * ``report.md``: all tables and links to the plots; ``report.json``: the same numbers (``fewshot``,
-  ``protocols``, ``ood``, ``comparison``, ``paper``, ``plots``, ``ignored``) and every table under ``tables``.
+  ``protocols``, ``ood``, ``comparison``, ``paper``, ``plots``, ``ignored``; ``tta`` when there are test-time
+  results) and every table under ``tables``.
 * ``report.csv`` (few-shot: method, backbone, dataset, shots, mean, std, seeds),
   ``report_protocols.csv`` (one row per protocol, method, backbone, dataset and column, with the paper
   value), ``report_ood.csv`` (one row per method, backbone, ID dataset, shots, score, OOD set and metric,
@@ -169,11 +170,13 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         if out / name not in files:
             files.append(out / name)
     shown = [*few, *cmp_few, *cmp_b2n, *pub, *cmp_ood, *proto, *ood_tables, *tta_tables, *cmp_tta]
-    summary = {"fewshot": few_js, "protocols": proto_js, "ood": ood_js, "tta": tta_js,
+    summary = {"fewshot": few_js, "protocols": proto_js, "ood": ood_js,
                "comparison": {"fewshot": cmp_few_js, "base2new_H": cmp_b2n_js, "base2new_published_averages": pub_js},
                "paper": {"papers": sorted({e.paper for e in paper}), "matched_rows": matched} if paper is not None
                else None,
                "plots": [str(p) for p in plots], "ignored": skipped,
                "tables": [t.to_json() for t in shown] + [{**t.to_json(), "csv": name} for name, t in csv_files.items()]}
+    if tta:  # only then: report.json of folders without test-time results is as earlier releases wrote it
+        summary["tta"] = tta_js
     atomic_write_json(out / "report.json", summary)
     return {"markdown": text, "files": [str(f) for f in files], "warnings": warnings, **summary}
