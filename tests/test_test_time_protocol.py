@@ -301,7 +301,6 @@ def test_report_has_the_tta_rows(tiny_imagefolder, tmp_path, probe, capsys):
     assert data["paper"]["matched_rows"] == 1
 
 
-@pytest.mark.slow
 def test_tta_sweep_with_a_trained_start(tiny_imagefolder, tmp_path, probe, monkeypatch):
     """A tta sweep: zero-shot, the probe, and probe+coop (CoOp trained on the dataset, then the start of the
     probe) per seed into <run>/tta_results.json; a rerun skips them; the report reads them."""
