@@ -117,7 +117,7 @@ def test_zeroshot_through_the_cli(tiny_imagefolder, tmp_path, capsys):
     assert 0 <= row["accuracy"] <= 100 and 0 <= row["ece"] <= 100
     assert row["seconds_per_image"] > 0 and row["views_seconds_per_image"] >= 0
     assert row["peak_memory_mb"] is None  # CPU
-    assert row["passes"] == {"image_forward": 1.0, "text_forward": 1.0, "backward": 0.0}
+    assert row["passes"] == {"image_forward": 1.0, "text_forward": 0.0, "backward": 0.0}  # text features once
     assert (row["n_views"], row["views"], row["seed"], row["order_seed"]) == (1, "original", 1, None)
     assert row["accuracy"] == pytest.approx(zeroshot(config_from_dict(_cfg_dict(tiny_imagefolder, {
         "name": "zeroshot"})), progress=False)["accuracy"])
@@ -453,3 +453,33 @@ def test_shipped_world_sweep(monkeypatch):
     coop = read_yaml(_template_for(sw, "coop"))["method"]
     assert (coop["name"], coop["n_ctx"]) == ("coop", 4)  # TPT loads only a CoOp context of its n_ctx (4)
     assert _template_for(sw, "tpt+coop") == _template_for(sw, "tpt") == "configs/world/tta_world.yaml"
+
+
+def test_views_are_the_methods_choice_unless_augment_is_given(tiny_imagefolder, tmp_path, probe):
+    """TPT's rule (the dataset's registered kind: AugMix for an image folder) is the default; Zero and MTA take
+    crops on every dataset (their authors' transforms); ``augment`` overrides both and enters the digest."""
+    from vlprompt import tta
+
+    kinds = {}
+    for name in (probe, "zero", "mta"):
+        result = tta(_cfg(tiny_imagefolder, {"name": name}), "imagefolder", tmp_path / name, n_views=8)
+        kinds[name] = result["per_target"]["imagefolder"]["views"]
+    assert kinds == {probe: "augmix", "zero": "crop", "mta": "crop"}
+    forced = tta(_cfg(tiny_imagefolder, {"name": probe}), "imagefolder", tmp_path / "forced", n_views=8,
+                 augment="crop")
+    assert forced["per_target"]["imagefolder"]["views"] == "crop"
+    with pytest.raises(ConfigError, match="another setup"):
+        tta(_cfg(tiny_imagefolder, {"name": probe}), "imagefolder", tmp_path / probe, n_views=8, augment="crop")
+    with pytest.raises(ConfigError, match="--augment"):
+        tta(_cfg(tiny_imagefolder, {"name": probe}), "imagefolder", tmp_path / "bad", n_views=8, augment="mix")
+
+
+@pytest.mark.parametrize("protocol", ["base2new", "xd"])
+def test_batch_protocols_refuse_a_method_that_adapts_at_test_time(tiny_imagefolder, tmp_path, capsys, protocol):
+    cfg = _write_cfg(tmp_path / "cfg.yaml", tiny_imagefolder, {"name": "zero"})
+    out = tmp_path / "out"
+    args = ["protocol", protocol, "-c", str(cfg), "--seeds", "1", "-o", str(out)]
+    assert main(args + (["--targets", "imagefolder"] if protocol == "xd" else [])) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "adapts at test time" in err and "protocol tta" in err
+    assert not out.exists() or not any(out.rglob("*"))

@@ -271,6 +271,12 @@ class PromptMethod(nn.Module):
         before every test image for ``"episodic"`` methods (TPT's per-image prompt reset) and once before
         the stream for ``"online"`` ones. Default: nothing (no test-time state)."""
 
+    def test_time_views(self, dataset_views: str) -> str:
+        """Which augmented views this method adapts on, given the dataset's registered kind
+        (``DatasetInfo.test_time_views``): ``"augmix"`` or ``"crop"``. Default: the dataset's (TPT's rule, AugMix
+        for all but the ImageNet sets); Zero and MTA use crops on every dataset (their authors' code)."""
+        return dataset_views
+
     def start_from(self, source: PromptMethod) -> None:
         """Take ``source`` (a trained method loaded from a prompt file for this method's class names: CoOp,
         CoCoOp, ...) as the starting point of test-time adaptation (TPT+CoOp, TPT+CoCoOp; ``vlprompt protocol
@@ -286,7 +292,8 @@ class PromptMethod(nn.Module):
         original image and the cost (:class:`Adapted`). Gradients are enabled when the engine calls it;
         a method that tunes tensors must leave ``requires_grad`` and its learned state as it found them
         apart from what :meth:`reset_adaptation` restores. Default (no adaptation): the plain prediction
-        of ``views[0]``.
+        of ``views[0]`` (the engine's stream runner instead computes fixed text features once for such a
+        method, :func:`vlprompt.engine.test_time.adapt_stream`).
         """
         with torch.no_grad():
             logits = self(views[:1])[0]

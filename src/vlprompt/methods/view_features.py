@@ -61,6 +61,11 @@ class ViewFeatureMethod(PromptMethod):
                 return self._conditional[0].forward_features(image_features)
         return super().forward_features(image_features)
 
+    def test_time_views(self, dataset_views: str) -> str:
+        """Random resized crops + flips on every dataset: FarinaMatteo/zero data/augs.py lines 36-53 and 62-67
+        (``MultiViewCropAndFlip`` for Zero), MaxZanella/MTA main.py lines 172-173 (AugMix only with ``--tpt``)."""
+        return "crop"
+
     def start_from(self, source: PromptMethod) -> None:
         """Start from a CoOp-family prompt (its ``text_features()``, computed once) or a CoCoOp prompt (its text
         features for each test image's original view); anything else is refused (``ValueError``)."""

@@ -10,8 +10,8 @@ the columns of vlprompt's results:
   ``fpr95`` / ``auroc`` (/ ``aupr``);
 * ``unsupervised``: ``accuracy`` of a run without labels (UPL);
 * ``tta``: test-time adaptation (``vlprompt protocol tta``): ``method`` is the result's label (``tpt``,
-  ``tpt+coop``, ...), ``dataset`` the target; values ``accuracy`` / ``ece``. None are shipped yet (a paper
-  table file of them does not exist in the project's kept sources); ``--paper-file`` takes one's own.
+  ``tpt+coop``, ...), ``dataset`` the target; values ``accuracy`` / ``ece``. Shipped: TPT's README table
+  (RN50; ImageNet and its shifts); ``--paper-file`` takes one's own.
 
 The file's ``about`` field says which tables are covered. A file of one's own numbers in the same format
 can be given with ``--paper-file``.

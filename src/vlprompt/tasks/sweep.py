@@ -49,6 +49,7 @@ from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json
 from vlprompt.core.results import SWEEP_PROTOCOLS, BackboneRecord, RunResult, config_digest, write_result
 from vlprompt.core.validate import shown
+from vlprompt.tasks.protocols import refuse_test_time_method
 
 SEEDS_INSIDE = ("base2new", "dg", "xd")  # protocol functions that run every seed themselves
 NEEDS_TARGETS = ("dg", "xd", "tta", "ood")  # protocols run on the sweep's 'targets'
@@ -232,6 +233,7 @@ def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, sh
     if sw.protocol == "tta":
         _run_tta_seed(sw, cfg, method, bb, run_dir, dataset, shots, seed, train)
         return
+    refuse_test_time_method(cfg, sw.protocol)
     trainable = cfg.method.capabilities.trainable
     if sw.protocol == "unsupervised" and trainable:
         from vlprompt.tasks.pseudo_label import pseudo_label

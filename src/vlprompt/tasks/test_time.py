@@ -43,6 +43,7 @@ from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.core.metrics import accuracy_report, expected_calibration_error
 from vlprompt.core.results import TestTimeResult, config_digest, read_result, write_result
 from vlprompt.core.tables import markdown_table
+from vlprompt.data.registry import TEST_TIME_VIEWS
 from vlprompt.data.test_time_views import DEFAULT_VIEWS
 
 #: The papers' two tables as target groups (azshue/TPT README, "Main Results" and "Cross-Dataset
@@ -161,7 +162,8 @@ def _build_method(cfg: ExperimentConfig, backbone: Any, splits: Any, prompt: Pat
 
 
 def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Path | None, n_views: int | None,
-               seed: int, order_seed: int | None, progress: bool) -> tuple[dict[str, Any], dict[str, Any], Any]:
+               seed: int, order_seed: int | None, progress: bool,
+               augment: str | None = None) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Adapt and predict the test split of ``target``: its row of :class:`TestTimeResult`, its per-image
     predictions ``{"label", "pred", "confidence"}`` (test-item order), and the method that ran."""
     from vlprompt.data.pipeline import load_dataset
@@ -176,7 +178,8 @@ def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Pat
         raise DataError(f"dataset '{target}' has no test images")
     method = _build_method(tcfg, backbone, splits, prompt).to(backbone.device)
     adapts = method.capabilities.adapts_at_test_time
-    kind = get_dataset_info(target).test_time_views if adapts else "original"
+    dataset_views = get_dataset_info(target).test_time_views
+    kind = (augment or method.test_time_views(dataset_views)) if adapts else "original"
     views = views_for(backbone, n_views=(n_views or DEFAULT_VIEWS) if adapts else 1, augmix=kind == "augmix",
                       seed=seed)
     seed_everything(seed)
@@ -198,7 +201,8 @@ def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Pat
 
 def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path, *,
                          prompt: str | Path | None = None, n_views: int | None = None, seed: int | None = None,
-                         order_seed: int | None = None, progress: bool = False) -> dict[str, Any]:
+                         order_seed: int | None = None, progress: bool = False,
+                         augment: str | None = None) -> dict[str, Any]:
     """Run the test-time protocol of ``cfg``'s method on ``targets`` into ``out_dir`` (module docstring).
 
     Args:
@@ -213,6 +217,8 @@ def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path
         seed: seed of the views (default ``train.seed``).
         order_seed: seed of the stream's order (default: the dataset's order).
         progress: progress bars (targets, images).
+        augment: ``"augmix"`` or ``"crop"`` views on every target (C-TPT's ImageNet script passes ``--I_augmix``);
+            default: the method's choice for the dataset's registered kind (``PromptMethod.test_time_views``).
 
     Returns:
         The :class:`~vlprompt.core.results.TestTimeResult` written to ``out_dir/tta_results.json``, as a dict
@@ -223,6 +229,8 @@ def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path
 
     names = resolve_targets(targets)
     n_views = _check_views(n_views)
+    if augment is not None and augment not in TEST_TIME_VIEWS:
+        raise ConfigError(f"--augment must be one of {', '.join(TEST_TIME_VIEWS)}, got {augment!r}")
     _check_seed(order_seed, "--order-seed")
     if _check_seed(seed, "--seed") is not None:
         cfg = _with(cfg, [f"train.seed={seed}"])
@@ -233,7 +241,7 @@ def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path
         _refuse_untrained(cfg)  # before any dataset or backbone is loaded
     effective_views = (n_views or DEFAULT_VIEWS) if caps.adapts_at_test_time else 1
     digest = config_digest({**cfg.as_dict(), "test_time": {
-        "n_views": effective_views, "order_seed": order_seed,
+        "n_views": effective_views, "order_seed": order_seed, **({"augment": augment} if augment else {}),
         "prompt_sha256": _file_sha256(prompt_path) if prompt_path else None}})
     out = Path(out_dir)
     done: dict[str, TestTimeResult] = {}
@@ -254,7 +262,7 @@ def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path
         if backbone is None:
             backbone = build_backbone(cfg.backbone, device=device)
         row, predictions, method = run_target(cfg, target, backbone, prompt=prompt_path, n_views=n_views, seed=seed,
-                                              order_seed=order_seed, progress=progress)
+                                              order_seed=order_seed, progress=progress, augment=augment)
         record = _record(cfg, method, backbone.info.record, [target], {target: row}, prompt_path, digest)
         (out / TARGETS_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / TARGETS_DIR / f"{target}.predictions.json", predictions)
