@@ -273,10 +273,11 @@ def test_runs_under_the_base2new_protocol(name, backbone, tmp_path, tiny_imagefo
                                                          tmp_path / "unused"))
     out = tmp_path / "b2n"
     code = main(["protocol", "base2new", "-c", str(cfg), "--seeds", "1", "-o", str(out)])
-    if caps.class_specific:
+    if caps.class_specific or caps.adapts_at_test_time:  # refused before anything runs
         assert code == 2
         err = capsys.readouterr().err
-        assert err.count("error:") == 1 and "class-specific" in err and "Traceback" not in err
+        why = "adapts at test time" if caps.adapts_at_test_time else "class-specific"
+        assert err.count("error:") == 1 and why in err and "Traceback" not in err
         assert not out.exists() or not any(out.iterdir()), "refused only after training"
         return
     assert code == 0

@@ -13,6 +13,11 @@ Training from a config returns the run's result (a :class:`~vlprompt.core.result
 
     result = vlprompt.train(vlprompt.load_config("cfg.yaml"))
     result.test["accuracy"], result.backbone.label, result.config_digest   # result.to_dict(): the JSON
+
+Test-time adaptation on target datasets (TPT's tables; accuracy, ECE and cost per target)::
+
+    out = vlprompt.tta(vlprompt.load_config("tpt.yaml"), "imagenet_shifts", "runs/tta/tpt")
+    out["per_target"]["imagenet_a"]["accuracy"], out["per_target"]["imagenet_a"]["ece"]
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ _LAZY = {
     "evaluate": ("vlprompt.tasks.api", "evaluate"),
     "zeroshot": ("vlprompt.tasks.api", "zeroshot"),
     "predict": ("vlprompt.tasks.api", "predict"),
+    "tta": ("vlprompt.tasks.test_time", "tta"),
     "save_prompt": ("vlprompt.engine.checkpoint", "save_prompt"),
     "load_prompt": ("vlprompt.engine.checkpoint", "load_prompt"),
     "nearest_words": ("vlprompt.methods.coop.interpret", "nearest_words"),
@@ -60,6 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vlprompt.methods.coop.interpret import nearest_words  # noqa: F401
     from vlprompt.methods.registry import build_method, list_methods, register_method  # noqa: F401
     from vlprompt.tasks.api import evaluate, predict, zeroshot  # noqa: F401
+    from vlprompt.tasks.test_time import tta  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

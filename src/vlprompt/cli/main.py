@@ -16,6 +16,7 @@ from typing import Any
 from vlprompt.core.errors import VlpromptError, user_message
 from vlprompt.core.results import PROTOCOLS
 
+SEEDS_DEFAULT = "1,2,3"
 EPILOG = "Docs: README.md. Every option of a config can be overridden with --set section.option=value."
 
 
@@ -247,8 +248,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_protocol(args: argparse.Namespace) -> int:
     from vlprompt.tasks.protocols import base_to_new, transfer
 
+    if args.protocol == "tta":
+        return _protocol_tta(args)
+    given = [opt for opt, value in (("--prompt", args.prompt), ("--views", args.views), ("--seed", args.seed),
+                                    ("--order-seed", args.order_seed), ("--augment", args.augment))
+             if value is not None]
+    if given:
+        raise VlpromptError(f"{', '.join(given)}: only for protocol tta (test-time adaptation), not "
+                            f"{args.protocol} (which runs --seeds)")
     cfg = _load_cfg(args)
-    seeds = _int_list(args.seeds, "--seeds")
+    seeds = _int_list(args.seeds or SEEDS_DEFAULT, "--seeds")
     out = Path(args.output_dir or f"runs/{args.protocol}/{cfg.method.name}/{cfg.data.dataset}")
     if args.protocol == "base2new":
         result = base_to_new(cfg, seeds, out, progress=cfg.train.progress)
@@ -257,6 +266,27 @@ def cmd_protocol(args: argparse.Namespace) -> int:
         result = transfer(cfg, targets, seeds, out, kind=args.protocol, progress=cfg.train.progress)
     _print_table(result["table"])
     print(f"saved {out / (args.protocol + '_results.json')}")
+    return 0
+
+
+def _protocol_tta(args: argparse.Namespace) -> int:
+    """``vlprompt protocol tta``: test-time adaptation on target datasets (vlprompt.tasks.test_time)."""
+    from vlprompt.tasks.test_time import resolve_targets, tta
+
+    if args.seeds is not None:
+        raise VlpromptError("protocol tta runs one seed of the views (--seed S); run it again with another "
+                            "--seed (and --output-dir) for more")
+    if args.prompt:
+        from vlprompt.core.deploy import refuse_exported
+
+        refuse_exported(args.prompt, "protocol tta")
+    targets = resolve_targets(args.targets)
+    cfg = _load_cfg(args, {"seed": "train.seed"})
+    out = Path(args.output_dir or f"runs/tta/{cfg.method.name}/seed{cfg.train.seed}")
+    result = tta(cfg, targets, out, prompt=args.prompt, n_views=args.views, order_seed=args.order_seed,
+                 progress=cfg.train.progress, augment=args.augment)
+    _print_table(result["table"])
+    print(f"saved {out / 'tta_results.json'} (finished targets in {out / 'tta_targets'})")
     return 0
 
 
@@ -543,17 +573,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("protocol", help="base-to-new / domain generalisation / cross-dataset over seeds",
+    p = sub.add_parser("protocol", help="base-to-new / domain generalisation / cross-dataset over seeds; "
+                                        "test-time adaptation (tta)",
                        epilog=EPILOG,
                        description="Run an evaluation protocol of CoOp/CoCoOp for the config's method over "
-                                   "several seeds; prints mean ± std. Finished seed runs are reused.")
+                                   "several seeds; prints mean ± std. Finished seed runs are reused. Or (tta) "
+                                   "adapt the config's method at test time on target datasets, one image at a "
+                                   "time: accuracy, ECE and cost per target; finished targets are reused.")
     p.add_argument("protocol", choices=list(PROTOCOLS),
                    help="base2new: train on base classes, test base and new; dg: domain generalisation; "
-                        "xd: cross-dataset transfer")
+                        "xd: cross-dataset transfer; tta: test-time adaptation (TPT's tables)")
     _add_config_args(p, config_required=True)
-    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
-    p.add_argument("--targets", help="comma-separated target datasets (dg, xd)")
+    p.add_argument("--seeds", help=f"comma-separated seeds (default {SEEDS_DEFAULT})")
+    p.add_argument("--targets", help="comma-separated target datasets (dg, xd, tta); for tta also the groups "
+                                     "imagenet_shifts and cross_dataset")
     p.add_argument("--output-dir", "-o", help="folder for the per-seed runs and the results")
+    g = p.add_argument_group("test-time adaptation (tta)")
+    g.add_argument("--prompt", "-p", help="prompt file to start from (TPT+CoOp), or to evaluate with a method that "
+                                          "does not adapt")
+    g.add_argument("--views", type=int, help="views per test image, the original included (default 64, TPT's)")
+    g.add_argument("--seed", type=int, help="seed of the views (default: train.seed)")
+    g.add_argument("--order-seed", type=int, help="shuffle the test stream with this seed (default: dataset order)")
+    g.add_argument("--augment", choices=("augmix", "crop"),
+                   help="views on every target (default: the method's choice for the dataset: AugMix for TPT / "
+                        "C-TPT on all but the ImageNet sets, crops for Zero / MTA)")
     p.set_defaults(func=cmd_protocol)
 
     p = sub.add_parser("pseudo-label", help="UPL: zero-shot pseudo-labels for the unlabeled train split",
@@ -618,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="tables and plots from a folder of runs",
                        description="Mean ± std tables (Markdown, CSV, JSON) of few-shot runs, protocol results "
-                                   "(base2new, dg, xd) and OOD results, a comparison of methods, and plots "
+                                   "(base2new, dg, xd), test-time adaptation (tta) and OOD results, a comparison "
+                                   "of methods, and plots "
                                    "(accuracy vs shots, base/new/H bars, OOD score histograms).")
     p.add_argument("runs", help="folder with run folders (e.g. a sweep's output_dir)")
     p.add_argument("--output", help="where report.* go (default: the runs folder)")

@@ -40,3 +40,39 @@ def harmonic_mean(a: float, b: float) -> float:
     """H = 2ab / (a + b) of base and new accuracy (CoCoOp's base-to-new metric, Zhou et al., CVPR 2022);
     0 when both are 0."""
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+#: Bins of the expected calibration error (C-TPT, hee-suk-yoon/C-TPT tpt_classification.py line 91).
+ECE_BINS = 20
+
+
+def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error in percent (Guo et al., ICML 2017; C-TPT's calibration metric).
+
+    ``ECE = sum_b |B_b| / N * |acc(B_b) - conf(B_b)|`` over ``n_bins`` equal-width confidence bins, each
+    bin ``(lower, upper]`` (C-TPT tpt_classification.py lines 43-76: ``bin_lower < confidence <= bin_upper``),
+    with confidence the top-1 probability.
+
+    Args:
+        probs: ``[N, n_cls]`` predicted class probabilities (softmax of the logits).
+        labels: ``[N]`` true labels.
+        n_bins: number of bins (C-TPT: 20).
+    """
+    if probs.dim() != 2 or probs.shape[0] != labels.shape[0]:
+        raise ValueError(f"ECE needs probabilities [N, n_cls] and labels [N], got {tuple(probs.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if probs.shape[0] == 0:
+        return 0.0
+    conf, pred = probs.double().max(dim=1)
+    correct = (pred.cpu() == labels.long().cpu()).double()
+    conf = conf.cpu()
+    edges = torch.linspace(0, 1, n_bins + 1).double()  # float32 edges, as the reference's torch.linspace
+    # bin b holds edges[b] < conf <= edges[b + 1]; confidence 0 falls in no bin, as in the reference
+    index = torch.bucketize(conf, edges, right=False) - 1
+    ece = torch.zeros((), dtype=torch.float64)
+    for b in range(n_bins):
+        inside = index == b
+        count = int(inside.sum())
+        if count:
+            ece += count / len(conf) * (correct[inside].mean() - conf[inside].mean()).abs()
+    return 100.0 * float(ece)

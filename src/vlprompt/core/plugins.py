@@ -45,6 +45,10 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.ivlp",
         "vlprompt.methods.maple",
         "vlprompt.methods.promptsrc",
+        "vlprompt.methods.tpt",
+        "vlprompt.methods.ctpt",
+        "vlprompt.methods.zero",
+        "vlprompt.methods.mta",
     ),
     "datasets": (
         "vlprompt.data.coop_layouts",

@@ -21,6 +21,7 @@ record                        file                   written by
 :class:`RunResult`            ``metrics.json``       the trainer; a sweep's training-free runs
 :class:`EvalResult`           ``eval_*.json`` etc.   ``vlprompt zeroshot`` / ``eval`` (tasks.api)
 :class:`ProtocolResult`       ``<kind>_results.json`` base-to-new / DG / cross-dataset protocols
+:class:`TestTimeResult`       ``tta_results.json``   the test-time protocol (``vlprompt protocol tta``)
 :class:`OodResult`            ``ood_results.json``   ``vlprompt ood``
 ============================  =====================  =============================================
 
@@ -52,8 +53,11 @@ from vlprompt.core.version import __version__
 
 FORMAT_VERSION = 2
 
-#: The evaluation protocols run by ``vlprompt protocol`` (one ``<kind>_results.json`` each).
-PROTOCOLS = ("base2new", "dg", "xd")
+#: The protocols of CoOp / CoCoOp over seeds (a :class:`ProtocolResult` each: ``<kind>_results.json``).
+TRANSFER_PROTOCOLS = ("base2new", "dg", "xd")
+#: The evaluation protocols run by ``vlprompt protocol`` (one ``<kind>_results.json`` each): the transfer
+#: protocols and test-time adaptation (``tta``: a :class:`TestTimeResult`).
+PROTOCOLS = (*TRANSFER_PROTOCOLS, "tta")
 #: What a sweep can run: few-shot training, the protocols, OOD detection, unsupervised (UPL) runs.
 SWEEP_PROTOCOLS = ("fewshot", *PROTOCOLS, "ood", "unsupervised")
 
@@ -223,8 +227,8 @@ class ProtocolResult(Result):
     def validate(self) -> None:
         super().validate()
         _backbone(self.backbone)
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"'protocol' must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol not in TRANSFER_PROTOCOLS:
+            raise ValueError(f"'protocol' must be one of {', '.join(TRANSFER_PROTOCOLS)}, got {self.protocol!r}")
         for c in self.columns:
             stats = self.summary.get(c) if isinstance(self.summary, dict) else None
             if not isinstance(stats, dict):
@@ -261,8 +265,84 @@ class OodResult(Result):
             raise ValueError("'scores' must be a list")
 
 
+#: What every target of a :class:`TestTimeResult` holds (besides the optional fields listed there).
+TEST_TIME_FIELDS = ("accuracy", "ece", "n", "seconds_per_image", "views_seconds_per_image", "peak_memory_mb",
+                    "passes", "n_views", "views", "seed", "order_seed")
+
+
+@dataclass
+class TestTimeResult(Result):
+    """Test-time adaptation of one method on target datasets (``vlprompt protocol tta``): ``tta_results.json``
+    (all targets) and ``tta_targets/<target>.json`` (one each, what a resumed protocol reuses).
+
+    ``per_target[target]`` holds ``accuracy`` and ``macro_accuracy`` (top-1, %), ``ece`` (expected
+    calibration error of the softmax, %, :func:`~vlprompt.core.metrics.expected_calibration_error`), ``n``
+    (test images), ``seconds_per_image`` (adapt + predict), ``views_seconds_per_image`` (making the views),
+    ``peak_memory_mb`` (accelerator; None on CPU), ``passes`` (mean per image: ``image_forward``,
+    ``text_forward``, ``backward``), ``n_views`` (the original included), ``views`` (``augmix``, ``crop``, or
+    ``original`` for a method that does not adapt), ``seed`` (of the views) and ``order_seed`` (of the
+    stream; None: the dataset's order), ``classes``.
+
+    ``method`` is the method that ran; ``start_from`` the method of the prompt file it started from
+    (TPT+CoOp: ``method="tpt"``, ``start_from="coop"``), ``prompt`` that file.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+    kind: ClassVar[str] = "tta"
+    method: str
+    backbone: BackboneRecord
+    targets: list[str]
+    per_target: dict[str, dict[str, Any]]
+    adaptation: str = "none"
+    start_from: str | None = None
+    prompt: str | None = None
+    dataset: str | None = None  # the config's dataset (where a starting prompt was learned)
+    protocol: str = "tta"
+    table: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name reports show: ``tpt+coop`` for a method started from another's prompt, else the method."""
+        return f"{self.method}+{self.start_from}" if self.start_from else self.method
+
+    def validate(self) -> None:
+        super().validate()
+        _text(self.method, "method")
+        _backbone(self.backbone)
+        if self.protocol != "tta":
+            raise ValueError(f"'protocol' must be 'tta', got {self.protocol!r}")
+        if not isinstance(self.targets, list) or not all(isinstance(t, str) and t for t in self.targets):
+            raise ValueError("'targets' must be a list of dataset names")
+        if not isinstance(self.per_target, dict):
+            raise ValueError("'per_target' must map each target to its result")
+        for target in self.targets:
+            row = self.per_target.get(target)
+            if not isinstance(row, dict):
+                raise ValueError(f"per_target[{target!r}] is missing")
+            missing = [k for k in TEST_TIME_FIELDS if k not in row]
+            if missing:
+                raise ValueError(f"per_target[{target!r}] lacks {', '.join(missing)}")
+            for key in ("accuracy", "ece", "seconds_per_image", "views_seconds_per_image"):
+                value = _number(row[key], f"per_target[{target!r}].{key}")
+                if value < 0 or (key in ("accuracy", "ece") and value > 100):
+                    raise ValueError(f"per_target[{target!r}].{key} must be in 0..100 (percent), got {value!r}"
+                                     if key in ("accuracy", "ece") else
+                                     f"per_target[{target!r}].{key} must not be negative, got {value!r}")
+            _integer(row["n"], f"per_target[{target!r}].n")
+            if _integer(row["n_views"], f"per_target[{target!r}].n_views") < 1:
+                raise ValueError(f"per_target[{target!r}].n_views must be at least 1")
+            if row["peak_memory_mb"] is not None:
+                _number(row["peak_memory_mb"], f"per_target[{target!r}].peak_memory_mb")
+            if not isinstance(row["passes"], dict):
+                raise ValueError(f"per_target[{target!r}].passes must map image_forward / text_forward / "
+                                 "backward to passes per image")
+            for key, value in row["passes"].items():
+                _number(value, f"per_target[{target!r}].passes.{key}")
+
+
 R = TypeVar("R", bound=Result)
-RECORDS: dict[str, type[Result]] = {c.kind: c for c in (RunResult, EvalResult, ProtocolResult, OodResult)}
+RECORDS: dict[str, type[Result]] = {c.kind: c for c in (RunResult, EvalResult, ProtocolResult, OodResult,
+                                                        TestTimeResult)}
 
 
 def from_dict(cls: type[R], data: Any, *, source: str = "result") -> R:

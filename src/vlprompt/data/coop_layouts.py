@@ -687,7 +687,7 @@ def _tiny_imagenet(folder: Path) -> TinyTree:
 
 
 @register_dataset("imagenet", "ImageNet", template="a photo of a {}.", sampler="reference", val_is_test=True,
-                  default_epochs=50, tiny_tree=_tiny_imagenet)
+                  default_epochs=50, tiny_tree=_tiny_imagenet, test_time_views="crop")
 def read_imagenet(root: str | None = None, **options: Any) -> DatasetSplits:
     """Read CoOp's ImageNet (``datasets/imagenet.py``) from the raw folders.
 
@@ -832,7 +832,7 @@ def _register_dg(
     reader.__name__ = reader.__qualname__ = f"read_{name}"
     reader.__doc__ = f"Read CoOp's {coop_name} (``datasets/{name}.py``), test only: {layout.layout}."
     register_dataset(name, coop_name, template="a photo of a {}.", sampler="reference",
-                     tiny_tree=layout.tiny_tree)(reader)
+                     tiny_tree=layout.tiny_tree, test_time_views="crop")(reader)
 
 
 _register_dg("imagenetv2", "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", subset=False,

@@ -36,6 +36,8 @@ from vlprompt.data.types import DatasetSplits
 DatasetBuilder = Callable[..., DatasetSplits]
 SAMPLER_KINDS = ("reference", "stable")
 """What a dataset declares as its ``sampler`` (``data.fewshot_sampler: auto`` resolves to it)."""
+#: How test-time adaptation augments a test image (:attr:`DatasetInfo.test_time_views`).
+TEST_TIME_VIEWS = ("augmix", "crop")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class DatasetInfo:
         default_epochs: epochs when the config sets neither ``optim.max_epoch`` nor
             ``optim.iterations``, for every K (ImageNet: 50). Default None: CoOp's rule by shots (50 for
             1 shot, 100 for 2 and 4, 200 for 8 and 16; :func:`vlprompt.engine.optim.default_max_epoch`).
+        test_time_views: how test-time adaptation (TPT and its successors) augments a test image of this
+            dataset: ``"augmix"`` (random resized crop + flip, then AugMix; the fine-grained sets, default)
+            or ``"crop"`` (random resized crop + flip only; the ImageNet sets). azshue/TPT
+            tpt_classification.py:171-172 turns AugMix on for every set but the ImageNet ones.
         tiny_tree: the :data:`TreeBuilder` the dataset contract test (``tests/test_dataset_contract.py``)
             reads the dataset from. Optional here; the contract test fails for a dataset without one.
     """
@@ -89,6 +95,7 @@ class DatasetInfo:
     val_is_test: bool = False
     default_epochs: int | None = None
     tiny_tree: TreeBuilder | None = None
+    test_time_views: str = "augmix"
 
     def __post_init__(self) -> None:
         where = f"register_dataset('{self.name}')"
@@ -100,6 +107,9 @@ class DatasetInfo:
         epochs = self.default_epochs
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise DataError(f"{where}: default_epochs must be a positive integer or None, got {epochs!r}.")
+        if self.test_time_views not in TEST_TIME_VIEWS:
+            raise DataError(f"{where}: test_time_views must be one of {', '.join(TEST_TIME_VIEWS)}, "
+                            f"got {self.test_time_views!r}.")
         for what, fn in (("reader", self.reader), ("tiny_tree", self.tiny_tree)):
             if fn is not None and not callable(fn):
                 raise DataError(f"{where}: {what} must be a function, got {fn!r}.")
@@ -136,6 +146,7 @@ def register_dataset(
     val_is_test: bool = False,
     default_epochs: int | None = None,
     tiny_tree: TreeBuilder | None = None,
+    test_time_views: str = "augmix",
 ) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator registering ``reader(root: str | None, **options) -> DatasetSplits`` as dataset ``name``
     with its facts (see :class:`DatasetInfo` for each and its default).
@@ -147,7 +158,8 @@ def register_dataset(
     def deco(reader: DatasetBuilder) -> DatasetBuilder:
         key = _check_name(name, "name")
         alias_keys = tuple(k for k in dict.fromkeys(_check_name(a, "alias") for a in aliases) if k != key)
-        info = DatasetInfo(key, reader, alias_keys, template, sampler, val_is_test, default_epochs, tiny_tree)
+        info = DatasetInfo(key, reader, alias_keys, template, sampler, val_is_test, default_epochs, tiny_tree,
+                           test_time_views)
         _DATASETS[key] = info
         _ALIASES.update(dict.fromkeys(alias_keys, key))
         return reader

@@ -69,7 +69,13 @@ def method_context(cfg: ExperimentConfig, splits: Any) -> MethodContext:
 
 def build_training_method(cfg: ExperimentConfig, backbone: Backbone, classnames: list[str],
                           context: MethodContext | None = None) -> PromptMethod:
-    if not cfg.method.capabilities.trainable:
+    caps = cfg.method.capabilities
+    if caps.adapts_at_test_time and not caps.trainable:
+        raise ConfigError(
+            f"method '{cfg.method.name}' learns nothing before test time: it adapts at test time, one test image "
+            "at a time; run it with `vlprompt protocol tta` (docs/methods.md)"
+        )
+    if not caps.trainable:
         raise ConfigError(
             f"method '{cfg.method.name}' learns nothing; use `vlprompt zeroshot` (or `vlprompt eval`) instead."
         )

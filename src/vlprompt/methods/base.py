@@ -65,6 +65,23 @@ class LossTerms(NamedTuple):
         return sum(parts[1:], parts[0]) if parts else self.logits.sum() * 0.0
 
 
+class Adapted(NamedTuple):
+    """What :meth:`PromptMethod.adapt_and_predict` returns for one test image.
+
+    ``logits [n_cls]``: the prediction for the original image (``views[0]``) after adaptation.
+    ``cost``: what adapting and predicting this image took, in passes (summed by the engine into the
+    result's cost per image): ``"image_forward"`` images through the image tower, ``"text_forward"``
+    passes of the text tower over all class prompts, ``"backward"`` backward passes.
+    """
+
+    logits: Tensor
+    cost: dict[str, int]
+
+
+#: The cost keys of :class:`Adapted` (every test-time result reports each, per image).
+ADAPTATION_COST_KEYS = ("image_forward", "text_forward", "backward")
+
+
 class FitData(Protocol):
     """What the engine hands to :meth:`PromptMethod.fit` (features of the few-shot splits, cached).
 
@@ -144,7 +161,8 @@ class PromptMethod(nn.Module):
     The engine calls the hooks below at fixed points; each has a default, so a method overrides only
     what it needs: :meth:`fit` (before any epoch, capability ``training`` "fit" / "fit+sgd"),
     :meth:`training_loss` (every step), :meth:`combine_gradients` (every step, with ``owns_gradient_step``),
-    :meth:`on_epoch_end` (after every epoch) and :meth:`after_training` (after the last epoch, "fit+sgd").
+    :meth:`on_epoch_end` (after every epoch) and :meth:`after_training` (after the last epoch, "fit+sgd");
+    at test time (capability ``adaptation``), :meth:`reset_adaptation` and :meth:`adapt_and_predict`.
     """
 
     #: The registered name (set by registration; reading it on an unregistered class raises ``TypeError``).
@@ -247,6 +265,39 @@ class PromptMethod(nn.Module):
             present = [g for g in parts if g is not None]
             out.append(sum(present[1:], present[0]) if present else None)
         return out
+
+    def reset_adaptation(self) -> None:
+        """Restore the test-time state to its initial value (capability ``adaptation``). The engine calls it
+        before every test image for ``"episodic"`` methods (TPT's per-image prompt reset) and once before
+        the stream for ``"online"`` ones. Default: nothing (no test-time state)."""
+
+    def test_time_views(self, dataset_views: str) -> str:
+        """Which augmented views this method adapts on, given the dataset's registered kind
+        (``DatasetInfo.test_time_views``): ``"augmix"`` or ``"crop"``. Default: the dataset's (TPT's rule, AugMix
+        for all but the ImageNet sets); Zero and MTA use crops on every dataset (their authors' code)."""
+        return dataset_views
+
+    def start_from(self, source: PromptMethod) -> None:
+        """Take ``source`` (a trained method loaded from a prompt file for this method's class names: CoOp,
+        CoCoOp, ...) as the starting point of test-time adaptation (TPT+CoOp, TPT+CoCoOp; ``vlprompt protocol
+        tta --prompt FILE``). The initial state :meth:`reset_adaptation` restores becomes the source's.
+        Default: refused (``ValueError`` naming both methods)."""
+        raise ValueError(f"method '{self.method_name}' cannot start from a '{source.method_name}' prompt file")
+
+    def adapt_and_predict(self, views: Tensor) -> Adapted:
+        """Adapt to one unlabeled test image and predict it (capability ``adaptation`` episodic / online).
+
+        ``views [V, 3, H, W]``: ``views[0]`` is the original image (test transform), ``views[1:]`` its
+        augmented views (:mod:`vlprompt.data.test_time_views`). Returns the logits ``[n_cls]`` of the
+        original image and the cost (:class:`Adapted`). Gradients are enabled when the engine calls it;
+        a method that tunes tensors must leave ``requires_grad`` and its learned state as it found them
+        apart from what :meth:`reset_adaptation` restores. Default (no adaptation): the plain prediction
+        of ``views[0]`` (the engine's stream runner instead computes fixed text features once for such a
+        method, :func:`vlprompt.engine.test_time.adapt_stream`).
+        """
+        with torch.no_grad():
+            logits = self(views[:1])[0]
+        return Adapted(logits, {"image_forward": 1, "text_forward": 1, "backward": 0})
 
     # -------------------------------------------------------------- forward
     def train(self, mode: bool = True) -> PromptMethod:

@@ -35,6 +35,12 @@ class Capabilities:
             base-to-new and cross-dataset evaluation on other class names are refused.
         owns_gradient_step: the method turns its loss terms' gradients into the update itself
             (:meth:`~vlprompt.methods.base.PromptMethod.combine_gradients`; ProGrad).
+        adaptation: how the method adapts at test time, one unlabeled test image (its augmented views) at a
+            time, through :meth:`~vlprompt.methods.base.PromptMethod.adapt_and_predict`: ``"none"`` (it does
+            not: evaluated in batches), ``"episodic"`` (state reset to its initial value before every test
+            image by :meth:`~vlprompt.methods.base.PromptMethod.reset_adaptation`: TPT, C-TPT, Zero, MTA;
+            the predictions do not depend on the stream's order) or ``"online"`` (state carried across the
+            stream: caches such as TDA; the order is part of the run).
     """
 
     training: Literal["sgd", "fit", "fit+sgd", "none"] = "sgd"
@@ -44,6 +50,7 @@ class Capabilities:
     modifies_encoders: bool = False
     class_specific: bool = False
     owns_gradient_step: bool = False
+    adaptation: Literal["none", "episodic", "online"] = "none"
 
     def __post_init__(self) -> None:
         if self.training not in ("sgd", "fit", "fit+sgd", "none"):
@@ -54,6 +61,8 @@ class Capabilities:
                      "owns_gradient_step"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"capability {flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.adaptation not in ("none", "episodic", "online"):
+            raise ValueError(f"capability adaptation must be none, episodic or online, got {self.adaptation!r}")
         if self.owns_gradient_step and not self.uses_sgd:
             raise ValueError("owns_gradient_step needs a method trained by SGD")
 
@@ -71,6 +80,11 @@ class Capabilities:
     def trainable(self) -> bool:
         """Whether a run learns anything (a training-free method is evaluated directly)."""
         return self.training != "none"
+
+    @property
+    def adapts_at_test_time(self) -> bool:
+        """Runs the test stream through ``adapt_and_predict`` (``adaptation`` episodic or online)."""
+        return self.adaptation != "none"
 
     @property
     def unsupervised(self) -> bool:

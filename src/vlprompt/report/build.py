@@ -15,23 +15,29 @@ a few hand-made run folders or a mix of both work alike. A backbone is the
   OOD set and their average, mean ± std over seeds, one table per method, backbone, ID dataset, shots
   (the run's ``shots``, else a ``<k>shots`` folder of a sweep's layout; unknown: runs of all shot counts
   together) and score (MCM, GL-MCM, ...).
+* **Test-time adaptation** (``tta_results.json`` of ``vlprompt protocol tta`` or a ``tta`` sweep, one per
+  seed): per backbone, one row per method (``tpt``, ``tpt+coop`` for a method started from another's prompt)
+  and target with accuracy and ECE (mean ± std over runs) and the cost (seconds per image, views seconds
+  per image, peak memory, image / text / backward passes per image), an average row per method; with several
+  methods a targets x methods table of accuracy / ECE.
 * **Comparison** (when the folder holds several methods of one backbone): rows dataset, columns method,
   for few-shot at each shot count, for base-to-new H and for the OOD averages.
 * **Published numbers** (``--paper cocoop|locoop|upl|all`` or ``--paper-file``): a ``paper`` value next to
   ours for every (method, dataset, setting) listed in :mod:`vlprompt.report.papers` (same backbone
   preferred; the paper's backbone is shown): protocol columns (``base2new`` / ``dg``), FPR95 / AUROC in
   the OOD tables (``ood``: same method, score, ID dataset, OOD set and shots) and accuracy in the
-  few-shot table of unsupervised runs (UPL; ``unsupervised``).
+  few-shot table of unsupervised runs (UPL; ``unsupervised``), accuracy / ECE in the test-time table (``tta``).
 
 Every table is one :class:`~vlprompt.core.tables.Table` (built in :mod:`vlprompt.report.tables`), written
 to the output folder (default ``RUNS_DIR``) as:
 
 * ``report.md``: all tables and links to the plots; ``report.json``: the same numbers (``fewshot``,
-  ``protocols``, ``ood``, ``comparison``, ``paper``, ``plots``, ``ignored``) and every table under ``tables``.
+  ``protocols``, ``ood``, ``comparison``, ``paper``, ``plots``, ``ignored``; ``tta`` when there are test-time
+  results) and every table under ``tables``.
 * ``report.csv`` (few-shot: method, backbone, dataset, shots, mean, std, seeds),
   ``report_protocols.csv`` (one row per protocol, method, backbone, dataset and column, with the paper
   value), ``report_ood.csv`` (one row per method, backbone, ID dataset, shots, score, OOD set and metric,
-  with the paper value).
+  with the paper value), ``report_tta.csv`` (one row per test-time method, backbone and target).
 * Plots (:mod:`vlprompt.report.plots`), PNG + SVG: ``report_fewshot`` (accuracy vs shots),
   ``report_base2new`` (base / new / H bars per method, per dataset and averaged; paper values as markers),
   ``report_ood_hist_<method>_<backbone>_<id>`` (ID vs each OOD set score histograms of the lowest seed,
@@ -47,7 +53,7 @@ from typing import Any
 from vlprompt.core.errors import VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.core.tables import Table
-from vlprompt.report.collect import collect_fewshot, collect_ood, collect_protocols, ood_order
+from vlprompt.report.collect import collect_fewshot, collect_ood, collect_protocols, collect_tta, ood_order
 from vlprompt.report.papers import PaperEntry, load_paper_results, select_papers
 from vlprompt.report.plots import plot_base2new, plot_fewshot, plot_ood_histograms
 from vlprompt.report.tables import (
@@ -58,6 +64,8 @@ from vlprompt.report.tables import (
     ood_section,
     protocol_section,
     published_averages,
+    tta_comparison,
+    tta_section,
 )
 
 
@@ -102,8 +110,9 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
     groups = collect_fewshot(root, skipped, reasons)
     protocols = collect_protocols(root, skipped, reasons)
     ood = collect_ood(root, skipped, reasons)
+    tta = collect_tta(root, skipped, reasons)
     warnings = [f"warning: skipped {reasons.get(p, repr(p))}; the other results are reported" for p in skipped]
-    if not groups and not protocols and not ood:
+    if not groups and not protocols and not ood and not tta:
         raise VlpromptError(f"no finished runs (metrics.json), protocol results (*_results.json) or OOD results "
                             f"(ood_results.json) found under '{root}'")
     out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +123,8 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
     cmp_b2n, cmp_b2n_js = base2new_comparison(protocols, paper)
     pub, pub_js = published_averages(protocols, paper)
     cmp_ood = ood_comparison(ood)
+    tta_tables, tta_csv, tta_js = tta_section(tta, paper)
+    cmp_tta = tta_comparison(tta)
     plots: list[Path] = []
     if groups:
         plots += plot_fewshot(groups, out / "report_fewshot")
@@ -123,7 +134,8 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         plots += plot_ood_histograms(key, runs, out)
     matched = (sum(1 for records in proto_js.values() for rec in records if rec.get("paper"))
                + sum(len(per) for e in ood_js.values() for per in e.get("paper", {}).values())
-               + sum(1 for per in few_js.values() for cell in per.values() if "paper" in cell))
+               + sum(1 for per in few_js.values() for cell in per.values() if "paper" in cell)
+               + sum(1 for per in tta_js.values() for cell in per.values() if "paper" in cell))
     paper_note = ""
     if paper is not None:
         refs = sorted({f"{e.label} ({e.setting})" for e in paper})
@@ -140,6 +152,7 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         _section("Comparison of methods", cmp_few, cmp_b2n, pub, cmp_ood),
         _section("Protocols", proto),
         _section("OOD detection", ood_tables),
+        _section("Test-time adaptation", tta_tables, cmp_tta),
         f"## Plots\n\n{plot_links}" if plot_links else "",
         f"## Ignored files (unreadable or not in the expected format)\n\n{ignored}" if ignored else "",
     ) if p)
@@ -148,18 +161,22 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         csv_files["report_protocols.csv"] = proto_csv
     if ood:
         csv_files["report_ood.csv"] = ood_csv
+    if tta:
+        csv_files["report_tta.csv"] = tta_csv
     files = [out / n for n in ("report.md", "report.json", "report.csv")]
     atomic_write_text(out / "report.md", text)
     for name, table in csv_files.items():
         atomic_write_text(out / name, table.to_csv())
         if out / name not in files:
             files.append(out / name)
-    shown = [*few, *cmp_few, *cmp_b2n, *pub, *cmp_ood, *proto, *ood_tables]
+    shown = [*few, *cmp_few, *cmp_b2n, *pub, *cmp_ood, *proto, *ood_tables, *tta_tables, *cmp_tta]
     summary = {"fewshot": few_js, "protocols": proto_js, "ood": ood_js,
                "comparison": {"fewshot": cmp_few_js, "base2new_H": cmp_b2n_js, "base2new_published_averages": pub_js},
                "paper": {"papers": sorted({e.paper for e in paper}), "matched_rows": matched} if paper is not None
                else None,
                "plots": [str(p) for p in plots], "ignored": skipped,
                "tables": [t.to_json() for t in shown] + [{**t.to_json(), "csv": name} for name, t in csv_files.items()]}
+    if tta:  # only then: report.json of folders without test-time results is as earlier releases wrote it
+        summary["tta"] = tta_js
     atomic_write_json(out / "report.json", summary)
     return {"markdown": text, "files": [str(f) for f in files], "warnings": warnings, **summary}

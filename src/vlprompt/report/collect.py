@@ -4,8 +4,10 @@ Every file is read with :func:`vlprompt.core.results.read_result` (any format ve
 including files written before the schema: format 0):
 
 * ``metrics.json`` -> :class:`~vlprompt.core.results.RunResult`, grouped by (method, backbone, dataset, shots);
-* ``<kind>_results.json`` (kind in :data:`~vlprompt.core.results.PROTOCOLS`) ->
+* ``<kind>_results.json`` (kind in :data:`~vlprompt.core.results.TRANSFER_PROTOCOLS`) ->
   :class:`~vlprompt.core.results.ProtocolResult`, one :class:`ProtocolRow` each;
+* ``tta_results.json`` -> :class:`~vlprompt.core.results.TestTimeResult`, grouped by (method label,
+  backbone, target): one :class:`TtaRun` per result file (a seed of a sweep, a protocol folder);
 * ``ood_results.json`` -> :class:`~vlprompt.core.results.OodResult`, grouped by (method, backbone, ID
   dataset, shots); the per-image ``ood_scores.json`` next to it is read by :func:`load_ood_scores`.
 
@@ -33,7 +35,15 @@ from typing import Any
 
 from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.core.metrics import harmonic_mean
-from vlprompt.core.results import PROTOCOLS, BackboneRecord, OodResult, ProtocolResult, RunResult, read_result
+from vlprompt.core.results import (
+    TRANSFER_PROTOCOLS,
+    BackboneRecord,
+    OodResult,
+    ProtocolResult,
+    RunResult,
+    TestTimeResult,
+    read_result,
+)
 from vlprompt.methods.registry import Capabilities, get_method
 
 FewKey = tuple[str, str, str, int]  # (method, backbone label, dataset, shots)
@@ -103,7 +113,7 @@ class ProtocolRow:
 def collect_protocols(root: Path, skipped: list[str], reasons: dict[str, str] | None = None) -> list[ProtocolRow]:
     """Every ``<kind>_results.json`` below ``root``, in protocol order then path order."""
     found = []
-    for kind in PROTOCOLS:
+    for kind in TRANSFER_PROTOCOLS:
         for path in sorted(root.rglob(f"{kind}_results.json")):
             try:
                 r = read_result(path, ProtocolResult)
@@ -135,6 +145,34 @@ def base2new_averages(results: list[ProtocolRow]) -> list[ProtocolRow]:
                                summary={"base": (base, None), "new": (new, None),
                                         "H": (harmonic_mean(base, new), None)}))
     return out
+
+
+# ------------------------------------------------------------------------------------ test-time adaptation
+TtaKey = tuple[str, str, str]  # (method label: "tpt", "tpt+coop", ...; backbone label; target dataset)
+
+
+@dataclass
+class TtaRun:
+    """One target of one ``tta_results.json``: its row (accuracy, ece, cost, ...) and the file's path."""
+
+    row: dict[str, Any]
+    path: str
+
+
+def collect_tta(root: Path, skipped: list[str], reasons: dict[str, str] | None = None) -> dict[TtaKey, list[TtaRun]]:
+    """(method label, backbone, target) -> the target's row of every ``tta_results.json`` below ``root`` (one per
+    seed of a sweep), in path order. The per-target files of ``tta_targets/`` are not read: the result file
+    of a protocol holds them all."""
+    groups: dict[TtaKey, list[TtaRun]] = defaultdict(list)
+    for path in sorted(root.rglob("tta_results.json")):
+        try:
+            r = read_result(path, TestTimeResult)
+        except DataError as exc:
+            _skip(path, exc, skipped, reasons)
+            continue
+        for target in r.targets:
+            groups[(r.label, _backbone_label(r.backbone), target)].append(TtaRun(dict(r.per_target[target]), str(path)))
+    return dict(groups)
 
 
 # ------------------------------------------------------------------------------------ OOD

@@ -8,7 +8,10 @@ the columns of vlprompt's results:
 * ``ood``: ``dataset`` is the OOD set as vlprompt's OOD runs name it (``iNaturalist``, ``dtd/images``,
   ...), ``id_dataset`` the ID dataset and ``score`` the OOD score (``mcm``, ``glmcm``, ...); values
   ``fpr95`` / ``auroc`` (/ ``aupr``);
-* ``unsupervised``: ``accuracy`` of a run without labels (UPL).
+* ``unsupervised``: ``accuracy`` of a run without labels (UPL);
+* ``tta``: test-time adaptation (``vlprompt protocol tta``): ``method`` is the result's label (``tpt``,
+  ``tpt+coop``, ...), ``dataset`` the target; values ``accuracy`` / ``ece``. Shipped: TPT's README table
+  (RN50; ImageNet and its shifts); ``--paper-file`` takes one's own.
 
 The file's ``about`` field says which tables are covered. A file of one's own numbers in the same format
 can be given with ``--paper-file``.
@@ -29,7 +32,8 @@ PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 _REQUIRED = {"paper": str, "table": str, "backbone": str, "setting": str, "method": str, "dataset": str}
 _OPTIONAL_TEXT = ("paper_method", "score", "id_dataset", "source")
 #: the value keys a setting allows (settings not listed here take any column name)
-SETTING_VALUES = {"ood": {"fpr95", "auroc", "aupr"}, "unsupervised": {"accuracy"}, "fewshot": {"accuracy"}}
+SETTING_VALUES = {"ood": {"fpr95", "auroc", "aupr"}, "unsupervised": {"accuracy"}, "fewshot": {"accuracy"},
+                  "tta": {"accuracy", "ece"}}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ and the JSON summary ``report.json`` keeps under the section's key:
 * :func:`protocol_section`: per protocol and column set, one row per method, backbone and dataset;
 * :func:`base2new_comparison`: per backbone with several methods, datasets x methods' H;
 * :func:`ood_section`: per (method, backbone, ID dataset, shots, score), OOD sets x FPR95 / AUROC / AUPR;
-* :func:`ood_comparison`: per (backbone, ID dataset) with several methods or shot counts, the averages.
+* :func:`ood_comparison`: per (backbone, ID dataset) with several methods or shot counts, the averages;
+* :func:`tta_section`: per backbone, one row per test-time method and target (accuracy, ECE, cost) + averages;
+* :func:`tta_comparison`: per backbone with several test-time methods, targets x methods (accuracy / ECE).
 
 With published numbers (``paper``, from :mod:`vlprompt.report.papers`) the tables get ``paper`` columns.
 ``backbone`` / ``bb`` is always the label of a :class:`~vlprompt.core.results.BackboneRecord` (the keys of
@@ -23,13 +25,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from vlprompt.core.results import PROTOCOLS
+from vlprompt.core.results import TRANSFER_PROTOCOLS
 from vlprompt.core.tables import SCORE_LABELS, Table
 from vlprompt.report.collect import (
     FewKey,
     OodKey,
     OodRun,
     ProtocolRow,
+    TtaKey,
+    TtaRun,
     base2new_averages,
     is_training_free,
     method_capabilities,
@@ -185,7 +189,7 @@ def protocol_section(results: list[ProtocolRow], paper: Sequence[PaperEntry] | N
                  ["protocol", "method", "backbone", "dataset", "column", "mean", "std", "seeds", "paper",
                   "paper_ref"])
     everything = results + base2new_averages(results)
-    for kind in PROTOCOLS:
+    for kind in TRANSFER_PROTOCOLS:
         by_cols: dict[tuple[str, ...], list[ProtocolRow]] = defaultdict(list)
         for r in everything:
             if r.kind == kind:
@@ -392,4 +396,138 @@ def ood_comparison(groups: dict[OodKey, list[OodRun]]) -> list[Table]:
                     _pm(v) if (v := _ood_values(runs, score, None, metric)) else "-" for metric, _ in OOD_METRICS]])
         tables.append(Table(f"OOD average over OOD sets ({bb}, ID {id_ds}): %, mean ± std over seeds",
                             ["method", "score", *[label for _, label in OOD_METRICS]], rows))
+    return tables
+
+
+# ------------------------------------------------------------------------------------ test-time adaptation
+#: The cost columns of the test-time tables: (header, key of a target's row or of its ``passes``).
+TTA_COST = (("s / image", "seconds_per_image"), ("views s / image", "views_seconds_per_image"),
+            ("peak MB", "peak_memory_mb"), ("image fwd", "image_forward"), ("text fwd", "text_forward"),
+            ("backward", "backward"))
+_PASSES = ("image_forward", "text_forward", "backward")
+
+
+def _tta_values(runs: Sequence[TtaRun], key: str) -> list[float]:
+    """The values of ``key`` (a row field or a pass count) over the runs that have it."""
+    values = [(run.row.get("passes") or {}).get(key) if key in _PASSES else run.row.get(key) for run in runs]
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _tta_stat(runs: Sequence[TtaRun], key: str) -> float | None:
+    """Mean over the runs (peak memory: the largest), None when no run has it (peak memory on CPU)."""
+    values = _tta_values(runs, key)
+    if not values:
+        return None
+    return max(values) if key == "peak_memory_mb" else statistics.fmean(values)
+
+
+def _tta_cost_cell(key: str, value: float | None) -> Any:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if key.endswith("seconds_per_image") else round(value, 2)
+
+
+def tta_section(groups: dict[TtaKey, list[TtaRun]], paper: Sequence[PaperEntry] | None
+                ) -> tuple[list[Table], Table, dict]:
+    """One table per backbone: a row per (method, target), mean ± std over the runs (seeds) of accuracy and ECE,
+    and the cost (mean seconds per image of adapting + predicting and of making the views, the largest peak
+    memory, mean passes per image), then an ``average`` row per method over its targets; the long-format
+    ``report_tta.csv`` table; the JSON summary (``report.json`` ``tta``).
+
+    With ``paper``: ``paper accuracy`` / ``paper ECE`` / ``paper source`` columns from the entries of setting
+    ``tta`` (same method label, e.g. ``tpt+coop``, and target; an ``average`` entry only next to our average
+    over the same targets). No published test-time numbers are shipped yet (the authors' READMEs give them
+    as tables not yet stored as data, ../shared/paper_tables/README.md); ``--paper-file`` takes one's own.
+    """
+    tables: list[Table] = []
+    js: dict[str, Any] = {}
+    long = Table("test-time adaptation: one row per method, backbone and target",
+                 ["method", "backbone", "target", "runs", "accuracy", "accuracy_std", "ece", "ece_std",
+                  *[key for _, key in TTA_COST], "n_views", "views", "paper_accuracy", "paper_ece", "paper_ref"])
+    for bb in sorted({k[1] for k in groups}):
+        rows: list[list[Any]] = []
+        for method in sorted({k[0] for k in groups if k[1] == bb}):
+            targets = [t for m, b, t in groups if (m, b) == (method, bb)]
+            per_target: dict[str, dict[str, float]] = {}
+            for target in targets:
+                runs = groups[(method, bb, target)]
+                acc, ece = mean_std(_tta_values(runs, "accuracy")), mean_std(_tta_values(runs, "ece"))
+                cost = {key: _tta_stat(runs, key) for _, key in TTA_COST}
+                views = sorted({str(r.row.get("views")) for r in runs})
+                n_views = sorted({int(r.row["n_views"]) for r in runs if isinstance(r.row.get("n_views"), int)})
+                ref = _paper(paper, "tta", method, target, bb) if paper is not None else None
+                row: list[Any] = [method, target, len(runs), f"{acc[0]:.2f} ± {acc[1]:.2f}",
+                                  f"{ece[0]:.2f} ± {ece[1]:.2f}",
+                                  *[_tta_cost_cell(key, cost[key]) for _, key in TTA_COST],
+                                  ",".join(map(str, n_views)) or "-", ",".join(views)]
+                if paper is not None:
+                    row += _tta_paper_cells(ref)
+                rows.append(row)
+                per_target[target] = {"accuracy": acc[0], "ece": ece[0],
+                                      "seconds_per_image": cost["seconds_per_image"] or 0.0}
+                record: dict[str, Any] = {"runs": len(runs), "paths": [r.path for r in runs],
+                                          "accuracy": {"mean": acc[0], "std": acc[1]},
+                                          "ece": {"mean": ece[0], "std": ece[1]}, "cost": cost,
+                                          "n_views": n_views, "views": views}
+                if ref is not None:
+                    record["paper"] = {"ref": ref.label, "values": ref.values}
+                js.setdefault(f"{method}|{bb}", {})[target] = record
+                long.rows.append([method, bb, target, len(runs), round(acc[0], 4), round(acc[1], 4), round(ece[0], 4),
+                                  round(ece[1], 4), *[cost[key] for _, key in TTA_COST],
+                                  ",".join(map(str, n_views)), ",".join(views),
+                                  *(_tta_paper_values(ref))])
+            if len(per_target) > 1:
+                avg = {k: statistics.fmean(v[k] for v in per_target.values())
+                       for k in ("accuracy", "ece", "seconds_per_image")}
+                ref = _paper(paper, "tta", method, "average", bb, set(per_target)) if paper is not None else None
+                row = [method, "average", "-", f"{avg['accuracy']:.2f}", f"{avg['ece']:.2f}",
+                       f"{avg['seconds_per_image']:.4f}", *["-"] * (len(TTA_COST) + 1)]
+                if paper is not None:
+                    row += _tta_paper_cells(ref)
+                rows.append(row)
+                js[f"{method}|{bb}"]["average"] = {**avg, "targets": sorted(per_target)}
+        head = ["method", "target", "runs", "accuracy %", "ECE %", *[h for h, _ in TTA_COST], "views", "augment"]
+        if paper is not None:
+            head += ["paper accuracy", "paper ECE", "paper source"]
+        tables.append(Table(f"test-time adaptation ({bb}): top-1 accuracy % and ECE % (mean ± std over runs), "
+                            "cost per image (mean; peak memory: the largest)", head, rows))
+    return tables, long, js
+
+
+def _tta_paper_cells(ref: PaperEntry | None) -> list[str]:
+    return [_fmt(ref.values.get("accuracy") if ref else None), _fmt(ref.values.get("ece") if ref else None),
+            ref.label if ref else "-"]
+
+
+def _tta_paper_values(ref: PaperEntry | None) -> list[Any]:
+    return [ref.values.get("accuracy", "") if ref else "", ref.values.get("ece", "") if ref else "",
+            ref.label if ref else ""]
+
+
+def tta_comparison(groups: dict[TtaKey, list[TtaRun]]) -> list[Table]:
+    """Per backbone with several test-time methods: rows target (+ the average over the targets every method
+    ran), columns method, cells ``accuracy / ECE`` (means over runs, %)."""
+    tables = []
+    for bb in sorted({k[1] for k in groups}):
+        methods = sorted({m for m, b, _ in groups if b == bb})
+        if len(methods) < 2:
+            continue
+        targets = list(dict.fromkeys(t for _, b, t in groups if b == bb))
+        rows: list[list[Any]] = []
+        for target in targets:
+            row: list[Any] = [target]
+            for m in methods:
+                runs = groups.get((m, bb, target))
+                row.append(f"{_tta_stat(runs, 'accuracy'):.2f} / {_tta_stat(runs, 'ece'):.2f}" if runs else "-")
+            rows.append(row)
+        shared = [t for t in targets if all((m, bb, t) in groups for m in methods)]
+        if len(shared) > 1:
+            row = [f"average ({len(shared)} targets)"]
+            for m in methods:
+                acc = statistics.fmean(_tta_stat(groups[(m, bb, t)], "accuracy") or 0.0 for t in shared)
+                ece = statistics.fmean(_tta_stat(groups[(m, bb, t)], "ece") or 0.0 for t in shared)
+                row.append(f"{acc:.2f} / {ece:.2f}")
+            rows.append(row)
+        tables.append(Table(f"test-time adaptation ({bb}): accuracy % / ECE % per target and method",
+                            ["target", *methods], rows))
     return tables

@@ -221,11 +221,13 @@ def launch_sweep(sw: Any, opts: LaunchOptions, *, shard: tuple[int, int] | None 
         runs with their error and log file.
     """
     opts.check()
-    if sw.protocol in ("dg", "xd", "ood") and not sw.targets:
+    from vlprompt.tasks.sweep import NEEDS_TARGETS
+
+    if sw.protocol in NEEDS_TARGETS and not sw.targets:
         raise ConfigError(f"sweep protocol {sw.protocol} needs 'targets' (the target / OOD datasets)")
-    if opts.gpus_per_run > 1 and sw.protocol in ("base2new", "dg", "xd"):
-        raise ConfigError(f"--gpus-per-run > 1 trains one run on several GPUs; protocol {sw.protocol} runs its "
-                          "seeds inside one job and evaluates between them: use --gpus-per-run 1")
+    if opts.gpus_per_run > 1 and sw.protocol in ("base2new", "dg", "xd", "tta"):
+        raise ConfigError(f"--gpus-per-run > 1 trains one run on several GPUs; protocol {sw.protocol} evaluates "
+                          "in one process (between or after its training): use --gpus-per-run 1")
     with sweep_lock(sw.output_dir, shard):  # one launcher per sweep folder (or shard); `--status` reads the lock
         return _launch(sw, opts, shard, log, on_poll)
 

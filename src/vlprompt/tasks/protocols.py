@@ -70,9 +70,19 @@ def _check_transfers(cfg: ExperimentConfig, protocol: str) -> None:
                           "on; use it with the few-shot protocol, or a method that transfers (coop, cocoop, ...)")
 
 
+def refuse_test_time_method(cfg: ExperimentConfig, protocol: str) -> None:
+    """Refuse a method that adapts at test time (TPT, Zero, ...) in a protocol that evaluates in batches: it
+    would be scored without adapting. Its protocol is ``vlprompt protocol tta``."""
+    if cfg.method.capabilities.adapts_at_test_time:
+        raise ConfigError(f"method '{cfg.method.name}' adapts at test time, one test image at a time; protocol "
+                          f"'{protocol}' evaluates in batches and would score it without adapting: run it with "
+                          "`vlprompt protocol tta` (or a sweep with protocol: tta)")
+
+
 def base_to_new(cfg: ExperimentConfig, seeds: Sequence[int], out_dir: str | Path, *,
                 progress: bool = False) -> dict[str, Any]:
     """Base-to-new generalisation of ``cfg`` over ``seeds``: per-seed and mean/std of base, new, H."""
+    refuse_test_time_method(cfg, "base2new")
     _check_transfers(cfg, "base2new")
     out = Path(out_dir)
     rows = []
@@ -91,6 +101,7 @@ def transfer(cfg: ExperimentConfig, targets: Sequence[str], seeds: Sequence[int]
     """Domain generalisation (``kind="dg"``) or cross-dataset transfer (``"xd"``) from ``cfg.data``."""
     if not targets:
         raise ConfigError("this protocol needs target datasets (--targets a,b,c)")
+    refuse_test_time_method(cfg, kind)
     if kind == "xd":
         _check_transfers(cfg, kind)
     out = Path(out_dir)

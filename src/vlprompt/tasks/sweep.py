@@ -3,7 +3,7 @@
 A sweep file (YAML)::
 
     name: coop_fewshot
-    protocol: fewshot              # fewshot | base2new | dg | xd | ood | unsupervised
+    protocol: fewshot              # fewshot | base2new | dg | xd | tta | ood | unsupervised
     config: configs/coop/{dataset}/rn50_{shots}shots.yaml   # optional template; {dataset} {shots} {method}
                                    # filled; or per method: {coop: ..., cocoop: ..., default: ...}
     methods: [coop]                # method.name of each run (optional: the config's)
@@ -11,7 +11,8 @@ A sweep file (YAML)::
     shots: [1, 2, 4, 8, 16]
     seeds: [1, 2, 3]
     backbones: [{model: RN50-quickgelu, pretrained: openai}]   # optional: the config's
-    targets: [imagenetv2, imagenet_sketch]      # dg / xd: target datasets; ood: the OOD sets
+    targets: [imagenetv2, imagenet_sketch]      # dg / xd / tta: target datasets; ood: the OOD sets
+    views: 64                      # tta only: views per test image (default 64, TPT's)
     set: [data.root=./data]        # overrides applied to every run
     output_dir: runs/sweeps/coop_fewshot
 
@@ -20,6 +21,11 @@ Each run is an ordinary run folder ``OUT/<method>/<backbone>/<dataset>/<shots>sh
 
 * ``ood`` (LoCoOp's protocol): each seed's run is trained (nothing to train for ``zeroshot``) and then
   scored against the ``targets`` OOD sets with MCM and GL-MCM into ``<run>/ood/ood_results.json``.
+* ``tta`` (test-time adaptation, :mod:`vlprompt.tasks.test_time`): each seed runs the method on the
+  ``targets`` into ``<run>/tta_results.json`` (the seed is the views' seed). A method that learns by training
+  (CoOp) is first trained on the dataset (``shots``, seed) and its prompt evaluated on the targets; a method
+  written ``A+B`` (e.g. ``tpt+coop``: TPT+CoOp) trains B into ``<run>/start_B`` and adapts A from B's prompt.
+  The config of ``A+B`` is the mapping's entry for ``A+B``, else for A (else ``default``); B's is B's entry.
 * ``unsupervised`` (UPL's protocol): the dataset's train split is pseudo-labelled once per (method,
   backbone, dataset, K) with the top-K (= ``shots``) most confident zero-shot predictions per class
   (``<folder>/pseudo_labels.json``, shared by the seeds); each seed trains on those labels only.
@@ -43,10 +49,12 @@ from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json
 from vlprompt.core.results import SWEEP_PROTOCOLS, BackboneRecord, RunResult, config_digest, write_result
 from vlprompt.core.validate import shown
+from vlprompt.tasks.protocols import refuse_test_time_method
 
 SEEDS_INSIDE = ("base2new", "dg", "xd")  # protocol functions that run every seed themselves
+NEEDS_TARGETS = ("dg", "xd", "tta", "ood")  # protocols run on the sweep's 'targets'
 _KEYS = {"name", "protocol", "config", "methods", "datasets", "shots", "seeds", "backbones", "targets", "set",
-         "output_dir"}
+         "output_dir", "views"}
 
 
 @dataclass
@@ -62,6 +70,16 @@ class Sweep:
     config: str | dict[str, str] | None = None
     targets: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+    views: int | None = None  # tta: views per test image (None: the protocol's default)
+
+
+def split_method(spec: str | None) -> tuple[str | None, str | None]:
+    """A sweep's method entry ``A+B`` -> ``(A, B)`` (A adapts at test time from B's trained prompt; tta only);
+    any other entry -> ``(entry, None)``."""
+    if spec is None or "+" not in spec:
+        return spec, None
+    adapter, _, start = spec.partition("+")
+    return adapter.strip(), start.strip()
 
 
 def _list(raw: dict[str, Any], key: str, default: list[Any], path: str | Path, kind: type | None = None) -> list[Any]:
@@ -98,6 +116,11 @@ def load_sweep(path: str | Path) -> Sweep:
         if bb is not None and not (isinstance(bb, dict) and isinstance(bb.get("model"), str)):
             raise ConfigError(f"sweep option 'backbones' in '{path}' must list mappings like {{model: RN50-quickgelu, "
                               f"pretrained: openai}}, got {shown(bb)}")
+    views = raw.get("views")
+    if views is not None and (protocol != "tta" or isinstance(views, bool) or not isinstance(views, int)
+                              or views < 1):
+        raise ConfigError(f"sweep option 'views' in '{path}' is for protocol tta and must be a whole number >= 1, "
+                          f"got {shown(views)}")
     name = str(raw.get("name") or Path(path).stem)
     sweep = Sweep(
         name=name, protocol=protocol,
@@ -110,8 +133,13 @@ def load_sweep(path: str | Path) -> Sweep:
         config=_config_template(raw.get("config"), path),
         targets=[str(t) for t in raw.get("targets", [])],
         overrides=[str(s) for s in raw.get("set", [])],
+        views=views,
     )
     for method in sweep.methods:
+        adapter, start = split_method(method) if isinstance(method, str) else (method, None)
+        if start is not None and (protocol != "tta" or not adapter or not start):
+            raise ConfigError(f"sweep method {shown(method)} in '{path}': 'A+B' (A adapts at test time from the "
+                              "prompt B learns, e.g. tpt+coop) needs protocol tta and two method names")
         template = _template_for(sweep, method)  # every method has a config (a mapping without 'default' may not)
         if template:
             try:
@@ -135,7 +163,8 @@ def _template_for(sw: Sweep, method: str | None) -> str | None:
     """The config template of ``method``: the sweep's string, or its mapping's entry (else 'default')."""
     if not isinstance(sw.config, dict):
         return sw.config
-    template = sw.config.get(method or "default", sw.config.get("default"))
+    adapter, _ = split_method(method)
+    template = sw.config.get(method or "default", sw.config.get(adapter or "default", sw.config.get("default")))
     if template is None:
         raise ConfigError(f"sweep option 'config' has no entry for method '{method}' and no 'default'")
     return template
@@ -158,6 +187,7 @@ def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, datas
         loaded = read_yaml(template)
         raw = loaded if isinstance(loaded, dict) else {}
     overrides = list(sw.overrides)
+    method, _ = split_method(method)  # A+B (tta): the config of A
     if method:
         raw["method"] = {"name": method} if (raw.get("method") or {}).get("name") != method else raw["method"]
     if bb:
@@ -168,9 +198,42 @@ def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, datas
     return config_from_dict(apply_overrides(raw, overrides))
 
 
+def _run_tta_seed(sw: Sweep, cfg: Any, method: str | None, bb: dict[str, Any] | None, run_dir: Path, dataset: str,
+                  shots: int, seed: int, train: Any) -> None:
+    """One seed of a ``tta`` sweep into ``run_dir``: the starting prompt trained first where there is one
+    (module docstring), then :func:`~vlprompt.tasks.test_time.tta` on the sweep's targets."""
+    from vlprompt.tasks.test_time import tta
+
+    _, start = split_method(method)
+    prompt = None
+    if start is None and cfg.method.capabilities.trainable:
+        train(cfg, resume=True)  # the run folder is run_dir itself (a trained method evaluated on the targets)
+        prompt = run_dir / "prompt.safetensors"
+    elif start is not None:
+        if not cfg.method.capabilities.adapts_at_test_time:
+            raise ConfigError(f"sweep method '{method}': '{cfg.method.name}' does not adapt at test time; write A+B "
+                              f"with a test-time method A (e.g. tpt+{start}), or '{start}' alone to evaluate its "
+                              "prompt")
+        start_dir = run_dir / f"start_{start}"
+        scfg = build_config(sw, start, bb, dataset, shots, seed, start_dir)
+        if scfg.as_dict()["backbone"] != cfg.as_dict()["backbone"]:
+            raise ConfigError(f"sweep method '{method}': the configs of '{start}' and '{split_method(method)[0]}' "
+                              "name different backbones; a prompt starts test-time adaptation on its own backbone")
+        if not scfg.method.capabilities.trainable:
+            raise ConfigError(f"sweep method '{method}': '{start}' learns nothing to start from; write A+B with a "
+                              "trained method B (e.g. tpt+coop)")
+        train(scfg, resume=True)
+        prompt = start_dir / "prompt.safetensors"
+    tta(cfg, sw.targets, run_dir, prompt=prompt, n_views=sw.views, progress=False)
+
+
 def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, shots: int, seed: int,
-              train: Any) -> None:
-    """One seed of a per-seed protocol (fewshot, ood, unsupervised) into ``run_dir``."""
+              train: Any, method: str | None = None, bb: dict[str, Any] | None = None) -> None:
+    """One seed of a per-seed protocol (fewshot, tta, ood, unsupervised) into ``run_dir``."""
+    if sw.protocol == "tta":
+        _run_tta_seed(sw, cfg, method, bb, run_dir, dataset, shots, seed, train)
+        return
+    refuse_test_time_method(cfg, sw.protocol)
     trainable = cfg.method.capabilities.trainable
     if sw.protocol == "unsupervised" and trainable:
         from vlprompt.tasks.pseudo_label import pseudo_label
@@ -201,7 +264,7 @@ def run_sweep(sw: Sweep, *, progress: bool = True, log: Any = print) -> dict[str
     :func:`~vlprompt.tasks.sweep_jobs.execute_job`; returns ``{"done", "skipped", "failed": [...]}``."""
     from vlprompt.tasks.sweep_jobs import sweep_lock
 
-    if sw.protocol in ("dg", "xd", "ood") and not sw.targets:
+    if sw.protocol in NEEDS_TARGETS and not sw.targets:
         raise ConfigError(f"sweep protocol {sw.protocol} needs 'targets' (the target / OOD datasets)")
     with sweep_lock(sw.output_dir):  # one sweep at a time in a folder: a second one is refused at once
         return _run_sweep(sw, progress, log)

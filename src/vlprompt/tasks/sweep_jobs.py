@@ -159,7 +159,8 @@ def done_file(sw: Any, job: SweepJob) -> Path:
     folder = Path(sw.output_dir) / job.run_id
     if job.seed is None:
         return folder / f"{sw.protocol}_results.json"
-    return folder / ("ood/ood_results.json" if sw.protocol == "ood" else "metrics.json")
+    names = {"ood": "ood/ood_results.json", "tta": "tta_results.json"}
+    return folder / names.get(sw.protocol, "metrics.json")
 
 
 def job_config(sw: Any, job: SweepJob, *, progress: bool = False, shared: bool = True) -> Any:
@@ -202,6 +203,8 @@ def execute_job(sw: Any, job: SweepJob, *, rank: int = 0, progress: bool = False
                 transfer(cfg, sw.targets, sw.seeds, folder, kind=sw.protocol)
         return "done"
     if rank > 0:  # the other ranks of a data-parallel job: training only
+        if sw.protocol == "tta":  # test-time adaptation runs on rank 0 alone
+            return "done"
         if cfg.method.capabilities.trainable:
             if sw.protocol == "unsupervised":
                 cfg.data.fewshot_file = str(folder / "pseudo_labels.json")
@@ -209,7 +212,8 @@ def execute_job(sw: Any, job: SweepJob, *, rank: int = 0, progress: bool = False
         return "done"
     lock = shared_lock(sw, f"pseudo:{job.group}") if shared else contextlib.nullcontext()
     with lock:  # normally prepared already (prepare_shared)
-        _run_seed(sw, cfg, folder, folder / f"seed{job.seed}", job.dataset, job.shots, job.seed, train)
+        _run_seed(sw, cfg, folder, folder / f"seed{job.seed}", job.dataset, job.shots, job.seed, train, job.method,
+                  job.backbone_dict)
     return "done"
 
 
@@ -258,8 +262,8 @@ def prepare_shared(sw: Any, jobs: Sequence[SweepJob], *, log: Any = print) -> di
                     counts["pseudo_labels"] += 1
     feature_keys: set[tuple[Any, ...]] = set()
     for job in pending:
-        if job.seed is None and sw.protocol == "base2new":
-            continue  # base2new evaluates class subsets: nothing shared across its runs beyond the seeds
+        if (job.seed is None and sw.protocol == "base2new") or sw.protocol == "tta":
+            continue  # base2new evaluates class subsets, tta the targets' views: nothing shared across runs
         cfg = job_config(sw, replace(job, seed=job.seed if job.seed is not None else sw.seeds[0]))
         key = (json.dumps(cfg.as_dict()["backbone"], sort_keys=True, default=str), cfg.train.compute_precision,
                json.dumps(cfg.as_dict()["data"], sort_keys=True, default=str),
@@ -400,7 +404,9 @@ def run_shard(sw: Any, shard: tuple[int, int], *, log: Any = print) -> dict[str,
     Shared work of the shard's jobs is prepared first (locks keep parallel shards from repeating it);
     the shard's state and summary go to ``sweep_state.shard-i-of-N.json`` / ``sweep_summary.shard-i-of-N.json``.
     """
-    if sw.protocol in ("dg", "xd", "ood") and not sw.targets:
+    from vlprompt.tasks.sweep import NEEDS_TARGETS
+
+    if sw.protocol in NEEDS_TARGETS and not sw.targets:
         raise ConfigError(f"sweep protocol {sw.protocol} needs 'targets' (the target / OOD datasets)")
     with sweep_lock(sw.output_dir, shard):
         return _run_shard(sw, shard, log)
