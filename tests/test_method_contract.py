@@ -319,7 +319,8 @@ def test_engine_tasks_and_report_read_the_capabilities_not_method_attributes():
 
 def test_every_hook_the_engine_calls_is_a_documented_method_with_a_default(vit_backbone):
     hooks = ("encode_images", "training_loss", "combine_gradients", "fit", "after_training", "on_epoch_end",
-             "learned_parameters", "fitted_buffers", "text_features", "logits", "forward_features")
+             "learned_parameters", "fitted_buffers", "text_features", "logits", "forward_features",
+             "reset_adaptation", "adapt_and_predict", "start_from", "test_time_views")
     for hook in hooks:
         assert getattr(PromptMethod, hook).__doc__, hook
     method = build_method("coop", vit_backbone, NAMES, n_ctx=2)

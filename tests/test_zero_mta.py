@@ -320,6 +320,28 @@ def test_start_from_a_cocoop_prompt_conditions_on_the_original_view(vit_backbone
         assert out.cost == {"image_forward": 16, "text_forward": 1, "backward": 0}
 
 
+def test_start_from_a_maple_prompt_encodes_the_views_with_its_prompted_tower(vit_backbone):
+    """Zero + MaPLe (FarinaMatteo/zero clip/maple.py) and MTA + MaPLe: MaPLe's prompts change the image tower, so
+    the views are encoded by the MaPLe source and its text features are the classifier; the result is the
+    reference's on those features, and differs from the frozen tower's."""
+    source = _trained("maple", vit_backbone, MANY)
+    views = _random_views(vit_backbone, 16, 3)
+    with torch.no_grad():
+        txt = F.normalize(source.text_features().float(), dim=-1)
+        x = F.normalize(source.encode_images(views).float(), dim=-1)
+    scale = vit_backbone.logit_scale.float()
+    zero = build_method("zero", vit_backbone, MANY, context=PHOTO)
+    zero.start_from(source)
+    out = zero.adapt_and_predict(views)
+    p_bar, _ = authors_zero(x @ txt.T, scale)
+    torch.testing.assert_close(out.logits.softmax(-1), p_bar / p_bar.sum(), rtol=0, atol=1e-6)
+    mta = build_method("mta", vit_backbone, MANY, context=PHOTO)
+    mta.start_from(source)
+    torch.testing.assert_close(mta.adapt_and_predict(views).logits, authors_mta(x, txt, scale), rtol=0, atol=5e-5)
+    frozen = reference_images(vit_backbone, views)
+    assert not torch.allclose(x, frozen, atol=1e-3)  # the prompted tower is not the frozen one
+
+
 def test_start_from_refuses_other_sources(vit_backbone):
     import pytest
 

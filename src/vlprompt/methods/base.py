@@ -162,7 +162,8 @@ class PromptMethod(nn.Module):
     what it needs: :meth:`fit` (before any epoch, capability ``training`` "fit" / "fit+sgd"),
     :meth:`training_loss` (every step), :meth:`combine_gradients` (every step, with ``owns_gradient_step``),
     :meth:`on_epoch_end` (after every epoch) and :meth:`after_training` (after the last epoch, "fit+sgd");
-    at test time (capability ``adaptation``), :meth:`reset_adaptation` and :meth:`adapt_and_predict`.
+    at test time (capability ``adaptation``), :meth:`reset_adaptation`, :meth:`adapt_and_predict`,
+    :meth:`start_from` and :meth:`test_time_views`.
     """
 
     #: The registered name (set by registration; reading it on an unregistered class raises ``TypeError``).

@@ -12,8 +12,10 @@ ProGrad, LoCoOp: ``logit_scale * cos(f, text_features())``) replaces the class t
 ``text_features()`` (computed once; MTA's authors start from a CoOp context the same way, ``main.py`` lines
 114-120); a CoCoOp prompt (image-conditional) gives, for each test image, the source's text features for the
 original view's feature ``views[0]`` (one text pass per image; a vlprompt generalisation, in neither
-repository). Other sources (deep prompts that change the image tower, such as MaPLe; adapters; probes) are
-refused.
+repository); a prompt whose image tower is prompted too (MaPLe, IVLP, VPT-deep, PromptSRC, CLIP-LoRA: capability
+``modifies_encoders``) gives its text features once and encodes the views (Zero+MaPLe, FarinaMatteo/zero
+``clip/maple.py``). Sources whose logits are not CLIP's cosine classifier over ``text_features()`` (adapters,
+probes, class-specific prompts) are refused.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from torch import Tensor
 from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import MethodContext, PromptMethod, template_text_features
 from vlprompt.methods.cocoop.model import CoCoOp
-from vlprompt.methods.coop.model import CoOp
 
 
 class ViewFeatureMethod(PromptMethod):
@@ -50,6 +51,9 @@ class ViewFeatureMethod(PromptMethod):
                                                                   config.class_chunk), persistent=False)
         # an image-conditional source (CoCoOp), kept out of the module tree: its tensors are not this method's
         self._conditional: tuple[CoCoOp, ...] = ()
+        # a source whose prompts change the image tower (MaPLe, IVLP, VPT-deep, PromptSRC, CLIP-LoRA): the views
+        # are encoded by it (Zero's clip/maple.py runs Zero on MaPLe's prompted towers)
+        self._encoder: tuple[PromptMethod, ...] = ()
 
     def text_features(self) -> Tensor:
         return self.classifier
@@ -69,16 +73,21 @@ class ViewFeatureMethod(PromptMethod):
     def start_from(self, source: PromptMethod) -> None:
         """Start from a CoOp-family prompt (its ``text_features()``, computed once) or a CoCoOp prompt (its text
         features for each test image's original view); anything else is refused (``ValueError``)."""
-        if not isinstance(source, (CoOp, CoCoOp)):
+        plain = (type(source).forward_features is PromptMethod.forward_features
+                 and type(source).logits is PromptMethod.logits)
+        caps = source.capabilities
+        if not isinstance(source, CoCoOp) and (not plain or caps.class_specific or caps.image_conditional):
             raise ValueError(f"method '{self.method_name}' cannot start from a '{source.method_name}' prompt file: "
-                             "it starts from CoOp-family (coop, kgcoop, prograd, locoop) or cocoop prompts, whose "
-                             "image features are the frozen encoder's")
+                             "it starts from prompts whose logits are CLIP's cosine classifier over class text "
+                             "features (coop, kgcoop, prograd, locoop, maple, ivlp, vpt_deep, deep_language, "
+                             "promptsrc, clip_lora) or from cocoop")
         if list(source.classnames) != self.classnames:
             raise ValueError(f"method '{self.method_name}' cannot start from a '{source.method_name}' prompt for other "
                              f"class names ({len(source.classnames)} classes, {len(self.classnames)} here)")
         if getattr(source.backbone, "name", None) != getattr(self.backbone, "name", None):
             raise ValueError(f"method '{self.method_name}' runs on {getattr(self.backbone, 'name', '?')}, the "
                              f"'{source.method_name}' prompt on {getattr(source.backbone, 'name', '?')}")
+        self._encoder = (source.eval(),) if caps.modifies_encoders else ()
         if isinstance(source, CoCoOp):
             self._conditional = (source.eval(),)
             return
@@ -88,7 +97,11 @@ class ViewFeatureMethod(PromptMethod):
         self.classifier = feats.to(self.classifier.device, self.classifier.dtype)
 
     def view_features(self, views: Tensor) -> Tensor:
-        """The views' L2-normalised image features: ``[V, 3, H, W] -> [V, E]`` (one batched image pass)."""
+        """The views' L2-normalised image features: ``[V, 3, H, W] -> [V, E]`` (one batched image pass; through the
+        starting prompt's image tower when it changes the encoder)."""
+        if self._encoder:
+            with torch.no_grad():
+                return F.normalize(self._encoder[0].encode_images(views).float(), dim=-1)
         return F.normalize(self.encode_images(views).float(), dim=-1)
 
     def class_features(self, view_features: Tensor) -> tuple[Tensor, int]:
