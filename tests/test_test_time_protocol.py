@@ -483,3 +483,22 @@ def test_batch_protocols_refuse_a_method_that_adapts_at_test_time(tiny_imagefold
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "adapts at test time" in err and "protocol tta" in err
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_our_averages_sit_next_to_the_papers_published_averages():
+    """The shipped TPT README averages (ImageNet and its shifts) appear beside our averages over other targets,
+    for the same method label; a method the paper does not publish gets '-'."""
+    from vlprompt.report.papers import load_paper_results
+    from vlprompt.report.tables import tta_published_averages
+
+    paper = load_paper_results()
+    published = {e.method: e.values["accuracy"] for e in paper if e.setting == "tta" and e.dataset == "average"}
+    assert {"tpt", "tpt+coop", "zeroshot"} <= set(published)
+    ours = {f"{m}|world-rn": {"average": {"accuracy": acc, "ece": 5.0, "targets": ["world_shapes", "world_scenes"]}}
+            for m, acc in (("tpt", 70.0), ("zero", 60.0), ("zeroshot", 65.0))}
+    (table,) = tta_published_averages(ours, paper)
+    rows = {r[0]: r for r in table.rows}
+    assert table.columns[-1] == "tpt accuracy %" and "not a like-for-like" in table.title
+    assert rows["tpt"][1:] == ["70.00", "5.00", f"{published['tpt']:.2f}"]
+    assert rows["zero"][-1] == "-" and rows["zeroshot"][-1] == f"{published['zeroshot']:.2f}"
+    assert tta_published_averages(ours, None) == []

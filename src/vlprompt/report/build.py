@@ -65,6 +65,7 @@ from vlprompt.report.tables import (
     protocol_section,
     published_averages,
     tta_comparison,
+    tta_published_averages,
     tta_section,
 )
 
@@ -124,7 +125,7 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
     pub, pub_js = published_averages(protocols, paper)
     cmp_ood = ood_comparison(ood)
     tta_tables, tta_csv, tta_js = tta_section(tta, paper)
-    cmp_tta = tta_comparison(tta)
+    cmp_tta = [*tta_comparison(tta), *tta_published_averages(tta_js, paper)]
     plots: list[Path] = []
     if groups:
         plots += plot_fewshot(groups, out / "report_fewshot")

@@ -436,8 +436,8 @@ def tta_section(groups: dict[TtaKey, list[TtaRun]], paper: Sequence[PaperEntry] 
 
     With ``paper``: ``paper accuracy`` / ``paper ECE`` / ``paper source`` columns from the entries of setting
     ``tta`` (same method label, e.g. ``tpt+coop``, and target; an ``average`` entry only next to our average
-    over the same targets). No published test-time numbers are shipped yet (the authors' READMEs give them
-    as tables not yet stored as data, ../shared/paper_tables/README.md); ``--paper-file`` takes one's own.
+    over the same targets). Shipped: TPT's README table (RN50, ImageNet and its shifts); ``--paper-file``
+    takes one's own.
     """
     tables: list[Table] = []
     js: dict[str, Any] = {}
@@ -492,6 +492,48 @@ def tta_section(groups: dict[TtaKey, list[TtaRun]], paper: Sequence[PaperEntry] 
         tables.append(Table(f"test-time adaptation ({bb}): top-1 accuracy % and ECE % (mean ± std over runs), "
                             "cost per image (mean; peak memory: the largest)", head, rows))
     return tables, long, js
+
+
+def tta_published_averages(tta_js: dict[str, Any], paper: Sequence[PaperEntry] | None) -> list[Table]:
+    """Our test-time averages (over our targets) next to each paper's published average for the same method
+    label (``tpt``, ``tpt+coop``, ...) when the two average *different* targets (the world's vs ImageNet and its
+    shifts): a reference point beside ours, not a like-for-like comparison (that one is the per-target column).
+
+    ``tta_js``: the ``report.json`` ``tta`` summary of :func:`tta_section` (``"method|backbone" -> target ->``
+    values, with an ``average``). One table per backbone: rows = methods, columns = our accuracy / ECE, then
+    ``<paper> accuracy`` for every selected paper publishing an average for that method.
+    """
+    if paper is None:
+        return []
+    published = [e for e in paper if e.setting == "tta" and e.dataset == "average"]
+    ours: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # backbone -> method -> average
+    for key, per in tta_js.items():
+        method, _, bb = key.partition("|")
+        if "average" in per:
+            ours[bb][method] = per["average"]
+    tables = []
+    for bb in sorted(ours):
+        refs: dict[str, dict[str, PaperEntry]] = defaultdict(dict)
+        for e in published:
+            avg = ours[bb].get(e.method)
+            if avg is not None and set(e.datasets or ()) != set(avg["targets"]):
+                refs[e.paper].setdefault(e.method, e)
+        if not refs:
+            continue
+        papers = sorted(refs)
+        head = ["method", "accuracy %", "ECE %", *[f"{p} accuracy %" for p in papers]]
+        rows = []
+        for m in sorted(ours[bb], key=lambda m: (m != "zeroshot", m)):
+            avg = ours[bb][m]
+            row: list[Any] = [m, f"{avg['accuracy']:.2f}", f"{avg['ece']:.2f}"]
+            row += [_fmt(refs[p][m].values.get("accuracy")) if m in refs[p] else "-" for p in papers]
+            rows.append(row)
+        targets = ", ".join(ours[bb][next(iter(ours[bb]))]["targets"])
+        srcs = "; ".join(f"{p}: {next(iter(refs[p].values())).label} over "
+                         f"{', '.join(next(iter(refs[p].values())).datasets)}" for p in papers)
+        tables.append(Table(f"test-time averages ({bb}) next to the papers' published averages (ours over {targets}; "
+                            f"{srcs}: a reference, not a like-for-like comparison)", head, rows))
+    return tables
 
 
 def _tta_paper_cells(ref: PaperEntry | None) -> list[str]:
