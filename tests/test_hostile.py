@@ -434,7 +434,7 @@ def test_g6_one_failing_run_never_stops_the_sweep(tmp_path, monkeypatch, error):
 
     ran = []
 
-    def fake_run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train):
+    def fake_run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train, *_):
         ran.append(seed)
         if seed == 1:
             raise error
@@ -451,7 +451,7 @@ def test_g6_one_failing_run_never_stops_the_sweep(tmp_path, monkeypatch, error):
 def test_g6_sweep_summary_is_written_when_the_sweep_is_interrupted(tmp_path, monkeypatch):
     import vlprompt.tasks.sweep as sweep_mod
 
-    def fake_run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train):
+    def fake_run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train, *_):
         if seed == 2:
             raise KeyboardInterrupt
         run_dir.mkdir(parents=True)

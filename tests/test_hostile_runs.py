@@ -208,7 +208,7 @@ def test_r3_msg_a_second_sweep_on_the_same_folder_is_refused_at_once(tmp_path, m
     path = _sweep_file(tmp_path)
     second: list[tuple[int, str]] = []
 
-    def fake_run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train):
+    def fake_run_seed(sw, cfg, folder, run_dir, dataset, shots, seed, train, *_):
         if seed == 1:  # while the first sweep runs: a second one on the same folder
             capsys.readouterr()
             code = main(["sweep", str(path), "--no-progress"])

@@ -40,7 +40,7 @@ from vlprompt.report.collect import (
     ood_name,
     ood_order,
 )
-from vlprompt.report.papers import PaperEntry, paper_for
+from vlprompt.report.papers import PaperEntry, averaged_datasets, paper_for
 
 OOD_METRICS = (("fpr95", "FPR95↓"), ("auroc", "AUROC↑"), ("aupr", "AUPR↑"))
 PAPER_OOD_METRICS = (("fpr95", "FPR95"), ("auroc", "AUROC"))  # what LoCoOp's table reports
@@ -516,7 +516,7 @@ def tta_published_averages(tta_js: dict[str, Any], paper: Sequence[PaperEntry] |
         refs: dict[str, dict[str, PaperEntry]] = defaultdict(dict)
         for e in published:
             avg = ours[bb].get(e.method)
-            if avg is not None and set(e.datasets or ()) != set(avg["targets"]):
+            if avg is not None and averaged_datasets(paper, e) != set(avg["targets"]):
                 refs[e.paper].setdefault(e.method, e)
         if not refs:
             continue
@@ -529,8 +529,9 @@ def tta_published_averages(tta_js: dict[str, Any], paper: Sequence[PaperEntry] |
             row += [_fmt(refs[p][m].values.get("accuracy")) if m in refs[p] else "-" for p in papers]
             rows.append(row)
         targets = ", ".join(ours[bb][next(iter(ours[bb]))]["targets"])
-        srcs = "; ".join(f"{p}: {next(iter(refs[p].values())).label} over "
-                         f"{', '.join(next(iter(refs[p].values())).datasets)}" for p in papers)
+        firsts = {p: next(iter(refs[p].values())) for p in papers}
+        srcs = "; ".join(f"{p}: {e.label} over {', '.join(sorted(averaged_datasets(paper, e)))}"
+                         for p, e in firsts.items())
         tables.append(Table(f"test-time averages ({bb}) next to the papers' published averages (ours over {targets}; "
                             f"{srcs}: a reference, not a like-for-like comparison)", head, rows))
     return tables
