@@ -160,6 +160,7 @@ print(json.dumps({{"accuracy": acc, "n": len(files), "predicted": dict(zip(files
     assert {Path(r["image"]).name: r["top"][0][0] for r in ours} == result["predicted"]
 
 
+@pytest.mark.slow
 @pytest.mark.world
 def test_predict_accepts_the_exported_file(world_run, tmp_path, capsys):
     root, _, model = world_run

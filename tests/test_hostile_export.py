@@ -158,6 +158,7 @@ def test_r3_5_flipped_weight_bytes_are_refused(exported, tmp_path, capsys, fmt):
     assert f"exported file '{model}' is corrupted" in line and "checksum" in line, line
 
 
+@pytest.mark.slow
 def test_r3_5_torchscript_weights_changed_with_valid_crc_are_refused(exported, tmp_path, capsys):
     """A TorchScript archive rewritten with other weights (each entry's CRC-32 recomputed): the SHA-256 in its
     metadata no longer matches."""
