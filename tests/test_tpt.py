@@ -303,6 +303,53 @@ def test_start_from_a_cocoop_prompt_file(backbone, name, tmp_path):
         torch.testing.assert_close(normalized(views[:3]), cocoop.eval()(views[:3]), **TOL)
 
 
+@pytest.mark.parametrize("name", ["tpt", "ctpt"])
+def test_start_from_a_maple_prompt_file_tunes_all_its_prompts(vit_backbone, name, tmp_path):
+    """TPT+MaPLe as jameelhassan/PromptAlign trainers/prompt_align.py runs it without its alignment term
+    (``tpt`` l.617-636: AdamW over all of MaPLe's prompt-learner tensors; ``reset`` l.236-252 restores all of
+    them; ``test_time_tuning`` l.736-768: ``model(inputs)`` on every view through the prompted towers, the
+    confident views, ``avg_entropy``, one step; the prediction re-encodes the original, l.711-716). The
+    reference here is that loop written out on a copy of the loaded MaPLe prompt."""
+    import copy
+    import math
+
+    maple = build_method("maple", vit_backbone, NAMES)
+    _perturb(maple, 3)
+    path = save_prompt(tmp_path / "maple.safetensors", maple)
+    source = load_prompt(path, vit_backbone, NAMES)
+    method = build_method(name, vit_backbone, NAMES).eval()
+    method.start_from(source)
+    views = _views(vit_backbone, seed=7)
+    out = method.adapt_and_predict(views)
+
+    ref = copy.deepcopy(load_prompt(path, vit_backbone, NAMES)).eval()
+    params = [p for _, p in ref.learned_parameters()]
+    optimizer = torch.optim.AdamW(params, lr=method.config.lr)  # torch's default weight decay, as the authors
+    logits = ref(views)  # [V, n_cls]
+    entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+    picked = logits[torch.argsort(entropy)[: int(logits.shape[0] * method.config.selection_p)]]
+    log_p = picked - picked.logsumexp(dim=-1, keepdim=True)
+    avg = log_p.logsumexp(dim=0) - math.log(picked.shape[0])
+    loss = -(avg * avg.exp()).sum()
+    if name == "ctpt":  # C-TPT's dispersion term on the same text features
+        text = torch.nn.functional.normalize(ref.text_features().float(), dim=-1)
+        loss = loss - method.config.lambda_term * (text - text.mean(dim=0)).norm(dim=-1).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        ref_logits = ref(views[:1])[0]
+        untuned = source.eval()(views[:1])[0]
+    torch.testing.assert_close(out.logits, ref_logits, **TOL)
+    assert not torch.allclose(out.logits, untuned, atol=1e-4)  # the step changed the prompts
+    assert out.cost == {"image_forward": N_VIEWS + 1, "text_forward": 2, "backward": 1}
+    method.reset_adaptation()  # every MaPLe tensor back to the file's, the optimiser fresh: the same again
+    assert torch.equal(method.adapt_and_predict(views).logits, out.logits)
+    saved, _ = read_prompt(path)
+    assert all(torch.equal(p, saved[n]) for n, p in source.learned_parameters())  # the loaded source untouched
+    assert all(p.grad is None and not p.requires_grad for p in vit_backbone.parameters())
+
+
 def test_start_from_refuses_other_prompts_in_one_line(vit_backbone):
     method = build_method("tpt", vit_backbone, NAMES)
     sources = [build_method("coop", vit_backbone, NAMES, n_ctx=2, csc=True),

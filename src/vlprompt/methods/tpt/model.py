@@ -27,7 +27,12 @@ How it is computed here (same mathematics as the authors' code, which is fp16 au
 Starting points (:meth:`TPT.start_from`): a CoOp prompt with unified context (TPT+CoOp: its context becomes
 the initial one, l.113-119) or a CoCoOp prompt (TPT+CoCoOp, ``clip/cocoop.py`` ``gen_ctx`` l.172-182 and
 ``forward_ctx`` l.184-217, ``tpt_classification.py`` l.55-58, 278-282: per image the start context is
-``ctx + meta_net(f(x))`` of the original view, and that tensor alone is tuned, with a fresh AdamW).
+``ctx + meta_net(f(x))`` of the original view, and that tensor alone is tuned, with a fresh AdamW); or a prompt
+whose image tower is prompted too (TPT+MaPLe as jameelhassan/PromptAlign ``trainers/prompt_align.py`` runs it
+without its alignment loss: ``tpt`` l.617-636 tunes all of MaPLe's prompt-learner parameters with AdamW,
+``reset`` l.236-252 restores all of them before each image, and every step re-encodes the views through the
+prompted image tower, ``model(inputs)`` l.744-748, with gradients to the vision prompts; the prediction
+re-encodes the original, l.711-716).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from vlprompt.methods.coop.prompt import PromptLearner
 from vlprompt.methods.tpt.config import TPTConfig
 
 #: Methods whose prompt files TPT starts from (:meth:`TPT.start_from`).
-STARTS_FROM = "a 'coop' prompt with unified context (csc false) or a 'cocoop' prompt"
+STARTS_FROM = ("a 'coop' prompt with unified context (csc false), a 'cocoop' prompt, or a prompt whose image tower "
+               "is prompted too (maple, ivlp, vpt_deep, promptsrc)")
 
 
 def select_confident_views(logits: Tensor, selection_p: float) -> Tensor:
@@ -97,6 +103,11 @@ class TPT(PromptMethod):
         self.meta_net = meta_net
         self._optimizer: torch.optim.AdamW | None = None
         self._optimizer_start: dict[str, Any] | None = None
+        # a started-from method whose prompts change the image tower (MaPLe, ...): tuned whole, kept out of the
+        # module tree (its tensors are not this method's learned state); see :meth:`_start_from_prompted_tower`
+        self._tower: tuple[PromptMethod, ...] = ()
+        self._tower_params: list[nn.Parameter] = []
+        self._tower_init: list[Tensor] = []
 
     @property
     def ctx(self) -> Tensor:
@@ -105,8 +116,9 @@ class TPT(PromptMethod):
 
     def _optim(self) -> torch.optim.AdamW:
         """The AdamW over ``ctx`` (tpt_classification.py l.144-146: AdamW(lr), its initial state kept)."""
-        if self._optimizer is None or self._optimizer.param_groups[0]["params"][0] is not self.ctx:
-            self._optimizer = torch.optim.AdamW([self.ctx], lr=self.config.lr, weight_decay=self.config.weight_decay)
+        params = self._tower_params or [self.ctx]
+        if self._optimizer is None or self._optimizer.param_groups[0]["params"][0] is not params[0]:
+            self._optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
             self._optimizer_start = copy.deepcopy(self._optimizer.state_dict())
         return self._optimizer
 
@@ -120,6 +132,8 @@ class TPT(PromptMethod):
         """Context back to its initial value and AdamW's moments and step count to none (l.270-275)."""
         with torch.no_grad():
             self.ctx.copy_(self.initial_ctx)
+            for p, init in zip(self._tower_params, self._tower_init):
+                p.copy_(init)
         self._reset_optimizer()
 
     def start_from(self, source: PromptMethod) -> None:
@@ -130,6 +144,9 @@ class TPT(PromptMethod):
         equal the file's, l.116). Anything else is refused with one ``ValueError`` line.
         """
         name = source.method_name
+        if name not in ("coop", "cocoop") and source.capabilities.modifies_encoders:
+            self._start_from_prompted_tower(source)
+            return
         if name not in ("coop", "cocoop"):
             raise ValueError(f"method '{self.method_name}' starts from {STARTS_FROM}, not a '{name}' prompt")
         source_pl = source.prompt_learner
@@ -151,6 +168,71 @@ class TPT(PromptMethod):
         self._adopt(prompt_learner, meta_net)
         self.reset_adaptation()
 
+    def _start_from_prompted_tower(self, source: PromptMethod) -> None:
+        """TPT on a prompt that changes the image tower (PromptAlign's TPT+MaPLe, module docstring): a copy of
+        ``source`` (sharing the frozen backbone) whose learned parameters are all tuned per image and restored by
+        :meth:`reset_adaptation`. Its logits must be CLIP's cosine classifier over ``text_features()``."""
+        caps = source.capabilities
+        plain = (type(source).forward_features is PromptMethod.forward_features
+                 and type(source).logits is PromptMethod.logits)
+        if not plain or caps.class_specific or caps.image_conditional or caps.local_features:
+            raise ValueError(f"method '{self.method_name}' starts from {STARTS_FROM}, not a '{source.method_name}' "
+                             "prompt")
+        if list(source.classnames) != self.classnames:
+            raise ValueError(f"method '{self.method_name}' starts from a '{source.method_name}' prompt built for "
+                             "other class names: load the prompt file for this method's class names")
+        if source.backbone is not self.backbone and source.backbone.name != self.backbone.name:
+            raise ValueError(f"method '{self.method_name}' on {self.backbone.name} cannot start from a "
+                             f"'{source.method_name}' prompt on {source.backbone.name}")
+        tower = copy.deepcopy(source, memo={id(source.backbone): source.backbone}).eval()
+        params = [p for _, p in tower.learned_parameters()]
+        if not params:
+            raise ValueError(f"the '{source.method_name}' prompt has no learned tensors to tune")
+        for p in params:
+            p.requires_grad_(False)  # tuned only inside adapt_and_predict
+        self._tower = (tower,)
+        self._tower_params = params
+        self._tower_init = [p.detach().clone() for p in params]
+        self._optimizer = None
+        self.reset_adaptation()
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Image features ``[B, E]``: the frozen tower's, or the prompted tower's of a MaPLe-like start."""
+        return self._tower[0].encode_images(images) if self._tower else super().encode_images(images)
+
+    def _adapt_prompted_tower(self, views: Tensor) -> Adapted:
+        """TPT on a prompted-tower start: every step encodes the V views through the prompted image tower and the
+        class prompts through the text tower, both differentiable w.r.t. all the start's learned tensors (the
+        authors' ``model(inputs)``); one AdamW step per ``tta_steps``; then the original view re-encoded with the
+        tuned prompts (cost: V image forwards per step + 1, tta_steps + 1 text passes, tta_steps backward)."""
+        tower, params, cfg = self._tower[0], self._tower_params, self.config
+        steps = int(cfg.tta_steps)
+        optimizer = self._optim()
+        selected: Tensor | None = None
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                for _ in range(steps):
+                    text = F.normalize(tower.text_features().float(), dim=-1)  # [n_cls, E]
+                    logits = tower.logits(tower.encode_images(views), text)  # [V, n_cls]
+                    if selected is None:
+                        selected = select_confident_views(logits.detach(), cfg.selection_p)
+                    loss = self.test_time_loss(logits[selected], text)
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    for p, g in zip(params, grads):
+                        p.grad = g
+                    optimizer.step()
+                    for p in params:
+                        p.grad = None
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+        with torch.no_grad():
+            out = tower.logits(tower.encode_images(views[:1]), tower.text_features())[0]
+        v = int(views.shape[0])
+        return Adapted(out, {"image_forward": v * steps + 1, "text_forward": steps + 1, "backward": steps})
+
     # -------------------------------------------------------------- prediction
     def text_features_of(self, ctx: Tensor) -> Tensor:
         """Normalised text features of every class for the context ``ctx [M, D]`` -> ``[n_cls, E]``
@@ -158,6 +240,8 @@ class TPT(PromptMethod):
         return F.normalize(self.prompt_learner.encode_grouped(self.backbone, ctx.unsqueeze(0))[0].float(), dim=-1)
 
     def text_features(self) -> Tensor:
+        if self._tower:
+            return F.normalize(self._tower[0].text_features().float(), dim=-1)
         if self.meta_net is not None:
             raise TypeError("started from CoCoOp, TPT's text features depend on the image: use forward_features")
         return self.text_features_of(self.ctx)
@@ -195,6 +279,8 @@ class TPT(PromptMethod):
         """Tune ``ctx`` on the views of one image (``views [V, 3, H, W]``, ``views[0]`` the original) and predict
         the original: logits ``[n_cls]`` and the cost (V image forwards, tta_steps + 1 text passes over all
         classes, tta_steps backward passes)."""
+        if self._tower:
+            return self._adapt_prompted_tower(views)
         cfg = self.config
         steps = int(cfg.tta_steps)
         with torch.no_grad():
