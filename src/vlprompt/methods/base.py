@@ -272,6 +272,24 @@ class PromptMethod(nn.Module):
         before every test image for ``"episodic"`` methods (TPT's per-image prompt reset) and once before
         the stream for ``"online"`` ones. Default: nothing (no test-time state)."""
 
+    def adaptation_state(self) -> dict[str, Tensor]:
+        """The test-time state an ``"online"`` method carries across the stream (its caches, prototypes, counters),
+        as named tensors of any shape (a cache of variable size at its current size): what a mid-stream
+        checkpoint saves (:mod:`vlprompt.engine.test_time`), so that a killed stream resumes and ends with the same
+        predictions. Default: none (``{}``)."""
+        return {}
+
+    def load_adaptation_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`adaptation_state` returned (resuming a stream mid-way; the tensors may be on the
+        CPU). Default: only the empty state (``ValueError`` otherwise)."""
+        if state:
+            raise ValueError(f"method '{self.method_name}' keeps no test-time state, got {sorted(state)}")
+
+    def adaptation_size(self) -> int:
+        """How many entries the test-time state holds now (the features an online cache keeps), reported as the
+        cache size next to accuracy. Default: 0."""
+        return 0
+
     def test_time_views(self, dataset_views: str) -> str:
         """Which augmented views this method adapts on, given the dataset's registered kind
         (``DatasetInfo.test_time_views``): ``"augmix"`` or ``"crop"``. Default: the dataset's (TPT's rule, AugMix
