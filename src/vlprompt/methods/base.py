@@ -296,6 +296,13 @@ class PromptMethod(nn.Module):
         for all but the ImageNet sets); Zero and MTA use crops on every dataset (their authors' code)."""
         return dataset_views
 
+    def test_time_view_count(self, dataset_views: str) -> int | None:
+        """How many views (the original included) this method adapts on for a dataset of the registered kind
+        ``dataset_views`` when the run does not say (``--views``): ``None`` means the protocol's default (64, TPT's);
+        e.g. TDA adapts on the original image alone except on the ImageNet sets (kdiAAA/TDA utils.py). Default:
+        ``None``."""
+        return None
+
     def start_from(self, source: PromptMethod) -> None:
         """Take ``source`` (a trained method loaded from a prompt file for this method's class names: CoOp,
         CoCoOp, ...) as the starting point of test-time adaptation (TPT+CoOp, TPT+CoCoOp; ``vlprompt protocol

@@ -180,8 +180,8 @@ def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Pat
     adapts = method.capabilities.adapts_at_test_time
     dataset_views = get_dataset_info(target).test_time_views
     kind = (augment or method.test_time_views(dataset_views)) if adapts else "original"
-    views = views_for(backbone, n_views=(n_views or DEFAULT_VIEWS) if adapts else 1, augmix=kind == "augmix",
-                      seed=seed)
+    count = (n_views or method.test_time_view_count(dataset_views) or DEFAULT_VIEWS) if adapts else 1
+    views = views_for(backbone, n_views=count, augmix=kind == "augmix", seed=seed)
     seed_everything(seed)
     with autocast(backbone.device, cfg.train.compute_precision):
         out = adapt_stream(method, splits.test, splits.loader, views, order_seed=order_seed,
