@@ -18,6 +18,11 @@ Test-time adaptation on target datasets (TPT's tables; accuracy, ECE and cost pe
 
     out = vlprompt.tta(vlprompt.load_config("tpt.yaml"), "imagenet_shifts", "runs/tta/tpt")
     out["per_target"]["imagenet_a"]["accuracy"], out["per_target"]["imagenet_a"]["ece"]
+
+Online adaptation of a stream, image after image (TDA's cache grows as it goes)::
+
+    adapter = vlprompt.online("tda", "ViT-B-16", classnames, pretrained="openai")
+    logits = adapter.predict(pil_images)   # [B, n_cls]; adapter.save("state.safetensors") to continue later
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ _LAZY = {
     "zeroshot": ("vlprompt.tasks.api", "zeroshot"),
     "predict": ("vlprompt.tasks.api", "predict"),
     "tta": ("vlprompt.tasks.test_time", "tta"),
+    "online": ("vlprompt.tasks.online", "online"),
+    "TestTimeAdapter": ("vlprompt.engine.test_time", "TestTimeAdapter"),
     "save_prompt": ("vlprompt.engine.checkpoint", "save_prompt"),
     "load_prompt": ("vlprompt.engine.checkpoint", "load_prompt"),
     "nearest_words": ("vlprompt.methods.coop.interpret", "nearest_words"),
@@ -62,10 +69,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from vlprompt.core.results import BackboneRecord, RunResult  # noqa: F401
     from vlprompt.data.registry import build_dataset, list_datasets  # noqa: F401
     from vlprompt.engine.checkpoint import load_prompt, save_prompt  # noqa: F401
+    from vlprompt.engine.test_time import TestTimeAdapter  # noqa: F401
     from vlprompt.engine.trainer import train  # noqa: F401
     from vlprompt.methods.coop.interpret import nearest_words  # noqa: F401
     from vlprompt.methods.registry import build_method, list_methods, register_method  # noqa: F401
     from vlprompt.tasks.api import evaluate, predict, zeroshot  # noqa: F401
+    from vlprompt.tasks.online import online  # noqa: F401
     from vlprompt.tasks.test_time import tta  # noqa: F401
 
 

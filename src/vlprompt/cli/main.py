@@ -251,7 +251,8 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     if args.protocol == "tta":
         return _protocol_tta(args)
     given = [opt for opt, value in (("--prompt", args.prompt), ("--views", args.views), ("--seed", args.seed),
-                                    ("--order-seed", args.order_seed), ("--augment", args.augment))
+                                    ("--order-seed", args.order_seed), ("--augment", args.augment),
+                                    ("--orders", args.orders), ("--save-every", args.save_every))
              if value is not None]
     if given:
         raise VlpromptError(f"{', '.join(given)}: only for protocol tta (test-time adaptation), not "
@@ -284,7 +285,8 @@ def _protocol_tta(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args, {"seed": "train.seed"})
     out = Path(args.output_dir or f"runs/tta/{cfg.method.name}/seed{cfg.train.seed}")
     result = tta(cfg, targets, out, prompt=args.prompt, n_views=args.views, order_seed=args.order_seed,
-                 progress=cfg.train.progress, augment=args.augment)
+                 progress=cfg.train.progress, augment=args.augment, orders=args.orders or 1,
+                 save_every=args.save_every)
     _print_table(result["table"])
     print(f"saved {out / 'tta_results.json'} (finished targets in {out / 'tta_targets'})")
     return 0
@@ -594,6 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--views", type=int, help="views per test image, the original included (default 64, TPT's)")
     g.add_argument("--seed", type=int, help="seed of the views (default: train.seed)")
     g.add_argument("--order-seed", type=int, help="shuffle the test stream with this seed (default: dataset order)")
+    g.add_argument("--orders", type=int, help="online methods (tda, dpe, boostadapter): run the stream in N seeded "
+                                              "orders (--order-seed, +1, ...) and report mean ± std (default 1)")
+    g.add_argument("--save-every", type=int, help="checkpoint each stream every N images (also every 60 s); a "
+                                                  "killed run continues mid-stream when run again")
     g.add_argument("--augment", choices=("augmix", "crop"),
                    help="views on every target (default: the method's choice for the dataset: AugMix for TPT / "
                         "C-TPT on all but the ImageNet sets, crops for Zero / MTA)")

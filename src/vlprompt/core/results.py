@@ -281,7 +281,11 @@ class TestTimeResult(Result):
     ``peak_memory_mb`` (accelerator; None on CPU), ``passes`` (mean per image: ``image_forward``,
     ``text_forward``, ``backward``), ``n_views`` (the original included), ``views`` (``augmix``, ``crop``, or
     ``original`` for a method that does not adapt), ``seed`` (of the views) and ``order_seed`` (of the
-    stream; None: the dataset's order), ``classes``.
+    stream; None: the dataset's order), ``classes``; ``cache_size`` (entries in an online method's state at
+    the end of the stream), ``orders_run`` / ``order_seeds`` (an online method runs ``--orders N`` seeded orders:
+    ``accuracy``, ``ece`` and the cost are their mean, ``accuracy_std`` / ``ece_std`` the population standard
+    deviation, ``accuracy_by_order`` each; other methods run once) and ``resumed_at`` (per order, the image a
+    checkpointed stream resumed from; 0: run in one go).
 
     ``method`` is the method that ran; ``start_from`` the method of the prompt file it started from
     (TPT+CoOp: ``method="tpt"``, ``start_from="coop"``), ``prompt`` that file.

@@ -13,6 +13,7 @@ A sweep file (YAML)::
     backbones: [{model: RN50-quickgelu, pretrained: openai}]   # optional: the config's
     targets: [imagenetv2, imagenet_sketch]      # dg / xd / tta: target datasets; ood: the OOD sets
     views: 64                      # tta only: views per test image (default 64, TPT's)
+    orders: 5                      # tta only: stream orders of online methods (mean ± std; default 1)
     set: [data.root=./data]        # overrides applied to every run
     output_dir: runs/sweeps/coop_fewshot
 
@@ -54,7 +55,7 @@ from vlprompt.tasks.protocols import refuse_test_time_method
 SEEDS_INSIDE = ("base2new", "dg", "xd")  # protocol functions that run every seed themselves
 NEEDS_TARGETS = ("dg", "xd", "tta", "ood")  # protocols run on the sweep's 'targets'
 _KEYS = {"name", "protocol", "config", "methods", "datasets", "shots", "seeds", "backbones", "targets", "set",
-         "output_dir", "views"}
+         "output_dir", "views", "orders"}
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Sweep:
     targets: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
     views: int | None = None  # tta: views per test image (None: the protocol's default)
+    orders: int = 1  # tta: stream orders of an online method (mean ± std over them)
 
 
 def split_method(spec: str | None) -> tuple[str | None, str | None]:
@@ -121,6 +123,10 @@ def load_sweep(path: str | Path) -> Sweep:
                               or views < 1):
         raise ConfigError(f"sweep option 'views' in '{path}' is for protocol tta and must be a whole number >= 1, "
                           f"got {shown(views)}")
+    orders = raw.get("orders", 1)
+    if (orders != 1 and protocol != "tta") or isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
+        raise ConfigError(f"sweep option 'orders' in '{path}' is for protocol tta and must be a whole number >= 1, "
+                          f"got {shown(orders)}")
     name = str(raw.get("name") or Path(path).stem)
     sweep = Sweep(
         name=name, protocol=protocol,
@@ -134,6 +140,7 @@ def load_sweep(path: str | Path) -> Sweep:
         targets=[str(t) for t in raw.get("targets", [])],
         overrides=[str(s) for s in raw.get("set", [])],
         views=views,
+        orders=orders,
     )
     for method in sweep.methods:
         adapter, start = split_method(method) if isinstance(method, str) else (method, None)
@@ -224,7 +231,7 @@ def _run_tta_seed(sw: Sweep, cfg: Any, method: str | None, bb: dict[str, Any] | 
                               "trained method B (e.g. tpt+coop)")
         train(scfg, resume=True)
         prompt = start_dir / "prompt.safetensors"
-    tta(cfg, sw.targets, run_dir, prompt=prompt, n_views=sw.views, progress=False)
+    tta(cfg, sw.targets, run_dir, prompt=prompt, n_views=sw.views, orders=sw.orders, progress=False)
 
 
 def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, shots: int, seed: int,

@@ -20,6 +20,12 @@ the 10 cross-dataset targets of CoOp (``cross_dataset``). For every target datas
    them: seconds per image (adapt + predict, views apart), peak accelerator memory, and the image-tower,
    text-tower and backward passes per image the method reports.
 
+An ``"online"`` method (TDA, DPE, BoostAdapter: state carried across the stream) depends on the stream's order:
+``orders`` (``--orders N``) runs it in N seeded orders and reports mean ± std, and each stream is checkpointed
+(``OUT/tta_targets/<target>.stream/order-<k>/``, every ``--save-every`` images and every 60 s) so that a killed run
+continues mid-stream and ends with the predictions of an uninterrupted one
+(:class:`~vlprompt.engine.test_time.StreamCheckpoint`).
+
 Every finished target is written at once to ``OUT/tta_targets/<target>.json`` (with its per-image
 predictions in ``<target>.predictions.json``); a rerun in the same folder reuses it (nothing finished is
 computed again, or lost) and refuses a folder that holds results of another setup. The targets together go to
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import shutil
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -161,16 +168,38 @@ def _build_method(cfg: ExperimentConfig, backbone: Any, splits: Any, prompt: Pat
     return zeroshot_classifier(backbone, splits.classnames, list(context.templates))
 
 
+def order_seeds(orders: int, order_seed: int | None) -> list[int | None]:
+    """The stream orders of a run: ``[order_seed]`` for one order (None: the dataset's order), else ``orders``
+    seeded shuffles ``order_seed, order_seed + 1, ...`` (from 0 when ``order_seed`` is None)."""
+    if orders == 1:
+        return [order_seed]
+    base = 0 if order_seed is None else order_seed
+    return [base + k for k in range(orders)]
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (as the report's ± everywhere; 0 for one value)."""
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
 def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Path | None, n_views: int | None,
-               seed: int, order_seed: int | None, progress: bool,
-               augment: str | None = None) -> tuple[dict[str, Any], dict[str, Any], Any]:
+               seed: int, order_seed: int | None, progress: bool, augment: str | None = None, orders: int = 1,
+               stream_dir: Path | None = None, fingerprint: str = "",
+               save_every: int | None = None) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Adapt and predict the test split of ``target``: its row of :class:`TestTimeResult`, its per-image
-    predictions ``{"label", "pred", "confidence"}`` (test-item order), and the method that ran."""
+    predictions ``{"label", "pred", "confidence", "order"}`` (test-item order; of the first order, with every
+    order's under ``by_order`` when several ran), and the method that ran.
+
+    An ``"online"`` method runs the stream in each of ``orders`` seeded orders (:func:`order_seeds`) and the row
+    holds the mean and ``*_std`` over them (``accuracy_by_order`` each); any other method's predictions do not
+    depend on the order, so it runs once (``orders_run`` 1). With ``stream_dir``, each order's stream is
+    checkpointed in ``stream_dir/order-<k>`` (resumed from there; the caller removes it once the row is saved).
+    """
     from vlprompt.data.pipeline import load_dataset
     from vlprompt.data.registry import get_dataset_info
     from vlprompt.data.test_time_views import views_for
     from vlprompt.engine.run import autocast, seed_everything
-    from vlprompt.engine.test_time import adapt_stream
+    from vlprompt.engine.test_time import StreamCheckpoint, adapt_stream
 
     tcfg = _with(cfg, [f"data.dataset={target}"])
     splits = load_dataset(tcfg.data)
@@ -182,27 +211,50 @@ def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Pat
     kind = (augment or method.test_time_views(dataset_views)) if adapts else "original"
     count = (n_views or method.test_time_view_count(dataset_views) or DEFAULT_VIEWS) if adapts else 1
     views = views_for(backbone, n_views=count, augmix=kind == "augmix", seed=seed)
-    seed_everything(seed)
-    with autocast(backbone.device, cfg.train.compute_precision):
-        out = adapt_stream(method, splits.test, splits.loader, views, order_seed=order_seed,
-                           num_workers=cfg.data.num_workers, progress=progress, desc=target)
-    probs = out.logits.float().softmax(dim=-1)
-    confidence, preds = probs.max(dim=-1)
-    acc = accuracy_report(preds, out.labels, list(splits.classnames))
-    row = {"accuracy": acc["accuracy"], "macro_accuracy": acc["macro_accuracy"],
-           "ece": expected_calibration_error(probs, out.labels), "n": acc["n"],
-           "seconds_per_image": out.seconds_per_image, "views_seconds_per_image": out.views_seconds_per_image,
-           "peak_memory_mb": out.peak_memory_mb, "passes": dict(out.cost), "n_views": out.n_views,
-           "views": kind, "seed": seed, "order_seed": order_seed, "classes": len(splits.classnames)}
-    predictions = {"label": out.labels.tolist(), "pred": preds.tolist(),
-                   "confidence": [round(float(c), 6) for c in confidence], "order": list(out.order)}
+    seeds = order_seeds(orders, order_seed) if method.capabilities.adaptation == "online" else [order_seed]
+    runs = []
+    for k, oseed in enumerate(seeds):
+        checkpoint = None
+        if stream_dir is not None:
+            checkpoint = StreamCheckpoint(stream_dir / f"order-{k}", f"{fingerprint}/{target}/{oseed}")
+        seed_everything(seed)
+        with autocast(backbone.device, cfg.train.compute_precision):
+            out = adapt_stream(method, splits.test, splits.loader, views, order_seed=oseed,
+                               num_workers=cfg.data.num_workers, progress=progress,
+                               desc=target if len(seeds) == 1 else f"{target} order {k + 1}/{len(seeds)}",
+                               checkpoint=checkpoint, save_every=save_every)
+        probs = out.logits.float().softmax(dim=-1)
+        confidence, preds = probs.max(dim=-1)
+        acc = accuracy_report(preds, out.labels, list(splits.classnames))
+        runs.append((out, acc, expected_calibration_error(probs, out.labels), preds, confidence))
+    first, first_acc = runs[0][0], runs[0][1]
+    accuracy, accuracy_std = _spread([r[1]["accuracy"] for r in runs])
+    ece, ece_std = _spread([r[2] for r in runs])
+    row = {"accuracy": accuracy, "accuracy_std": accuracy_std,
+           "macro_accuracy": statistics.fmean(r[1]["macro_accuracy"] for r in runs), "ece": ece, "ece_std": ece_std,
+           "n": first_acc["n"], "seconds_per_image": statistics.fmean(r[0].seconds_per_image for r in runs),
+           "views_seconds_per_image": statistics.fmean(r[0].views_seconds_per_image for r in runs),
+           "peak_memory_mb": first.peak_memory_mb,
+           "passes": {k: statistics.fmean(r[0].cost.get(k, 0.0) for r in runs) for k in first.cost},
+           "cache_size": statistics.fmean(r[0].cache_size for r in runs), "n_views": first.n_views,
+           "views": kind, "seed": seed, "order_seed": order_seed, "orders_run": len(seeds),
+           "order_seeds": seeds, "accuracy_by_order": [r[1]["accuracy"] for r in runs],
+           "resumed_at": [r[0].resumed_at for r in runs],
+           "classes": len(splits.classnames)}
+    predictions: dict[str, Any] = {"label": first.labels.tolist(), "pred": runs[0][3].tolist(),
+                                   "confidence": [round(float(c), 6) for c in runs[0][4]], "order": list(first.order)}
+    if len(runs) > 1:
+        predictions["by_order"] = [{"order_seed": oseed, "pred": r[3].tolist(),
+                                    "confidence": [round(float(c), 6) for c in r[4]], "order": list(r[0].order)}
+                                   for oseed, r in zip(seeds, runs, strict=True)]
     return row, predictions, method
 
 
 def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path, *,
                          prompt: str | Path | None = None, n_views: int | None = None, seed: int | None = None,
                          order_seed: int | None = None, progress: bool = False,
-                         augment: str | None = None) -> dict[str, Any]:
+                         augment: str | None = None, orders: int = 1,
+                         save_every: int | None = None) -> dict[str, Any]:
     """Run the test-time protocol of ``cfg``'s method on ``targets`` into ``out_dir`` (module docstring).
 
     Args:
@@ -219,6 +271,10 @@ def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path
         progress: progress bars (targets, images).
         augment: ``"augmix"`` or ``"crop"`` views on every target (C-TPT's ImageNet script passes ``--I_augmix``);
             default: the method's choice for the dataset's registered kind (``PromptMethod.test_time_views``).
+        orders: stream orders for an online method (``--orders N``: seeded shuffles ``order_seed, order_seed +
+            1, ...``; the row reports mean ± std); methods whose predictions do not depend on the order run once.
+        save_every: checkpoint each stream every this many images (besides every 60 s); a killed run resumes
+            mid-stream from ``OUT/tta_targets/<target>.stream/`` when run again with the same options.
 
     Returns:
         The :class:`~vlprompt.core.results.TestTimeResult` written to ``out_dir/tta_results.json``, as a dict
@@ -232,6 +288,10 @@ def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path
     if augment is not None and augment not in TEST_TIME_VIEWS:
         raise ConfigError(f"--augment must be one of {', '.join(TEST_TIME_VIEWS)}, got {augment!r}")
     _check_seed(order_seed, "--order-seed")
+    if isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
+        raise ConfigError(f"--orders must be a whole number >= 1, got {orders!r}")
+    if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
+        raise ConfigError(f"--save-every must be a whole number of images >= 1, got {save_every!r}")
     if _check_seed(seed, "--seed") is not None:
         cfg = _with(cfg, [f"train.seed={seed}"])
     seed = cfg.train.seed
@@ -242,6 +302,7 @@ def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path
     effective_views = (n_views or DEFAULT_VIEWS) if caps.adapts_at_test_time else 1
     digest = config_digest({**cfg.as_dict(), "test_time": {
         "n_views": effective_views, "order_seed": order_seed, **({"augment": augment} if augment else {}),
+        **({"orders": orders} if orders > 1 else {}),
         "prompt_sha256": _file_sha256(prompt_path) if prompt_path else None}})
     out = Path(out_dir)
     done: dict[str, TestTimeResult] = {}
@@ -261,12 +322,16 @@ def tta(cfg: ExperimentConfig, targets: str | Sequence[str], out_dir: str | Path
             continue
         if backbone is None:
             backbone = build_backbone(cfg.backbone, device=device)
+        stream_dir = out / TARGETS_DIR / f"{target}.stream"
         row, predictions, method = run_target(cfg, target, backbone, prompt=prompt_path, n_views=n_views, seed=seed,
-                                              order_seed=order_seed, progress=progress, augment=augment)
+                                              order_seed=order_seed, progress=progress, augment=augment,
+                                              orders=orders, stream_dir=stream_dir, fingerprint=digest,
+                                              save_every=save_every)
         record = _record(cfg, method, backbone.info.record, [target], {target: row}, prompt_path, digest)
         (out / TARGETS_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / TARGETS_DIR / f"{target}.predictions.json", predictions)
         write_result(out / TARGETS_DIR / f"{target}.json", record)  # last: its existence means finished
+        shutil.rmtree(stream_dir, ignore_errors=True)  # the stream checkpoints are no longer needed
         done[target] = record
     first = done[names[0]]
     record = TestTimeResult(method=first.method, backbone=first.backbone, targets=names,
@@ -298,19 +363,26 @@ def _record(cfg: ExperimentConfig, method: Any, backbone: Any, targets: list[str
 TABLE_COLUMNS = (("accuracy %", "accuracy"), ("ECE %", "ece"), ("n", "n"), ("s / image", "seconds_per_image"),
                  ("views s / image", "views_seconds_per_image"), ("peak MB", "peak_memory_mb"),
                  ("image fwd", "image_forward"), ("text fwd", "text_forward"), ("backward", "backward"),
-                 ("views", "n_views"))
+                 ("views", "n_views"), ("cache", "cache_size"), ("orders", "orders_run"))
 
 
 def _cell(row: dict[str, Any], key: str) -> Any:
     value = row.get("passes", {}).get(key) if key in ("image_forward", "text_forward", "backward") else row.get(key)
     if key in ("seconds_per_image", "views_seconds_per_image") and value is not None:
         return f"{value:.4f}"
+    if key in ("accuracy", "ece") and value is not None and row.get("orders_run", 1) > 1:
+        return f"{value:.2f} ± {row.get(key + '_std', 0.0):.2f}"
+    if key == "orders_run":
+        return value or 1
+    if key == "cache_size":
+        return f"{value:g}" if value else 0
     return value
 
 
 def tta_table(result: dict[str, Any]) -> str:
-    """One row per target (+ the average over targets of accuracy, ECE and seconds per image): accuracy,
-    ECE, images, seconds per image, views seconds per image, peak memory, passes per image, views."""
+    """One row per target (+ the average over targets of accuracy, ECE and seconds per image): accuracy and ECE
+    (mean ± std over the stream orders of an online method), images, seconds per image, views seconds per image,
+    peak memory, passes per image, views, cache size at the end of the stream, orders."""
     targets = result["targets"]
     per = result["per_target"]
     rows = [[t, *[_cell(per[t], key) for _, key in TABLE_COLUMNS]] for t in targets]
@@ -320,6 +392,9 @@ def tta_table(result: dict[str, Any]) -> str:
                      f"{mean['seconds_per_image']:.4f}", *["-"] * (len(TABLE_COLUMNS) - 4)])
     label = f"{result['method']}+{result['start_from']}" if result.get("start_from") else result["method"]
     first = per[targets[0]]
+    orders = first.get("orders_run", 1)
+    stream = (f"{orders} stream orders (seeds {', '.join(str(s) for s in first.get('order_seeds', []))})"
+              if orders > 1 else f"order seed {first['order_seed']}")
     title = (f"tta - {label} ({result['backbone']['model']}), {first['n_views']} view(s), seed {first['seed']}, "
-             f"order seed {first['order_seed']} (top-1 accuracy %, ECE %, passes per image)\n\n")
+             f"{stream} (top-1 accuracy %, ECE %, passes per image)\n\n")
     return title + markdown_table(["target", *[h for h, _ in TABLE_COLUMNS]], rows)
