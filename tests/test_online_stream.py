@@ -145,6 +145,13 @@ def test_orders_report_mean_and_std_over_seeded_orders(cache_probe, tiny_imagefo
     preds = json.loads((tmp_path / "many" / "tta_targets" / "imagefolder.predictions.json").read_text())
     assert [o["order_seed"] for o in preds["by_order"]] == [4, 5, 6]
     assert not (tmp_path / "many" / "tta_targets" / "imagefolder.stream").exists()  # cleaned once finished
+    from vlprompt.report.build import make_report
+
+    report = make_report(tmp_path / "many", tmp_path / "many_report")
+    cell = report["tta"][f"{cache_probe}|vlprompt-test-vit"]["imagefolder"]
+    assert cell["accuracy"]["std"] == pytest.approx(row["accuracy_std"])  # over the 3 orders of the one run
+    md = (tmp_path / "many_report" / "report.md").read_text()
+    assert "1 x 3 orders" in md
     zs = tta(config_from_dict(_cfg_dict(tiny_imagefolder, {"name": "zeroshot"})), "imagefolder", tmp_path / "zs",
              orders=3)["per_target"]["imagefolder"]
     assert zs["orders_run"] == 1 and zs["accuracy_std"] == 0.0

@@ -403,14 +403,27 @@ def ood_comparison(groups: dict[OodKey, list[OodRun]]) -> list[Table]:
 #: The cost columns of the test-time tables: (header, key of a target's row or of its ``passes``).
 TTA_COST = (("s / image", "seconds_per_image"), ("views s / image", "views_seconds_per_image"),
             ("peak MB", "peak_memory_mb"), ("image fwd", "image_forward"), ("text fwd", "text_forward"),
-            ("backward", "backward"))
+            ("backward", "backward"), ("cache", "cache_size"))
 _PASSES = ("image_forward", "text_forward", "backward")
 
 
 def _tta_values(runs: Sequence[TtaRun], key: str) -> list[float]:
-    """The values of ``key`` (a row field or a pass count) over the runs that have it."""
-    values = [(run.row.get("passes") or {}).get(key) if key in _PASSES else run.row.get(key) for run in runs]
+    """The values of ``key`` (a row field or a pass count) over the runs that have it; accuracy and ECE of a run
+    of several stream orders (an online method's ``--orders N``) count once per order (``*_by_order``)."""
+    values: list[Any] = []
+    for run in runs:
+        by_order = run.row.get(f"{key}_by_order") if key in ("accuracy", "ece") else None
+        if isinstance(by_order, list) and len(by_order) > 1:
+            values.extend(by_order)
+        else:
+            values.append((run.row.get("passes") or {}).get(key) if key in _PASSES else run.row.get(key))
     return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _runs_cell(runs: Sequence[TtaRun]) -> Any:
+    """Runs (seeds), times stream orders when an online method ran several."""
+    orders = {int(r.row.get("orders_run") or 1) for r in runs}
+    return len(runs) if orders == {1} else f"{len(runs)} x {'/'.join(map(str, sorted(orders)))} orders"
 
 
 def _tta_stat(runs: Sequence[TtaRun], key: str) -> float | None:
@@ -456,7 +469,7 @@ def tta_section(groups: dict[TtaKey, list[TtaRun]], paper: Sequence[PaperEntry] 
                 views = sorted({str(r.row.get("views")) for r in runs})
                 n_views = sorted({int(r.row["n_views"]) for r in runs if isinstance(r.row.get("n_views"), int)})
                 ref = _paper(paper, "tta", method, target, bb) if paper is not None else None
-                row: list[Any] = [method, target, len(runs), f"{acc[0]:.2f} ± {acc[1]:.2f}",
+                row: list[Any] = [method, target, _runs_cell(runs), f"{acc[0]:.2f} ± {acc[1]:.2f}",
                                   f"{ece[0]:.2f} ± {ece[1]:.2f}",
                                   *[_tta_cost_cell(key, cost[key]) for _, key in TTA_COST],
                                   ",".join(map(str, n_views)) or "-", ",".join(views)]
@@ -489,8 +502,9 @@ def tta_section(groups: dict[TtaKey, list[TtaRun]], paper: Sequence[PaperEntry] 
         head = ["method", "target", "runs", "accuracy %", "ECE %", *[h for h, _ in TTA_COST], "views", "augment"]
         if paper is not None:
             head += ["paper accuracy", "paper ECE", "paper source"]
-        tables.append(Table(f"test-time adaptation ({bb}): top-1 accuracy % and ECE % (mean ± std over runs), "
-                            "cost per image (mean; peak memory: the largest)", head, rows))
+        tables.append(Table(f"test-time adaptation ({bb}): top-1 accuracy % and ECE % (mean ± std over runs and, for "
+                            "online methods, stream orders), cost per image (mean; peak memory: the largest), cache "
+                            "size at the end of the stream", head, rows))
     return tables, long, js
 
 

@@ -239,7 +239,7 @@ def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Pat
            "cache_size": statistics.fmean(r[0].cache_size for r in runs), "n_views": first.n_views,
            "views": kind, "seed": seed, "order_seed": order_seed, "orders_run": len(seeds),
            "order_seeds": seeds, "accuracy_by_order": [r[1]["accuracy"] for r in runs],
-           "resumed_at": [r[0].resumed_at for r in runs],
+           "ece_by_order": [r[2] for r in runs], "resumed_at": [r[0].resumed_at for r in runs],
            "classes": len(splits.classnames)}
     predictions: dict[str, Any] = {"label": first.labels.tolist(), "pred": runs[0][3].tolist(),
                                    "confidence": [round(float(c), 6) for c in runs[0][4]], "order": list(first.order)}
