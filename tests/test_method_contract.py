@@ -300,6 +300,39 @@ def test_registration_gives_the_identity_and_the_capabilities(name, backbone):
         assert not hasattr(method, mirrored), f"{name} declares {mirrored} outside its registration"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", METHODS)
+def test_a_test_time_stream_is_reproducible_and_an_online_state_carries_it(name, backbone):
+    """A method that adapts at test time: two passes over one stream give identical logits (episodic: reset per
+    image; online: reset once per stream); an online method's ``adaptation_state`` after 3 images, loaded into a
+    freshly built method, continues the stream with the uninterrupted logits (a mid-stream resume)."""
+    from vlprompt.engine.test_time import TestTimeAdapter
+
+    caps = _caps(name)
+    if not caps.adapts_at_test_time:
+        pytest.skip(f"{name} does not adapt at test time")
+    stream = [_images(backbone, 10, seed=100 + i) for i in range(5)]  # 5 images of 10 views each (Zero keeps 10%)
+    method = _build(name, backbone)
+
+    def run(adapter, images):
+        return torch.stack([adapter.step(v).logits for v in images])
+
+    first = run(TestTimeAdapter(method), stream)
+    assert first.shape == (5, len(NAMES)) and torch.isfinite(first).all()
+    torch.testing.assert_close(run(TestTimeAdapter(method), stream), first, rtol=0, atol=1e-6)
+    if caps.adaptation != "online":
+        assert method.adaptation_state() == {}  # episodic methods carry nothing across images
+        return
+    head = TestTimeAdapter(method)
+    run(head, stream[:3])
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    assert method.adaptation_size() >= 0
+    resumed = TestTimeAdapter(_build(name, backbone))
+    resumed.load_state_dict(state)
+    assert resumed.position == 3
+    torch.testing.assert_close(run(resumed, stream[3:]), first[3:], rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------ registration rules
 def test_engine_tasks_and_report_read_the_capabilities_not_method_attributes():
     """No hidden rule: no ``getattr`` hook, no mirrored attribute, no second class-specific mechanism."""
@@ -320,7 +353,8 @@ def test_engine_tasks_and_report_read_the_capabilities_not_method_attributes():
 def test_every_hook_the_engine_calls_is_a_documented_method_with_a_default(vit_backbone):
     hooks = ("encode_images", "training_loss", "combine_gradients", "fit", "after_training", "on_epoch_end",
              "learned_parameters", "fitted_buffers", "text_features", "logits", "forward_features",
-             "reset_adaptation", "adapt_and_predict", "start_from", "test_time_views")
+             "reset_adaptation", "adapt_and_predict", "start_from", "test_time_views", "adaptation_state",
+             "load_adaptation_state", "adaptation_size", "test_time_view_count")
     for hook in hooks:
         assert getattr(PromptMethod, hook).__doc__, hook
     method = build_method("coop", vit_backbone, NAMES, n_ctx=2)
