@@ -145,6 +145,44 @@ def multiply_adds(fn: Callable[[], Any]) -> float:
     return counter.get_total_flops() / 2
 
 
+def saved_for_backward_mib(fn: Callable[[], Any]) -> float:
+    """MiB of the tensors autograd saves for the backward passes of one call of ``fn`` (each storage once): the
+    activations a step holds, on any device (the text pass over all classes dominates it)."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.device.type != "meta":
+            storage = t.untyped_storage()
+            seen[(storage.data_ptr(), t.device.index or 0)] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / 2**20
+
+
+def extrapolate(rows: list[dict[str, Any]], n_cls: int) -> dict[str, Any]:
+    """A row for ``n_cls`` classes from the measured rows, each quantity a straight line in the number of classes
+    through the two largest measurements (the text pass is linear in the classes; the views are a constant)."""
+    (a, b) = sorted(rows, key=lambda r: r["classes"])[-2:]
+
+    def line(key: str) -> float:
+        slope = (b[key] - a[key]) / (b["classes"] - a["classes"])
+        return b[key] + slope * (n_cls - b["classes"])
+
+    keys = ("authors_s", "vlprompt_s", "authors_gmacs", "vlprompt_gmacs", "authors_saved_mib", "vlprompt_saved_mib")
+    row: dict[str, Any] = {k: line(k) for k in keys}
+    row.update({"step": f"{b['step'].rsplit(',', 2)[0].rsplit(',', 1)[0]}, {n_cls} classes (extrapolated from "
+                        f"{a['classes']} and {b['classes']})", "classes": n_cls, "views": b["views"],
+                "extrapolated_from": [a["classes"], b["classes"]], "ratio": row["authors_s"] / row["vlprompt_s"],
+                "macs_bound": row["authors_gmacs"] / row["vlprompt_gmacs"]})
+    print(f"{row['step']}: authors {row['authors_s']:8.3f} s/image, vlprompt {row['vlprompt_s']:7.3f} s/image, ratio "
+          f"{row['ratio']:5.1f}x; multiply-add bound {row['macs_bound']:.1f}x ({row['authors_gmacs']:.4g} vs "
+          f"{row['vlprompt_gmacs']:.4g} GMAC); saved for backward {row['authors_saved_mib']:.0f} vs "
+          f"{row['vlprompt_saved_mib']:.0f} MiB", flush=True)
+    return row
+
+
 def bench(backbone: Any, clip: published.CLIP, n_cls: int, args: argparse.Namespace,
           device: torch.device) -> dict[str, Any]:
     names = class_names(n_cls)
@@ -181,6 +219,7 @@ def bench(backbone: Any, clip: published.CLIP, n_cls: int, args: argparse.Namesp
         image_ma = multiply_adds(lambda: backbone.encode_image(views))  # the V views once
     ref_ma, ours_ma = multiply_adds(lambda: ref(views)), multiply_adds(ours_step)
     ref_image_ma = image_ma * (args.tta_steps + 1 / args.views)  # V per step + the original again
+    ref_saved, ours_saved = saved_for_backward_mib(lambda: ref(views)), saved_for_backward_mib(ours_step)
     row: dict[str, Any] = {
         "step": f"TPT {args.model}, {n_cls} classes, {args.views} views", "classes": n_cls, "views": args.views,
         "tta_steps": args.tta_steps, "authors_s": statistics.median(t_ref), "vlprompt_s": statistics.median(t_ours),
@@ -188,6 +227,7 @@ def bench(backbone: Any, clip: published.CLIP, n_cls: int, args: argparse.Namesp
         "rounds": args.rounds, "first_step_only": not args.rounds,
         "authors_gmacs": ref_ma / 1e9, "vlprompt_gmacs": ours_ma / 1e9, "macs_bound": ref_ma / ours_ma,
         "image_share_authors": ref_image_ma / ref_ma, "image_share_vlprompt": image_ma / ours_ma,
+        "authors_saved_mib": ref_saved, "vlprompt_saved_mib": ours_saved,
         "init_ctx_diff": init_diff, "ctx_moved": moved, "ctx_diff": ctx_diff, "ctx_coordinates_off": off,
         "ctx_coordinates": diff.numel(), "logit_diff": logit_diff,
         "same_top1": same_top1, "load_before": load_before, "load_after": load(),
@@ -200,7 +240,8 @@ def bench(backbone: Any, clip: published.CLIP, n_cls: int, args: argparse.Namesp
     print(f"{row['step']}: authors {row['authors_s']:8.3f} s/image, vlprompt {row['vlprompt_s']:7.3f} s/image, "
           f"ratio {row['ratio']:5.1f}x (rounds {min(ratios):.1f}-{max(ratios):.1f}); multiply-add bound "
           f"{row['macs_bound']:.1f}x ({row['authors_gmacs']:.3g} vs {row['vlprompt_gmacs']:.3g} GMAC; image views "
-          f"{100 * row['image_share_authors']:.0f}% / {100 * row['image_share_vlprompt']:.0f}%){mem}; "
+          f"{100 * row['image_share_authors']:.0f}% / {100 * row['image_share_vlprompt']:.0f}%){mem}; saved for "
+          f"backward {ref_saved:.0f} vs {ours_saved:.0f} MiB; "
           f"|ctx diff| {ctx_diff:.1e} (moved {moved:.1e}; {off}/{diff.numel()} coordinates off by > {args.atol:g} of "
           f"the move), |logit diff| {logit_diff:.1e}; load {load_before} -> "
           f"{row['load_after']}", flush=True)
@@ -232,6 +273,9 @@ def main() -> None:
                          "a coordinate whose gradient is at float-rounding level (random weights) may move otherwise")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, default=None, help="append the result rows to this JSON file")
+    ap.add_argument("--extrapolate", type=int, nargs="*", default=[],
+                    help="class counts too large for the machine (the authors' step at 1000 classes holds ~20 GiB "
+                         "of activations): rows extrapolated linearly from the two largest measured counts, labelled")
     args = ap.parse_args()
     if int(args.views * 0.1) < 1:
         raise SystemExit("--views: at least 10 (the authors keep int(views * 0.1) views)")
@@ -243,6 +287,10 @@ def main() -> None:
     print(f"model {args.model} (random weights, shared by both paths), device {device}, fp32, {machine_line()}",
           flush=True)
     rows = [bench(backbone, clip, n, args, device) for n in args.classes]
+    if args.extrapolate:
+        if len(rows) < 2:
+            raise SystemExit("--extrapolate needs at least two measured --classes")
+        rows += [extrapolate(rows, n) for n in args.extrapolate]
     if args.json is not None:
         append_rows(args.json, rows, model=args.model, device=str(device))
 
