@@ -340,3 +340,26 @@ def test_a_run_through_the_tta_protocol(tiny_imagefolder, tmp_path):
     assert 3 <= size <= 3 * (3 + 2)
     if "cache_size" in row:  # the result's cache-size column (engine side of issue 28)
         assert row["cache_size"] == size
+
+
+def test_shipped_configs_load_with_the_authors_values():
+    """configs/tda/ and configs/boostadapter/: one file per file of the authors' configs/ (15 each), each loads, runs
+    its method on the dataset it is named after and names its source; spot values of kdiAAA/TDA configs/imagenet_s.yaml
+    (l.7-8) and taolinzhang/BoostAdapter configs/food101.yaml (l.4-5, l.17)."""
+    from pathlib import Path
+
+    from vlprompt.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for method in ("tda", "boostadapter"):
+        files = sorted((root / method).glob("*.yaml"))
+        assert len(files) == 15
+        for f in files:
+            cfg = load_config(f)
+            assert cfg.method.name == method and cfg.data.dataset == f.stem, f
+            assert f.read_text().startswith("# ") and "l." in f.read_text().split("method:")[0], f
+    sketch = load_config(root / "tda" / "imagenet_sketch.yaml")
+    assert (sketch.method.config.positive["alpha"], sketch.method.config.positive["beta"]) == (2.363, 7.45)
+    assert sketch.data.templates == "imagenet80"
+    food = load_config(root / "boostadapter" / "food101.yaml").method.config
+    assert (food.positive["alpha"], food.positive["beta"], food.delta) == (1.0, 1.0, 3)
