@@ -306,6 +306,7 @@ def test_partial_mappings_keep_the_defaults_and_yaml_overrides_merge():
                                          ["method.positive.bta=8"]))
 
 
+@pytest.mark.slow
 def test_a_run_through_the_tta_protocol(tiny_imagefolder, tmp_path):
     """``vlprompt.tasks.test_time.tta`` on the tiny imagefolder: one view per image (not an ImageNet set), the
     caches fill; the same stream through ``adapt_stream`` gives the same predictions and its cache size."""

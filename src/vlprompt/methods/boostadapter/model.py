@@ -45,7 +45,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vlprompt.methods.base import Adapted
 from vlprompt.methods.tda.cache import ClassCache, Policy
 from vlprompt.methods.tda.model import CONFIDENT_FRACTION, IMAGENET, TDA, TDA_VIEWS, softmax_entropy, summarise
 
@@ -105,15 +104,16 @@ class BoostAdapter(TDA):
             sums[c] = w[best.to(w.device)].sum()
         return sums
 
-    def adapt_and_predict(self, views: Tensor) -> Adapted:
-        """``views [V, 3, H, W] -> Adapted(zero-shot + boosted positive - negative cache logits [n_cls], cost)``."""
+    def adapt_features(self, feats: Tensor, text: Tensor | None = None) -> Tensor:
+        """One test image on its views' normalised features ``feats [V, E]`` against ``text [n_cls, E]`` (default: the
+        classifier): updates the caches, returns zero-shot + boosted positive - negative cache logits ``[n_cls]``."""
         with torch.no_grad():
-            feats, logits, text_passes = self._zero_shot(views)
+            txt = self.classifier.float() if text is None else text
+            logits = self.scaled(feats @ txt.t())
             s = summarise(feats, logits, original_only=self.original_only())
             pos, neg = self._caches(feats.shape[-1], feats.device)
             self._update(s, pos, neg)
             out = s.logits.clone()
             if self.config.positive["enabled"]:
                 out += self.config.positive["alpha"] * self.boosted_class_sums(s.feature, feats, logits, pos)
-            out -= self._negative_logits(s, neg)
-        return Adapted(out, {"image_forward": int(views.shape[0]), "text_forward": text_passes, "backward": 0})
+            return out - self._negative_logits(s, neg)

@@ -193,12 +193,6 @@ class TDA(ViewFeatureMethod):
         return out
 
     # ------------------------------------------------------------------ one test image
-    def _zero_shot(self, views: Tensor) -> tuple[Tensor, Tensor, int]:
-        """The views' normalised features ``[V, E]``, their logits ``[V, n_cls]`` and the text passes taken."""
-        feats = self.view_features(views)
-        txt, text_passes = self.class_features(feats)
-        return feats, self.scaled(feats @ txt.t()), text_passes
-
     def _update(self, s: Summary, pos: ClassCache, neg: ClassCache) -> None:
         """tda_runner.py l.83-87: the positive cache always, the negative one inside the entropy gate."""
         pos_cfg, neg_cfg = self.config.positive, self.config.negative
@@ -215,15 +209,24 @@ class TDA(ViewFeatureMethod):
             return torch.zeros_like(s.logits)
         return neg.value_logits(s.feature, cfg["alpha"], cfg["beta"])
 
-    def adapt_and_predict(self, views: Tensor) -> Adapted:
-        """``views [V, 3, H, W] -> Adapted(zero-shot + positive - negative cache logits [n_cls], cost)``."""
+    def adapt_features(self, feats: Tensor, text: Tensor | None = None) -> Tensor:
+        """One test image on its views' normalised features ``feats [V, E]`` (row 0 the original) against the class
+        text features ``text [n_cls, E]`` (default: the classifier): updates the caches, returns the logits
+        ``[n_cls]`` (zero-shot + positive - negative cache logits)."""
         with torch.no_grad():
-            feats, logits, text_passes = self._zero_shot(views)
-            s = summarise(feats, logits)
+            txt = self.classifier.float() if text is None else text
+            s = summarise(feats, self.scaled(feats @ txt.t()))
             pos, neg = self._caches(feats.shape[-1], feats.device)
             self._update(s, pos, neg)
             out = s.logits.clone()
             if self.config.positive["enabled"]:
                 out += pos.class_logits(s.feature, self.config.positive["alpha"], self.config.positive["beta"])
-            out -= self._negative_logits(s, neg)
+            return out - self._negative_logits(s, neg)
+
+    def adapt_and_predict(self, views: Tensor) -> Adapted:
+        """``views [V, 3, H, W] -> Adapted(zero-shot + positive - negative cache logits [n_cls], cost)``."""
+        with torch.no_grad():
+            feats = self.view_features(views)
+            txt, text_passes = self.class_features(feats)
+            out = self.adapt_features(feats, txt)
         return Adapted(out, {"image_forward": int(views.shape[0]), "text_forward": text_passes, "backward": 0})
