@@ -149,6 +149,10 @@ def test_views_and_mode_by_dataset():
         method = _build(backbone, "boostadapter", dataset=dataset)
         assert method.test_time_views(kind) == "crop" and method.test_time_view_count(kind) == count, dataset
         assert method.original_only() is original, dataset
+    unnamed = _build(backbone, "boostadapter")  # a stream without a dataset name (vlprompt.online): the kind told
+    assert unnamed.original_only() is True
+    unnamed.test_time_view_count("crop")
+    assert unnamed.original_only() is False
     assert _build(backbone, "boostadapter", dataset="dtd", infer_ori_image=False).original_only() is False
     assert _build(backbone, "boostadapter", dataset="imagenet_a", infer_ori_image=True).original_only() is True
 

@@ -26,7 +26,8 @@ class BoostAdapterConfig(TDAConfig):
     infer_ori_image: bool | None = field(default=None, metadata={
         "help": "the historical cache and the base logits use the original view alone (true) or the mean of the "
                 "10% most confident views (false); null = as the authors (runner.py l.120-125): the original alone "
-                "except on the ImageNet sets (imagenet, imagenet_a, imagenetv2, imagenet_r, imagenet_sketch)"})
+                "except on the ImageNet sets (imagenet, imagenet_a, imagenetv2, imagenet_r, imagenet_sketch; a stream "
+                "without a dataset name: data of the 'crop' kind)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -64,19 +64,27 @@ class BoostAdapter(TDA):
 
     #: the negative cache is first in, first out (runner.py l.150 with ``fifo=True``, l.56-59)
     negative_policy: Policy = "fifo"
+    #: the kind of data of the stream as the view hooks were told (``"crop"``: the ImageNet sets), None until then
+    _dataset_views: str | None = None
 
     def test_time_views(self, dataset_views: str) -> str:
         """Random resized crops + flips on every dataset (utils.py l.122 and l.131: ``augmix=False``)."""
+        self._dataset_views = dataset_views
         return "crop"
 
     def test_time_view_count(self, dataset_views: str) -> int | None:
         """64 (runner.py l.45 ``--views 64``), except ImageNet itself: the original alone (utils.py l.156-158)."""
+        self._dataset_views = dataset_views
         return 1 if self.context.dataset == IMAGENET else TDA_VIEWS
 
     def original_only(self) -> bool:
-        """``infer_ori_image``: the option, else true except on the ImageNet sets (runner.py l.120-125)."""
+        """``infer_ori_image``: the option, else true except on the ImageNet sets (runner.py l.120-125): known by the
+        dataset's name (the build context), or, for a stream without one (``vlprompt.online``), by the kind of data
+        the view hooks were told (``"crop"``: the ImageNet sets)."""
         if self.config.infer_ori_image is not None:
             return bool(self.config.infer_ori_image)
+        if not self.context.dataset and self._dataset_views is not None:
+            return self._dataset_views != "crop"
         return self.context.dataset not in IMAGENET_SETS
 
     def boosted_class_sums(self, feature: Tensor, feats: Tensor, logits: Tensor, pos: ClassCache) -> Tensor:
