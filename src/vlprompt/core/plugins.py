@@ -49,6 +49,8 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.ctpt",
         "vlprompt.methods.zero",
         "vlprompt.methods.mta",
+        "vlprompt.methods.tda",
+        "vlprompt.methods.boostadapter",
     ),
     "datasets": (
         "vlprompt.data.coop_layouts",
