@@ -49,6 +49,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.ctpt",
         "vlprompt.methods.zero",
         "vlprompt.methods.mta",
+        "vlprompt.methods.dpe",
     ),
     "datasets": (
         "vlprompt.data.coop_layouts",
