@@ -253,6 +253,33 @@ def test_matches_the_authors_loop_after_every_image(case, spread_backbone):
         assert events["replace"] > 0 and events["reject"] > 0 and events["append"] + events["new"] > 0, events
 
 
+def test_queues_follow_update_cache_with_ties(vit_backbone):
+    """The per-class priority queue against ``update_cache`` (main_dpe.py l.40-52) on 300 insertions whose
+    entropies take 4 values (ties everywhere: Python's stable ``sorted`` keeps an entry after the earlier ones of
+    equal entropy, and a full queue takes a newcomer only if strictly below its last entry)."""
+    method = build_method("dpe", vit_backbone, NAMES, positive={"shot_capacity": 3})
+    method.reset_adaptation()
+    g = torch.Generator().manual_seed(0)
+    cache: dict[int, list] = {}
+    for step in range(300):
+        label = int(torch.randint(len(NAMES), (1,), generator=g))
+        ent = float(torch.tensor([0.1, 0.2, 0.3, 0.4])[torch.randint(4, (1,), generator=g)])
+        feature = torch.full((method.classifier.shape[1],), float(step))  # the entry's identity
+        method._enqueue(label, feature, ent)
+        queue = cache.setdefault(label, [])
+        if len(queue) < 3:
+            queue.append((step, ent))
+        elif ent < queue[-1][1]:
+            queue[-1] = (step, ent)
+        cache[label] = sorted(queue, key=lambda it: it[1])
+    state = method.adaptation_state()
+    want = [(c, s, e) for c in sorted(cache) for s, e in cache[c]]
+    got = list(zip(state["cache_classes"].tolist(), state["cache_features"][:, 0].long().tolist(),
+                   state["cache_entropy"].tolist()))
+    assert [(c, s) for c, s, _ in got] == [(c, s) for c, s, _ in want]
+    assert [e for *_, e in got] == pytest.approx([e for *_, e in want])
+
+
 def test_residual_step_is_adamw_from_zero():
     """The closed form of one fresh AdamW step from zero (eps 1e-3, weight decay 0.1) is torch's AdamW."""
     from vlprompt.methods.dpe.model import adamw_first_step
@@ -411,3 +438,32 @@ def _backbone(cfg):
     from vlprompt.backbones.build import build_backbone
 
     return build_backbone(cfg.backbone, shared=False)
+
+
+def test_shipped_configs_load_with_the_authors_values():
+    """One config per file of DPE-CLIP's configs/, each loading through vlprompt's loader, its header naming its
+    source; a few values as the authors' files give them (configs/imagenet_a.yaml, configs/imagenet_s.yaml,
+    configs/eurosat.yaml, main_dpe.py l.270 for ImageNet-A's final prediction)."""
+    from pathlib import Path
+
+    from vlprompt.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "dpe"
+    files = sorted(root.glob("*.yaml"))
+    assert {f.stem for f in files} == {"caltech101", "dtd", "eurosat", "fgvc_aircraft", "food101", "imagenet",
+                                       "imagenet_a", "imagenet_r", "imagenet_sketch", "imagenetv2", "oxford_flowers",
+                                       "oxford_pets", "stanford_cars", "sun397", "ucf101"}
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.method.name == "dpe" and cfg.data.dataset == f.stem
+        assert cfg.method.config.predict_on_all_views == (f.stem == "imagenet_a")
+        assert "zhangce01/DPE-CLIP@" in f.read_text().splitlines()[1]
+    a = load_config(root / "imagenet_a.yaml").method.config
+    assert (a.positive["alpha"], a.positive["beta"], a.learning_rate["text"], a.learning_rate["align"]) == (
+        6.0, 5.0, 0.0003, 2.5)
+    s = load_config(root / "imagenet_sketch.yaml")
+    assert (s.method.config.positive["alpha"], s.method.config.positive["beta"], s.data.templates) == (
+        7.0, 7.45, "imagenet80")
+    e = load_config(root / "eurosat.yaml").method.config
+    assert (e.positive["beta"], e.learning_rate["image"], e.templates) == (
+        8.0, 0.00005, ["a centered satellite photo of {}."])
