@@ -51,6 +51,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.mta",
         "vlprompt.methods.tda",
         "vlprompt.methods.boostadapter",
+        "vlprompt.methods.dpe",
     ),
     "datasets": (
         "vlprompt.data.coop_layouts",
