@@ -561,9 +561,16 @@ def _tta_paper_values(ref: PaperEntry | None) -> list[Any]:
             ref.label if ref else ""]
 
 
+def _tta_pair(runs: Sequence[TtaRun]) -> str:
+    acc = _tta_values(runs, "accuracy")
+    spread = f" ± {mean_std(acc)[1]:.2f}" if len(acc) > 1 else ""
+    return f"{statistics.fmean(acc):.2f}{spread} / {_tta_stat(runs, 'ece'):.2f}"
+
+
 def tta_comparison(groups: dict[TtaKey, list[TtaRun]]) -> list[Table]:
     """Per backbone with several test-time methods: rows target (+ the average over the targets every method
-    ran), columns method, cells ``accuracy / ECE`` (means over runs, %)."""
+    ran), columns method, cells ``accuracy / ECE`` (means over runs, %; ``accuracy ± std / ECE`` where there are
+    several values: seeds, or an online method's stream orders)."""
     tables = []
     for bb in sorted({k[1] for k in groups}):
         methods = sorted({m for m, b, _ in groups if b == bb})
@@ -575,7 +582,7 @@ def tta_comparison(groups: dict[TtaKey, list[TtaRun]]) -> list[Table]:
             row: list[Any] = [target]
             for m in methods:
                 runs = groups.get((m, bb, target))
-                row.append(f"{_tta_stat(runs, 'accuracy'):.2f} / {_tta_stat(runs, 'ece'):.2f}" if runs else "-")
+                row.append(_tta_pair(runs) if runs else "-")
             rows.append(row)
         shared = [t for t in targets if all((m, bb, t) in groups for m in methods)]
         if len(shared) > 1:
