@@ -103,8 +103,8 @@ def test_paper_data_is_well_formed_and_self_consistent():
     entries = load_paper_results()  # validates types, ranges and duplicates
     raw = json.loads(PAPER_RESULTS.read_text(encoding="utf-8"))
     assert "Table 1" in raw["about"] and "Table 3" in raw["about"] and "LoCoOp" in raw["about"]
-    # CoCoOp / LoCoOp ...; KgCoOp README; Tip-Adapter exp.log; MaPLe + PromptSRC READMEs; TPT README
-    assert len(entries) == 39 + 5 + 165 + 13 + 36
+    # CoCoOp / LoCoOp ...; KgCoOp README; Tip-Adapter exp.log; MaPLe + PromptSRC READMEs; TPT README; TDA README
+    assert len(entries) == 39 + 5 + 165 + 13 + 36 + 51
     datasets, methods = set(list_datasets()), set(list_methods())
     for e in entries:
         # a test-time label "A+B" (tpt+coop) names two methods: A started from B's prompt
@@ -123,9 +123,9 @@ def test_paper_data_is_well_formed_and_self_consistent():
         elif e.setting == "fewshot":  # Tip-Adapter's exp.log: 1-16 shots, RN50, the shared paper tables' source
             assert set(e.values) == {"accuracy"} and e.shots in (1, 2, 4, 8, 16) and e.dataset in datasets, e
             assert e.paper == "tip_adapter" and "exp.log" in e.source and "@" in e.source, e
-        elif e.setting == "tta":  # TPT's README table: ImageNet and its shifts, RN50, a commit-pinned source
+        elif e.setting == "tta":  # TPT's and TDA's README tables (RN50), commit-pinned sources
             assert set(e.values) == {"accuracy"} and e.dataset in datasets | {"average"}, e
-            assert e.paper == "tpt" and e.backbone == "RN50" and "README" in e.source and "@" in e.source, e
+            assert e.paper in ("tpt", "tda") and e.backbone == "RN50" and "README" in e.source and "@" in e.source, e
         else:
             assert e.setting == "unsupervised" and set(e.values) == {"accuracy"} and e.dataset in datasets | {
                 "average"} and e.source.startswith("http"), e
@@ -140,7 +140,9 @@ def test_paper_data_is_well_formed_and_self_consistent():
             assert averaged_datasets(entries, avg) == set(avg.datasets) and "@" in avg.source
             continue
         assert {r.dataset for r in rows} == averaged_datasets(entries, avg)
-        assert len(rows) == {"ood": 4, "tta": 5}.get(avg.setting, 11), avg
+        expected = 10 if avg.setting == "tta" and "Cross-Domain" in avg.table else {"ood": 4, "tta": 5}.get(
+            avg.setting, 11)  # TDA's cross-domain table: the 10 targets
+        assert len(rows) == expected, avg
         for col in {"base2new": ("base", "new"), "ood": ("fpr95", "auroc"), "unsupervised": ("accuracy",),
                     "tta": ("accuracy",)}.get(avg.setting, ()):
             assert abs(statistics.fmean(r.values[col] for r in rows) - avg.values[col]) <= 0.01, (avg, col)
@@ -159,7 +161,7 @@ def test_paper_selection_and_backbone_names():
     assert select_papers(entries, ["all"]) == entries
     assert select_papers(entries, ["CoCoOp"]) == [e for e in entries if e.paper == "cocoop"]
     assert {e.paper for e in select_papers(entries, ["kgcoop", "tip_adapter"])} == {"kgcoop", "tip_adapter"}
-    with pytest.raises(DataError, match="choose from cocoop, kgcoop, maple, promptsrc, tip_adapter, tpt, all"):
+    with pytest.raises(DataError, match="choose from cocoop, kgcoop, maple, promptsrc, tda, tip_adapter, tpt, all"):
         select_papers(entries, ["nope"])
     assert normalize_backbone("ViT-B/16") == normalize_backbone("ViT-B-16-quickgelu") == "vit-b-16"
 

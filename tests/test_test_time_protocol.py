@@ -491,7 +491,8 @@ def test_our_averages_sit_next_to_the_papers_published_averages():
     from vlprompt.report.papers import load_paper_results
     from vlprompt.report.tables import tta_published_averages
 
-    paper = load_paper_results()
+    everything = load_paper_results()
+    paper = [e for e in everything if e.paper == "tpt"]
     published = {e.method: e.values["accuracy"] for e in paper if e.setting == "tta" and e.dataset == "average"}
     assert {"tpt", "tpt+coop", "zeroshot"} <= set(published)
     ours = {f"{m}|world-rn": {"average": {"accuracy": acc, "ece": 5.0, "targets": ["world_shapes", "world_scenes"]}}
@@ -502,3 +503,7 @@ def test_our_averages_sit_next_to_the_papers_published_averages():
     assert rows["tpt"][1:] == ["70.00", "5.00", f"{published['tpt']:.2f}"]
     assert rows["zero"][-1] == "-" and rows["zeroshot"][-1] == f"{published['zeroshot']:.2f}"
     assert tta_published_averages(ours, None) == []
+    (both,) = tta_published_averages(ours, everything)  # TDA's README averages too: one column per paper
+    assert both.columns[-2:] == ["tda accuracy %", "tpt accuracy %"]
+    tda_avg = next(e for e in everything if e.paper == "tda" and e.method == "zeroshot" and e.dataset == "average")
+    assert {r[0]: r for r in both.rows}["zeroshot"][-2] == f"{tda_avg.values['accuracy']:.2f}"
