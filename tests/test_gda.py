@@ -172,3 +172,18 @@ def test_vlprompt_train_fits_gda_on_the_tiny_imagefolder(tmp_path, tiny_imagefol
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["fit"]["searched"] is True and metrics["fit"]["samples"] == 2 * 12
     assert metrics["history"] == [] and 0 <= metrics["test"]["accuracy"] <= 100
+
+
+def test_heads_run_in_fp32_under_amp(vit_backbone):
+    """train.compute_precision amp autocasts to bf16; GDA's and APE's heads stay fp32 (same logits)."""
+    data = _data(vit_backbone)
+    feats = torch.randn(5, vit_backbone.embed_dim)
+    for name in ("gda", "ape"):
+        m = build_method(name, vit_backbone, NAMES, context=CONTEXT, **({"search_step": [10, 5, 3]}
+                                                                         if name == "ape" else {}))
+        m.fit(data)
+        plain = m.logits(feats, m.text_features())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = m.logits(feats, m.text_features())
+        assert amp.dtype == torch.float32
+        torch.testing.assert_close(amp, plain, rtol=0, atol=0)

@@ -63,6 +63,7 @@ Deviations (docs/methods.md, "APE / APE-T"):
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -79,6 +80,12 @@ SEARCH_BUDGET = 1 << 24
 
 
 # ------------------------------------------------------------------------------------------------ pieces
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off: the cache / classifier heads run in fp32 under ``train.compute_precision: amp`` (bf16 would
+    round GDA's large, nearly cancelling logit terms and APE's exponentiated affinities)."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 @torch.no_grad()
 def channel_criterion(text: Tensor, keys: Tensor, key_labels: Tensor, w: list[float]) -> Tensor:
     """APE's criterion ``J [E]`` (``utils.py`` l.49-66): ``-w[0] * sim + w[1] * var``.
@@ -149,6 +156,15 @@ def first_best(counts: Tensor) -> tuple[tuple[int, ...], int] | None:
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), counts.shape)), best
 
 
+def validation(data: FitData, who: str, otherwise: str) -> tuple[Tensor, Tensor] | None:
+    """The validation split's normalised features ``[N, E]`` and labels ``[N]`` (None, logged, without one)."""
+    feats, labels = data.features("val")
+    if feats.shape[0] == 0:
+        data.log(f"{who}: no validation images, {otherwise}")
+        return None
+    return F.normalize(feats.float(), dim=-1), labels.to(feats.device, torch.long)
+
+
 # ------------------------------------------------------------------------------------------------ APE
 class Ape(TipAdapter):
     """Training-free APE; :meth:`fit` builds the cache, selects the refined channels and searches beta, alpha,
@@ -173,42 +189,42 @@ class Ape(TipAdapter):
         """APE's three-term logits ``[B, n_cls]`` (``main.py`` l.95-101)."""
         if self.cache_keys.shape[0] == 0:
             raise RuntimeError("APE's cache is empty: fit the method first (vlprompt train)")
-        f = F.normalize(image_features.float(), dim=-1)
-        clip = PromptMethod.logits(self, f, text_features)
-        affinity = self.refined(f) @ self.refined(self.cache_keys).t()
-        weights = torch.exp(self.cache_div * self.gamma)
-        return clip + self.alpha * cache_logits(affinity, self.beta, self.cache_labels, self.n_cls, weights)
+        with full_precision(image_features.device):
+            f = F.normalize(image_features.float(), dim=-1)
+            clip = PromptMethod.logits(self, f, text_features)
+            affinity = self.refined(f) @ self.refined(self.cache_keys).t()
+            weights = torch.exp(self.cache_div * self.gamma)
+            return clip + self.alpha * cache_logits(affinity, self.beta, self.cache_labels, self.n_cls, weights)
 
     @torch.no_grad()
     def fit(self, data: FitData) -> dict[str, Any]:
         cfg = self.config
-        self.build_cache(data)
-        text = self.classifier.float()
-        self.channels = select_channels(text, self.cache_keys, self.cache_labels, cfg.w_training_free,
-                                        cfg.training_free_feat_num).to(self.cache_keys.device)
-        key_logits = (self.refined(self.cache_keys) @ self.refined(text).t()).softmax(dim=1)  # [NK, C] (l.62-63)
-        values = self.cache_values
-        self.cache_div = torch.sum(values * torch.log2((values + 1e-6) / (key_logits + 1e-6)), dim=1)  # (l.64)
-        return {"cache_size": int(self.cache_keys.shape[0]), "channels": int(self.channels.shape[0]),
-                **self.search(data)}
+        self.build_cache(data)  # the image tower at the run's precision
+        val = validation(data, "APE", "alpha / beta / gamma stay at their init_ values") if cfg.search_hp else None
+        with full_precision(self.classifier.device):
+            text = self.classifier.float()
+            self.channels = select_channels(text, self.cache_keys, self.cache_labels, cfg.w_training_free,
+                                            cfg.training_free_feat_num).to(self.cache_keys.device)
+            key_logits = (self.refined(self.cache_keys) @ self.refined(text).t()).softmax(dim=1)  # [NK, C] (l.62-63)
+            values = self.cache_values
+            self.cache_div = torch.sum(values * torch.log2((values + 1e-6) / (key_logits + 1e-6)), dim=1)  # (l.64)
+            return {"cache_size": int(self.cache_keys.shape[0]), "channels": int(self.channels.shape[0]),
+                    **self.search(val)}
 
     @torch.no_grad()
-    def search(self, data: FitData) -> dict[str, Any]:
-        """Search beta, alpha, gamma on the validation split (``main.py`` l.74-93)."""
-        kept = {"alpha": float(self.alpha), "beta": float(self.beta), "gamma": float(self.gamma)}
-        if not self.config.search_hp:
-            return {**kept, "searched": False}
-        feats, labels = data.features("val")
-        if feats.shape[0] == 0:
-            data.log("APE: no validation images, alpha / beta / gamma stay at their init_ values")
-            return {**kept, "searched": False}
-        f = F.normalize(feats.float(), dim=-1)
+    def search(self, val: tuple[Tensor, Tensor] | None) -> dict[str, Any]:
+        """Search beta, alpha, gamma on normalised validation features and labels (``main.py`` l.74-93); None
+        keeps the init_ values."""
+        if val is None:
+            return {"alpha": float(self.alpha), "beta": float(self.beta), "gamma": float(self.gamma),
+                    "searched": False}
+        f, labels = val
         clip = PromptMethod.logits(self, f, self.classifier)
         affinity = self.refined(f) @ self.refined(self.cache_keys).t()
         (sb, sa, sg), (nb, na, ng) = self.config.search_scale, self.config.search_step
         betas, alphas, gammas = search_grid(sb, nb), search_grid(sa, na), gamma_grid(sg, ng)
         weights = torch.exp(self.cache_div.unsqueeze(0) * torch.tensor(gammas, device=f.device).unsqueeze(1))
-        counts = search_cache_grid(clip, affinity, self.cache_labels, weights, labels.to(f.device), betas, alphas)
+        counts = search_cache_grid(clip, affinity, self.cache_labels, weights, labels, betas, alphas)
         found = first_best(counts)
         (ib, ia, ig), best = found if found is not None else ((None, None, None), 0)
         beta, alpha, gamma = (0.0, 0.0, 0.0) if ib is None else (betas[ib], alphas[ia], gammas[ig])
@@ -254,27 +270,31 @@ class ApeT(TipAdapter):
         """``main.py`` l.137-141: ``[B, E] -> [B, n_cls]`` (the adapted text features are not re-normalised)."""
         if self.cache_keys.shape[0] == 0:
             raise RuntimeError("APE-T's cache is empty: fit the method first (vlprompt train)")
-        keys, text, weights = self.adapted(text_features)
-        f = F.normalize(image_features.float(), dim=-1)
+        with full_precision(image_features.device):
+            keys, text, weights = self.adapted(text_features)
+            f = F.normalize(image_features.float(), dim=-1)
+            return self.clip_logits(f, text) + self.alpha * cache_logits(f @ keys.t(), self.beta, self.cache_labels,
+                                                                         self.n_cls, weights)
+
+    def clip_logits(self, f: Tensor, text: Tensor) -> Tensor:
+        """``100 f W'^T`` (the backbone's logit scale, and its bias if any) with the adapted, unnormalised ``W'``."""
         clip = self.backbone.logit_scale.to(f.device) * f @ text.t()
         bias = self.backbone.logit_bias
-        if bias is not None:
-            clip = clip + bias.to(f.device)
-        return clip + self.alpha * cache_logits(f @ keys.t(), self.beta, self.cache_labels, self.n_cls, weights)
+        return clip if bias is None else clip + bias.to(f.device)
 
     # ------------------------------------------------------------------ fitting, epochs, search
     @torch.no_grad()
     def fit(self, data: FitData) -> dict[str, Any]:
         cfg = self.config
-        self.build_cache(data)
+        self.build_cache(data)  # the image tower at the run's precision
         dev = self.cache_keys.device
-        self.channels = select_channels(self.classifier.float(), self.cache_keys, self.cache_labels, cfg.w_training,
-                                        cfg.training_feat_num).to(dev)
+        with full_precision(dev):
+            self.channels = select_channels(self.classifier.float(), self.cache_keys, self.cache_labels,
+                                            cfg.w_training, cfg.training_feat_num).to(dev)
         self.res = nn.Parameter(torch.zeros_like(self.res))
         self.value_weights = nn.Parameter(torch.ones(self.cache_keys.shape[0], 1, device=dev))
         self._best = None
-        feats, labels = data.features("val")
-        self._val = (F.normalize(feats.float(), dim=-1), labels.to(dev)) if feats.shape[0] else None
+        self._val = validation(data, "APE-T", "the last epoch is kept") if cfg.select_best_epoch else None
         return {"cache_size": int(self.cache_keys.shape[0]), "channels": int(self.channels.shape[0])}
 
     @torch.no_grad()
@@ -309,27 +329,23 @@ class ApeT(TipAdapter):
                 self.value_weights.copy_(self._best["value_weights"])
             info["best_epoch"] = int(self._best["epoch"]) + 1
             self._best = None
-        return {**info, **self.search(data)}
+        val = validation(data, "APE-T", "alpha / beta stay at init_alpha / init_beta") if self.config.search_hp \
+            else None
+        with full_precision(self.classifier.device):
+            return {**info, **self.search(val)}
 
     @torch.no_grad()
-    def search(self, data: FitData) -> dict[str, Any]:
-        """Search beta, alpha on the validation split with the trained adapter (``main.py`` l.178-197)."""
-        kept = {"alpha": float(self.alpha), "beta": float(self.beta)}
-        if not self.config.search_hp:
-            return {**kept, "searched": False}
-        feats, labels = data.features("val")
-        if feats.shape[0] == 0:
-            data.log("APE-T: no validation images, alpha / beta stay at init_alpha / init_beta")
-            return {**kept, "searched": False}
-        f = F.normalize(feats.float(), dim=-1)
+    def search(self, val: tuple[Tensor, Tensor] | None) -> dict[str, Any]:
+        """Search beta, alpha on normalised validation features and labels with the trained adapter (``main.py``
+        l.178-197); None keeps the init_ values."""
+        if val is None:
+            return {"alpha": float(self.alpha), "beta": float(self.beta), "searched": False}
+        f, labels = val
         keys, text, weights = self.adapted(self.classifier)
-        clip = self.backbone.logit_scale.to(f.device) * f @ text.t()
-        if self.backbone.logit_bias is not None:
-            clip = clip + self.backbone.logit_bias.to(f.device)
+        clip = self.clip_logits(f, text)
         (sb, sa), (nb, na) = self.config.search_scale[:2], self.config.search_step[:2]
         betas, alphas = search_grid(sb, nb), search_grid(sa, na)
-        counts = search_cache_grid(clip, f @ keys.t(), self.cache_labels, weights.unsqueeze(0), labels.to(f.device),
-                                   betas, alphas)
+        counts = search_cache_grid(clip, f @ keys.t(), self.cache_labels, weights.unsqueeze(0), labels, betas, alphas)
         found = first_best(counts)
         (ib, ia, _), best = found if found is not None else ((None, None, None), 0)
         beta, alpha = (0.0, 0.0) if ib is None else (betas[ib], alphas[ia])
@@ -338,5 +354,5 @@ class ApeT(TipAdapter):
         return {"alpha": alpha, "beta": beta, "val_accuracy": 100.0 * best / labels.shape[0], "searched": True}
 
 
-__all__ = ["Ape", "ApeT", "cache_logits", "channel_criterion", "first_best", "gamma_grid", "search_cache_grid",
-           "select_channels"]
+__all__ = ["Ape", "ApeT", "cache_logits", "channel_criterion", "first_best", "full_precision", "gamma_grid",
+           "search_cache_grid", "select_channels", "validation"]

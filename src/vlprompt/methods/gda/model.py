@@ -37,6 +37,7 @@ from torch import Tensor
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import DataError
+from vlprompt.methods.ape.model import full_precision, validation
 from vlprompt.methods.base import FitData, MethodContext, PromptMethod, template_text_features
 from vlprompt.methods.gda.config import GdaConfig
 
@@ -88,33 +89,31 @@ class Gda(PromptMethod):
         """Zero-shot logits plus ``alpha`` x GDA's (``main_few_shots.py`` l.80): ``[B, E] -> [B, n_cls]``."""
         if self.weight.shape[0] == 0:
             raise RuntimeError("GDA is not fitted: fit the method first (vlprompt train)")
-        f = F.normalize(image_features.float(), dim=-1)
-        return super().logits(f, text_features) + self.alpha * self.gda_logits(f)
+        with full_precision(image_features.device):
+            f = F.normalize(image_features.float(), dim=-1)
+            return super().logits(f, text_features) + self.alpha * self.gda_logits(f)
 
     @torch.no_grad()
     def fit(self, data: FitData) -> dict[str, Any]:
         cfg = self.config
-        views, labels = data.augmented_features(cfg.augment_epoch, crop_scale=tuple(cfg.crop_scale))
-        x = F.normalize(views.float(), dim=-1).reshape(-1, views.shape[-1])  # [V * N, E] (l.49)
-        y = labels.to(x.device, torch.long).repeat(views.shape[0])
-        weight, bias = gda_estimate(x, y, self.n_cls)
-        dev = self.classifier.device
-        self.weight = weight.to(dev, torch.float32)
-        self.bias = bias.to(dev, torch.float32)
-        return {"samples": int(x.shape[0]), **self.search(data)}
+        views, labels = data.augmented_features(cfg.augment_epoch, crop_scale=tuple(cfg.crop_scale))  # run's precision
+        val = validation(data, "GDA", "alpha stays at init_alpha") if cfg.alpha_list else None
+        with full_precision(views.device):
+            x = F.normalize(views.float(), dim=-1).reshape(-1, views.shape[-1])  # [V * N, E] (l.49)
+            y = labels.to(x.device, torch.long).repeat(views.shape[0])
+            weight, bias = gda_estimate(x, y, self.n_cls)
+            dev = self.classifier.device
+            self.weight = weight.to(dev, torch.float32)
+            self.bias = bias.to(dev, torch.float32)
+            return {"samples": int(x.shape[0]), **self.search(val)}
 
     @torch.no_grad()
-    def search(self, data: FitData) -> dict[str, Any]:
-        """alpha on the validation split (``main_few_shots.py`` l.66-79)."""
-        if not self.config.alpha_list:
+    def search(self, val: tuple[Tensor, Tensor] | None) -> dict[str, Any]:
+        """alpha on normalised validation features and labels (``main_few_shots.py`` l.66-79); None keeps it."""
+        if val is None:
             return {"alpha": float(self.alpha), "searched": False}
-        feats, labels = data.features("val")
-        if feats.shape[0] == 0:
-            data.log("GDA: no validation images, alpha stays at init_alpha")
-            return {"alpha": float(self.alpha), "searched": False}
-        f = F.normalize(feats.float(), dim=-1)
+        f, labels = val
         clip, gda = PromptMethod.logits(self, f, self.classifier), self.gda_logits(f)
-        labels = labels.to(f.device)
         best, best_alpha = 0, float(self.config.init_alpha)
         for alpha in self.config.alpha_list:
             correct = int(((clip + alpha * gda).argmax(dim=-1) == labels).sum())
