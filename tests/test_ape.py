@@ -372,3 +372,22 @@ def test_vlprompt_train_fits_on_the_tiny_imagefolder(name, tmp_path, tiny_imagef
     assert len(metrics["history"]) == (3 if name == "ape_t" else 0) and 0 <= metrics["test"]["accuracy"] <= 100
     if name == "ape_t":
         assert 1 <= fit["best_epoch"] <= 3
+
+
+def test_the_alpha_intervals_equal_the_argmax_at_every_alpha():
+    """The search decides all alphas at once (correct_at_alphas); the same as argmax(z + alpha q) == y per alpha."""
+    from vlprompt.methods.ape.model import correct_at_alphas
+
+    g = torch.Generator().manual_seed(4)
+    n, c, groups = 300, 12, 3
+    z = 5 * torch.randn(n, c, generator=g)
+    q = torch.rand(groups, n, c, generator=g) * 4
+    y = torch.randint(0, c, (n,), generator=g)
+    z[torch.arange(n), y] += 6.0  # right at some alphas, wrong at others
+    alphas = torch.tensor([i * (7 - 0.1) / 20 + 0.1 for i in range(20)])
+    margin = z.gather(1, y.view(-1, 1)) - z
+    margin.scatter_(1, y.view(-1, 1), float("inf"))
+    ours = correct_at_alphas(margin, q, y, alphas)
+    ref = torch.stack([(z + a * q).argmax(dim=-1) == y for a in alphas.tolist()])
+    assert torch.equal(ours, ref)
+    assert 0.2 < ref.float().mean() < 0.8 and (ref.any(dim=0) & ~ref.all(dim=0)).float().mean() > 0.2

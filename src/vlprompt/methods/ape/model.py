@@ -124,25 +124,68 @@ def gamma_grid(scale: float, steps: int) -> list[float]:
     return [i * scale / steps for i in range(steps)]
 
 
+def class_major(key_labels: Tensor, n_cls: int) -> tuple[Tensor, Tensor, int]:
+    """A padded class-major layout of the keys: ``order [NK]`` (keys sorted by class, stable), ``slot [NK]`` (the
+    sorted key's column in ``[C * kmax]``: class ``c`` owns columns ``c kmax .. c kmax + kmax - 1``) and ``kmax``."""
+    order = torch.sort(key_labels, stable=True).indices
+    sorted_labels = key_labels[order]
+    counts = torch.bincount(key_labels, minlength=n_cls)
+    kmax = max(int(counts.max()), 1)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(key_labels), device=key_labels.device) - starts[sorted_labels]
+    return order, sorted_labels * kmax + rank, kmax
+
+
+@torch.no_grad()
+def correct_at_alphas(margin: Tensor, q: Tensor, labels: Tensor, alphas: Tensor) -> Tensor:
+    """Whether ``argmax_c (z_c + alpha q_c) == y`` for every alpha: ``[A, G, n]`` (bool).
+
+    ``margin [n, C]`` is ``z_y - z_c`` with ``+inf`` at ``c = y`` (see :func:`search_cache_grid`), ``q [G, n, C]``,
+    ``labels [n]``, ``alphas [A]``. The true class wins at ``alpha`` iff ``a_c + alpha b_c > 0`` for every other
+    class (``a = margin``, ``b = q_y - q_c``): an open interval ``(lo, hi)`` of alpha per row, ``lo`` the largest
+    ``-a_c / b_c`` over ``b_c > 0``, ``hi`` the smallest over ``b_c < 0`` (a row with some ``b_c = 0, a_c <= 0`` is
+    never right). One pass over the classes instead of one per alpha; exact ties count as wrong.
+    """
+    b = q.gather(2, labels.view(1, -1, 1).expand(q.shape[0], -1, 1)) - q  # [G, n, C]
+    cross = torch.div(margin, b).neg_()
+    lo = torch.where(b > 0, cross, float("-inf")).amax(dim=-1)
+    hi = torch.where(b < 0, cross, float("inf")).amin(dim=-1)
+    never = ((b == 0) & (margin <= 0)).any(dim=-1)
+    al = alphas.view(-1, 1, 1)
+    return (lo < al) & (al < hi) & ~never
+
+
 @torch.no_grad()
 def search_cache_grid(clip: Tensor, affinity: Tensor, key_labels: Tensor, key_weights: Tensor, labels: Tensor,
                       betas: list[float], alphas: list[float]) -> Tensor:
     """Correct predictions ``[n_beta, n_alpha, G]`` of ``clip + alpha * cache_logits(affinity, beta,
     weights=key_weights[g])`` on a labelled set: ``clip [N, C]``, ``affinity [N, NK]``, ``key_labels [NK]``,
-    ``key_weights [G, NK]``, ``labels [N]``; vectorised over alpha and the weight rows, chunked over N."""
-    n, n_keys = affinity.shape
+    ``key_weights [G, NK]``, ``labels [N]``.
+
+    Chunked over N; per beta, the per-class sums of the cache logits for all weight rows are one batched product
+    over a padded class-major layout of the keys (:func:`class_major`; padding has weight 0), and all alphas are
+    decided at once (:func:`correct_at_alphas`)."""
+    n, _ = affinity.shape
     n_cls, g = clip.shape[1], key_weights.shape[0]
-    alpha_t = torch.tensor(alphas, dtype=clip.dtype, device=clip.device).view(-1, 1, 1, 1)
+    order, slot, kmax = class_major(key_labels, n_cls)
+    width = n_cls * kmax
+    kw = key_weights.new_zeros(g, width)
+    kw[:, slot] = key_weights[:, order]
+    kw = kw.view(g, n_cls, kmax)
+    alpha_t = torch.tensor(alphas, dtype=clip.dtype, device=clip.device)
     counts = torch.zeros(len(betas), len(alphas), g, dtype=torch.long)
-    rows = max(1, SEARCH_BUDGET // max(g * n_keys, len(alphas) * g * n_cls))
-    kw = key_weights.unsqueeze(1)  # [G, 1, NK]
+    rows = max(1, SEARCH_BUDGET // max(width, g * n_cls))
     for start in range(0, n, rows):
-        aff, z, y = affinity[start:start + rows], clip[start:start + rows], labels[start:start + rows]
+        z, y = clip[start:start + rows], labels[start:start + rows]
+        aff = affinity.new_zeros(z.shape[0], width)
+        aff[:, slot] = affinity[start:start + rows][:, order]
+        margin = z.gather(1, y.view(-1, 1)) - z  # [n, C]
+        margin.scatter_(1, y.view(-1, 1), float("inf"))
+        e = torch.empty_like(aff)
         for bi, beta in enumerate(betas):
-            e = torch.exp(beta * aff - beta).unsqueeze(0) * kw  # [G, n, NK]
-            q = e.new_zeros(g, aff.shape[0], n_cls).index_add_(2, key_labels, e)  # [G, n, C]
-            pred = (z + alpha_t * q).argmax(dim=-1)  # [A, G, n]
-            counts[bi] += (pred == y).sum(dim=-1).cpu()
+            torch.mul(aff, beta, out=e).sub_(beta).exp_()  # (-1) * (beta - beta * R) (main.py l.86)
+            q = torch.einsum("nck,gck->gnc", e.view(-1, n_cls, kmax), kw)  # [G, n, C]
+            counts[bi] += correct_at_alphas(margin, q, y, alpha_t).sum(dim=-1).cpu()
     return counts
 
 
@@ -354,5 +397,5 @@ class ApeT(TipAdapter):
         return {"alpha": alpha, "beta": beta, "val_accuracy": 100.0 * best / labels.shape[0], "searched": True}
 
 
-__all__ = ["Ape", "ApeT", "cache_logits", "channel_criterion", "first_best", "full_precision", "gamma_grid",
+__all__ = ["Ape", "ApeT", "cache_logits", "channel_criterion", "class_major", "correct_at_alphas", "first_best", "full_precision", "gamma_grid",
            "search_cache_grid", "select_channels", "validation"]
