@@ -397,5 +397,5 @@ class ApeT(TipAdapter):
         return {"alpha": alpha, "beta": beta, "val_accuracy": 100.0 * best / labels.shape[0], "searched": True}
 
 
-__all__ = ["Ape", "ApeT", "cache_logits", "channel_criterion", "class_major", "correct_at_alphas", "first_best", "full_precision", "gamma_grid",
-           "search_cache_grid", "select_channels", "validation"]
+__all__ = ["Ape", "ApeT", "cache_logits", "channel_criterion", "class_major", "correct_at_alphas", "first_best",
+           "full_precision", "gamma_grid", "search_cache_grid", "select_channels", "validation"]
