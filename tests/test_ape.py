@@ -391,3 +391,17 @@ def test_the_alpha_intervals_equal_the_argmax_at_every_alpha():
     ref = torch.stack([(z + a * q).argmax(dim=-1) == y for a in alphas.tolist()])
     assert torch.equal(ours, ref)
     assert 0.2 < ref.float().mean() < 0.8 and (ref.any(dim=0) & ~ref.all(dim=0)).float().mean() > 0.2
+
+
+def test_the_alpha_intervals_handle_equal_cache_logits():
+    """b_c = q_y - q_c = 0: no bound if the zero-shot margin is positive; never right if it is 0 or negative."""
+    from vlprompt.methods.ape.model import correct_at_alphas
+
+    z = torch.tensor([[3.0, 1.0, 0.0], [3.0, 3.0, 0.0], [3.0, 4.0, 0.0]])
+    q = torch.tensor([[[2.0, 2.0, 0.5], [2.0, 2.0, 0.5], [2.0, 2.0, 0.5]]])
+    y = torch.zeros(3, dtype=torch.long)
+    alphas = torch.tensor([0.5, 1.0, 8.0])
+    margin = z.gather(1, y.view(-1, 1)) - z
+    margin.scatter_(1, y.view(-1, 1), float("inf"))
+    ours = correct_at_alphas(margin, q, y, alphas)[:, 0]
+    assert ours.tolist() == [[True, False, False]] * 3

@@ -144,15 +144,16 @@ def correct_at_alphas(margin: Tensor, q: Tensor, labels: Tensor, alphas: Tensor)
     ``labels [n]``, ``alphas [A]``. The true class wins at ``alpha`` iff ``a_c + alpha b_c > 0`` for every other
     class (``a = margin``, ``b = q_y - q_c``): an open interval ``(lo, hi)`` of alpha per row, ``lo`` the largest
     ``-a_c / b_c`` over ``b_c > 0``, ``hi`` the smallest over ``b_c < 0`` (a row with some ``b_c = 0, a_c <= 0`` is
-    never right). One pass over the classes instead of one per alpha; exact ties count as wrong.
+    never right: ``lo`` is ``+inf`` or NaN). One pass over the classes instead of one per alpha; exact ties count
+    as wrong.
     """
-    b = q.gather(2, labels.view(1, -1, 1).expand(q.shape[0], -1, 1)) - q  # [G, n, C]
+    b = torch.sub(q.gather(2, labels.view(1, -1, 1).expand(q.shape[0], -1, 1)), q)  # [G, n, C]
     cross = torch.div(margin, b).neg_()
-    lo = torch.where(b > 0, cross, float("-inf")).amax(dim=-1)
-    hi = torch.where(b < 0, cross, float("inf")).amin(dim=-1)
-    never = ((b == 0) & (margin <= 0)).any(dim=-1)
+    # b = 0: no bound when a > 0 (cross = -inf); never right when a < 0 (+inf) or a = 0 (nan) - both through lo
+    lo = torch.where(b >= 0, cross, float("-inf")).amax(dim=-1)
+    hi = cross.masked_fill_(b >= 0, float("inf")).amin(dim=-1)
     al = alphas.view(-1, 1, 1)
-    return (lo < al) & (al < hi) & ~never
+    return (lo < al) & (al < hi)
 
 
 @torch.no_grad()
