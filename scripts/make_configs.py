@@ -571,6 +571,113 @@ def adapter_files() -> dict[Path, str]:
     return files
 
 
+# --- APE / APE-T (yangyangyang127/APE @ 70460de) and GDA (mrflogs/ICLR24 @ 560fe21), few-shot ------------------------
+
+# APE configs/<file>.yaml: (file, search_scale, init_alpha, training_feat_num, training_free_feat_num, w_training_free,
+# lr, eps, train_epoch); every file: search_step [200, 20, 20] (ImageNet [200, 20, 5]), init_beta 1, init_gamma 0.1,
+# w_training [0.2, 0.8], augment_epoch 10
+APE_CONFIGS = {
+    "imagenet": ("imagenet", [7, 7, 0.5], 2, 500, 500, [0.7, 0.3], 0.0001, 0.001, 20),
+    "caltech101": ("caltech101", [7, 7, 1], 1, 900, 800, [0.5, 0.5], 0.001, 0.001, 30),
+    "oxford_pets": ("oxford_pets", [7, 7, 1], 2, 800, 800, [0.7, 0.3], 0.0001, 0.002, 30),
+    "stanford_cars": ("stanford_cars", [10, 7, 1], 1, 800, 500, [0.6, 0.4], 0.001, 0.005, 30),
+    "oxford_flowers": ("oxford_flowers", [7, 7, 1], 3, 800, 700, [0.4, 0.6], 0.001, 0.001, 60),
+    "food101": ("food101", [7, 7, 1], 0.8, 900, 700, [0.3, 0.7], 0.0001, 0.001, 30),
+    "fgvc_aircraft": ("fgvc", [20, 10, 1], 5, 900, 800, [0.1, 0.9], 0.001, 0.001, 30),
+    "sun397": ("sun397", [10, 7, 1], 1, 800, 800, [0.7, 0.3], 0.0001, 0.001, 30),
+    "dtd": ("dtd", [7, 7, 1], 3, 700, 400, [0.5, 0.5], 0.001, 0.001, 20),
+    "eurosat": ("eurosat", [30, 5, 1.5], 1, 900, 700, [0.9, 0.1], 0.001, 0.001, 200),
+    "ucf101": ("ucf101", [10, 7, 1.5], 2, 800, 700, [0.3, 0.7], 0.001, 0.002, 30),
+}
+# the line of each key in APE's configs/<file>.yaml (ImageNet's file has 3 more comment lines)
+APE_LINES = {"search_scale": 9, "search_step": 10, "init_beta": 12, "init_alpha": 13, "init_gamma": 14, "eps": 16,
+             "training_feat_num": 17, "training_free_feat_num": 18, "w_training_free": 20, "w_training": 21, "lr": 27,
+             "augment_epoch": 28, "train_epoch": 29}
+APE_IMAGENET_LINES = {"search_scale": 12, "search_step": 13, "init_beta": 15, "init_alpha": 16, "init_gamma": 17,
+                      "eps": 19, "training_feat_num": 20, "training_free_feat_num": 21, "w_training_free": 23,
+                      "w_training": 24, "lr": 30, "augment_epoch": 31, "train_epoch": 32}
+APE_COMMON = [
+    "  extract_features.py l.120-124: the cache's views RandomResizedCrop scale (0.5, 1) + flip (method.crop_scale);",
+    "    README.md l.68-70: the same file for 1, 2, 4, 8, 16 shots (--shot)",
+    "  data.templates: datasets/<dataset>.py `template` (CoOp's, as Tip-Adapter's); ImageNet: datasets/imagenet.py",
+    "    l.177-183, the 7 templates of vlprompt's 'imagenet_select'",
+    "  Not expressible: the text classifier also averages each class's CuPL GPT-3 sentences (extract_features.py",
+    "    l.61-84, gpt3_prompts/); the reference searches on the whole validation split (ImageNet: on the test set,",
+    "    main.py l.249-250), vlprompt on its few-shot val split (min(K, 4) images per class)"]
+
+
+def _ape_head(ds: str, variant: str) -> list[str]:
+    file, scale, alpha, t_num, f_num, w_free, lr, eps, epochs = APE_CONFIGS[ds]
+    ln = APE_IMAGENET_LINES if ds == "imagenet" else APE_LINES
+    step = [200, 20, 5] if ds == "imagenet" else [200, 20, 20]
+    head = [GEN + " yangyangyang127/APE@70460de",
+            f"  configs/{file}.yaml: search_scale {scale} (l.{ln['search_scale']}), search_step {step} "
+            f"(l.{ln['search_step']}), init_beta 1,",
+            f"    init_alpha {alpha:g}, init_gamma 0.1 (l.{ln['init_beta']}-{ln['init_gamma']}), augment_epoch 10 "
+            f"(l.{ln['augment_epoch']}), backbone RN50"]
+    if variant == "ape":
+        head.append(f"    training_free_feat_num {f_num} (l.{ln['training_free_feat_num']}), w_training_free {w_free} "
+                    f"(l.{ln['w_training_free']})")
+        return head + APE_COMMON
+    return head + [
+        f"    training_feat_num {t_num} (l.{ln['training_feat_num']}), w_training [0.2, 0.8] (l.{ln['w_training']}), "
+        f"lr {lr:g} (l.{ln['lr']}), train_epoch {epochs} (l.{ln['train_epoch']})",
+        "  main.py l.116-117: AdamW(lr, eps, weight_decay=0.1), cosine; l.258-269 (commented out in the published",
+        "    main.py): batch 256, views RandomResizedCrop (0.5, 1) + flip; l.158-175: the epoch of best validation",
+        "    accuracy is kept (method.select_best_epoch), then beta / alpha are searched (l.178-197)",
+        *APE_COMMON,
+        f"  Not expressible: AdamW eps {eps:g} (l.{ln['eps']}; vlprompt: torch's 1e-8); the cosine is stepped per "
+        "iteration",
+        "    (vlprompt: per epoch); training views use CoOp's crop scale (0.08, 1), not (0.5, 1)"]
+
+
+GDA_HEAD = [
+    GEN + " mrflogs/ICLR24@560fe21",
+    "  configs/few_shots/{file}.yaml: backbone RN50 (l.7), augment_epoch 10 (l.10); main_few_shots.py l.104-110:",
+    "    seeds 1, 2, 3 and shots 1, 2, 4, 8, 16 with the same file",
+    "  main_few_shots.py l.24-29: the views RandomResizedCrop scale (0.5, 1) + flip (method.crop_scale); l.68-77:",
+    "    alpha searched over [0.0001, 0.001, 0.01, 0.1, 1, 10, 100] (method.alpha_list), 0.1 kept if none is",
+    "    better than 0 (method.init_alpha)",
+    "  data.templates: datasets/<dataset>.py `template` (CoOp's); ImageNet: datasets/imagenet.py l.180-186, the 7",
+    "    templates of vlprompt's 'imagenet_select'",
+    "  Not expressible: the reference searches alpha on the whole validation split (ImageNet: on the test set,",
+    "    main_few_shots.py l.137), vlprompt on its few-shot val split (min(K, 4) images per class)"]
+
+
+def training_free_files() -> dict[Path, str]:
+    files = {}
+    for ds in DATASETS:
+        file, scale, alpha, t_num, f_num, w_free, lr, _eps, epochs = APE_CONFIGS[ds]
+        step = [200, 20, 5] if ds == "imagenet" else [200, 20, 20]
+        templates = "imagenet_select" if ds == "imagenet" else None
+        common = {"init_beta": 1, "init_alpha": alpha}
+        for k in SHOTS:
+            ape = {"name": "ape", **common, "init_gamma": 0.1, "search_hp": True, "search_scale": scale,
+                   "search_step": step, "training_free_feat_num": f_num, "w_training_free": w_free,
+                   "augment_epoch": 10, "crop_scale": [0.5, 1.0]}
+            cfg = _run(ape, RN50, ds, k, f"runs/ape/{ds}/rn50_{k}shots/seed{{seed}}", templates=templates)
+            head = [f"APE (training-free) on {ds}, RN50, {k} shots (Zhu et al., ICCV 2023). Seeds: --seed 1|2|3",
+                    *_ape_head(ds, "ape")]
+            files[CONFIGS / "ape" / ds / f"rn50_{k}shots.yaml"] = _file(head, cfg)
+            ape_t = {"name": "ape_t", **common, "search_hp": True, "search_scale": scale, "search_step": step,
+                     "training_feat_num": t_num, "w_training": [0.2, 0.8], "augment_epoch": 10,
+                     "crop_scale": [0.5, 1.0], "select_best_epoch": True}
+            optim = {"name": "adamw", "lr": lr, "weight_decay": 0.1, "max_epoch": epochs, "batch_size": 256,
+                     "warmup_epoch": 0, "lr_scheduler": "cosine", "test_batch_size": 100}
+            cfg = _run(ape_t, RN50, ds, k, f"runs/ape_t/{ds}/rn50_{k}shots/seed{{seed}}", optim=optim,
+                       templates=templates)
+            head = [f"APE-T on {ds}, RN50, {k} shots (Zhu et al., ICCV 2023). Seeds: --seed 1|2|3",
+                    *_ape_head(ds, "ape_t")]
+            files[CONFIGS / "ape_t" / ds / f"rn50_{k}shots.yaml"] = _file(head, cfg)
+            gda = {"name": "gda", "augment_epoch": 10, "crop_scale": [0.5, 1.0],
+                   "alpha_list": [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0], "init_alpha": 0.1}
+            cfg = _run(gda, RN50, ds, k, f"runs/gda/{ds}/rn50_{k}shots/seed{{seed}}", templates=templates)
+            head = [f"GDA on {ds}, RN50, {k} shots (Wang et al., ICLR 2024). Seeds: --seed 1|2|3",
+                    *[line.format(file=file) for line in GDA_HEAD]]
+            files[CONFIGS / "gda" / ds / f"rn50_{k}shots.yaml"] = _file(head, cfg)
+    return files
+
+
 def baseline_files() -> dict[Path, str]:
     return {**kgcoop_files(), **prograd_files(), **deep_files(), **promptsrc_files(), **adapter_files()}
 
@@ -690,7 +797,8 @@ def sweep_files() -> dict[Path, str]:
 
 
 def expected_files() -> dict[Path, str]:
-    return {**coop_files(), **cocoop_files(), **upl_locoop_files(), **baseline_files(), **sweep_files()}
+    return {**coop_files(), **cocoop_files(), **upl_locoop_files(), **baseline_files(), **training_free_files(),
+            **sweep_files()}
 
 
 def main() -> int:

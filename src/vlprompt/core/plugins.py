@@ -41,6 +41,8 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.linear_probe",
         "vlprompt.methods.clip_adapter",
         "vlprompt.methods.tip_adapter",
+        "vlprompt.methods.ape",
+        "vlprompt.methods.gda",
         "vlprompt.methods.clip_lora",
         "vlprompt.methods.ivlp",
         "vlprompt.methods.maple",
