@@ -104,7 +104,7 @@ def test_paper_data_is_well_formed_and_self_consistent():
     raw = json.loads(PAPER_RESULTS.read_text(encoding="utf-8"))
     assert "Table 1" in raw["about"] and "Table 3" in raw["about"] and "LoCoOp" in raw["about"]
     # CoCoOp / LoCoOp ...; KgCoOp README; Tip-Adapter exp.log; MaPLe + PromptSRC READMEs; TPT README; TDA README
-    assert len(entries) == 39 + 5 + 165 + 13 + 36 + 51
+    assert len(entries) == 39 + 5 + 165 + 13 + 36 + 51 + 220  # + APE's notebook and GDA's exp.log (1-16 shots)
     datasets, methods = set(list_datasets()), set(list_methods())
     for e in entries:
         # a test-time label "A+B" (tpt+coop) names two methods: A started from B's prompt
@@ -120,9 +120,10 @@ def test_paper_data_is_well_formed_and_self_consistent():
             assert e.id_dataset == "imagenet" and e.score in {"mcm", "glmcm"} and e.shots is not None
             assert e.dataset in set(LOCOOP_SETS) | {"average"} and set(e.values) == {"fpr95", "auroc"}
             assert e.source.startswith("http"), e  # every newly added number names the text it was read from
-        elif e.setting == "fewshot":  # Tip-Adapter's exp.log: 1-16 shots, RN50, the shared paper tables' source
+        elif e.setting == "fewshot":  # Tip-Adapter's and GDA's exp.log, APE's results notebook: 1-16 shots, RN50
             assert set(e.values) == {"accuracy"} and e.shots in (1, 2, 4, 8, 16) and e.dataset in datasets, e
-            assert e.paper == "tip_adapter" and "exp.log" in e.source and "@" in e.source, e
+            source = {"tip_adapter": "exp.log", "gda": "exp.log", "ape": "APE_results.ipynb"}[e.paper]
+            assert source in e.source and "@" in e.source, e
         elif e.setting == "tta":  # TPT's and TDA's README tables (RN50), commit-pinned sources
             assert set(e.values) == {"accuracy"} and e.dataset in datasets | {"average"}, e
             assert e.paper in ("tpt", "tda") and e.backbone == "RN50" and "README" in e.source and "@" in e.source, e
@@ -161,7 +162,7 @@ def test_paper_selection_and_backbone_names():
     assert select_papers(entries, ["all"]) == entries
     assert select_papers(entries, ["CoCoOp"]) == [e for e in entries if e.paper == "cocoop"]
     assert {e.paper for e in select_papers(entries, ["kgcoop", "tip_adapter"])} == {"kgcoop", "tip_adapter"}
-    with pytest.raises(DataError, match="choose from cocoop, kgcoop, maple, promptsrc, tda, tip_adapter, tpt, all"):
+    with pytest.raises(DataError, match="choose from ape, cocoop, gda, kgcoop, maple, promptsrc, tda, tip_adapter, tpt, all"):
         select_papers(entries, ["nope"])
     assert normalize_backbone("ViT-B/16") == normalize_backbone("ViT-B-16-quickgelu") == "vit-b-16"
 
