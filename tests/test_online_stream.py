@@ -152,6 +152,11 @@ def test_orders_report_mean_and_std_over_seeded_orders(cache_probe, tiny_imagefo
     assert cell["accuracy"]["std"] == pytest.approx(row["accuracy_std"])  # over the 3 orders of the one run
     md = (tmp_path / "many_report" / "report.md").read_text()
     assert "1 x 3 orders" in md
+    from vlprompt.report.collect import collect_tta
+    from vlprompt.report.tables import _order_spread
+
+    (runs,) = collect_tta(tmp_path / "many", [], None).values()
+    assert _order_spread([runs]) == f" ± {statistics.pstdev(row['accuracy_by_order']):.2f}"
     zs = tta(config_from_dict(_cfg_dict(tiny_imagefolder, {"name": "zeroshot"})), "imagefolder", tmp_path / "zs",
              orders=3)["per_target"]["imagefolder"]
     assert zs["orders_run"] == 1 and zs["accuracy_std"] == 0.0

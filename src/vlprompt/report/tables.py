@@ -567,6 +567,20 @@ def _tta_pair(runs: Sequence[TtaRun]) -> str:
     return f"{statistics.fmean(acc):.2f}{spread} / {_tta_stat(runs, 'ece'):.2f}"
 
 
+def _order_spread(per_target: Sequence[Sequence[TtaRun]]) -> str:
+    """`` ± std`` over the stream orders of the average over targets, when each target has one run of the same
+    orders (an online method's ``--orders N``): the k-th order's accuracies averaged over the targets, then the
+    spread over k; else ``""``."""
+    lists = []
+    for runs in per_target:
+        if len(runs) != 1 or not isinstance(runs[0].row.get("accuracy_by_order"), list):
+            return ""
+        lists.append(runs[0].row["accuracy_by_order"])
+    if len({len(v) for v in lists}) != 1 or len(lists[0]) < 2:
+        return ""
+    return f" ± {statistics.pstdev(statistics.fmean(col) for col in zip(*lists)):.2f}"
+
+
 def tta_comparison(groups: dict[TtaKey, list[TtaRun]]) -> list[Table]:
     """Per backbone with several test-time methods: rows target (+ the average over the targets every method
     ran), columns method, cells ``accuracy / ECE`` (means over runs, %; ``accuracy ± std / ECE`` where there are
@@ -590,7 +604,7 @@ def tta_comparison(groups: dict[TtaKey, list[TtaRun]]) -> list[Table]:
             for m in methods:
                 acc = statistics.fmean(_tta_stat(groups[(m, bb, t)], "accuracy") or 0.0 for t in shared)
                 ece = statistics.fmean(_tta_stat(groups[(m, bb, t)], "ece") or 0.0 for t in shared)
-                row.append(f"{acc:.2f} / {ece:.2f}")
+                row.append(f"{acc:.2f}{_order_spread([groups[(m, bb, t)] for t in shared])} / {ece:.2f}")
             rows.append(row)
         tables.append(Table(f"test-time adaptation ({bb}): accuracy % / ECE % per target and method",
                             ["target", *methods], rows))
