@@ -201,7 +201,7 @@ def test_online_api_gives_the_protocol_predictions(cache_probe, vit, tiny_imagef
 def test_sigkill_mid_stream_then_resume(tiny_imagefolder, tmp_path, cache_probe):
     """A real SIGKILL of `vlprompt protocol tta` once a stream checkpoint exists; run again, the stream resumes
     mid-way and the predictions equal an uninterrupted in-process run's."""
-    method = {"name": online_probe.NAME, "sleep": 0.15}
+    method = {"name": online_probe.NAME, "sleep": 0.08}
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(_cfg_dict(tiny_imagefolder, method)))
     out = tmp_path / "killed"
