@@ -127,6 +127,7 @@ def test_checkpointed_stream_resumes_after_an_exception(cache_probe, vit, tiny_i
         adapt_stream(method, splits.test, splits.loader, views, order_seed=6, checkpoint=ckpt)
 
 
+@pytest.mark.slow
 def test_orders_report_mean_and_std_over_seeded_orders(cache_probe, tiny_imagefolder, tmp_path):
     """--orders 3: the online method runs three seeded orders (each as a single-order run would), the row holds
     their mean ± pstdev, the table shows it; zero-shot (order-free) runs once."""
@@ -232,3 +233,39 @@ def test_sigkill_mid_stream_then_resume(tiny_imagefolder, tmp_path, cache_probe)
     assert killed["pred"] == ref["pred"] and killed["order"] == ref["order"]
     assert killed["confidence"] == pytest.approx(ref["confidence"], abs=1e-6)
     assert not (out / "tta_targets" / "imagefolder.stream").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tda", "dpe", "boostadapter"])
+def test_the_online_methods_stream_through_the_api_and_resume_exactly(name, vit, tiny_imagefolder, tmp_path):
+    """Each shipped online method through ``vlprompt.online``: 10 views per image, the state saved after 6 images
+    and loaded into a new adapter continues with the uninterrupted stream's logits; its cache grows."""
+    from vlprompt.data.pipeline import load_dataset
+
+    splits = load_dataset(config_from_dict(_cfg_dict(tiny_imagefolder, {"name": "zeroshot"})).data)
+    images = [Image.open(item.path).convert("RGB") for item in splits.test][:12]
+    names = list(splits.classnames)
+    whole = vlprompt.online(name, vit, names, views=10, seed=4, device="cpu").predict(images)
+    first = vlprompt.online(name, vit, names, views=10, seed=4, device="cpu")
+    head = first.predict(images[:6])
+    assert first.method.adaptation_size() > 0
+    first.save(tmp_path / f"{name}.safetensors")
+    again = vlprompt.online(name, vit, names, views=10, seed=4, device="cpu", state=tmp_path / f"{name}.safetensors")
+    torch.testing.assert_close(torch.cat([head, again.predict(images[6:])]), whole, rtol=0, atol=1e-5)
+
+
+def test_an_online_method_through_the_cli_with_orders(tiny_imagefolder, tmp_path, capsys):
+    """`vlprompt protocol tta --orders 2` with TDA: two orders, their spread, the cache size in the table."""
+    from vlprompt.cli.main import main
+
+    cfg = tmp_path / "tda.yaml"
+    cfg.write_text(yaml.safe_dump(_cfg_dict(tiny_imagefolder, {"name": "tda"})))
+    out = tmp_path / "tda"
+    assert main(["protocol", "tta", "-c", str(cfg), "--targets", "imagefolder", "--orders", "2", "--order-seed", "5",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    row = json.loads((out / "tta_results.json").read_text())["per_target"]["imagefolder"]
+    assert row["orders_run"] == 2 and row["order_seeds"] == [5, 6] and len(row["accuracy_by_order"]) == 2
+    assert row["cache_size"] > 0 and row["n_views"] == 1 and "| cache" in printed
+    assert main(["protocol", "base2new", "-c", str(cfg), "--orders", "2"]) == 2  # tta-only option
+    assert "--orders" in capsys.readouterr().err

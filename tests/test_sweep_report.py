@@ -162,7 +162,8 @@ def test_paper_selection_and_backbone_names():
     assert select_papers(entries, ["all"]) == entries
     assert select_papers(entries, ["CoCoOp"]) == [e for e in entries if e.paper == "cocoop"]
     assert {e.paper for e in select_papers(entries, ["kgcoop", "tip_adapter"])} == {"kgcoop", "tip_adapter"}
-    with pytest.raises(DataError, match="choose from ape, cocoop, gda, kgcoop, maple, promptsrc, tda, tip_adapter, tpt, all"):
+    with pytest.raises(DataError, match="choose from ape, cocoop, gda, kgcoop, maple, promptsrc, tda, tip_adapter, "
+                                        "tpt, all"):
         select_papers(entries, ["nope"])
     assert normalize_backbone("ViT-B/16") == normalize_backbone("ViT-B-16-quickgelu") == "vit-b-16"
 
