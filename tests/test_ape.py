@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fit_data import FixedFitData
 from vlprompt.core.errors import ConfigError
 from vlprompt.methods.ape.model import channel_criterion
 from vlprompt.methods.base import MethodContext
@@ -26,23 +27,7 @@ CONTEXT = MethodContext(templates=[TEMPLATE])
 SHOTS = 3
 
 
-class _FitData:
-    """Fixed augmented views ``[V, N, E]`` of the few-shot set and validation features."""
-
-    def __init__(self, views, labels, val, val_labels):
-        self.views, self.labels, self.val, self.val_labels = views, labels, val, val_labels
-        self.logged: list[str] = []
-
-    def augmented_features(self, views, crop_scale=(0.5, 1.0)):
-        assert views == self.views.shape[0] and tuple(crop_scale) == (0.5, 1.0)
-        return self.views, self.labels
-
-    def features(self, split):
-        assert split == "val"
-        return self.val, self.val_labels
-
-    def log(self, message):
-        self.logged.append(message)
+_FitData = FixedFitData
 
 
 def _data(backbone, seed=0, noise=2.5):

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fit_data import FixedFitData
 from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.methods.base import MethodContext
 from vlprompt.methods.gda.model import gda_estimate
@@ -25,21 +26,7 @@ TEMPLATE = "a photo of a {}, a type of thing."
 CONTEXT = MethodContext(templates=[TEMPLATE])
 
 
-class _FitData:
-    def __init__(self, views, labels, val, val_labels):
-        self.views, self.labels, self.val, self.val_labels = views, labels, val, val_labels
-        self.logged: list[str] = []
-
-    def augmented_features(self, views, crop_scale=(0.5, 1.0)):
-        assert views == self.views.shape[0] and tuple(crop_scale) == (0.5, 1.0)
-        return self.views, self.labels
-
-    def features(self, split):
-        assert split == "val"
-        return self.val, self.val_labels
-
-    def log(self, message):
-        self.logged.append(message)
+_FitData = FixedFitData
 
 
 def _data(backbone, shots=4, views=10, seed=0, spread=0.6, val_noise=1.8):
