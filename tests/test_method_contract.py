@@ -305,17 +305,24 @@ def test_registration_gives_the_identity_and_the_capabilities(name, backbone):
 def test_a_test_time_stream_is_reproducible_and_an_online_state_carries_it(name, backbone):
     """A method that adapts at test time: two passes over one stream give identical logits (episodic: reset per
     image; online: reset once per stream); an online method's ``adaptation_state`` after 3 images, loaded into a
-    freshly built method, continues the stream with the uninterrupted logits (a mid-stream resume)."""
+    freshly built method, continues the stream with the uninterrupted logits (a mid-stream resume). A method that
+    does not adapt keeps no test-time state and the stream predicts each original view as the method does."""
     from vlprompt.engine.test_time import TestTimeAdapter
 
     caps = _caps(name)
-    if not caps.adapts_at_test_time:
-        pytest.skip(f"{name} does not adapt at test time")
-    stream = [_images(backbone, 10, seed=100 + i) for i in range(5)]  # 5 images of 10 views each (Zero keeps 10%)
     method = _build(name, backbone)
 
     def run(adapter, images):
         return torch.stack([adapter.step(v).logits for v in images])
+
+    if not caps.adapts_at_test_time:
+        stream = [_images(backbone, 1, seed=100 + i) for i in range(2)]
+        with torch.no_grad():
+            plain = torch.cat([method.eval()(v) for v in stream]).float()
+        torch.testing.assert_close(run(TestTimeAdapter(method), stream), plain, rtol=1e-4, atol=1e-4)
+        assert method.adaptation_state() == {} and method.adaptation_size() == 0
+        return
+    stream = [_images(backbone, 10, seed=100 + i) for i in range(5)]  # 5 images of 10 views each (Zero keeps 10%)
 
     first = run(TestTimeAdapter(method), stream)
     assert first.shape == (5, len(NAMES)) and torch.isfinite(first).all()
