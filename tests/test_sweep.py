@@ -139,3 +139,23 @@ def test_sweep_config_per_method_mapping(tmp_path):
     sweep["config"] = {"cocoop": str(tmp_path / "cocoop.yaml")}  # no entry for coop and no default
     path.write_text(yaml.safe_dump(sweep))
     assert main(["sweep", str(path), "--no-progress"]) == 2
+
+
+def test_sweep_option_orders_is_for_tta_and_a_whole_number(tmp_path):
+    """``orders: N`` reaches protocol tta (an online method's stream orders); elsewhere, or not a whole number >= 1,
+    it is one clear error naming the file and the option."""
+    from vlprompt.core.errors import ConfigError
+    from vlprompt.tasks.sweep import load_sweep
+
+    def sweep(**raw):
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({"name": "s", "datasets": ["d"], **raw}))
+        return path
+
+    assert load_sweep(sweep(protocol="tta", targets=["d"], orders=5)).orders == 5
+    assert load_sweep(sweep(protocol="tta", targets=["d"])).orders == 1
+    for raw in ({"protocol": "fewshot", "orders": 3}, {"protocol": "tta", "targets": ["d"], "orders": 0},
+                {"protocol": "tta", "targets": ["d"], "orders": "5"}, {"protocol": "tta", "targets": ["d"],
+                                                                        "orders": True}):
+        with pytest.raises(ConfigError, match="sweep option 'orders' in .*s.yaml"):
+            load_sweep(sweep(**raw))
