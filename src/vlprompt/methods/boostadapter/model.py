@@ -46,17 +46,12 @@ import torch
 from torch import Tensor
 
 from vlprompt.methods.tda.cache import ClassCache, Policy
-from vlprompt.methods.tda.model import CONFIDENT_FRACTION, IMAGENET, TDA, TDA_VIEWS, softmax_entropy, summarise
+from vlprompt.methods.tda.model import CONFIDENT_FRACTION, IMAGENET, TDA, TDA_VIEWS, summarise
+from vlprompt.methods.view_entropy import select_confident_views, softmax_entropy
 
 #: vlprompt's names of the ImageNet sets, where BoostAdapter summarises an image by its confident views (its
 #: ``infer_ori_image`` is false: runner.py l.120-125 lists every other dataset it runs).
 IMAGENET_SETS = frozenset({IMAGENET, "imagenet_a", "imagenetv2", "imagenet_r", "imagenet_sketch"})
-
-
-def output_entropy(logits: Tensor) -> Tensor:
-    """``get_output_entropy`` (utils.py l.25-27): the entropy of each row's softmax, via log-probabilities."""
-    logp = logits - logits.logsumexp(dim=-1, keepdim=True)
-    return -(logp * torch.exp(logp)).sum(dim=-1)
 
 
 class BoostAdapter(TDA):
@@ -97,9 +92,9 @@ class BoostAdapter(TDA):
         keep = int(feats.shape[0] * CONFIDENT_FRACTION)  # select_confident_samples(..., 0.1), utils.py l.32-36
         if keep < 1:
             return sums
-        idx = torch.argsort(softmax_entropy(logits), stable=True)[:keep]
+        idx = select_confident_views(logits, CONFIDENT_FRACTION)
         sel_logits = logits[idx]
-        sel_entropy = output_entropy(sel_logits).float().cpu()  # runner.py l.141
+        sel_entropy = softmax_entropy(sel_logits).float().cpu()  # runner.py l.141
         sel_pred = sel_logits.argmax(dim=-1).cpu()  # l.145
         sel_weights = torch.exp(-(beta - beta * (feats[idx] @ feature)))  # [keep]
         capacity = pos.capacity + int(self.config.delta)  # l.147

@@ -78,6 +78,7 @@ from torch import Tensor
 from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import DataError
 from vlprompt.methods.base import Adapted, MethodContext, PromptMethod
+from vlprompt.methods.view_entropy import average_prediction_entropy, select_confident_views
 from vlprompt.methods.view_features import ViewFeatureMethod
 
 #: ``get_clip_logits``: the confident fraction of the views (``utils.py`` l.150).
@@ -88,23 +89,6 @@ EVOLVE_THRESHOLD = 0.1
 INFONCE_TEMPERATURE = 0.01
 #: AdamW's ``eps`` and ``weight_decay`` for both residuals (``main_dpe.py`` l.249-250, 254); betas: torch's defaults.
 ADAMW_EPS, ADAMW_WEIGHT_DECAY, ADAMW_BETAS = 1e-3, 1e-1, (0.9, 0.999)
-
-
-def entropy_of_mean(logits: Tensor) -> Tensor:
-    """``avg_entropy`` (``utils.py`` l.55-60): the entropy (nats) of the mean of ``softmax(logits)`` over the rows of
-    ``logits [N, n_cls]`` (for one row, the entropy of its softmax)."""
-    logp = logits.log_softmax(dim=-1)
-    avg = torch.logsumexp(logp, dim=0) - math.log(logp.shape[0])
-    avg = avg.clamp_min(torch.finfo(avg.dtype).min)
-    return -(avg * avg.exp()).sum(dim=-1)
-
-
-def confident_views(logits: Tensor) -> Tensor:
-    """Indices of the ``max(1, int(0.1 V))`` views of lowest softmax entropy, most confident first (``utils.py``
-    l.148-150): ``logits [V, n_cls] -> [k]``."""
-    entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
-    keep = max(1, int(logits.shape[0] * CONFIDENT_FRACTION))
-    return torch.argsort(entropy, stable=True)[:keep]
 
 
 def adamw_first_step(grad: Tensor, lr: float) -> Tensor:
@@ -256,9 +240,9 @@ class DPE(ViewFeatureMethod):
         ``[n_cls, E]``: (feature ``[E]``, logits ``[n_cls]``, entropy ``[]``)."""
         logits = self.scaled(feats @ weights.t())  # [V, n_cls]
         if feats.shape[0] == 1:
-            return feats[0], logits[0], entropy_of_mean(logits[:1])
-        keep = confident_views(logits.detach())
-        return feats[keep].mean(0), logits[keep].mean(0), entropy_of_mean(logits[keep])
+            return feats[0], logits[0], average_prediction_entropy(logits[:1])
+        keep = select_confident_views(logits.detach(), CONFIDENT_FRACTION)
+        return feats[keep].mean(0), logits[keep].mean(0), average_prediction_entropy(logits[keep])
 
     def _enqueue(self, label: int, feature: Tensor, entropy: float) -> None:
         """``update_cache`` (``main_dpe.py`` l.40-52): class ``label``'s queue, ascending in entropy, gets
@@ -300,10 +284,10 @@ class DPE(ViewFeatureMethod):
                     final = logits + self._cache_logits(feature, keys, classes)  # l.234-237
                     align = F.cross_entropy(keys @ weights[classes].t() / INFONCE_TEMPERATURE,
                                             torch.arange(classes.shape[0], device=keys.device))  # l.240 (info_nce)
-                    loss = entropy_of_mean(final[None]) + align * cfg_lr["align"]
+                    loss = average_prediction_entropy(final[None]) + align * cfg_lr["align"]
                     params, lrs = [r_text, r_image], [cfg_lr["text"], cfg_lr["image"]]
                 else:
-                    loss = entropy_of_mean(logits[None])  # l.243
+                    loss = average_prediction_entropy(logits[None])  # l.243
                 grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 residuals = [adamw_first_step(g, lr) for g, lr in zip(grads, lrs)]  # l.248-262
@@ -318,7 +302,7 @@ class DPE(ViewFeatureMethod):
                 if cfg_pos["enabled"]:
                     keys = F.normalize(protos + residuals[1], dim=-1)
                     final = logits + self._cache_logits(feature, keys, classes)  # l.274-277
-                if float(entropy_of_mean(final[None]) / log2_cls) < EVOLVE_THRESHOLD:  # l.283-293
+                if float(average_prediction_entropy(final[None]) / log2_cls) < EVOLVE_THRESHOLD:  # l.283-293
                     self._num_avg += 1
                     self._text = text * (self._num_avg / (self._num_avg + 1)) + weights * (1 / (self._num_avg + 1))
         return Adapted(final.detach(), {"image_forward": int(views.shape[0]), "text_forward": 0, "backward": 1})

@@ -60,6 +60,7 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import ConfigError
 from vlprompt.methods.base import Adapted, MethodContext
 from vlprompt.methods.tda.cache import ClassCache, Policy
+from vlprompt.methods.view_entropy import average_prediction_entropy, select_confident_views, softmax_entropy
 from vlprompt.methods.view_features import ViewFeatureMethod
 
 #: The fraction of the views kept as confident (utils.py l.78; BoostAdapter runner.py l.140).
@@ -68,19 +69,6 @@ CONFIDENT_FRACTION = 0.1
 TDA_VIEWS = 64
 #: vlprompt's name of ImageNet itself, where TDA and BoostAdapter see the original only (utils.py l.128-130).
 IMAGENET = "imagenet"
-
-
-def softmax_entropy(logits: Tensor) -> Tensor:
-    """``-sum softmax(l) log_softmax(l)`` over the last axis (utils.py l.24-25)."""
-    return -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
-
-
-def avg_entropy(logits: Tensor) -> Tensor:
-    """Entropy of the mean of the softmax of ``logits [k, n_cls]`` (utils.py l.28-33)."""
-    logp = logits - logits.logsumexp(dim=-1, keepdim=True)
-    avg = logp.logsumexp(dim=0) - math.log(logp.shape[0])
-    avg = torch.clamp(avg, min=torch.finfo(avg.dtype).min)
-    return -(avg * torch.exp(avg)).sum(dim=-1)
 
 
 class Summary(NamedTuple):
@@ -105,10 +93,10 @@ def summarise(features: Tensor, logits: Tensor, *, original_only: bool = False) 
     if keep < 1:
         raise ConfigError(f"TDA averages the int(0.1 V) most confident views: none with V = {n_views} views (the "
                           "authors' code gives NaN); give 1 view or at least 10 (--views)")
-    idx = torch.argsort(softmax_entropy(logits), stable=True)[:keep]
+    idx = select_confident_views(logits, CONFIDENT_FRACTION)
     out = logits[idx]
     mean_logits = out.mean(0)
-    return Summary(features[idx].mean(0), mean_logits, float(avg_entropy(out)), out.softmax(-1).mean(0),
+    return Summary(features[idx].mean(0), mean_logits, float(average_prediction_entropy(out)), out.softmax(-1).mean(0),
                    int(mean_logits.argmax()))
 
 

@@ -48,31 +48,11 @@ from vlprompt.backbones.base import Backbone
 from vlprompt.methods.base import Adapted, MethodContext, PromptMethod
 from vlprompt.methods.coop.prompt import PromptLearner
 from vlprompt.methods.tpt.config import TPTConfig
+from vlprompt.methods.view_entropy import average_prediction_entropy, select_confident_views
 
 #: Methods whose prompt files TPT starts from (:meth:`TPT.start_from`).
 STARTS_FROM = ("a 'coop' prompt with unified context (csc false), a 'cocoop' prompt, or a prompt whose image tower "
                "is prompted too (maple, ivlp, vpt_deep, promptsrc)")
-
-
-def select_confident_views(logits: Tensor, selection_p: float) -> Tensor:
-    """Indices of the ``int(V * selection_p)`` views of lowest prediction entropy, lowest first.
-
-    ``logits [V, n_cls] -> [k]`` (``select_confident_samples``, tpt_classification.py l.41-44). At least one
-    view is kept: below 10 views the authors' ``int(V * 0.1)`` is 0 and their loss is undefined. Ties are
-    broken by view order (stable sort).
-    """
-    entropy = -(logits.softmax(dim=1) * logits.log_softmax(dim=1)).sum(dim=1)  # [V]
-    k = max(1, int(logits.shape[0] * selection_p))
-    return torch.argsort(entropy, stable=True)[:k]
-
-
-def average_prediction_entropy(logits: Tensor) -> Tensor:
-    """``H(mean_v softmax(z_v))`` of ``logits [k, n_cls]`` -> scalar, in log space (``avg_entropy``,
-    tpt_classification.py l.46-51: log of the mean probability by logsumexp, clamped at the dtype's minimum)."""
-    log_p = logits.float().log_softmax(dim=-1)  # [k, n_cls]
-    log_mean = torch.logsumexp(log_p, dim=0) - torch.log(torch.tensor(float(log_p.shape[0]), device=log_p.device))
-    log_mean = log_mean.clamp(min=torch.finfo(log_mean.dtype).min)
-    return -(log_mean * log_mean.exp()).sum(dim=-1)
 
 
 class TPT(PromptMethod):
