@@ -364,3 +364,22 @@ class PromptMethod(nn.Module):
         (possibly cached) image features (see :class:`LossTerms`)."""
         logits = self.forward_features(features)
         return LossTerms({"ce": (F.cross_entropy(logits.float(), labels, reduction="sum"), labels.shape[0])}, logits)
+
+
+def cosine_over_text_features(method: PromptMethod) -> bool:
+    """Whether ``method``'s logits are CLIP's cosine classifier over its ``text_features()`` (it overrides neither
+    ``forward_features`` nor ``logits``): a test-time method can then start from those text features."""
+    cls = type(method)
+    return cls.forward_features is PromptMethod.forward_features and cls.logits is PromptMethod.logits
+
+
+def check_start_source(method: PromptMethod, source: PromptMethod) -> None:
+    """``ValueError`` unless ``source`` (the method a test-time method starts from) was built for ``method``'s class
+    names on the same backbone (by name): a prompt file loaded for this method's classes."""
+    if list(source.classnames) != method.classnames:
+        raise ValueError(f"method '{method.method_name}' cannot start from a '{source.method_name}' prompt built for "
+                         f"other class names ({len(source.classnames)} classes, {len(method.classnames)} here): load "
+                         "the prompt file for this method's class names")
+    if source.backbone.name != method.backbone.name:
+        raise ValueError(f"method '{method.method_name}' on {method.backbone.name} cannot start from a "
+                         f"'{source.method_name}' prompt on {source.backbone.name}")

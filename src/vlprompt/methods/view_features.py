@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.methods.base import MethodContext, PromptMethod, template_text_features
+from vlprompt.methods.base import (
+    MethodContext,
+    PromptMethod,
+    check_start_source,
+    cosine_over_text_features,
+    template_text_features,
+)
 from vlprompt.methods.cocoop.model import CoCoOp
 
 
@@ -73,20 +79,14 @@ class ViewFeatureMethod(PromptMethod):
     def start_from(self, source: PromptMethod) -> None:
         """Start from a CoOp-family prompt (its ``text_features()``, computed once) or a CoCoOp prompt (its text
         features for each test image's original view); anything else is refused (``ValueError``)."""
-        plain = (type(source).forward_features is PromptMethod.forward_features
-                 and type(source).logits is PromptMethod.logits)
         caps = source.capabilities
+        plain = cosine_over_text_features(source)
         if not isinstance(source, CoCoOp) and (not plain or caps.class_specific or caps.image_conditional):
             raise ValueError(f"method '{self.method_name}' cannot start from a '{source.method_name}' prompt file: "
                              "it starts from prompts whose logits are CLIP's cosine classifier over class text "
                              "features (coop, kgcoop, prograd, locoop, maple, ivlp, vpt_deep, deep_language, "
                              "promptsrc, clip_lora) or from cocoop")
-        if list(source.classnames) != self.classnames:
-            raise ValueError(f"method '{self.method_name}' cannot start from a '{source.method_name}' prompt for other "
-                             f"class names ({len(source.classnames)} classes, {len(self.classnames)} here)")
-        if getattr(source.backbone, "name", None) != getattr(self.backbone, "name", None):
-            raise ValueError(f"method '{self.method_name}' runs on {getattr(self.backbone, 'name', '?')}, the "
-                             f"'{source.method_name}' prompt on {getattr(source.backbone, 'name', '?')}")
+        check_start_source(self, source)
         self._encoder = (source.eval(),) if caps.modifies_encoders else ()
         if isinstance(source, CoCoOp):
             self._conditional = (source.eval(),)

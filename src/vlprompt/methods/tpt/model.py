@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.methods.base import Adapted, MethodContext, PromptMethod
+from vlprompt.methods.base import Adapted, MethodContext, PromptMethod, check_start_source, cosine_over_text_features
 from vlprompt.methods.coop.prompt import PromptLearner
 from vlprompt.methods.tpt.config import TPTConfig
 from vlprompt.methods.view_entropy import average_prediction_entropy, select_confident_views
@@ -133,12 +133,7 @@ class TPT(PromptMethod):
         if not isinstance(source_pl, PromptLearner) or source_pl.ctx.dim() != 2:
             raise ValueError(f"method '{self.method_name}' starts from {STARTS_FROM}, not a '{name}' prompt with "
                              "class-specific context")
-        if list(source.classnames) != self.classnames:
-            raise ValueError(f"method '{self.method_name}' starts from a '{name}' prompt built for other class "
-                             "names: load the prompt file for this method's class names")
-        if source.backbone is not self.backbone and source.backbone.name != self.backbone.name:
-            raise ValueError(f"method '{self.method_name}' on {self.backbone.name} cannot start from a '{name}' "
-                             f"prompt on {source.backbone.name}")
+        check_start_source(self, source)
         if source_pl.ctx.shape[-1] != self.backbone.text_width:
             raise ValueError(f"the '{name}' prompt's context width {source_pl.ctx.shape[-1]} is not the text width "
                              f"{self.backbone.text_width} of {self.backbone.name}")
@@ -153,17 +148,11 @@ class TPT(PromptMethod):
         ``source`` (sharing the frozen backbone) whose learned parameters are all tuned per image and restored by
         :meth:`reset_adaptation`. Its logits must be CLIP's cosine classifier over ``text_features()``."""
         caps = source.capabilities
-        plain = (type(source).forward_features is PromptMethod.forward_features
-                 and type(source).logits is PromptMethod.logits)
-        if not plain or caps.class_specific or caps.image_conditional or caps.local_features:
+        if (not cosine_over_text_features(source) or caps.class_specific or caps.image_conditional
+                or caps.local_features):
             raise ValueError(f"method '{self.method_name}' starts from {STARTS_FROM}, not a '{source.method_name}' "
                              "prompt")
-        if list(source.classnames) != self.classnames:
-            raise ValueError(f"method '{self.method_name}' starts from a '{source.method_name}' prompt built for "
-                             "other class names: load the prompt file for this method's class names")
-        if source.backbone is not self.backbone and source.backbone.name != self.backbone.name:
-            raise ValueError(f"method '{self.method_name}' on {self.backbone.name} cannot start from a "
-                             f"'{source.method_name}' prompt on {source.backbone.name}")
+        check_start_source(self, source)
         tower = copy.deepcopy(source, memo={id(source.backbone): source.backbone}).eval()
         params = [p for _, p in tower.learned_parameters()]
         if not params:
