@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -240,6 +239,9 @@ class StreamCheckpoint:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
         self.state_path = self.folder / "state.safetensors"
+        #: the chunk files written so far, and the stream position the last save covers
+        self.chunks: list[str] = []
+        self.saved = 0
 
     def load(self, order: Sequence[int]) -> tuple[dict[str, Tensor], dict[str, Any], list[Tensor], list[int]] | None:
         """The saved state, its metadata, the saved logits (stream order) and their item indices; None when
@@ -261,27 +263,27 @@ class StreamCheckpoint:
         if len(indices) != int(meta.get("position", -1)) or indices != list(order[:len(indices)]):
             raise CheckpointError(f"'{self.folder}': the saved predictions do not match the saved position; delete "
                                   "the folder to start this stream afresh")
+        self.chunks, self.saved = list(meta.get("chunks", [])), len(indices)
         return tensors, meta, logits, indices
 
     def save(self, adapter: TestTimeAdapter, order: Sequence[int], logits: list[Tensor], indices: list[int],
-             chunks: list[str], saved: int, views_seconds: float) -> None:
-        """Write the logits of ``indices[saved:]`` as a new chunk, then the state naming every chunk."""
+             views_seconds: float) -> None:
+        """Write the logits since the last save (``indices[saved:]``) as a new chunk, then the state naming every
+        chunk."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"chunk-{saved:08d}-{len(indices):08d}.safetensors"
-        write_safetensors(self.folder / name, {"logits": torch.stack(logits[saved:]),
-                                               "indices": torch.tensor(indices[saved:], dtype=torch.long)},
-                          {"format": STREAM_FORMAT + "-chunk", "start": saved, "end": len(indices)})
-        chunks.append(name)
+        start, end = self.saved, len(indices)
+        name = f"chunk-{start:08d}-{end:08d}.safetensors"
+        write_safetensors(self.folder / name, {"logits": torch.stack(logits[start:]),
+                                               "indices": torch.tensor(indices[start:], dtype=torch.long)},
+                          {"format": STREAM_FORMAT + "-chunk", "start": start, "end": end})
+        self.chunks.append(name)
         state = adapter.state_dict()
         state["rng"] = torch.random.get_rng_state()
         write_safetensors(self.state_path, state, {
             "format": STREAM_FORMAT, "version": STREAM_VERSION, "fingerprint": self.fingerprint,
-            "order": _order_digest(order), "position": len(indices), "chunks": list(chunks),
+            "order": _order_digest(order), "position": end, "chunks": list(self.chunks),
             "views_seconds": views_seconds})
-
-    def clear(self) -> None:
-        """Remove the folder (after the stream's result is written)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.saved = end
 
 
 def adapt_stream(method: PromptMethod, items: Sequence[Datum], loader: Callable[[str], Image.Image],
@@ -304,18 +306,15 @@ def adapt_stream(method: PromptMethod, items: Sequence[Datum], loader: Callable[
     adapter = TestTimeAdapter(method, views)
     logits: list[Tensor] = []
     indices: list[int] = []
-    chunks: list[str] = []
     views_s = 0.0
-    saved = resumed_at = 0
     if checkpoint is not None:
         loaded = checkpoint.load(order)
         if loaded is not None:
             state, meta, logits, indices = loaded
             torch.random.set_rng_state(state.pop("rng"))
             adapter.load_state_dict(state)
-            chunks = list(meta.get("chunks", []))
             views_s = float(meta.get("views_seconds", 0.0))
-            saved = resumed_at = len(indices)
+    resumed_at = len(indices)
     dataset = ViewsDataset(items, loader, views)
     dl = DataLoader(torch.utils.data.Subset(dataset, order[len(indices):]), batch_size=None, shuffle=False,
                     num_workers=num_workers)
@@ -331,10 +330,10 @@ def adapt_stream(method: PromptMethod, items: Sequence[Datum], loader: Callable[
         logits.append(adapter.step(image_views).logits)
         indices.append(int(index))
         if checkpoint is not None and len(indices) < len(order) and (
-                (save_every is not None and len(indices) - saved >= save_every)
+                (save_every is not None and len(indices) - checkpoint.saved >= save_every)
                 or time.perf_counter() - last_save >= save_seconds):
-            checkpoint.save(adapter, order, logits, indices, chunks, saved, views_s)
-            saved, last_save = len(indices), time.perf_counter()
+            checkpoint.save(adapter, order, logits, indices, views_s)
+            last_save = time.perf_counter()
     if adapter.kind == "episodic":
         method.reset_adaptation()
     torch.random.set_rng_state(rng_state)
