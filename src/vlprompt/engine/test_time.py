@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vlprompt.core.errors import CheckpointError
-from vlprompt.data.test_time_views import TestTimeViews, ViewsDataset
+from vlprompt.data.test_time_views import DEFAULT_VIEWS, TestTimeViews, ViewsDataset, views_for
 from vlprompt.data.types import Datum
 from vlprompt.engine.checkpoint import read_safetensors, write_safetensors
 from vlprompt.methods.base import ADAPTATION_COST_KEYS, Adapted, PromptMethod
@@ -86,6 +86,19 @@ class StreamOutput:
     n_views: int = 1
     cache_size: int = 0
     resumed_at: int = 0
+
+
+def method_views(method: PromptMethod, dataset_views: str, *, n_views: int | None = None, augment: str | None = None,
+                 seed: int = 0) -> tuple[TestTimeViews, str]:
+    """The views ``method`` adapts on for data of the registered kind ``dataset_views`` and their kind
+    (``"augmix"``, ``"crop"``, or ``"original"`` for a method that does not adapt, which sees the original alone):
+    ``augment`` (else the method's :meth:`~vlprompt.methods.base.PromptMethod.test_time_views`), ``n_views`` (else
+    its :meth:`~vlprompt.methods.base.PromptMethod.test_time_view_count`, else 64), seeded by ``seed``."""
+    if not method.capabilities.adapts_at_test_time:
+        return views_for(method.backbone, n_views=1, augmix=False, seed=seed), "original"
+    kind = augment or method.test_time_views(dataset_views)
+    count = n_views or method.test_time_view_count(dataset_views) or DEFAULT_VIEWS
+    return views_for(method.backbone, n_views=count, augmix=kind == "augmix", seed=seed), kind
 
 
 def stream_order(n: int, order_seed: int | None) -> list[int]:

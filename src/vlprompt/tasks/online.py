@@ -21,7 +21,7 @@ from typing import Any
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import ConfigError, DataError
-from vlprompt.engine.test_time import TestTimeAdapter
+from vlprompt.engine.test_time import TestTimeAdapter, method_views
 
 
 def online(method: str, prompt_or_backbone: str | Path | Backbone, classnames: Sequence[str], *,
@@ -51,7 +51,6 @@ def online(method: str, prompt_or_backbone: str | Path | Backbone, classnames: S
     """
     from vlprompt.backbones.base import load_any_backbone
     from vlprompt.data.registry import TEST_TIME_VIEWS
-    from vlprompt.data.test_time_views import DEFAULT_VIEWS, views_for
     from vlprompt.engine.checkpoint import load_prompt
     from vlprompt.engine.run import resolve_device
     from vlprompt.methods.base import MethodContext
@@ -84,10 +83,7 @@ def online(method: str, prompt_or_backbone: str | Path | Backbone, classnames: S
             built.start_from(source)
         except ValueError as exc:
             raise ConfigError(f"{exc} (prompt file '{prompt}')") from exc
-    adapts = built.capabilities.adapts_at_test_time
-    kind = (augment or built.test_time_views(dataset_views)) if adapts else "original"
-    count = (views or built.test_time_view_count(dataset_views) or DEFAULT_VIEWS) if adapts else 1
-    adapter = TestTimeAdapter(built, views_for(backbone, n_views=count, augmix=kind == "augmix", seed=seed))
+    adapter = TestTimeAdapter(built, method_views(built, dataset_views, n_views=views, augment=augment, seed=seed)[0])
     if state is not None:
         adapter.load(state)
     return adapter

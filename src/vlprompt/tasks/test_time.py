@@ -197,20 +197,16 @@ def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Pat
     """
     from vlprompt.data.pipeline import load_dataset
     from vlprompt.data.registry import get_dataset_info
-    from vlprompt.data.test_time_views import views_for
     from vlprompt.engine.run import autocast, seed_everything
-    from vlprompt.engine.test_time import StreamCheckpoint, adapt_stream
+    from vlprompt.engine.test_time import StreamCheckpoint, adapt_stream, method_views
 
     tcfg = _with(cfg, [f"data.dataset={target}"])
     splits = load_dataset(tcfg.data)
     if not splits.test:
         raise DataError(f"dataset '{target}' has no test images")
     method = _build_method(tcfg, backbone, splits, prompt).to(backbone.device)
-    adapts = method.capabilities.adapts_at_test_time
-    dataset_views = get_dataset_info(target).test_time_views
-    kind = (augment or method.test_time_views(dataset_views)) if adapts else "original"
-    count = (n_views or method.test_time_view_count(dataset_views) or DEFAULT_VIEWS) if adapts else 1
-    views = views_for(backbone, n_views=count, augmix=kind == "augmix", seed=seed)
+    views, kind = method_views(method, get_dataset_info(target).test_time_views, n_views=n_views, augment=augment,
+                               seed=seed)
     seeds = order_seeds(orders, order_seed) if method.capabilities.adaptation == "online" else [order_seed]
     runs = []
     for k, oseed in enumerate(seeds):
