@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from test_tda import reference_weights  # DPE's clip_classifier (utils.py l.89-128) is TDA's (utils.py l.44-61)
 from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.methods.base import MethodContext
 from vlprompt.methods.registry import build_method
@@ -28,20 +29,6 @@ N_IMAGES = 24
 
 
 # ----------------------------------------------------------------------------------------- the reference
-def ref_class_weights(backbone, classnames, templates):
-    """``clip_classifier`` without CoOp (utils.py l.89-128): per class, the templates' texts encoded, each
-    normalised, averaged, normalised; stacked as columns ``[E, n_cls]``."""
-    cols = []
-    for name in classnames:
-        ids = backbone.tokenize([t.format(name.replace("_", " ")) for t in templates], what="the prompt")
-        with torch.no_grad():
-            emb = backbone.encode_text(ids).float()
-        emb = emb / emb.norm(dim=-1, keepdim=True)
-        mean = emb.mean(dim=0)
-        cols.append(mean / mean.norm())
-    return torch.stack(cols, dim=1)
-
-
 def ref_entropy_of_average(logits):
     """The entropy of the rows' averaged softmax probabilities (what ``avg_entropy`` computes in log space)."""
     probs = torch.softmax(logits, dim=-1).mean(dim=0)
@@ -220,7 +207,7 @@ def test_matches_the_authors_loop_after_every_image(case, spread_backbone):
     n_views = opts.pop("n_views")
     method = build_method("dpe", spread_backbone, NAMES, context=CONTEXT, **opts).eval()
     cfg = method.config
-    weights = ref_class_weights(spread_backbone, NAMES, CONTEXT.templates)
+    weights = reference_weights(spread_backbone, NAMES, CONTEXT.templates)
     scale = float(spread_backbone.logit_scale)
     stream = _stream(spread_backbone, n_views)
     ref, events = authors_dpe([_features(spread_backbone, v) for v in stream], weights, scale, cfg.positive,
