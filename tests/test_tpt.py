@@ -250,16 +250,23 @@ def _perturb(module: nn.Module, seed: int) -> None:
             p.add_(0.2 * torch.randn(p.shape, generator=g))
 
 
+def _started(name, backbone, source_name, seed, tmp_path, **options):
+    """A ``source_name`` prompt (its learned tensors perturbed by ``seed``) saved to a file, loaded back, and method
+    ``name`` started from it: ``(path, the prompt saved, its loaded copy, method)``."""
+    trained = build_method(source_name, backbone, NAMES, **options)
+    _perturb(trained, seed)
+    path = save_prompt(tmp_path / f"{source_name}.safetensors", trained)
+    source = load_prompt(path, backbone, NAMES)
+    method = build_method(name, backbone, NAMES).eval()
+    method.start_from(source)
+    return path, trained, source, method
+
+
 @pytest.mark.parametrize("name", ["tpt", "ctpt"])
 def test_start_from_a_coop_prompt_file(backbone, name, tmp_path):
     """TPT+CoOp (tpt_classification.py l.113-119): the file's context (of another length, 3) is the start; the
     unadapted prediction is CoOp's; the step is the reference's started from the file's ``ctx``."""
-    coop = build_method("coop", backbone, NAMES, n_ctx=3)
-    _perturb(coop, 1)
-    path = save_prompt(tmp_path / "coop.safetensors", coop)
-    source = load_prompt(path, backbone, NAMES)
-    method = build_method(name, backbone, NAMES).eval()
-    method.start_from(source)
+    path, _, source, method = _started(name, backbone, "coop", 1, tmp_path, n_ctx=3)
     views = _views(backbone, seed=5)
     with torch.no_grad():
         torch.testing.assert_close(method(views[:4]), source.eval()(views[:4]), **TOL)
@@ -278,11 +285,7 @@ def test_start_from_a_coop_prompt_file(backbone, name, tmp_path):
 def test_start_from_a_cocoop_prompt_file(backbone, name, tmp_path):
     """TPT+CoCoOp (cocoop.py gen_ctx / forward_ctx, tpt_classification.py l.55-58, 278-282): per image the start is
     ctx + meta_net(raw feature of the original view), tuned alone with a fresh AdamW."""
-    cocoop = build_method("cocoop", backbone, NAMES)
-    _perturb(cocoop, 2)
-    path = save_prompt(tmp_path / "cocoop.safetensors", cocoop)
-    method = build_method(name, backbone, NAMES).eval()
-    method.start_from(load_prompt(path, backbone, NAMES))
+    path, cocoop, _, method = _started(name, backbone, "cocoop", 2, tmp_path)
     tensors, _ = read_prompt(path)
     hidden, vis = tensors["meta_net.linear1.weight"].shape
     meta_net = nn.Sequential(nn.Linear(vis, hidden), nn.ReLU(), nn.Linear(hidden, backbone.text_width))
@@ -313,12 +316,7 @@ def test_start_from_a_maple_prompt_file_tunes_all_its_prompts(vit_backbone, name
     import copy
     import math
 
-    maple = build_method("maple", vit_backbone, NAMES)
-    _perturb(maple, 3)
-    path = save_prompt(tmp_path / "maple.safetensors", maple)
-    source = load_prompt(path, vit_backbone, NAMES)
-    method = build_method(name, vit_backbone, NAMES).eval()
-    method.start_from(source)
+    path, _, source, method = _started(name, vit_backbone, "maple", 3, tmp_path)
     views = _views(vit_backbone, seed=7)
     out = method.adapt_and_predict(views)
 
