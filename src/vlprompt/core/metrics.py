@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -76,3 +78,9 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = ECE_
         if count:
             ece += count / len(conf) * (correct[inside].mean() - conf[inside].mean()).abs()
     return 100.0 * float(ece)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (0 for one value): the ± of every summary over seeds or stream
+    orders (protocols, the test-time protocol, reports)."""
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)

@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from vlprompt.core.metrics import mean_std
 from vlprompt.core.results import TRANSFER_PROTOCOLS
 from vlprompt.core.tables import SCORE_LABELS, Table
 from vlprompt.report.collect import (
@@ -47,10 +48,6 @@ PAPER_OOD_METRICS = (("fpr95", "FPR95"), ("auroc", "AUROC"))  # what LoCoOp's ta
 
 
 # ------------------------------------------------------------------------------------ helpers
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population std (0 for one value) over seeds."""
-    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
-
 
 def _pm(values: Sequence[float]) -> str:
     mean, std = mean_std(values)
@@ -563,8 +560,8 @@ def _tta_paper_values(ref: PaperEntry | None) -> list[Any]:
 
 def _tta_pair(runs: Sequence[TtaRun]) -> str:
     acc = _tta_values(runs, "accuracy")
-    spread = f" ± {mean_std(acc)[1]:.2f}" if len(acc) > 1 else ""
-    return f"{statistics.fmean(acc):.2f}{spread} / {_tta_stat(runs, 'ece'):.2f}"
+    mean, std = mean_std(acc)
+    return f"{mean:.2f}{f' ± {std:.2f}' if len(acc) > 1 else ''} / {_tta_stat(runs, 'ece'):.2f}"
 
 
 def _order_spread(per_target: Sequence[Sequence[TtaRun]]) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.io import atomic_write_text
-from vlprompt.core.metrics import harmonic_mean
+from vlprompt.core.metrics import harmonic_mean, mean_std
 from vlprompt.core.results import BackboneRecord, ProtocolResult, config_digest, write_result
 from vlprompt.core.tables import markdown_table
 
@@ -126,8 +126,8 @@ def _finish(kind: str, cfg: ExperimentConfig, backbone: BackboneRecord, rows: li
     """Write ``<kind>_results.json`` / ``.md`` (mean and population std of every column over the seeds)."""
     summary = {}
     for col in columns:
-        values = [r[col] for r in rows]
-        summary[col] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+        mean, std = mean_std([r[col] for r in rows])
+        summary[col] = {"mean": mean, "std": std}
     record = ProtocolResult(protocol=kind, method=cfg.method.name, dataset=cfg.data.dataset, backbone=backbone,
                             seeds=[r["seed"] for r in rows], columns=columns, per_seed=rows, summary=summary,
                             config_digest=config_digest(cfg.as_dict()))

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from vlprompt.config import ExperimentConfig, apply_overrides, config_from_dict
 from vlprompt.core.errors import ConfigError, DataError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
-from vlprompt.core.metrics import accuracy_report, expected_calibration_error
+from vlprompt.core.metrics import accuracy_report, expected_calibration_error, mean_std
 from vlprompt.core.results import TestTimeResult, config_digest, read_result, write_result
 from vlprompt.core.tables import markdown_table
 from vlprompt.data.registry import TEST_TIME_VIEWS
@@ -177,11 +177,6 @@ def order_seeds(orders: int, order_seed: int | None) -> list[int | None]:
     return [base + k for k in range(orders)]
 
 
-def _spread(values: list[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (as the report's ± everywhere; 0 for one value)."""
-    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
-
-
 def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Path | None, n_views: int | None,
                seed: int, order_seed: int | None, progress: bool, augment: str | None = None, orders: int = 1,
                stream_dir: Path | None = None, fingerprint: str = "",
@@ -224,8 +219,8 @@ def run_target(cfg: ExperimentConfig, target: str, backbone: Any, *, prompt: Pat
         acc = accuracy_report(preds, out.labels, list(splits.classnames))
         runs.append((out, acc, expected_calibration_error(probs, out.labels), preds, confidence))
     first, first_acc = runs[0][0], runs[0][1]
-    accuracy, accuracy_std = _spread([r[1]["accuracy"] for r in runs])
-    ece, ece_std = _spread([r[2] for r in runs])
+    accuracy, accuracy_std = mean_std([r[1]["accuracy"] for r in runs])
+    ece, ece_std = mean_std([r[2] for r in runs])
     row = {"accuracy": accuracy, "accuracy_std": accuracy_std,
            "macro_accuracy": statistics.fmean(r[1]["macro_accuracy"] for r in runs), "ece": ece, "ece_std": ece_std,
            "n": first_acc["n"], "seconds_per_image": statistics.fmean(r[0].seconds_per_image for r in runs),
