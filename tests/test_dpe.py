@@ -252,7 +252,7 @@ def test_queues_follow_update_cache_with_ties(vit_backbone):
         label = int(torch.randint(len(NAMES), (1,), generator=g))
         ent = float(torch.tensor([0.1, 0.2, 0.3, 0.4])[torch.randint(4, (1,), generator=g)])
         feature = torch.full((method.classifier.shape[1],), float(step))  # the entry's identity
-        method._enqueue(label, feature, ent)
+        method._cache.insert(label, feature, ent)  # DPE's queue (TDA's cache, entropy policy)
         queue = cache.setdefault(label, [])
         if len(queue) < 3:
             queue.append((step, ent))

@@ -78,6 +78,7 @@ from torch import Tensor
 from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import DataError
 from vlprompt.methods.base import Adapted, MethodContext, PromptMethod
+from vlprompt.methods.tda.cache import ClassCache
 from vlprompt.methods.view_entropy import average_prediction_entropy, select_confident_views
 from vlprompt.methods.view_features import ViewFeatureMethod
 
@@ -155,54 +156,37 @@ class DPE(ViewFeatureMethod):
     def reset_adaptation(self) -> None:
         """The initial state: textual prototypes = the class text features, empty queues, no update yet."""
         cap, dim = int(self.config.positive["shot_capacity"]), int(self.classifier.shape[-1])
-        device = self.classifier.device
         self._text = self.classifier.detach().float().clone()  # T [n_cls, E]
         self._num_avg = 0
-        self._cache_features = torch.zeros(self.n_cls, cap, dim, device=device)  # [n_cls, cap, E]
-        self._cache_entropy = torch.zeros(self.n_cls, cap, device=device)  # [n_cls, cap], ascending per class
-        self._cache_count = torch.zeros(self.n_cls, dtype=torch.long, device=device)  # [n_cls]
+        # the per-class queues, ascending in entropy: update_cache (main_dpe.py l.40-52) is TDA's, entropy policy
+        self._cache = ClassCache(self.n_cls, cap, dim, device=self.classifier.device)
         self.last_residuals: dict[str, Tensor] = {}
 
     def adaptation_state(self) -> dict[str, Tensor]:
         """``text_prototypes [n_cls, E]``, ``num_avg []``, and the queued entries in class order, each class's
         in ascending entropy: ``cache_features [N, E]``, ``cache_entropy [N]``, ``cache_classes [N]``."""
-        mask = torch.arange(self._cache_features.shape[1], device=self._cache_count.device)[None, :] \
-            < self._cache_count[:, None]  # [n_cls, cap]
-        classes = torch.arange(self.n_cls, device=mask.device)[:, None].expand_as(mask)
+        cache = self._cache.state("cache_")
         return {"text_prototypes": self._text.detach().cpu().clone(),
                 "num_avg": torch.tensor(self._num_avg, dtype=torch.long),
-                "cache_features": self._cache_features[mask].cpu().clone(),
-                "cache_entropy": self._cache_entropy[mask].cpu().clone(),
-                "cache_classes": classes[mask].cpu().clone()}
+                "cache_features": cache.pop("cache_keys"), **cache}
 
     def load_adaptation_state(self, state: dict[str, Tensor]) -> None:
         """Restore :meth:`adaptation_state` (``ValueError`` for a state of another shape or method)."""
         expected = {"text_prototypes", "num_avg", "cache_features", "cache_entropy", "cache_classes"}
         if set(state) != expected:
             raise ValueError(f"a DPE state has the tensors {sorted(expected)}, got {sorted(state)}")
-        text, classes = state["text_prototypes"], state["cache_classes"].long()
-        feats, ent = state["cache_features"], state["cache_entropy"]
+        text = state["text_prototypes"]
         if tuple(text.shape) != tuple(self._text.shape):
             raise ValueError(f"DPE state: text prototypes {tuple(text.shape)}, expected {tuple(self._text.shape)}")
-        n, cap = classes.shape[0], self._cache_features.shape[1]
-        if feats.shape != (n, self._text.shape[1]) or ent.shape != (n,) or (
-                n and (classes.min() < 0 or classes.max() >= self.n_cls)):
-            raise ValueError("DPE state: the cache tensors do not match this method's classes / feature size")
-        counts = torch.bincount(classes, minlength=self.n_cls)
-        if n and int(counts.max()) > cap:
-            raise ValueError(f"DPE state: a class holds {int(counts.max())} cached features, shot_capacity is {cap}")
         self.reset_adaptation()
-        device = self._text.device
-        self._text = text.to(device, torch.float32).clone()
+        self._cache.load_state({"cache_classes": state["cache_classes"], "cache_keys": state["cache_features"],
+                                "cache_entropy": state["cache_entropy"]}, "cache_")
+        self._text = text.to(self._text.device, torch.float32).clone()
         self._num_avg = int(state["num_avg"])
-        slot = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[classes]  # position within its class
-        self._cache_features[classes.to(device), slot.to(device)] = feats.to(device, torch.float32)
-        self._cache_entropy[classes.to(device), slot.to(device)] = ent.to(device, torch.float32)
-        self._cache_count = counts.to(device)
 
     def adaptation_size(self) -> int:
         """Features in the queues now (at most ``shot_capacity`` per class)."""
-        return int(self._cache_count.sum())
+        return self._cache.size()
 
     # ------------------------------------------------------------------ views and starting points
     def test_time_views(self, dataset_views: str) -> str:
@@ -244,22 +228,6 @@ class DPE(ViewFeatureMethod):
         keep = select_confident_views(logits.detach(), CONFIDENT_FRACTION)
         return feats[keep].mean(0), logits[keep].mean(0), average_prediction_entropy(logits[keep])
 
-    def _enqueue(self, label: int, feature: Tensor, entropy: float) -> None:
-        """``update_cache`` (``main_dpe.py`` l.40-52): class ``label``'s queue, ascending in entropy, gets
-        ``(feature, entropy)`` if it is not full or ``entropy`` is below its last; a stable sort puts it after the
-        entries of equal entropy."""
-        cap, n = self._cache_features.shape[1], int(self._cache_count[label])
-        ent = self._cache_entropy[label, :n]
-        if n == cap and not entropy < float(ent[-1]):
-            return
-        pos = int((ent <= entropy).sum())
-        kept = min(n, cap - 1)  # the entries that stay (the last one leaves a full queue)
-        self._cache_features[label, pos + 1:kept + 1] = self._cache_features[label, pos:kept].clone()
-        self._cache_entropy[label, pos + 1:kept + 1] = self._cache_entropy[label, pos:kept].clone()
-        self._cache_features[label, pos] = feature
-        self._cache_entropy[label, pos] = entropy
-        self._cache_count[label] = kept + 1
-
     def adapt_and_predict(self, views: Tensor) -> Adapted:
         """``views [V, 3, H, W] -> Adapted(logits [n_cls], cost)`` (steps 1-6 of the module docstring)."""
         cfg_pos, cfg_lr = self.config.positive, self.config.learning_rate
@@ -276,9 +244,12 @@ class DPE(ViewFeatureMethod):
                 params, lrs = [r_text], [cfg_lr["text"]]
                 if cfg_pos["enabled"]:
                     with torch.no_grad():
-                        self._enqueue(label, feature.detach(), float(entropy.detach() / log2_cls))  # l.225-226
-                        classes = (self._cache_count > 0).nonzero().flatten()  # [K], ascending (l.139)
-                        protos = self._cache_features[classes].sum(1) / self._cache_count[classes, None]  # [K, E]
+                        cache = self._cache
+                        cache.insert(label, feature.detach(), float(entropy.detach() / log2_cls))  # l.225-226
+                        classes = (cache.counts > 0).nonzero().flatten()  # [K], ascending (l.139)
+                        counts = cache.counts[classes, None].to(cache.keys.device, cache.keys.dtype)
+                        classes = classes.to(cache.keys.device)
+                        protos = cache.keys[classes].sum(1) / counts  # [K, E] (empty slots are zero)
                     r_image = torch.zeros_like(protos, requires_grad=True)  # PositiveCacheResidue (l.228)
                     keys = F.normalize(protos + r_image, dim=-1)
                     final = logits + self._cache_logits(feature, keys, classes)  # l.234-237

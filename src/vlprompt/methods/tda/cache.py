@@ -173,8 +173,8 @@ class ClassCache:
             raise ValueError(f"cache state names classes outside 0..{self.n_cls - 1}")
         counts = torch.bincount(classes, minlength=self.n_cls)
         if n and (int(counts.max()) > self.capacity or bool((classes[1:] < classes[:-1]).any())):
-            raise ValueError(f"cache state holds more than {self.capacity} entries for a class, or is not in class "
-                             "order")
+            raise ValueError(f"cache state holds more than {self.capacity} entries for a class (shot_capacity "
+                             f"{self.capacity}), or is not in class order")
         starts = torch.cumsum(counts, 0) - counts
         slots = torch.arange(n) - starts[classes]
         fresh = ClassCache(self.n_cls, self.capacity, self.dim, payload_dim=self.payload_dim, policy=self.policy,
