@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from vlprompt.backbones.base import Backbone
 from vlprompt.methods.ape.config import ApeConfig, ApeTConfig
 from vlprompt.methods.base import FitData, MethodContext, PromptMethod
-from vlprompt.methods.tip_adapter.model import TipAdapter, search_grid
+from vlprompt.methods.tip_adapter.model import TipAdapter, search_grid, validation
 
 #: elements per chunk of the vectorised search (the largest temporary tensor)
 SEARCH_BUDGET = 1 << 24
@@ -198,15 +198,6 @@ def first_best(counts: Tensor) -> tuple[tuple[int, ...], int] | None:
         return None
     flat = int(torch.argmax((counts.reshape(-1) == best).to(torch.uint8)))  # the first occurrence
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), counts.shape)), best
-
-
-def validation(data: FitData, who: str, otherwise: str) -> tuple[Tensor, Tensor] | None:
-    """The validation split's normalised features ``[N, E]`` and labels ``[N]`` (None, logged, without one)."""
-    feats, labels = data.features("val")
-    if feats.shape[0] == 0:
-        data.log(f"{who}: no validation images, {otherwise}")
-        return None
-    return F.normalize(feats.float(), dim=-1), labels.to(feats.device, torch.long)
 
 
 # ------------------------------------------------------------------------------------------------ APE
@@ -399,4 +390,4 @@ class ApeT(TipAdapter):
 
 
 __all__ = ["Ape", "ApeT", "cache_logits", "channel_criterion", "class_major", "correct_at_alphas", "first_best",
-           "full_precision", "gamma_grid", "search_cache_grid", "select_channels", "validation"]
+           "full_precision", "gamma_grid", "search_cache_grid", "select_channels"]

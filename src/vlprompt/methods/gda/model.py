@@ -37,9 +37,10 @@ from torch import Tensor
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import DataError
-from vlprompt.methods.ape.model import full_precision, validation
+from vlprompt.methods.ape.model import full_precision
 from vlprompt.methods.base import FitData, MethodContext, PromptMethod, template_text_features
 from vlprompt.methods.gda.config import GdaConfig
+from vlprompt.methods.tip_adapter.model import validation
 
 
 @torch.no_grad()

@@ -59,6 +59,15 @@ def search_alpha_beta(clip_logits: Tensor, affinity: Tensor, values: Tensor, lab
     return best_beta, best_alpha, 100.0 * max(best, 0) / n
 
 
+def validation(data: FitData, who: str, otherwise: str) -> tuple[Tensor, Tensor] | None:
+    """The validation split's normalised features ``[N, E]`` and labels ``[N]`` (None, logged, without one)."""
+    feats, labels = data.features("val")
+    if feats.shape[0] == 0:
+        data.log(f"{who}: no validation images, {otherwise}")
+        return None
+    return F.normalize(feats.float(), dim=-1), labels.to(feats.device, torch.long)
+
+
 class TipAdapter(PromptMethod):
     """Training-free cache model; :meth:`fit` builds the cache and searches alpha / beta.
 
@@ -119,14 +128,13 @@ class TipAdapter(PromptMethod):
         """Search alpha / beta on the validation split (kept at their initial values without one)."""
         if not self.config.search_hp:
             return {"alpha": float(self.alpha), "beta": float(self.beta), "searched": False}
-        feats, labels = data.features("val")
-        if feats.shape[0] == 0:
-            data.log("Tip-Adapter: no validation images, alpha / beta stay at init_alpha / init_beta")
+        val = validation(data, "Tip-Adapter", "alpha / beta stay at init_alpha / init_beta")
+        if val is None:
             return {"alpha": float(self.alpha), "beta": float(self.beta), "searched": False}
-        f = F.normalize(feats.float(), dim=-1)
+        f, labels = val
         clip = PromptMethod.logits(self, f, self.classifier)
         affinity = f @ self.cache_keys.float().t()
-        beta, alpha, acc = search_alpha_beta(clip, affinity, self.cache_values, labels.to(f.device),
+        beta, alpha, acc = search_alpha_beta(clip, affinity, self.cache_values, labels,
                                              self.config.search_scale, self.config.search_step)
         self.alpha.fill_(alpha)
         self.beta.fill_(beta)
