@@ -11,33 +11,9 @@ Defaults: ``configs/imagenet.yaml`` — ``search_hp: True`` (l.10), ``search_sca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from vlprompt.core.errors import ConfigError
-from vlprompt.core.validate import check_bool, check_float, check_int, shown
-
-
-def numbers(value: Any, option: str, lengths: tuple[int, ...], *, integer: bool = False,
-            positive: bool = True) -> list:
-    """``value`` as a list of ``lengths`` numbers (each > 0, or >= 0 with ``positive`` False), else ConfigError."""
-    what = " or ".join(str(n) for n in lengths)
-    kind = "integers" if integer else "numbers"
-    if not isinstance(value, list | tuple) or len(value) not in lengths:
-        raise ConfigError(f"option method.{option} must be a list of {what} {kind}, got {shown(value)}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int | float) or (integer and float(v) != int(v)):
-            raise ConfigError(f"option method.{option} must be a list of {what} {kind}, got {shown(value)}")
-        v = check_float(v, f"method.{option}", minimum=0.0, strict=positive)
-        out.append(int(v) if integer else v)
-    return out
-
-
-def _crop_scale(value: Any) -> list[float]:
-    lo, hi = numbers(value, "crop_scale", (2,))
-    if lo > hi or hi > 1:
-        raise ConfigError(f"option method.crop_scale must be [low, high] with 0 < low <= high <= 1, got {shown(value)}")
-    return [lo, hi]
+from vlprompt.core.validate import check_bool, check_float, check_int
+from vlprompt.methods.tip_adapter.config import crop_scale_option, numbers
 
 
 @dataclass
@@ -69,7 +45,7 @@ class ApeConfig:
         check_int(self.training_free_feat_num, "method.training_free_feat_num", minimum=1)
         self.w_training_free = numbers(self.w_training_free, "w_training_free", (2,), positive=False)
         check_int(self.augment_epoch, "method.augment_epoch", minimum=1)
-        self.crop_scale = _crop_scale(self.crop_scale)
+        self.crop_scale = crop_scale_option(self.crop_scale)
 
 
 @dataclass
@@ -106,5 +82,5 @@ class ApeTConfig:
         check_int(self.training_feat_num, "method.training_feat_num", minimum=1)
         self.w_training = numbers(self.w_training, "w_training", (2,), positive=False)
         check_int(self.augment_epoch, "method.augment_epoch", minimum=1)
-        self.crop_scale = _crop_scale(self.crop_scale)
+        self.crop_scale = crop_scale_option(self.crop_scale)
         check_bool(self.select_best_epoch, "method.select_best_epoch")

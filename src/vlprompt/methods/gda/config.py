@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.validate import check_float, check_int, shown
-from vlprompt.methods.ape.config import numbers
+from vlprompt.methods.tip_adapter.config import crop_scale_option
 
 
 @dataclass
@@ -31,11 +31,7 @@ class GdaConfig:
 
     def __post_init__(self) -> None:
         check_int(self.augment_epoch, "method.augment_epoch", minimum=1)
-        lo, hi = numbers(self.crop_scale, "crop_scale", (2,))
-        if lo > hi or hi > 1:
-            raise ConfigError(f"option method.crop_scale must be [low, high] with 0 < low <= high <= 1, "
-                              f"got {shown(self.crop_scale)}")
-        self.crop_scale = [lo, hi]
+        self.crop_scale = crop_scale_option(self.crop_scale)
         if not isinstance(self.alpha_list, list | tuple):
             raise ConfigError(f"option method.alpha_list must be a list of numbers, got {shown(self.alpha_list)}")
         self.alpha_list = [check_float(a, "method.alpha_list", minimum=0.0) for a in self.alpha_list]

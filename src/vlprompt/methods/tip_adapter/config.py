@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlprompt.core.errors import ConfigError
-from vlprompt.core.validate import check_bool, check_float, check_int
+from vlprompt.core.validate import check_bool, check_float, check_int, shown
 
 
 def _pair(value: Any, name: str, kind: type) -> list:
@@ -16,6 +16,30 @@ def _pair(value: Any, name: str, kind: type) -> list:
     if None in out or any(v <= 0 for v in out):
         raise ConfigError(f"option method.{name} must hold two positive numbers [beta, alpha], got {value!r}")
     return out
+
+
+def numbers(value: Any, option: str, lengths: tuple[int, ...], *, integer: bool = False,
+            positive: bool = True) -> list:
+    """``value`` as a list of ``lengths`` numbers (each > 0, or >= 0 with ``positive`` False), else ConfigError."""
+    what = " or ".join(str(n) for n in lengths)
+    kind = "integers" if integer else "numbers"
+    if not isinstance(value, list | tuple) or len(value) not in lengths:
+        raise ConfigError(f"option method.{option} must be a list of {what} {kind}, got {shown(value)}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float) or (integer and float(v) != int(v)):
+            raise ConfigError(f"option method.{option} must be a list of {what} {kind}, got {shown(value)}")
+        v = check_float(v, f"method.{option}", minimum=0.0, strict=positive)
+        out.append(int(v) if integer else v)
+    return out
+
+
+def crop_scale_option(value: Any) -> list[float]:
+    """``method.crop_scale``: ``[low, high]`` with ``0 < low <= high <= 1`` (the cache views' RandomResizedCrop)."""
+    lo, hi = numbers(value, "crop_scale", (2,))
+    if lo > hi or hi > 1:
+        raise ConfigError(f"option method.crop_scale must be [low, high] with 0 < low <= high <= 1, got {shown(value)}")
+    return [lo, hi]
 
 
 @dataclass
@@ -43,11 +67,7 @@ class TipAdapterConfig:
             raise ConfigError(f"option method.search_step must hold two positive integers, got {self.search_step!r}")
         self.search_step = [int(s) for s in steps]
         check_int(self.augment_epoch, "method.augment_epoch", minimum=1)
-        lo, hi = _pair(self.crop_scale, "crop_scale", float)
-        if lo > hi or hi > 1:
-            raise ConfigError(f"option method.crop_scale must be [low, high] with 0 < low <= high <= 1, "
-                              f"got {self.crop_scale!r}")
-        self.crop_scale = [lo, hi]
+        self.crop_scale = crop_scale_option(self.crop_scale)
 
 
 @dataclass
