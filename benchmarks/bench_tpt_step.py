@@ -184,18 +184,28 @@ def extrapolate_authors(rows: list[dict[str, Any]], row: dict[str, Any]) -> dict
     return row
 
 
-def bench_ours_only(backbone: Any, n_cls: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """vlprompt's step alone at ``n_cls`` classes (the authors' would not fit the machine): time, multiply-adds,
-    memory saved for backward; the authors' side is extrapolated by :func:`extrapolate_authors`."""
+def setup(backbone: Any, n_cls: int, args: argparse.Namespace, device: torch.device
+          ) -> tuple[list[str], torch.Tensor, Any, Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
+    """The class names, the V random views (seed 0), vlprompt's ``tpt`` and its step (reset, adapt and predict;
+    returns the tuned context and the logits)."""
     names = class_names(n_cls)
     gen = torch.Generator().manual_seed(0)
     size = backbone.image_size
     views = torch.randn(args.views, 3, size, size, generator=gen).to(device)
     ours = build_method("tpt", backbone, names, tta_steps=args.tta_steps).to(device).eval()
 
-    def ours_step() -> None:
+    def ours_step() -> tuple[torch.Tensor, torch.Tensor]:
         ours.reset_adaptation()
-        ours.adapt_and_predict(views)
+        logits = ours.adapt_and_predict(views).logits
+        return ours.ctx.detach().clone(), logits
+
+    return names, views, ours, ours_step
+
+
+def bench_ours_only(backbone: Any, n_cls: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """vlprompt's step alone at ``n_cls`` classes (the authors' would not fit the machine): time, multiply-adds,
+    memory saved for backward; the authors' side is extrapolated by :func:`extrapolate_authors`."""
+    _, views, _, ours_step = setup(backbone, n_cls, args, device)
 
     load_before = load()
     timed(ours_step, device)  # warm-up
@@ -216,18 +226,9 @@ def bench_ours_only(backbone: Any, n_cls: int, args: argparse.Namespace, device:
 
 def bench(backbone: Any, clip: published.CLIP, n_cls: int, args: argparse.Namespace,
           device: torch.device) -> dict[str, Any]:
-    names = class_names(n_cls)
-    gen = torch.Generator().manual_seed(0)
-    size = backbone.image_size
-    views = torch.randn(args.views, 3, size, size, generator=gen).to(device)
+    names, views, ours, ours_step = setup(backbone, n_cls, args, device)
     ref = AuthorsTPTStep(backbone, clip, names, tta_steps=args.tta_steps)
-    ours = build_method("tpt", backbone, names, tta_steps=args.tta_steps).to(device).eval()
     init_diff = float((ref.ctx_init_state - ours.initial_ctx).abs().max())
-
-    def ours_step() -> tuple[torch.Tensor, torch.Tensor]:
-        ours.reset_adaptation()
-        logits = ours.adapt_and_predict(views).logits
-        return ours.ctx.detach().clone(), logits
 
     load_before = load()
     first: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
