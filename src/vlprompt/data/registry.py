@@ -38,6 +38,8 @@ SAMPLER_KINDS = ("reference", "stable")
 """What a dataset declares as its ``sampler`` (``data.fewshot_sampler: auto`` resolves to it)."""
 #: How test-time adaptation augments a test image (:attr:`DatasetInfo.test_time_views`).
 TEST_TIME_VIEWS = ("augmix", "crop")
+#: The groups an OOD benchmark set may declare (``DatasetInfo.ood_group``).
+OOD_GROUPS = ("near", "far")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class DatasetInfo:
             tpt_classification.py:171-172 turns AugMix on for every set but the ImageNet ones.
         tiny_tree: the :data:`TreeBuilder` the dataset contract test (``tests/test_dataset_contract.py``)
             reads the dataset from. Optional here; the contract test fails for a dataset without one.
+        ood_group: for an OOD benchmark set, ``"near"`` (semantic shift only: classes close to the ID ones,
+            e.g. SSB-hard, NINCO) or ``"far"`` (e.g. iNaturalist, Textures); ``vlprompt ood`` averages each
+            group apart. None (default): not an OOD set, or no group declared.
     """
 
     name: str
@@ -96,6 +101,7 @@ class DatasetInfo:
     default_epochs: int | None = None
     tiny_tree: TreeBuilder | None = None
     test_time_views: str = "augmix"
+    ood_group: str | None = None
 
     def __post_init__(self) -> None:
         where = f"register_dataset('{self.name}')"
@@ -110,6 +116,9 @@ class DatasetInfo:
         if self.test_time_views not in TEST_TIME_VIEWS:
             raise DataError(f"{where}: test_time_views must be one of {', '.join(TEST_TIME_VIEWS)}, "
                             f"got {self.test_time_views!r}.")
+        if self.ood_group not in (None, *OOD_GROUPS):
+            raise DataError(f"{where}: ood_group must be one of {', '.join(OOD_GROUPS)} or None, "
+                            f"got {self.ood_group!r}.")
         for what, fn in (("reader", self.reader), ("tiny_tree", self.tiny_tree)):
             if fn is not None and not callable(fn):
                 raise DataError(f"{where}: {what} must be a function, got {fn!r}.")
@@ -147,6 +156,7 @@ def register_dataset(
     default_epochs: int | None = None,
     tiny_tree: TreeBuilder | None = None,
     test_time_views: str = "augmix",
+    ood_group: str | None = None,
 ) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator registering ``reader(root: str | None, **options) -> DatasetSplits`` as dataset ``name``
     with its facts (see :class:`DatasetInfo` for each and its default).
@@ -159,7 +169,7 @@ def register_dataset(
         key = _check_name(name, "name")
         alias_keys = tuple(k for k in dict.fromkeys(_check_name(a, "alias") for a in aliases) if k != key)
         info = DatasetInfo(key, reader, alias_keys, template, sampler, val_is_test, default_epochs, tiny_tree,
-                           test_time_views)
+                           test_time_views, ood_group)
         _DATASETS[key] = info
         _ALIASES.update(dict.fromkeys(alias_keys, key))
         return reader

@@ -325,6 +325,52 @@ class PromptMethod(nn.Module):
             logits = self(views[:1])[0]
         return Adapted(logits, {"image_forward": 1, "text_forward": 1, "backward": 0})
 
+    # -------------------------------------------------------------- OOD detection
+    def ood_features(self, images: Tensor, *, local: bool = False) -> Tensor:
+        """Image features the OOD scores read: ``[B, E]``, or with ``local`` ``[B, 1 + P, E]`` (the global feature
+        first, then ``P`` patch features, :func:`~vlprompt.backbones.local.packed_global_local`).
+
+        Default: the frozen image tower's features (cached by the engine), or, for a method that prompts the image
+        tower (capability ``modifies_encoders``: IVLP, MaPLe, PromptSRC, CLIP-LoRA), :meth:`encode_images` in eval
+        mode (global features only: ``ValueError`` with ``local``, the prompted tower gives no patch features).
+        """
+        if self.capabilities.modifies_encoders:
+            if local:
+                raise ValueError(f"method '{self.method_name}' prompts the image tower, which gives no patch features "
+                                 "for the local OOD scores (GL-MCM): choose global scores such as mcm")
+            return self.encode_images(images)
+        from vlprompt.backbones.local import packed_global_local
+
+        return packed_global_local(self.backbone, images) if local else self.backbone.encode_image(images)
+
+    @torch.no_grad()
+    def ood_text_features(self) -> Tensor:
+        """The fixed, L2-normalised class text features ``[n_cls, E]`` the generic OOD scores compare images with (a
+        prompt ensemble ``[T, n_cls, E]`` is averaged and re-normalised)."""
+        text = self.text_features().float()
+        if text.dim() != 2:
+            text = F.normalize(text.mean(dim=0), dim=-1)
+        return text
+
+    def ood_score(self, features: Tensor, kind: str, *, temperature: float = 1.0) -> Tensor:
+        """ID-ness scores ``[B]`` (higher = more in-distribution) of score ``kind`` for ``features`` from
+        :meth:`ood_features` (packed ``[B, 1 + P, E]`` when the score reads patch features).
+
+        Default: the generic scores of :func:`vlprompt.core.ood.ood_scores` (MCM, GL-MCM, max-logit, energy) over
+        :meth:`ood_text_features`. A method declaring its own scores (capability ``ood_scores``) computes those and
+        hands the others to this default.
+        """
+        from vlprompt.core.ood import ood_scores
+
+        glob, loc = (features[:, 0], features[:, 1:]) if features.dim() == 3 else (features, None)
+        return ood_scores(glob, self.ood_text_features().to(glob.device), kind=kind, temperature=temperature,
+                          logit_scale=float(self.backbone.logit_scale), local_features=loc)
+
+    def ood_record(self) -> dict[str, Any]:
+        """What an OOD result should record about this method beyond its options (e.g. NegLabel's word corpus: its
+        source and version, the number of negative labels mined). Default: nothing."""
+        return {}
+
     # -------------------------------------------------------------- forward
     def train(self, mode: bool = True) -> PromptMethod:
         super().train(mode)

@@ -41,6 +41,12 @@ class Capabilities:
             image by :meth:`~vlprompt.methods.base.PromptMethod.reset_adaptation`: TPT, C-TPT, Zero, MTA;
             the predictions do not depend on the stream's order) or ``"online"`` (state carried across the
             stream: caches such as TDA; the order is part of the run).
+        ood_scores: the OOD scores the method defines itself (NegLabel's ``"neglabel"``, GalLoP's ``"gallop"``),
+            computed by its :meth:`~vlprompt.methods.base.PromptMethod.ood_score`; ``vlprompt ood`` uses them by
+            default (otherwise MCM and GL-MCM). Empty (default): only the generic scores of
+            :data:`vlprompt.core.ood.SCORES`.
+        ood_local_scores: those of ``ood_scores`` that read patch (local) features, so that OOD evaluation
+            asks :meth:`~vlprompt.methods.base.PromptMethod.ood_features` for them (``local=True``).
     """
 
     training: Literal["sgd", "fit", "fit+sgd", "none"] = "sgd"
@@ -51,6 +57,8 @@ class Capabilities:
     class_specific: bool = False
     owns_gradient_step: bool = False
     adaptation: Literal["none", "episodic", "online"] = "none"
+    ood_scores: tuple[str, ...] = ()
+    ood_local_scores: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.training not in ("sgd", "fit", "fit+sgd", "none"):
@@ -63,6 +71,13 @@ class Capabilities:
                 raise ValueError(f"capability {flag} must be true or false, got {getattr(self, flag)!r}")
         if self.adaptation not in ("none", "episodic", "online"):
             raise ValueError(f"capability adaptation must be none, episodic or online, got {self.adaptation!r}")
+        for what in ("ood_scores", "ood_local_scores"):
+            names = getattr(self, what)
+            if not isinstance(names, tuple) or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"capability {what} must be a tuple of score names, got {names!r}")
+        if not set(self.ood_local_scores) <= set(self.ood_scores):
+            raise ValueError(f"capability ood_local_scores {self.ood_local_scores} must be among ood_scores "
+                             f"{self.ood_scores}")
         if self.owns_gradient_step and not self.uses_sgd:
             raise ValueError("owns_gradient_step needs a method trained by SGD")
 
