@@ -111,7 +111,6 @@ def test_a_training_free_ood_method_is_built_from_the_config_and_scored_with_its
     from vlprompt.methods.base import PromptMethod, template_text_features
     from vlprompt.methods.capabilities import Capabilities
     from vlprompt.methods.registry import register_method
-    from vlprompt.tasks.ood import ood_evaluate
 
     registry.list_methods()
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))  # the probe is forgotten after the test
@@ -142,7 +141,9 @@ def test_a_training_free_ood_method_is_built_from_the_config_and_scored_with_its
                     capabilities=Capabilities(training="none", supervision="none", ood_scores=("probe",)))
     ood = make_imagefolder(tmp_path / "ood", classes=("x",), per_class=3, size=32) / "train"
     cfg = config_from_dict(tiny_config(tmp_path, tiny_imagefolder, method={"name": "ood_probe"}))
-    r = ood_evaluate(cfg, None, [str(ood)], progress=False)
+    import vlprompt
+
+    r = vlprompt.ood(cfg, None, [str(ood)], progress=False)  # the public API
     assert r["method"] == "ood_probe" and r["scores"][:2] == ["probe", "mcm"]
     assert r["method_record"] == {"corpus": "probe-words", "version": "1"}
     from vlprompt.backbones.build import build_backbone
