@@ -406,12 +406,14 @@ def ood_comparison(groups: dict[OodKey, list[OodRun]]) -> list[Table]:
         for key in keys:
             runs = groups[key]
             label = key[0] if key[3] is None else f"{key[0]} ({key[3]}-shot)"
+            acc = [float(r.result.id_accuracy) for r in runs if isinstance(r.result.id_accuracy, (int, float))]
             for score in _ood_scores(runs):
                 rows.append([label, SCORE_LABELS.get(score, score), *[
-                    _pm(v) if (v := _ood_values(runs, score, where, metric)) else "-" for where, metric, _ in cols]])
+                    _pm(v) if (v := _ood_values(runs, score, where, metric)) else "-" for where, metric, _ in cols],
+                    _pm(acc) if acc else "-"])
         what = "OOD sets" + (" and per group (near / far)" if present else "")
         tables.append(Table(f"OOD average over {what} ({bb}, ID {id_ds}): %, mean ± std over seeds",
-                            ["method", "score", *[c[2] for c in cols]], rows))
+                            ["method", "score", *[c[2] for c in cols], "ID acc"], rows))
     return tables
 
 
