@@ -291,12 +291,26 @@ def published_averages(results: list[ProtocolRow], paper: Sequence[PaperEntry] |
 
 
 # ------------------------------------------------------------------------------------ OOD
+#: The row of a near / far group's average in the OOD tables (``ood_set`` argument of :func:`_ood_values`).
+GROUP_ROW = "{}-OOD average"
+
+
+def _ood_groups(runs: list[OodRun]) -> list[str]:
+    """The OOD groups (near, far) any run averaged, in that order."""
+    return [g for g in ("near", "far") if any(g in (run.result.group_average or {}) for run in runs)]
+
+
 def _ood_values(runs: list[OodRun], score: str, ood_set: str | None, metric: str) -> list[float]:
-    """One metric of every run (``ood_set`` None: the run's average over its OOD sets)."""
+    """One metric of every run (``ood_set`` None: the run's average over its OOD sets; ``GROUP_ROW`` of a group:
+    the run's average over that group's sets)."""
     out = []
+    groups = {GROUP_ROW.format(g): g for g in ("near", "far")}
     for run in runs:
         r = run.result
-        per = r.average if ood_set is None else r.per_set.get(ood_set, {})
+        if ood_set in groups:
+            per = (r.group_average or {}).get(groups[ood_set], {})
+        else:
+            per = r.average if ood_set is None else r.per_set.get(ood_set, {})
         value = per.get(score, {}).get(metric) if isinstance(per, dict) else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out.append(float(value))
@@ -346,9 +360,10 @@ def ood_section(groups: dict[OodKey, list[OodRun]], paper: Sequence[PaperEntry] 
         entry: dict[str, Any] = {"seeds": seeds, "folders": [run.folder for run in runs], "shots": shots,
                                  "scores": {}}
         sets = _ood_sets(runs)
+        group_rows = [GROUP_ROW.format(g) for g in _ood_groups(runs)]
         for score in _ood_scores(runs):
             rows = []
-            for ood_set in [*sets, None]:
+            for ood_set in [*sets, *group_rows, None]:
                 name = ood_set or "average"
                 ref = _ood_paper(paper, key, score, ood_set, sets) if paper is not None else None
                 if ref is not None:
@@ -388,14 +403,18 @@ def ood_comparison(groups: dict[OodKey, list[OodRun]]) -> list[Table]:
         if len(keys) < 2:
             continue
         rows = []
+        present = _ood_groups([run for key in keys for run in groups[key]])
+        cols = [(None, metric, label) for metric, label in OOD_METRICS]
+        cols += [(GROUP_ROW.format(g), metric, f"{g} {label}") for g in present for metric, label in OOD_METRICS[:2]]
         for key in keys:
             runs = groups[key]
             label = key[0] if key[3] is None else f"{key[0]} ({key[3]}-shot)"
             for score in _ood_scores(runs):
                 rows.append([label, SCORE_LABELS.get(score, score), *[
-                    _pm(v) if (v := _ood_values(runs, score, None, metric)) else "-" for metric, _ in OOD_METRICS]])
-        tables.append(Table(f"OOD average over OOD sets ({bb}, ID {id_ds}): %, mean ± std over seeds",
-                            ["method", "score", *[label for _, label in OOD_METRICS]], rows))
+                    _pm(v) if (v := _ood_values(runs, score, where, metric)) else "-" for where, metric, _ in cols]])
+        what = "OOD sets" + (" and per group (near / far)" if present else "")
+        tables.append(Table(f"OOD average over {what} ({bb}, ID {id_ds}): %, mean ± std over seeds",
+                            ["method", "score", *[c[2] for c in cols]], rows))
     return tables
 
 
