@@ -197,3 +197,14 @@ def test_the_report_averages_near_and_far_groups_over_seeds(tmp_path):
         line = next(x for x in table.splitlines() if x.startswith(f"| {g}-OOD average"))
         assert f"{np.mean(values):.2f} ± {np.std(values):.2f}" in line.split("|")[3]  # the AUROC column
     assert "near AUROC↑" in md and "far FPR95↓" in md
+
+
+def test_ood_sets_find_their_group_however_the_papers_spell_them(tmp_path):
+    """A folder named as MCM / LoCoOp name them (``iNaturalist``, ``dtd/images``) or a paper's spelling of a registered
+    set (``SSB-hard``) gets the registered set's group; ``:near`` / ``:far`` overrides; one's own folder: none."""
+    from vlprompt.tasks.ood import ood_group
+
+    assert ood_group("iNaturalist") == "far" and ood_group("/data/iNaturalist/images") == "far"
+    assert ood_group("dtd/images") == "far" and ood_group("SSB-hard") == "near" and ood_group("NINCO") == "near"
+    assert ood_group("world_near_ood") == "near" and ood_group("world_ood_textures") == "far"
+    assert ood_group("iNaturalist:near") == "near" and ood_group(str(tmp_path / "mine")) is None

@@ -66,8 +66,11 @@ def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum],
 
         name = path.name if Path(spec).is_absolute() else spec.rstrip("/\\")
         return name, [Datum(f, -1, "ood") for f in files], load_image
-    if spec.lower() in list_datasets():
-        splits = build_dataset(spec, cfg.data.root)
+    from vlprompt.data.ood_sets import canonical_ood_set
+
+    known = spec if spec.lower() in list_datasets() else canonical_ood_set(spec)
+    if known.lower() in list_datasets():
+        splits = build_dataset(known, cfg.data.root)
         items = splits.test or splits.val or splits.train
         return spec, [Datum(d.path, -1, "ood") for d in items], splits.loader
     raise DataError(f"OOD set '{spec}' is neither a folder nor a known dataset (option --ood-sets)")
@@ -75,12 +78,18 @@ def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum],
 
 def ood_group(spec: str) -> str | None:
     """The group (``"near"`` / ``"far"``) of an ``--ood-sets`` entry: its ``:near`` / ``:far`` suffix, else the
-    registered dataset's ``ood_group`` (:class:`~vlprompt.data.registry.DatasetInfo`), else None."""
+    registered dataset's ``ood_group`` (:class:`~vlprompt.data.registry.DatasetInfo`) of the entry as given or as
+    the papers spell it (a folder ``iNaturalist``, ``dtd/images``, ``NINCO``: :func:`~vlprompt.data.ood_sets.
+    canonical_ood_set`), else None."""
+    from vlprompt.data.ood_sets import canonical_ood_set
     from vlprompt.data.registry import get_dataset_info, list_datasets
 
     name, group = split_ood_spec(spec)
-    if group is None and name.lower() in list_datasets():
-        group = get_dataset_info(name).ood_group
+    if group is None:
+        parts = Path(name).parts  # a folder given by path: its trailing components (".../iNaturalist/images")
+        for key in (name, *(canonical_ood_set("/".join(parts[-k:])) for k in range(1, min(len(parts), 3) + 1))):
+            if key.lower() in list_datasets():
+                return get_dataset_info(key).ood_group
     return group
 
 
