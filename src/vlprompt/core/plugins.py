@@ -37,6 +37,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.upl",
         "vlprompt.methods.locoop",
         "vlprompt.methods.sct",
+        "vlprompt.methods.negprompt",
         "vlprompt.methods.kgcoop",
         "vlprompt.methods.prograd",
         "vlprompt.methods.linear_probe",
