@@ -153,8 +153,11 @@ class GalLoP(PromptMethod):
     # -------------------------------------------------------------- prediction and training
     def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
         """``scale * (mean_m s^g + mean_n topk(s^l)) / 2`` -> ``[B, n_cls]`` (gallop.py:424-444) from packed features
-        ``[B, 1 + P, W]``; from projected global features ``[B, E]`` alone (an exported classifier's path) the
-        global prompts' ``scale * mean_m s^g``."""
+        ``[B, 1 + P, W]`` and :meth:`text_features`. From projected global features ``[B, E]`` alone (an exported
+        classifier's path, `vlprompt ood`'s ID accuracy) the global prompts' ``scale * mean_m s^g``, or with class
+        features ``[n_cls, E]`` (:meth:`ood_text_features`) CLIP's ``scale * cos``."""
+        if image_features.dim() == 2 and text_features.dim() == 2:
+            return super().logits(image_features, text_features)
         if image_features.dim() == 2:
             glob = F.normalize(image_features.float(), dim=-1)
             g_cos = torch.einsum("be,gce->bcg", glob, text_features[: self.n_global].float())
