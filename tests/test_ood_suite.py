@@ -111,7 +111,6 @@ def test_a_training_free_ood_method_is_built_from_the_config_and_scored_with_its
     from vlprompt.methods.base import PromptMethod, template_text_features
     from vlprompt.methods.capabilities import Capabilities
     from vlprompt.methods.registry import register_method
-    from vlprompt.tasks.ood import ood_evaluate
 
     registry.list_methods()
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))  # the probe is forgotten after the test
@@ -142,7 +141,9 @@ def test_a_training_free_ood_method_is_built_from_the_config_and_scored_with_its
                     capabilities=Capabilities(training="none", supervision="none", ood_scores=("probe",)))
     ood = make_imagefolder(tmp_path / "ood", classes=("x",), per_class=3, size=32) / "train"
     cfg = config_from_dict(tiny_config(tmp_path, tiny_imagefolder, method={"name": "ood_probe"}))
-    r = ood_evaluate(cfg, None, [str(ood)], progress=False)
+    import vlprompt
+
+    r = vlprompt.ood(cfg, None, [str(ood)], progress=False)  # the public API
     assert r["method"] == "ood_probe" and r["scores"][:2] == ["probe", "mcm"]
     assert r["method_record"] == {"corpus": "probe-words", "version": "1"}
     from vlprompt.backbones.build import build_backbone
@@ -166,3 +167,33 @@ def test_test_time_methods_are_refused_with_the_reason(tmp_path, tiny_imagefolde
     cfg = config_from_dict(tiny_config(tmp_path, tiny_imagefolder, method={"name": "tpt"}))
     with pytest.raises(VlpromptError, match="protocol tta"):
         ood_evaluate(cfg, None, [str(tmp_path)], progress=False)
+
+
+def test_the_report_averages_near_and_far_groups_over_seeds(tmp_path):
+    """Two seeds' results with groups: the report's OOD table has a near- and a far-OOD average row, each the mean
+    over seeds of the runs' group averages, and the comparison table a column per group."""
+    import numpy as np
+
+    from test_sweep_report import write_ood
+    from vlprompt.report.build import make_report
+
+    rng = np.random.default_rng(0)
+    expected: dict[str, list[float]] = {"near": [], "far": []}
+    for seed in (1, 2):
+        folder = tmp_path / "runs" / f"seed{seed}" / "ood"
+        r = write_ood(folder, "locoop", seed, rng, sets=("twin", "shapes", "textures"), save_scores=False)
+        r["groups"] = {"twin": "near", "shapes": "near", "textures": "far"}
+        r["group_average"] = {g: {s: {m: float(np.mean([r["per_set"][n][s][m] for n in r["groups"]
+                                                        if r["groups"][n] == g])) for m in ("fpr95", "auroc", "aupr")}
+                                  for s in r["scores"]} for g in ("near", "far")}
+        (folder / "ood_results.json").write_text(json.dumps(r))
+        for g in expected:
+            expected[g].append(r["group_average"][g]["mcm"]["auroc"])
+        write_ood(tmp_path / "runs" / "zs" / f"seed{seed}" / "ood", "zeroshot", seed, rng, save_scores=False)
+    md = make_report(tmp_path / "runs", tmp_path / "rep")["markdown"]
+    table = md[md.index("OOD: locoop"):]
+    table = table[table.index("score MCM"):]
+    for g, values in expected.items():
+        line = next(x for x in table.splitlines() if x.startswith(f"| {g}-OOD average"))
+        assert f"{np.mean(values):.2f} ± {np.std(values):.2f}" in line.split("|")[3]  # the AUROC column
+    assert "near AUROC↑" in md and "far FPR95↓" in md

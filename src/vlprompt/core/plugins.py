@@ -59,6 +59,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
     "datasets": (
         "vlprompt.data.coop_layouts",
         "vlprompt.data.custom",
+        "vlprompt.data.ood_sets",
     ),
 }
 _imported: set[str] = set()
