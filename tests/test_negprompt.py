@@ -122,5 +122,5 @@ def test_stage1_is_coop_ce_then_stage3_starts_from_the_positive_context(vit_back
         m.ctx.add_(0.1)
     m.on_epoch_end(1, 4)
     gap = (m.ctx_negative - m.ctx.unsqueeze(0)).abs()
-    assert m.in_negative_stage and 0 < float(gap.max()) <= 1e-5
+    assert m.in_negative_stage and 0 < float(gap.max().detach()) <= 1e-5
     assert not torch.equal(m.ctx_negative[0], m.ctx_negative[1])

@@ -38,6 +38,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.locoop",
         "vlprompt.methods.sct",
         "vlprompt.methods.negprompt",
+        "vlprompt.methods.gallop",
         "vlprompt.methods.kgcoop",
         "vlprompt.methods.prograd",
         "vlprompt.methods.linear_probe",

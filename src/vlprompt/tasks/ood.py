@@ -179,8 +179,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
 
     with torch.no_grad():
         id_feats = _encode(method, splits.test, splits.loader, cfg, need_local, progress, "ID")
-        glob = id_feats[:, 0] if id_feats.dim() == 3 else id_feats
-        logits = method.logits(glob.to(device), method.ood_text_features().to(device))
+        logits = method.ood_logits(id_feats.to(device))
     acc = accuracy_report(logits.argmax(-1).cpu(), torch.tensor([d.label for d in splits.test]), splits.classnames)
     id_scores = score_all(id_feats)
     per_set: dict[str, Any] = {}

@@ -84,7 +84,7 @@ class NegPrompt(PromptMethod):
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         self.prompt_learner = PromptLearner(backbone, self.classnames, n_ctx=config.n_ctx, ctx_init=config.ctx_init,
-                                            init_std=config.init_std, suffix="")
+                                            init_std=config.init_std, name_suffix="")
         if not self.prompt_learner.shares_prefix:
             raise ModelError(f"NegPrompt needs prompts that start alike for every class; the tokenizer of "
                              f"'{backbone.name}' pads them differently")
