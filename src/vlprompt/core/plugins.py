@@ -36,6 +36,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.cocoop",
         "vlprompt.methods.upl",
         "vlprompt.methods.locoop",
+        "vlprompt.methods.idlike",
         "vlprompt.methods.kgcoop",
         "vlprompt.methods.prograd",
         "vlprompt.methods.linear_probe",
