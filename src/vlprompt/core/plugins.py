@@ -36,6 +36,8 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.cocoop",
         "vlprompt.methods.upl",
         "vlprompt.methods.locoop",
+        "vlprompt.methods.sct",
+        "vlprompt.methods.negprompt",
         "vlprompt.methods.idlike",
         "vlprompt.methods.kgcoop",
         "vlprompt.methods.prograd",
@@ -59,6 +61,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
     "datasets": (
         "vlprompt.data.coop_layouts",
         "vlprompt.data.custom",
+        "vlprompt.data.ood_sets",
     ),
 }
 _imported: set[str] = set()
