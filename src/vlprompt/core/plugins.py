@@ -39,6 +39,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.sct",
         "vlprompt.methods.negprompt",
         "vlprompt.methods.gallop",
+        "vlprompt.methods.idlike",
         "vlprompt.methods.kgcoop",
         "vlprompt.methods.prograd",
         "vlprompt.methods.linear_probe",
