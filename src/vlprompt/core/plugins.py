@@ -36,6 +36,8 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.cocoop",
         "vlprompt.methods.upl",
         "vlprompt.methods.locoop",
+        "vlprompt.methods.neglabel",
+        "vlprompt.methods.csp",
         "vlprompt.methods.kgcoop",
         "vlprompt.methods.prograd",
         "vlprompt.methods.linear_probe",
