@@ -102,7 +102,6 @@ def _ref_score(image_features, pos, neg, ngroup, t, seed):
 
 
 # ------------------------------------------------------------------ equivalence
-@pytest.mark.slow
 def test_neglabel_mining_and_score_equal_the_authors_code(vit_backbone, tmp_path):
     folder = _write_folder(tmp_path / "txtfiles")
     m = build_method("neglabel", vit_backbone, NAMES, corpus=str(folder), neg_topk=0.5, pencentile=0.8, ngroup=3,
@@ -125,7 +124,6 @@ def test_neglabel_mining_and_score_equal_the_authors_code(vit_backbone, tmp_path
     assert rec["corpus"]["sha256"] == WordCorpus({k: tuple(v) for k, v in WORDS.items()}, "", "").digest
 
 
-@pytest.mark.slow
 def test_csp_pool_and_score_equal_the_authors_code(vit_backbone, tmp_path):
     files = {**WORDS, "noun.artifact": (*WORDS["noun.artifact"], "ice_cream"), "noun.person": ("baker", "tailor")}
     folder = _write_folder(tmp_path / "txtfiles", files)
