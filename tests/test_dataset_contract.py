@@ -8,7 +8,8 @@ added later is checked here by adding it, with no edit to this file. For each on
 names are non-empty and unique; every item's label is in range and names its class; its items are
 regular files (or, for a generated dataset, load through its loader); its templates have one ``{}``;
 few-shot sampling with its declared sampler gives K images per class and the same ones for the same seed;
-base / new subsampling splits its classes.
+base / new subsampling splits its classes. An OOD benchmark set (``ood_group`` declared) may hold one class
+(the set itself), and then has no base / new halves.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from vlprompt.data.fewshot import MAX_VAL_SHOTS, make_fewshot
 from vlprompt.data.pipeline import fewshot_splits, load_dataset
 from vlprompt.data.reference_fewshot import ShortClassWarning, make_fewshot_reference, resolve_sampler
 from vlprompt.data.registry import (
+    OOD_GROUPS,
     SAMPLER_KINDS,
     TinyTree,
     build_dataset,
@@ -74,6 +76,7 @@ def _check_facts(name: str) -> Any:
     assert epochs is None or (type(epochs) is int and epochs >= 1)
     assert all(default_max_epoch(name, k) >= 1 for k in (1, 2, 4, 8, 16))
     assert epochs is None or default_max_epoch(name, 16) == epochs
+    assert info.ood_group in (None, *OOD_GROUPS)
     assert info.tiny_tree is not None, (
         f"dataset '{name}' registers no tiny tree: give register_dataset(..., tiny_tree=builder), "
         "a function (folder: Path) -> TinyTree writing a minimal tree of the dataset's layout"
@@ -83,7 +86,9 @@ def _check_facts(name: str) -> Any:
 
 def _check_splits(splits: DatasetSplits, info: Any) -> None:
     names = splits.classnames
-    assert isinstance(names, list) and len(names) >= 2, "a tiny tree needs at least 2 classes (base / new)"
+    # an OOD benchmark set (ood_group declared) may be one class, the set itself: the OOD task relabels it
+    least = 1 if info.ood_group is not None else 2
+    assert isinstance(names, list) and len(names) >= least, "a tiny tree needs at least 2 classes (base / new)"
     assert all(isinstance(n, str) and n.strip() for n in names), f"empty class name in {names}"
     assert len(set(names)) == len(names), f"duplicate class names in {names}"
     for split in SPLITS:
@@ -160,7 +165,8 @@ def check_dataset_contract(name: str, folder: Path) -> None:
         assert build_dataset(alias, tree.root, **tree.options).classnames == splits.classnames
     _check_splits(splits, info)
     _check_fewshot(splits, info)
-    _check_base_new(cfg, splits)
+    if splits.num_classes > 1:  # a one-class OOD set has no base / new halves
+        _check_base_new(cfg, splits)
 
 
 @pytest.mark.parametrize("name", dataset_names())

@@ -38,6 +38,7 @@ CONTEXT = MethodContext(templates=["a photo of a {}.", "a drawing of a {}."])
 #: options that only make the contract runs smaller (never needed for correctness)
 SMALL = {"coop": {"n_ctx": 2}, "kgcoop": {"n_ctx": 2, "ctx_init": None}, "prograd": {"n_ctx": 2},
          "locoop": {"n_ctx": 2, "top_k": 1}, "cocoop": {"n_ctx": 2}, "upl": {"n_ctx": 2, "n_prompts": 2},
+         "sct": {"n_ctx": 2, "top_k": 1}, "negprompt": {"ctx_init": "a photo", "positive_epochs": 1},
          "tip_adapter": {"search_step": [20, 5], "augment_epoch": 2},
          "tip_adapter_f": {"search_step": [20, 5], "augment_epoch": 2}, "linear_probe": {"search_steps": 2}}
 

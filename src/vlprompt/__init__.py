@@ -19,6 +19,13 @@ Test-time adaptation on target datasets (TPT's tables; accuracy, ECE and cost pe
     out = vlprompt.tta(vlprompt.load_config("tpt.yaml"), "imagenet_shifts", "runs/tta/tpt")
     out["per_target"]["imagenet_a"]["accuracy"], out["per_target"]["imagenet_a"]["ece"]
 
+OOD detection per OOD set and near / far group (a prompt file, a training-free OOD method such as NegLabel, or
+zero-shot CLIP); on features, any built method scores images itself::
+
+    out = vlprompt.ood(vlprompt.load_config("configs/neglabel/imagenet.yaml"), None, ["ssb_hard", "inaturalist"])
+    out["group_average"]["near"]["neglabel"]["auroc"], out["per_set"]["inaturalist"]["neglabel"]["fpr95"]
+    scores = method.ood_score(method.ood_features(images), "neglabel")   # [B], higher = more in-distribution
+
 Online adaptation of a stream, image after image (TDA's cache grows as it goes)::
 
     adapter = vlprompt.online("tda", "ViT-B-16", classnames, pretrained="openai")
@@ -51,6 +58,7 @@ _LAZY = {
     "zeroshot": ("vlprompt.tasks.api", "zeroshot"),
     "predict": ("vlprompt.tasks.api", "predict"),
     "tta": ("vlprompt.tasks.test_time", "tta"),
+    "ood": ("vlprompt.tasks.ood", "ood_evaluate"),
     "online": ("vlprompt.tasks.online", "online"),
     "TestTimeAdapter": ("vlprompt.engine.test_time", "TestTimeAdapter"),
     "save_prompt": ("vlprompt.engine.checkpoint", "save_prompt"),
@@ -75,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vlprompt.methods.registry import build_method, list_methods, register_method  # noqa: F401
     from vlprompt.tasks.api import evaluate, predict, zeroshot  # noqa: F401
     from vlprompt.tasks.online import online  # noqa: F401
+    from vlprompt.tasks.ood import ood_evaluate as ood  # noqa: F401
     from vlprompt.tasks.test_time import tta  # noqa: F401
 
 

@@ -323,7 +323,8 @@ def cmd_ood(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args)
     out = Path(args.output_dir) if args.output_dir else (Path(args.run) / "ood" if args.run else Path("ood_results"))
     result = ood_evaluate(cfg, prompt, [s for s in args.ood_sets.split(",") if s],
-                          scores=[s for s in args.scores.split(",") if s], temperature=args.temperature,
+                          scores=[s for s in (args.scores or "").split(",") if s] or None,
+                          temperature=args.temperature,
                           output_dir=out, progress=cfg.train.progress)
     _print_table(result["table"])
     print(f"saved {out / 'ood_results.json'}, ood_results.md and ood_scores.png")
@@ -617,14 +618,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where per-backbone probabilities are cached (default: next to --output)")
     p.set_defaults(func=cmd_pseudo_label)
 
-    p = sub.add_parser("ood", help="OOD detection (MCM / GL-MCM): FPR95, AUROC, AUPR per OOD set", epilog=EPILOG,
-                       description="Score ID test images and OOD sets with a learned prompt (or zero-shot CLIP "
-                                   "without --prompt/--run); ID = positive.")
+    p = sub.add_parser("ood", help="OOD detection (MCM, GL-MCM, NegLabel, ...): FPR95, AUROC, AUPR per OOD set and "
+                                   "near / far group", epilog=EPILOG,
+                       description="Score ID test images and OOD sets with a learned prompt, a training-free OOD "
+                                   "method of the config (NegLabel, CSP) or zero-shot CLIP; ID = positive.")
     p.add_argument("--run", "-r", help="run folder made by `vlprompt train` (uses its config and prompt)")
     p.add_argument("--prompt", "-p", help="prompt file; omit for zero-shot CLIP")
     _add_config_args(p)
-    p.add_argument("--ood-sets", required=True, help="comma-separated OOD dataset names or image folders")
-    p.add_argument("--scores", default="mcm,glmcm", help="comma-separated: mcm, glmcm, maxlogit, energy")
+    p.add_argument("--ood-sets", required=True,
+                   help="comma-separated OOD dataset names or image folders, each optionally NAME:near or NAME:far "
+                        "(default: the dataset's declared group)")
+    p.add_argument("--scores", default=None,
+                   help="comma-separated: the method's own (e.g. neglabel), mcm, glmcm, maxlogit, energy "
+                        "(default: the method's own, mcm, glmcm)")
     p.add_argument("--temperature", type=float, default=1.0, help="T of MCM / GL-MCM (default 1)")
     p.add_argument("--output-dir", "-o", help="where the JSON, table and histogram go")
     p.set_defaults(func=cmd_ood)

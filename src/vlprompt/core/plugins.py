@@ -36,6 +36,9 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.cocoop",
         "vlprompt.methods.upl",
         "vlprompt.methods.locoop",
+        "vlprompt.methods.sct",
+        "vlprompt.methods.negprompt",
+        "vlprompt.methods.gallop",
         "vlprompt.methods.neglabel",
         "vlprompt.methods.csp",
         "vlprompt.methods.kgcoop",
@@ -60,6 +63,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
     "datasets": (
         "vlprompt.data.coop_layouts",
         "vlprompt.data.custom",
+        "vlprompt.data.ood_sets",
     ),
 }
 _imported: set[str] = set()

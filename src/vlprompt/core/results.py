@@ -255,12 +255,24 @@ class OodResult(Result):
     temperature: float = 1.0
     convention: str = "ID = positive; higher score = more ID"
     table: str = ""
+    #: ``{set: "near" | "far" | None}``: the group each OOD set declares (absent in files before the groups).
+    groups: dict[str, str | None] = field(default_factory=dict)
+    #: ``{"near" | "far": {score: {"fpr95", "auroc", "aupr"}}}``: the mean over the sets of each group present.
+    group_average: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: What the method records about itself (:meth:`~vlprompt.methods.base.PromptMethod.ood_record`: e.g. the
+    #: word corpus and its version for NegLabel).
+    method_record: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         super().validate()
         _backbone(self.backbone, optional=True)
         if not isinstance(self.per_set, dict) or not isinstance(self.average, dict):
             raise ValueError("'per_set' and 'average' must be mappings")
+        if not isinstance(self.groups, dict) or not isinstance(self.group_average, dict):
+            raise ValueError("'groups' and 'group_average' must be mappings")
+        bad = sorted({g for g in self.groups.values() if g not in (None, "near", "far")})
+        if bad:
+            raise ValueError(f"'groups' values must be near, far or null, got {bad}")
         if not isinstance(self.scores, list):
             raise ValueError("'scores' must be a list")
 

@@ -366,6 +366,13 @@ class PromptMethod(nn.Module):
         return ood_scores(glob, self.ood_text_features().to(glob.device), kind=kind, temperature=temperature,
                           logit_scale=float(self.backbone.logit_scale), local_features=loc)
 
+    def ood_logits(self, features: Tensor) -> Tensor:
+        """The method's prediction ``[B, n_cls]`` from :meth:`ood_features`' output (the ID accuracy an OOD result
+        reports). Default: :meth:`logits` of the global feature against :meth:`ood_text_features`; a method whose
+        prediction reads more (GalLoP's global + local ensemble) overrides it."""
+        glob = features[:, 0] if features.dim() == 3 else features
+        return self.logits(glob, self.ood_text_features().to(glob.device))
+
     def ood_record(self) -> dict[str, Any]:
         """What an OOD result should record about this method beyond its options (e.g. NegLabel's word corpus: its
         source and version, the number of negative labels mined). Default: nothing."""

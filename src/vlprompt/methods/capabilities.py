@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vlprompt.backbones.local import GLOBAL_LOCAL
+from vlprompt.backbones.local import GLOBAL_LOCAL, GLOBAL_LOCAL_UNPROJECTED
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ class Capabilities:
             for an evaluation.
         local_features: ``encode_images`` returns patch-level (local) image features besides the global
             one, packed ``[B, 1 + P, E]`` (LoCoOp); the backbone must provide them.
+        unprojected_features: with ``local_features``, those features are taken before the image tower's output
+            projection, ``[B, 1 + P, W]`` (:func:`~vlprompt.backbones.local.packed_unprojected_global_local`), for a
+            method that learns a map there and projects them itself (GalLoP's local projection); a cache kind of
+            their own.
         modifies_encoders: image features depend on learned tensors (LoRA, deep vision prompts): they are
             never cached (memory or disk), and training encodes its images at every step.
         class_specific: what it learns belongs to the training classes (a linear probe's weights,
@@ -53,6 +57,7 @@ class Capabilities:
     supervision: Literal["labels", "none"] = "labels"
     image_conditional: bool = False
     local_features: bool = False
+    unprojected_features: bool = False
     modifies_encoders: bool = False
     class_specific: bool = False
     owns_gradient_step: bool = False
@@ -65,8 +70,8 @@ class Capabilities:
             raise ValueError(f"capability training must be sgd, fit, fit+sgd or none, got {self.training!r}")
         if self.supervision not in ("labels", "none"):
             raise ValueError(f"capability supervision must be labels or none, got {self.supervision!r}")
-        for flag in ("image_conditional", "local_features", "modifies_encoders", "class_specific",
-                     "owns_gradient_step"):
+        for flag in ("image_conditional", "local_features", "unprojected_features", "modifies_encoders",
+                     "class_specific", "owns_gradient_step"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"capability {flag} must be true or false, got {getattr(self, flag)!r}")
         if self.adaptation not in ("none", "episodic", "online"):
@@ -78,6 +83,8 @@ class Capabilities:
         if not set(self.ood_local_scores) <= set(self.ood_scores):
             raise ValueError(f"capability ood_local_scores {self.ood_local_scores} must be among ood_scores "
                              f"{self.ood_scores}")
+        if self.unprojected_features and not self.local_features:
+            raise ValueError("capability unprojected_features needs local_features (the packed global + local layout)")
         if self.owns_gradient_step and not self.uses_sgd:
             raise ValueError("owns_gradient_step needs a method trained by SGD")
 
@@ -109,5 +116,8 @@ class Capabilities:
     @property
     def feature_kind(self) -> str:
         """What ``encode_images`` returns, the key of the engine's feature caches: ``"global"`` (``[B, E]``)
-        or ``"global+local"`` (``[B, 1 + P, E]``, with ``local_features``)."""
-        return GLOBAL_LOCAL if self.local_features else "global"
+        or ``"global+local"`` (``[B, 1 + P, E]``, with ``local_features``), ``"global+local|unprojected"`` (``[B, 1 +
+        P, W]``, with ``unprojected_features`` too)."""
+        if not self.local_features:
+            return "global"
+        return GLOBAL_LOCAL_UNPROJECTED if self.unprojected_features else GLOBAL_LOCAL

@@ -61,6 +61,7 @@ from vlprompt.report.tables import (
     fewshot_comparison,
     fewshot_tables,
     ood_comparison,
+    ood_published,
     ood_section,
     protocol_section,
     published_averages,
@@ -124,6 +125,7 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
     cmp_b2n, cmp_b2n_js = base2new_comparison(protocols, paper)
     pub, pub_js = published_averages(protocols, paper)
     cmp_ood = ood_comparison(ood)
+    ood_pub = ood_published(ood, paper)
     tta_tables, tta_csv, tta_js = tta_section(tta, paper)
     cmp_tta = [*tta_comparison(tta), *tta_published_averages(tta_js, paper)]
     plots: list[Path] = []
@@ -152,7 +154,7 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         _section("Few-shot", few),
         _section("Comparison of methods", cmp_few, cmp_b2n, pub, cmp_ood),
         _section("Protocols", proto),
-        _section("OOD detection", ood_tables),
+        _section("OOD detection", ood_tables, ood_pub),
         _section("Test-time adaptation", tta_tables, cmp_tta),
         f"## Plots\n\n{plot_links}" if plot_links else "",
         f"## Ignored files (unreadable or not in the expected format)\n\n{ignored}" if ignored else "",
@@ -170,7 +172,7 @@ def make_report(root: str | Path, output: str | Path | None = None, *, papers: S
         atomic_write_text(out / name, table.to_csv())
         if out / name not in files:
             files.append(out / name)
-    shown = [*few, *cmp_few, *cmp_b2n, *pub, *cmp_ood, *proto, *ood_tables, *tta_tables, *cmp_tta]
+    shown = [*few, *cmp_few, *cmp_b2n, *pub, *cmp_ood, *proto, *ood_tables, *ood_pub, *tta_tables, *cmp_tta]
     summary = {"fewshot": few_js, "protocols": proto_js, "ood": ood_js,
                "comparison": {"fewshot": cmp_few_js, "base2new_H": cmp_b2n_js, "base2new_published_averages": pub_js},
                "paper": {"papers": sorted({e.paper for e in paper}), "matched_rows": matched} if paper is not None

@@ -5,9 +5,13 @@ Each entry holds the paper, table, backbone, method (vlprompt's name; CLIP -> ``
 the columns of vlprompt's results:
 
 * ``base2new`` / ``dg``: the protocol columns (``base`` / ``new`` / ``H``; source and target datasets);
-* ``ood``: ``dataset`` is the OOD set as vlprompt's OOD runs name it (``iNaturalist``, ``dtd/images``,
-  ...), ``id_dataset`` the ID dataset and ``score`` the OOD score (``mcm``, ``glmcm``, ...); values
-  ``fpr95`` / ``auroc`` (/ ``aupr``);
+* ``ood``: ``dataset`` is the OOD set (the registry name of an ImageNet OOD benchmark set, ``inaturalist``,
+  ``ninco``, ...; a run's ``iNaturalist``, ``iNaturalist/images`` or ``dtd/images`` finds the same entries:
+  :func:`vlprompt.data.ood_sets.canonical_ood_set`), ``id_dataset`` the ID dataset and ``score`` the OOD score
+  (``mcm``, ``glmcm``, a method's own score such as ``gallop``; :data:`UNSTATED_SCORE` where the source names
+  none: such a row is never matched to a run, only listed in the report's table of published OOD numbers);
+  values ``fpr95`` / ``auroc`` (/ ``aupr``). Shipped: GalLoP's README OOD table (ViT-B/16, ImageNet ID, the 4
+  MOS sets and their average) and NegRefine's README table (its ImageNet seed-0 run, per set);
 * ``unsupervised``: ``accuracy`` of a run without labels (UPL);
 * ``tta``: test-time adaptation (``vlprompt protocol tta``): ``method`` is the result's label (``tpt``,
   ``tpt+coop``, ...), ``dataset`` the target; values ``accuracy`` / ``ece``. Shipped: TPT's README table
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vlprompt.core.errors import DataError
+from vlprompt.data.ood_sets import canonical_ood_set
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
 _REQUIRED = {"paper": str, "table": str, "backbone": str, "setting": str, "method": str, "dataset": str}
@@ -34,6 +39,15 @@ _OPTIONAL_TEXT = ("paper_method", "score", "id_dataset", "source")
 #: the value keys a setting allows (settings not listed here take any column name)
 SETTING_VALUES = {"ood": {"fpr95", "auroc", "aupr"}, "unsupervised": {"accuracy"}, "fewshot": {"accuracy"},
                   "tta": {"accuracy", "ece"}}
+#: The ``score`` of an ``ood`` row whose source names no OOD score (GalLoP's README rows of PLOT, PromptSRC, LSN).
+UNSTATED_SCORE = "unstated"
+#: Methods the published tables compare with that vlprompt does not implement: their rows name them as
+#: ``method`` and are shown in the report's table of published OOD numbers, never next to a run.
+REFERENCE_ONLY_METHODS: dict[str, str] = {
+    "plot": "PLOT: a row of GalLoP's README OOD table",
+    "lsn": "LSN (+ CoOp / + CoCoOp): rows of GalLoP's README OOD table; no public code was found",
+    "negrefine": "NegRefine (ICCV 2025): its README's example run (ImageNet ID, seed 0)",
+}
 
 
 @dataclass(frozen=True)
@@ -151,7 +165,9 @@ def find_entry(entries: Sequence[PaperEntry], setting: str, method: str, dataset
     single counterpart and the answer is None. Among entries of one paper row and its variants (UPL and
     UPL*), the one named like the method is preferred.
     """
-    matches = [e for e in entries if (e.setting, e.method, e.dataset) == (setting, method, dataset)
+    key = _dataset_key(setting, dataset)
+    matches = [e for e in entries if (e.setting, e.method) == (setting, method)
+               and _dataset_key(setting, e.dataset) == key
                and (score is None or e.score == score) and (id_dataset is None or e.id_dataset == id_dataset)
                and (shots is None or e.shots is None or e.shots == shots or training_free)]
     same = [e for e in matches if normalize_backbone(e.backbone) == normalize_backbone(backbone)]
@@ -160,6 +176,11 @@ def find_entry(entries: Sequence[PaperEntry], setting: str, method: str, dataset
         return None
     named = [e for e in pool if e.paper_method.lower() == method.lower()]
     return (named or pool or [None])[0]
+
+
+def _dataset_key(setting: str, dataset: str) -> str:
+    """What a dataset is compared by: an OOD set by its canonical name (``iNaturalist`` = ``inaturalist``)."""
+    return canonical_ood_set(dataset) if setting == "ood" else dataset
 
 
 def averaged_datasets(entries: Sequence[PaperEntry], ref: PaperEntry) -> set[str]:
@@ -178,6 +199,8 @@ def paper_for(entries: Sequence[PaperEntry], setting: str, method: str, dataset:
     ``match``: ``shots`` / ``score`` / ``id_dataset`` / ``training_free`` for :func:`find_entry`.
     """
     entry = find_entry(entries, setting, method, dataset, backbone, **match)
-    if entry is not None and dataset == "average" and averaged_datasets(entries, entry) != our_datasets:
+    if entry is not None and dataset == "average" and (our_datasets is None or {
+            _dataset_key(setting, d) for d in averaged_datasets(entries, entry)} != {
+            _dataset_key(setting, d) for d in our_datasets}):
         return None
     return entry

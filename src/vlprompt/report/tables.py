@@ -10,6 +10,8 @@ and the JSON summary ``report.json`` keeps under the section's key:
 * :func:`base2new_comparison`: per backbone with several methods, datasets x methods' H;
 * :func:`ood_section`: per (method, backbone, ID dataset, shots, score), OOD sets x FPR95 / AUROC / AUPR;
 * :func:`ood_comparison`: per (backbone, ID dataset) with several methods or shot counts, the averages;
+* :func:`ood_published`: per (backbone, ID dataset) with published OOD numbers for that ID dataset, our rows and
+  every published row side by side, per OOD set and average;
 * :func:`tta_section`: per backbone, one row per test-time method and target (accuracy, ECE, cost) + averages;
 * :func:`tta_comparison`: per backbone with several test-time methods, targets x methods (accuracy / ECE).
 
@@ -28,6 +30,7 @@ from typing import Any
 from vlprompt.core.metrics import mean_std
 from vlprompt.core.results import TRANSFER_PROTOCOLS
 from vlprompt.core.tables import SCORE_LABELS, Table
+from vlprompt.data.ood_sets import OOD_SETS, canonical_ood_set
 from vlprompt.report.collect import (
     FewKey,
     OodKey,
@@ -288,12 +291,26 @@ def published_averages(results: list[ProtocolRow], paper: Sequence[PaperEntry] |
 
 
 # ------------------------------------------------------------------------------------ OOD
+#: The row of a near / far group's average in the OOD tables (``ood_set`` argument of :func:`_ood_values`).
+GROUP_ROW = "{}-OOD average"
+
+
+def _ood_groups(runs: list[OodRun]) -> list[str]:
+    """The OOD groups (near, far) any run averaged, in that order."""
+    return [g for g in ("near", "far") if any(g in (run.result.group_average or {}) for run in runs)]
+
+
 def _ood_values(runs: list[OodRun], score: str, ood_set: str | None, metric: str) -> list[float]:
-    """One metric of every run (``ood_set`` None: the run's average over its OOD sets)."""
+    """One metric of every run (``ood_set`` None: the run's average over its OOD sets; ``GROUP_ROW`` of a group:
+    the run's average over that group's sets)."""
     out = []
+    groups = {GROUP_ROW.format(g): g for g in ("near", "far")}
     for run in runs:
         r = run.result
-        per = r.average if ood_set is None else r.per_set.get(ood_set, {})
+        if ood_set in groups:
+            per = (r.group_average or {}).get(groups[ood_set], {})
+        else:
+            per = r.average if ood_set is None else r.per_set.get(ood_set, {})
         value = per.get(score, {}).get(metric) if isinstance(per, dict) else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out.append(float(value))
@@ -343,9 +360,10 @@ def ood_section(groups: dict[OodKey, list[OodRun]], paper: Sequence[PaperEntry] 
         entry: dict[str, Any] = {"seeds": seeds, "folders": [run.folder for run in runs], "shots": shots,
                                  "scores": {}}
         sets = _ood_sets(runs)
+        group_rows = [GROUP_ROW.format(g) for g in _ood_groups(runs)]
         for score in _ood_scores(runs):
             rows = []
-            for ood_set in [*sets, None]:
+            for ood_set in [*sets, *group_rows, None]:
                 name = ood_set or "average"
                 ref = _ood_paper(paper, key, score, ood_set, sets) if paper is not None else None
                 if ref is not None:
@@ -385,14 +403,78 @@ def ood_comparison(groups: dict[OodKey, list[OodRun]]) -> list[Table]:
         if len(keys) < 2:
             continue
         rows = []
+        present = _ood_groups([run for key in keys for run in groups[key]])
+        cols = [(None, metric, label) for metric, label in OOD_METRICS]
+        cols += [(GROUP_ROW.format(g), metric, f"{g} {label}") for g in present for metric, label in OOD_METRICS[:2]]
         for key in keys:
             runs = groups[key]
             label = key[0] if key[3] is None else f"{key[0]} ({key[3]}-shot)"
+            acc = [float(r.result.id_accuracy) for r in runs if isinstance(r.result.id_accuracy, (int, float))]
             for score in _ood_scores(runs):
                 rows.append([label, SCORE_LABELS.get(score, score), *[
-                    _pm(v) if (v := _ood_values(runs, score, None, metric)) else "-" for metric, _ in OOD_METRICS]])
-        tables.append(Table(f"OOD average over OOD sets ({bb}, ID {id_ds}): %, mean ± std over seeds",
-                            ["method", "score", *[label for _, label in OOD_METRICS]], rows))
+                    _pm(v) if (v := _ood_values(runs, score, where, metric)) else "-" for where, metric, _ in cols],
+                    _pm(acc) if acc else "-"])
+        what = "OOD sets" + (" and per group (near / far)" if present else "")
+        tables.append(Table(f"OOD average over {what} ({bb}, ID {id_ds}): %, mean ± std over seeds",
+                            ["method", "score", *[c[2] for c in cols], "ID acc"], rows))
+    return tables
+
+
+def _set_label(name: str) -> str:
+    """An OOD set's column: the paper name of an ImageNet benchmark set (``iNaturalist``), else the name."""
+    key = canonical_ood_set(name)
+    return OOD_SETS[key].display if key in OOD_SETS else name
+
+
+def _pair(fpr: float | None, auroc: float | None) -> str:
+    return "-" if fpr is None and auroc is None else f"{_fmt(fpr)} / {_fmt(auroc)}"
+
+
+def ood_published(groups: dict[OodKey, list[OodRun]], paper: Sequence[PaperEntry] | None) -> list[Table]:
+    """Our OOD rows and every published ``ood`` row of the same ID dataset side by side: one table per (backbone,
+    ID dataset) of our runs that has published rows, cells ``FPR95 / AUROC`` (%) per OOD set (sets matched by
+    their canonical names, :func:`vlprompt.data.ood_sets.canonical_ood_set`) and ``average``, each row's
+    average over its own sets (which the set columns show). Ours: mean over seeds, one row per method, shots
+    and score. Published: one row per paper row (any backbone, named in ``source``), including methods vlprompt
+    does not implement (``papers.REFERENCE_ONLY_METHODS``) and rows whose score the source does not name."""
+    if not paper:
+        return []
+    tables = []
+    for bb, id_ds in sorted({(k[1], k[2]) for k in groups}):
+        published = [e for e in paper if e.setting == "ood" and e.id_dataset == id_ds]
+        if not published:
+            continue
+        rows_in: list[tuple[list[Any], dict[str, str], str]] = []
+        for key, runs in sorted(groups.items(), key=ood_order):
+            if (key[1], key[2]) != (bb, id_ds):
+                continue
+            label = key[0] if key[3] is None else f"{key[0]} ({key[3]}-shot)"
+            for score in _ood_scores(runs):
+                cells = {}
+                for ood_set in _ood_sets(runs):
+                    fpr, auroc = (_ood_values(runs, score, ood_set, m) for m in ("fpr95", "auroc"))
+                    cells[_set_label(ood_set)] = _pair(statistics.fmean(fpr) if fpr else None,
+                                                       statistics.fmean(auroc) if auroc else None)
+                fpr, auroc = (_ood_values(runs, score, None, m) for m in ("fpr95", "auroc"))
+                average = _pair(statistics.fmean(fpr) if fpr else None, statistics.fmean(auroc) if auroc else None)
+                rows_in.append(([label, SCORE_LABELS.get(score, score), f"ours ({len(runs)} run(s))"], cells,
+                                average))
+        by_row: dict[tuple[Any, ...], list[PaperEntry]] = defaultdict(list)
+        for e in published:
+            by_row[(e.paper, e.table, e.backbone, e.method, e.paper_method, e.shots, e.score)].append(e)
+        for (_, _, _, method, paper_method, shots, score), entries in by_row.items():
+            cells = {_set_label(e.dataset): _pair(e.values.get("fpr95"), e.values.get("auroc"))
+                     for e in entries if e.dataset != "average"}
+            avg = next((e for e in entries if e.dataset == "average"), None)
+            shot_text = "" if shots is None else f", {shots}-shot"
+            rows_in.append(([paper_method or method, SCORE_LABELS.get(score, score), f"{entries[0].label}{shot_text}"],
+                            cells, _pair(avg.values.get("fpr95"), avg.values.get("auroc")) if avg else "-"))
+        sets = list(dict.fromkeys(s for _, cells, _ in rows_in for s in cells))
+        rows = [[*head, *[cells.get(s, "-") for s in sets], average] for head, cells, average in rows_in]
+        tables.append(Table(f"OOD ({bb}, ID {id_ds}) next to the published numbers: FPR95↓ / AUROC↑ %, ours the mean "
+                            "over seeds; each row's average is over its own sets (the columns it fills), so rows "
+                            "with other sets are a reference, not a like-for-like comparison",
+                            ["method", "score", "source", *sets, "average"], rows))
     return tables
 
 

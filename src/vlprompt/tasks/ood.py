@@ -24,7 +24,7 @@ from vlprompt.config import ExperimentConfig
 from vlprompt.core.errors import DataError, VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.core.metrics import accuracy_report
-from vlprompt.core.ood import SCORES, ood_metrics, ood_scores
+from vlprompt.core.ood import SCORES, ood_metrics
 from vlprompt.core.plots import plot_score_histograms
 from vlprompt.core.results import OodResult, config_digest, write_result
 from vlprompt.core.tables import markdown_table
@@ -32,16 +32,29 @@ from vlprompt.data.images import list_images
 from vlprompt.data.pipeline import load_dataset
 from vlprompt.data.types import Datum
 
+#: Where a set given as ``NAME:near`` / ``NAME:far`` says its group itself (``--ood-sets``).
+_GROUP_SUFFIXES = {":near": "near", ":far": "far"}
+
+
+def split_ood_spec(spec: str) -> tuple[str, str | None]:
+    """``("NAME", group)`` of an ``--ood-sets`` entry ``NAME`` or ``NAME:near`` / ``NAME:far`` (group None: the
+    dataset's declared ``ood_group``, or none for a folder)."""
+    for suffix, group in _GROUP_SUFFIXES.items():
+        if spec.lower().endswith(suffix):
+            return spec[: -len(suffix)], group
+    return spec, None
+
 
 def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum], Any]:
     """``(name, items, loader)`` of an OOD set given as a registered dataset name or a folder.
 
     A relative folder is looked up in the working directory, then under ``data.root`` (so
     ``iNaturalist`` or ``dtd/images`` work with ``--root /data``); it is named as given (an absolute
-    folder by its last component).
+    folder by its last component). A ``:near`` / ``:far`` suffix (:func:`split_ood_spec`) is ignored here.
     """
     from vlprompt.data.registry import build_dataset, list_datasets
 
+    spec = split_ood_spec(spec)[0]
     path = Path(spec)
     if not path.is_dir() and not path.is_absolute() and cfg.data.root and (Path(cfg.data.root) / path).is_dir():
         path = Path(cfg.data.root) / path
@@ -53,87 +66,144 @@ def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum],
 
         name = path.name if Path(spec).is_absolute() else spec.rstrip("/\\")
         return name, [Datum(f, -1, "ood") for f in files], load_image
-    if spec.lower() in list_datasets():
-        splits = build_dataset(spec, cfg.data.root)
+    from vlprompt.data.ood_sets import canonical_ood_set
+
+    known = spec if spec.lower() in list_datasets() else canonical_ood_set(spec)
+    if known.lower() in list_datasets():
+        splits = build_dataset(known, cfg.data.root)
         items = splits.test or splits.val or splits.train
         return spec, [Datum(d.path, -1, "ood") for d in items], splits.loader
     raise DataError(f"OOD set '{spec}' is neither a folder nor a known dataset (option --ood-sets)")
 
 
-def _encode(backbone: Any, items: Sequence[Datum], loader: Any, cfg: ExperimentConfig, need_local: bool,
-            progress: bool, desc: str) -> tuple[Tensor, Tensor | None]:
-    from vlprompt.backbones.local import GLOBAL_LOCAL, packed_global_local
-    from vlprompt.engine.features import encode_items
+def ood_group(spec: str) -> str | None:
+    """The group (``"near"`` / ``"far"``) of an ``--ood-sets`` entry: its ``:near`` / ``:far`` suffix, else the
+    registered dataset's ``ood_group`` (:class:`~vlprompt.data.registry.DatasetInfo`) of the entry as given or as
+    the papers spell it (a folder ``iNaturalist``, ``dtd/images``, ``NINCO``: :func:`~vlprompt.data.ood_sets.
+    canonical_ood_set`), else None."""
+    from vlprompt.data.ood_sets import canonical_ood_set
+    from vlprompt.data.registry import get_dataset_info, list_datasets
 
-    if need_local:
-        feats, _ = encode_items(functools.partial(packed_global_local, backbone), items, loader,
-                                backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
-                                num_workers=cfg.data.num_workers, progress=progress, desc=desc,
-                                cache_owner=backbone, cache_kind=GLOBAL_LOCAL)
-        return feats[:, 0], feats[:, 1:]
-    feats, _ = encode_items(backbone.encode_image, items, loader, backbone.eval_transform(),
-                            batch_size=cfg.optim.test_batch_size, num_workers=cfg.data.num_workers,
-                            progress=progress, desc=desc, cache_owner=backbone)
-    return feats, None
+    name, group = split_ood_spec(spec)
+    if group is None:
+        parts = Path(name).parts  # a folder given by path: its trailing components (".../iNaturalist/images")
+        for key in (name, *(canonical_ood_set("/".join(parts[-k:])) for k in range(1, min(len(parts), 3) + 1))):
+            if key.lower() in list_datasets():
+                return get_dataset_info(key).ood_group
+    return group
+
+
+def _encode(method: Any, items: Sequence[Datum], loader: Any, cfg: ExperimentConfig, need_local: bool,
+            progress: bool, desc: str) -> Tensor:
+    """What ``method.ood_features`` gives for every item (``[N, E]``, or ``[N, 1 + P, E]`` with local features),
+    cached per backbone when the method uses the frozen tower's default features."""
+    from vlprompt.backbones.local import GLOBAL_LOCAL
+    from vlprompt.engine.features import encode_items
+    from vlprompt.methods.base import PromptMethod
+
+    frozen = (type(method).ood_features is PromptMethod.ood_features
+              and not method.capabilities.modifies_encoders)
+    feats, _ = encode_items(functools.partial(method.ood_features, local=need_local), items, loader,
+                            method.backbone.eval_transform(), batch_size=cfg.optim.test_batch_size,
+                            num_workers=cfg.data.num_workers, progress=progress, desc=desc,
+                            cache_owner=method.backbone if frozen else None,
+                            cache_kind=GLOBAL_LOCAL if need_local else "global")
+    return feats
+
+
+def default_scores(method: Any) -> tuple[str, ...]:
+    """The scores ``vlprompt ood`` computes when ``--scores`` is not given: the method's own
+    (capability ``ood_scores``), then MCM, then GL-MCM where the method's features have patches."""
+    local_ok = not method.capabilities.modifies_encoders and method.backbone.local_features_unsupported() is None
+    return (*method.capabilities.ood_scores, "mcm", *(("glmcm",) if local_ok else ()))
+
+
+def build_ood_method(cfg: ExperimentConfig, backbone: Any, splits: Any, prompt: str | Path | None) -> Any:
+    """The method scored by :func:`ood_evaluate`: the prompt file's (``prompt``), else the config's method when it is
+    training-free (NegLabel, CSP, zero-shot), else zero-shot CLIP with the config's templates (what ``vlprompt ood``
+    without a prompt always did)."""
+    from vlprompt.engine.checkpoint import load_prompt
+    from vlprompt.engine.trainer import method_context
+    from vlprompt.methods.registry import build_method
+    from vlprompt.methods.zeroshot import zeroshot_classifier
+
+    caps = cfg.method.capabilities
+    if caps.adapts_at_test_time:
+        raise VlpromptError(f"method '{cfg.method.name}' adapts at test time: OOD detection scores fixed classifiers "
+                            "(none of the test-time methods' authors report OOD detection; their 'OOD' benchmark is "
+                            "the ImageNet variants, run by `vlprompt protocol tta`)")
+    context = method_context(cfg, splits)
+    if prompt is not None:
+        return load_prompt(prompt, backbone, splits.classnames, context=context)
+    if not caps.trainable and cfg.method.name != "zeroshot":
+        return build_method(cfg.method.name, backbone, splits.classnames, config=cfg.method.config, context=context)
+    return zeroshot_classifier(backbone, splits.classnames, list(context.templates))
 
 
 def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Sequence[str], *,
-                 scores: Sequence[str] = ("mcm", "glmcm"), temperature: float = 1.0,
+                 scores: Sequence[str] | None = None, temperature: float = 1.0,
                  output_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """OOD metrics of a prompt (``None``: zero-shot CLIP with ``cfg.data.templates``) per set and score."""
-    from vlprompt.backbones.build import build_backbone
-    from vlprompt.data.templates import get_templates
-    from vlprompt.engine.checkpoint import load_prompt
-    from vlprompt.engine.run import resolve_device
-    from vlprompt.methods.zeroshot import zeroshot_classifier
+    """OOD metrics per set, per group (near / far) and on average, for each score.
 
-    for s in scores:
-        if s not in SCORES:
-            raise VlpromptError(f"unknown OOD score '{s}' (option --scores); choose from {', '.join(SCORES)}")
+    The method is :func:`build_ood_method`'s (a prompt file, a training-free method of the config, or zero-shot
+    CLIP); its features come from its :meth:`~vlprompt.methods.base.PromptMethod.ood_features` and its scores from
+    :meth:`~vlprompt.methods.base.PromptMethod.ood_score` (``scores`` None: :func:`default_scores`). ``ood_sets``
+    entries are dataset names or folders, optionally ``NAME:near`` / ``NAME:far`` (:func:`ood_group`).
+    """
+    from vlprompt.backbones.build import build_backbone
+    from vlprompt.engine.run import resolve_device
+
     if not ood_sets:
         raise VlpromptError("give at least one OOD set (--ood-sets NAME_OR_FOLDER,...)")
     device = resolve_device(cfg.train.device)
     backbone = build_backbone(cfg.backbone, device=device)
     splits = load_dataset(cfg.data)
-    if prompt is None:
-        templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
-        method = zeroshot_classifier(backbone, splits.classnames, templates).to(device)
-    else:
-        method = load_prompt(prompt, backbone, splits.classnames).to(device)
+    method = build_ood_method(cfg, backbone, splits, prompt).to(device).eval()
     if method.capabilities.image_conditional:
         raise VlpromptError(f"OOD scores need fixed class prompts; method '{method.method_name}' is image-conditional")
-    if method.capabilities.modifies_encoders:  # OOD features come from the frozen image tower below
-        raise VlpromptError(f"OOD scores use the frozen image tower; method '{method.method_name}' learns prompts "
-                            "inside the image tower, which OOD evaluation does not support yet")
+    own = method.capabilities.ood_scores
+    scores = tuple(scores) if scores else default_scores(method)
+    for s in scores:
+        if s not in SCORES and s not in own:
+            raise VlpromptError(f"unknown OOD score '{s}' for method '{method.method_name}' (option --scores); "
+                                f"choose from {', '.join((*own, *SCORES))}")
+    need_local = any(s == "glmcm" or s in method.capabilities.ood_local_scores for s in scores)
+    if need_local and method.capabilities.modifies_encoders:
+        raise VlpromptError(f"method '{method.method_name}' prompts the image tower, which gives no patch features for "
+                            f"the local scores ({', '.join(s for s in scores if s == 'glmcm')}); option --scores: "
+                            "choose global scores (mcm, maxlogit, energy)")
+
+    def score_all(feats: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return {s: method.ood_score(feats.to(device), s, temperature=temperature).float().cpu() for s in scores}
+
     with torch.no_grad():
-        text = method.text_features().float()
-    if text.dim() != 2:  # a prompt ensemble: average its normalised class features
-        text = torch.nn.functional.normalize(text.mean(dim=0), dim=-1)
-    need_local = "glmcm" in scores
-    scale = float(backbone.logit_scale)
-
-    def score_all(g: Tensor, loc: Tensor | None) -> dict[str, Tensor]:
-        return {s: ood_scores(g, text, kind=s, temperature=temperature, logit_scale=scale,
-                              local_features=loc).cpu() for s in scores}
-
-    id_g, id_loc = _encode(backbone, splits.test, splits.loader, cfg, need_local, progress, "ID")
-    acc = accuracy_report((scale * torch.nn.functional.normalize(id_g, dim=-1) @ text.t()).argmax(-1).cpu(),
-                          torch.tensor([d.label for d in splits.test]), splits.classnames)
-    id_scores = score_all(id_g, id_loc)
+        id_feats = _encode(method, splits.test, splits.loader, cfg, need_local, progress, "ID")
+        logits = method.ood_logits(id_feats.to(device))
+    acc = accuracy_report(logits.argmax(-1).cpu(), torch.tensor([d.label for d in splits.test]), splits.classnames)
+    id_scores = score_all(id_feats)
     per_set: dict[str, Any] = {}
+    groups: dict[str, str | None] = {}
     ood_raw: dict[str, dict[str, Tensor]] = {}
+    bare = [split_ood_spec(spec)[0].rstrip("/\\").lower() for spec in ood_sets]
+    twice = sorted({b for b in bare if bare.count(b) > 1})
+    if twice:
+        raise VlpromptError(f"OOD set(s) {', '.join(twice)} given twice (option --ood-sets)")
     for spec in ood_sets:
         name, items, loader = resolve_ood_set(spec, cfg)
-        g, loc = _encode(backbone, items, loader, cfg, need_local, progress, name)
-        ood_raw[name] = score_all(g, loc)
+        name = _unique_name(name, split_ood_spec(spec)[0], per_set)
+        ood_raw[name] = score_all(_encode(method, items, loader, cfg, need_local, progress, name))
         per_set[name] = {s: ood_metrics(id_scores[s].numpy(), ood_raw[name][s].numpy()) for s in scores}
-    average = {s: {m: sum(per_set[n][s][m] for n in per_set) / len(per_set) for m in ("fpr95", "auroc", "aupr")}
-               for s in scores}
+        groups[name] = ood_group(spec)
+    average = _mean_over(per_set, list(per_set), scores)
+    group_average = {g: _mean_over(per_set, [n for n in per_set if groups[n] == g], scores)
+                     for g in ("near", "far") if any(v == g for v in groups.values())}
     record = OodResult(method=method.method_name, prompt=str(prompt) if prompt else None, id_dataset=cfg.data.dataset,
                        backbone=backbone.info.record, seed=cfg.train.seed,
                        shots=cfg.data.shots if prompt else None,  # a learned prompt's training shots (zero-shot: none)
                        id_accuracy=acc["accuracy"], scores=list(scores), temperature=temperature,
-                       per_set=per_set, average=average, config_digest=config_digest(cfg.as_dict()))
+                       per_set=per_set, average=average, config_digest=config_digest(cfg.as_dict()),
+                       groups=groups, group_average=group_average, method_record=method.ood_record())
     record.table = ood_table(record.to_dict())
     result = record.to_dict()
     if output_dir is not None:
@@ -147,6 +217,26 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
                               [out / "ood_scores.png"], id_label=f"ID ({cfg.data.dataset})",
                               title=f"{result['method']} ({cfg.backbone.model}), seed {cfg.train.seed}")
     return result
+
+
+def _unique_name(name: str, spec: str, taken: dict[str, Any]) -> str:
+    """``name``, or, when another set already has it (two absolute folders ``.../iNaturalist/images`` and
+    ``.../SUN/images``), as many trailing components of ``spec`` as make it unique (``VlpromptError`` if none
+    does)."""
+    parts = Path(spec).parts
+    for k in range(2, len(parts) + 1):
+        if name not in taken:
+            return name
+        name = "/".join(parts[-k:])
+    if name in taken:
+        raise VlpromptError(f"OOD set '{spec}' is given twice (option --ood-sets)")
+    return name
+
+
+def _mean_over(per_set: dict[str, Any], names: list[str], scores: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{score: {metric: mean over names}}``."""
+    return {s: {m: sum(per_set[n][s][m] for n in names) / len(names) for m in ("fpr95", "auroc", "aupr")}
+            for s in scores}
 
 
 def per_image_scores(result: dict[str, Any], id_scores: dict[str, Tensor],
@@ -167,7 +257,10 @@ def ood_table(result: dict[str, Any]) -> str:
     for s in result["scores"]:
         headers += [f"{s} FPR95↓", f"{s} AUROC↑", f"{s} AUPR↑"]
     rows = []
-    for name, m in [*result["per_set"].items(), ("average", result["average"])]:
+    groups = result.get("groups") or {}
+    named = [(f"{n} ({groups[n]})" if groups.get(n) else n, m) for n, m in result["per_set"].items()]
+    grouped = [(f"{g}-OOD average", m) for g, m in (result.get("group_average") or {}).items()]
+    for name, m in [*named, *grouped, ("average", result["average"])]:
         row = [name]
         for s in result["scores"]:
             row += [m[s]["fpr95"], m[s]["auroc"], m[s]["aupr"]]

@@ -20,8 +20,10 @@ A sweep file (YAML)::
 Each run is an ordinary run folder ``OUT/<method>/<backbone>/<dataset>/<shots>shots/seed<seed>``
 (protocols: one folder per (method, backbone, dataset, shots) holding the seed runs).
 
-* ``ood`` (LoCoOp's protocol): each seed's run is trained (nothing to train for ``zeroshot``) and then
-  scored against the ``targets`` OOD sets with MCM and GL-MCM into ``<run>/ood/ood_results.json``.
+* ``ood`` (LoCoOp's protocol): each seed's run is trained (nothing to train for ``zeroshot`` and the
+  training-free OOD methods: NegLabel, CSP) and then scored against the ``targets`` OOD sets (``NAME`` or
+  ``NAME:near`` / ``NAME:far``) with the method's own scores, MCM and GL-MCM into ``<run>/ood/ood_results.json``
+  (:func:`vlprompt.tasks.ood.ood_evaluate`: per set, per near / far group and on average).
 * ``tta`` (test-time adaptation, :mod:`vlprompt.tasks.test_time`): each seed runs the method on the
   ``targets`` into ``<run>/tta_results.json`` (the seed is the views' seed). A method that learns by training
   (CoOp) is first trained on the dataset (``shots``, seed) and its prompt evaluated on the targets; a method
@@ -249,7 +251,9 @@ def _run_seed(sw: Sweep, cfg: Any, folder: Path, run_dir: Path, dataset: str, sh
         if not pseudo.exists():  # frozen work shared by the seeds
             pseudo_label(cfg, pseudo, top_k=shots, progress=False)
         cfg.data.fewshot_file = str(pseudo)
-    if not trainable:  # nothing to train (zero-shot): record its accuracy as the run
+    if not trainable and sw.protocol == "ood" and cfg.method.name != "zeroshot":
+        pass  # a training-free OOD method (NegLabel, CSP): its OOD result below holds its ID accuracy
+    elif not trainable:  # nothing to train (zero-shot): record its accuracy as the run
         from vlprompt.tasks.api import zeroshot
 
         rep = zeroshot(cfg, progress=False)

@@ -27,6 +27,8 @@ world_ood_shapes            4        OOD shapes (pretrained on)            photo
 world_ood_objects           40       colour + OOD shape ("red flower")     photo           test: 15
 world_ood_novel             3        novel shapes (never pretrained)       photo           test: 200
 world_ood_textures          10       object-free textures ("grass")        photo           test: 60
+world_near_ood              4        OOD shapes: world_shapes' test        photo           test: 150
+                                     images with only the shape swapped
 ==========================  =======  ====================================  ==============  ==========
 
 Counts are per class (train/val/test). world_scenes, world_positions and world_textures label an
@@ -36,7 +38,13 @@ them poorly, like CoOp's DTD / EuroSAT: that is where prompt learning gains most
 world_textures has the classes of the OOD set world_ood_textures (other images) and is not used with
 it.  Domain-shifted sets have the class names of their source;
 their train/val are empty by default (like ImageNet-Sketch) but may be asked for. The OOD sets are
-test-only, and their classes are disjoint from the label spaces of world_shapes and world_objects.
+test-only, and their classes are disjoint from the label spaces of world_shapes and world_objects. Each
+declares its group for ``vlprompt ood``: world_near_ood, world_ood_shapes and world_ood_objects "near" (OOD
+shapes the world CLIP was pretrained on, in the ID domain), world_ood_novel and world_ood_textures "far"
+(shapes never seen in pretraining; no object at all). world_near_ood is the counterfactual twin of
+world_shapes' test split (:func:`item_spec`): item ``i`` is world_shapes' test item ``i`` (same random
+stream, same colour, pattern, size, position, background, style and pixel noise) with its shape swapped for
+``OOD_SHAPES[i % 4]``, so the two differ in the shape only; the existing sets' images are unchanged by it.
 Images of the world_objects classes in ``generate.HELDOUT_PAIRS`` (e.g. "blue circle") never occur
 in pretraining.
 
@@ -75,6 +83,7 @@ from vlprompt.world.generate import (
     STYLES,
     TEXTURES,
     Domain,
+    ObjectSpec,
     item_rng,
     render,
     sample_spec,
@@ -99,6 +108,10 @@ class WorldDataset:
         counts: default images per class for (train, val, test).
         test_only: OOD sets: train and val must stay empty.
         domain: pools of the attributes a class does not fix.
+        twin_of: the key of an ID dataset whose items this one re-draws with its own class attributes
+            (:func:`item_spec`): item ``i`` of a split comes from the random stream of the source's item ``i``, so
+            it differs from it only in what the classes fix (world_near_ood: the shape).
+        ood_group: an OOD set's group (``"near"`` / ``"far"``, :class:`vlprompt.data.registry.DatasetInfo`).
     """
 
     key: str
@@ -110,6 +123,8 @@ class WorldDataset:
     domain: Domain = field(
         default_factory=lambda: Domain(shapes=ID_SHAPES, style_weights={"photo": 1.0}, exclude=frozenset())
     )
+    twin_of: str | None = None
+    ood_group: str | None = None
 
     @property
     def name(self) -> str:
@@ -119,16 +134,18 @@ class WorldDataset:
 _Counts = tuple[int, int, int]
 
 
-def _shapes(key: str, shapes: Sequence[str], style: str, counts: _Counts) -> WorldDataset:
+def _shapes(key: str, shapes: Sequence[str], style: str, counts: _Counts, group: str | None = None) -> WorldDataset:
     classes = tuple({"shape": s} for s in shapes)
-    return WorldDataset(key, tuple(shapes), classes, style, counts, test_only=key.startswith("ood_"))
+    return WorldDataset(key, tuple(shapes), classes, style, counts, test_only=key.startswith("ood_"),
+                        ood_group=group)
 
 
-def _objects(key: str, shapes: Sequence[str], style: str, counts: _Counts) -> WorldDataset:
+def _objects(key: str, shapes: Sequence[str], style: str, counts: _Counts, group: str | None = None
+             ) -> WorldDataset:
     pairs = [(c, s) for s in shapes for c in COLOUR_NAMES]  # shape-major: base/new split by shape
     classes = tuple({"shape": s, "colour": c} for c, s in pairs)
     names = tuple(f"{c} {s}" for c, s in pairs)
-    return WorldDataset(key, names, classes, style, counts, test_only=key.startswith("ood_"))
+    return WorldDataset(key, names, classes, style, counts, test_only=key.startswith("ood_"), ood_group=group)
 
 
 def _definitions() -> dict[str, WorldDataset]:
@@ -142,9 +159,9 @@ def _definitions() -> dict[str, WorldDataset]:
         WorldDataset("textures", tuple(TEXTURES), tuple({"texture": t} for t in TEXTURES)),
         *(_shapes(f"shapes_{s}", ID_SHAPES, s, shift) for s in STYLES if s != "photo"),
         *(_objects(f"objects_{s}", ID_SHAPES, s, shift) for s in ("cartoon", "painting")),
-        _shapes("ood_shapes", OOD_SHAPES, "photo", (0, 0, 150)),
-        _objects("ood_objects", OOD_SHAPES, "photo", (0, 0, 15)),
-        _shapes("ood_novel", NOVEL_SHAPES, "photo", (0, 0, 200)),
+        _shapes("ood_shapes", OOD_SHAPES, "photo", (0, 0, 150), "near"),
+        _objects("ood_objects", OOD_SHAPES, "photo", (0, 0, 15), "near"),
+        _shapes("ood_novel", NOVEL_SHAPES, "photo", (0, 0, 200), "far"),
         WorldDataset(
             "ood_textures",
             tuple(TEXTURES),
@@ -152,7 +169,11 @@ def _definitions() -> dict[str, WorldDataset]:
             "photo",
             (0, 0, 60),
             True,
+            ood_group="far",
         ),
+        # world_shapes' test images with the shape swapped for an OOD one (4 | 12: ID shape k -> OOD shape k % 4)
+        WorldDataset("near_ood", OOD_SHAPES, tuple({"shape": s} for s in OOD_SHAPES), "photo", (0, 0, 150), True,
+                     twin_of="shapes", ood_group="near"),
     ]
     return {d.key: d for d in defs}
 
@@ -161,7 +182,7 @@ WORLD_DATASETS: dict[str, WorldDataset] = _definitions()
 ID_DATASETS: tuple[str, ...] = (
     "world_shapes", "world_objects", "world_patterns", "world_scenes", "world_positions", "world_textures",
 )  # fmt: skip
-OOD_DATASETS: tuple[str, ...] = tuple(d.name for d in WORLD_DATASETS.values() if d.key.startswith("ood_"))
+OOD_DATASETS: tuple[str, ...] = tuple(d.name for d in WORLD_DATASETS.values() if d.ood_group is not None)
 
 
 def world_dataset_names() -> list[str]:
@@ -212,14 +233,29 @@ def parse_world_key(path: str) -> tuple[WorldDataset, str, int, int, int]:
     return _definition(parts[0]), parts[1], index, opts.get("seed", 0), opts.get("size", IMAGE_SIZE)
 
 
+def item_spec(dataset: str, split: str, index: int, *, seed: int = 0) -> tuple[ObjectSpec, np.random.Generator, int]:
+    """The spec of item ``index`` of a split, the generator that renders its pixels, and its label.
+
+    A twin (``WorldDataset.twin_of``, e.g. world_near_ood) draws item ``index`` from the random stream of its
+    source's item ``index`` (``"shapes/test"``), with the source's class attributes overridden by its own: every
+    draw of :func:`generate.sample_spec` is the same whatever the shape (the world's ID domain excludes no
+    colour-shape pair), so colour, pattern, size, position, jitter, background and style are those of the source
+    item, the rotation is the same random draw within the new shape's allowed range, and :func:`generate.render`
+    gets the same pixel randomness: only the shape differs.
+    """
+    d = _definition(dataset)
+    label = index % len(d.classes)
+    source = WORLD_DATASETS[d.twin_of] if d.twin_of else d
+    rng = item_rng(seed, f"{source.key}/{split}", index)
+    fixed = {**source.classes[index % len(source.classes)], **d.classes[label]} if d.twin_of else d.classes[label]
+    return sample_spec(rng, source.domain, style=source.style, **fixed), rng, label
+
+
 def render_item(
     dataset: str, split: str, index: int, *, seed: int = 0, image_size: int = IMAGE_SIZE
 ) -> tuple[np.ndarray, int]:
     """Render item ``index`` of a split: (uint8 [S, S, 3], label). Depends on these arguments only."""
-    d = _definition(dataset)
-    label = index % len(d.classes)
-    rng = item_rng(seed, f"{d.key}/{split}", index)
-    spec = sample_spec(rng, d.domain, style=d.style, **d.classes[label])
+    spec, rng, label = item_spec(dataset, split, index, seed=seed)
     return render(spec, rng, image_size), label
 
 
@@ -319,7 +355,7 @@ def _tiny(d: WorldDataset, folder: Path) -> TinyTree:
 def _register(d: WorldDataset) -> None:
     """Declare world dataset ``d``: the world's template, the ``stable`` sampler (generated images have
     no reference listing), CoOp's epochs by shots, and a generated tiny tree."""
-    register_dataset(d.name, template=TEMPLATE, sampler="stable", tiny_tree=partial(_tiny, d))(
+    register_dataset(d.name, template=TEMPLATE, sampler="stable", tiny_tree=partial(_tiny, d), ood_group=d.ood_group)(
         partial(_build_registered, d.key)
     )
 

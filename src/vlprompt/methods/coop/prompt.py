@@ -36,6 +36,7 @@ class PromptLearner(nn.Module):
         ctx_init: initialisation words, or None for N(0, init_std).
         csc: class-specific context.
         class_token_position: ``end`` / ``middle`` / ``front``.
+        name_suffix: the text after the class name (CoOp's ``"."``; GalLoP's prompts have none).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class PromptLearner(nn.Module):
         csc: bool = False,
         class_token_position: str = "end",
         init_std: float = 0.02,
+        name_suffix: str = ".",
     ) -> None:
         super().__init__()
         n_cls, dim = len(classnames), backbone.text_width
@@ -71,7 +73,7 @@ class PromptLearner(nn.Module):
 
         names = [name.replace("_", " ") for name in classnames]
         self.name_lens = [len(backbone.encode_tokens(name)) for name in names]
-        prompts = [f"{placeholder} {name}." for name in names]
+        prompts = [f"{placeholder} {name}{name_suffix}" for name in names]
         ids = backbone.tokenize(prompts, what="the prompt")  # [n_cls, context_length], the tokenizer's layout
         eot = backbone.pooled_index(ids)
         ids = ids[:, : backbone.prompt_length(ids)]  # cut after the longest EOT only where exact

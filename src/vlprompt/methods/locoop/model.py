@@ -27,23 +27,29 @@ from vlprompt.methods.coop.model import CoOp
 from vlprompt.methods.locoop.config import LoCoOpConfig
 
 
-def entropy_sum_of_selected(local_logits: Tensor, labels: Tensor, top_k: int) -> tuple[Tensor, int]:
+def entropy_sum_of_selected(local_logits: Tensor, labels: Tensor, top_k: int,
+                            weights: Tensor | None = None) -> tuple[Tensor, int]:
     """Summed entropy of the softmax of ID-irrelevant patches (ground truth not in their top-K).
 
     Args:
         local_logits: ``[B, P, C]`` scaled local logits.
         labels: ``[B]`` ground-truth labels.
         top_k: K.
+        weights: optional ``[B]`` per-image weights, each patch's entropy multiplied by its image's weight
+            (SCT's ``1e-7 + p(y|x)``, :mod:`vlprompt.methods.sct`); None = 1 (LoCoOp).
 
     Returns:
-        (0-dim tensor: sum over the selected patches of H(softmax(l_p)), number of selected patches).
+        (0-dim tensor: sum over the selected patches of w_b H(softmax(l_p)), number of selected patches).
     """
     b, p, c = local_logits.shape
     probs = F.softmax(local_logits.reshape(b * p, c).float(), dim=-1)
     topk = probs.topk(top_k, dim=1).indices  # [B*P, K]
     contains = topk.eq(labels.repeat_interleave(p).unsqueeze(1)).any(dim=1)
     selected = probs[~contains]
-    return -(selected * torch.log(selected + 1e-5)).sum(), int(selected.shape[0])
+    entropies = -(selected * torch.log(selected + 1e-5)).sum(dim=1)  # [n_selected]
+    if weights is not None:
+        entropies = entropies * weights.float().repeat_interleave(p)[~contains]
+    return entropies.sum(), int(selected.shape[0])
 
 
 def entropy_of_selected(local_logits: Tensor, labels: Tensor, top_k: int) -> Tensor:
@@ -74,6 +80,12 @@ class LoCoOp(CoOp):
     def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
         return super().logits(self._global(image_features), text_features)
 
+    def local_logits(self, features: Tensor, text: Tensor) -> Tensor:
+        """Scaled local logits ``[B, P, C]``: ``logit_scale * cos(f_local(x)_p, t_c)`` of the packed features'
+        patches (``features [B, 1 + P, E]``) against the text features ``[C, E]``."""
+        local = F.normalize(features[:, 1:].float(), dim=-1)
+        return self.backbone.logit_scale.to(local.device) * local @ text.t()
+
     def training_loss(self, features: Tensor, labels: Tensor) -> LossTerms:
         """Terms ``ce`` (global logits) and ``ood`` (``-lambda`` x entropy summed over the ID-irrelevant
         patches, counted by the number of selected patches): the trainer divides each by its count over
@@ -82,8 +94,6 @@ class LoCoOp(CoOp):
         logits = super().logits(self._global(features), text)
         terms = {"ce": (F.cross_entropy(logits, labels, reduction="sum"), labels.shape[0])}
         if features.dim() == 3 and self.config.lambda_value > 0:
-            local = F.normalize(features[:, 1:].float(), dim=-1)
-            local_logits = self.backbone.logit_scale.to(local.device) * local @ text.t()  # [B, P, C]
-            total, n_sel = entropy_sum_of_selected(local_logits, labels, self.top_k)
+            total, n_sel = entropy_sum_of_selected(self.local_logits(features, text), labels, self.top_k)
             terms["ood"] = (-self.config.lambda_value * total, n_sel)
         return LossTerms(terms, logits)
