@@ -40,6 +40,8 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.negprompt",
         "vlprompt.methods.gallop",
         "vlprompt.methods.idlike",
+        "vlprompt.methods.neglabel",
+        "vlprompt.methods.csp",
         "vlprompt.methods.kgcoop",
         "vlprompt.methods.prograd",
         "vlprompt.methods.linear_probe",

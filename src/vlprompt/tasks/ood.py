@@ -12,6 +12,7 @@ significant digits) and a score-histogram plot ``ood_scores.png`` (ID vs each OO
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,7 +119,8 @@ def default_scores(method: Any) -> tuple[str, ...]:
     return (*method.capabilities.ood_scores, "mcm", *(("glmcm",) if local_ok else ()))
 
 
-def build_ood_method(cfg: ExperimentConfig, backbone: Any, splits: Any, prompt: str | Path | None) -> Any:
+def build_ood_method(cfg: ExperimentConfig, backbone: Any, splits: Any, prompt: str | Path | None, *,
+                     progress: bool = True) -> Any:
     """The method scored by :func:`ood_evaluate`: the prompt file's (``prompt``), else the config's method when it is
     training-free (NegLabel, CSP, zero-shot), else zero-shot CLIP with the config's templates (what ``vlprompt ood``
     without a prompt always did)."""
@@ -136,7 +138,10 @@ def build_ood_method(cfg: ExperimentConfig, backbone: Any, splits: Any, prompt: 
     if prompt is not None:
         return load_prompt(prompt, backbone, splits.classnames, context=context)
     if not caps.trainable and cfg.method.name != "zeroshot":
-        return build_method(cfg.method.name, backbone, splits.classnames, config=cfg.method.config, context=context)
+        config = cfg.method.config
+        if not progress and "progress" in {f.name for f in dataclasses.fields(config)}:
+            config = dataclasses.replace(config, progress=False)  # --no-progress silences its own bars too
+        return build_method(cfg.method.name, backbone, splits.classnames, config=config, context=context)
     return zeroshot_classifier(backbone, splits.classnames, list(context.templates))
 
 
@@ -158,7 +163,7 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
     device = resolve_device(cfg.train.device)
     backbone = build_backbone(cfg.backbone, device=device)
     splits = load_dataset(cfg.data)
-    method = build_ood_method(cfg, backbone, splits, prompt).to(device).eval()
+    method = build_ood_method(cfg, backbone, splits, prompt, progress=progress).to(device).eval()
     if method.capabilities.image_conditional:
         raise VlpromptError(f"OOD scores need fixed class prompts; method '{method.method_name}' is image-conditional")
     own = method.capabilities.ood_scores

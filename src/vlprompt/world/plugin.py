@@ -2,10 +2,11 @@
 
 ``register()`` adds what the world provides through the same public registries a third-party
 package would use: its datasets (``world_shapes``, ``world_objects``, ...), its open_clip model
-configs (``vlprompt-world-rn``, ``vlprompt-world-vit``) and their shipped weights under the pretrained
-tag ``world``. The ViT ships only its image tower (distilled from the ResNet by
-:mod:`vlprompt.world.distill`); the rest of its weights, the text tower the two models share, is read
-from the ResNet's file, so ``--model vlprompt-world-vit --pretrained world`` loads the assembled model.
+configs (``vlprompt-world-rn``, ``vlprompt-world-vit``), their shipped weights under the pretrained
+tag ``world`` and its word corpus ``world`` (NegLabel / CSP, :mod:`vlprompt.world.words`). The ViT ships
+only its image tower (distilled from the ResNet by :mod:`vlprompt.world.distill`); the rest of its
+weights, the text tower the two models share, is read from the ResNet's file, so ``--model vlprompt-world-vit
+--pretrained world`` loads the assembled model.
 """
 
 from __future__ import annotations
@@ -31,3 +32,7 @@ def register() -> None:
     for model, path in SHIPPED.items():
         register_pretrained(model, TAG, path)
     import vlprompt.world.datasets  # noqa: F401  (its import registers the datasets)
+    from vlprompt.methods.neglabel.corpus import register_word_corpus
+    from vlprompt.world.words import world_corpus
+
+    register_word_corpus("world", world_corpus)  # NegLabel / CSP: method.corpus: world
