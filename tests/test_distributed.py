@@ -134,7 +134,8 @@ def test_two_processes_through_the_cli_equal_one_process_and_only_rank_0_writes(
 
 
 _DRIVER = textwrap.dedent('''
-    """Run by torchrun: CoCoOp; LoCoOp; a CoOp run stopped on rank 0 after epoch 2, then resumed; a bad batch size."""
+    """Run by torchrun: the new methods' runs; CoCoOp; LoCoOp; a CoOp run stopped on rank 0 after epoch 2, then
+    resumed; a bad batch size."""
     import json, os, sys
     import vlprompt.engine.loop as loop_mod
     import vlprompt.engine.trainer as trainer_mod
@@ -144,6 +145,8 @@ _DRIVER = textwrap.dedent('''
     cocoop, coop, bad, out, locoop = sys.argv[1:6]
     rank = int(os.environ["RANK"])
     report = {}
+    for path in sys.argv[6:]:  # the new methods' runs (test_new_methods_under_two_processes_equal_one_process)
+        trainer_mod.train(load_config(path))
     trainer_mod.train(load_config(cocoop))
     trainer_mod.train(load_config(locoop))
     original = loop_mod.save_training_state
@@ -171,16 +174,27 @@ _DRIVER = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    """One torchrun (2 processes) of _DRIVER for the two tests below: the new methods' runs (in ``new/``), then
+    CoCoOp, LoCoOp, the stopped and resumed CoOp and the bad batch size (one process start-up, not two)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    cocoop = write_config(tmp / "cocoop.yaml", **_raw(tmp / "cocoop", {"name": "cocoop", "n_ctx": 4}))
+    locoop = write_config(tmp / "locoop.yaml", **_raw(tmp / "locoop", LOCOOP))
+    coop = write_config(tmp / "coop.yaml", **_raw(tmp / "coop"))
+    bad = write_config(tmp / "bad.yaml", **_raw(tmp / "bad", batch_size=7))
+    new = [str(write_config(tmp / f"new_{name}.yaml", **_raw(tmp / "new" / name, method, lr=0.01)))
+           for name, method in NEW_METHODS.items()]
+    driver = tmp / "driver.py"
+    driver.write_text(_DRIVER)
+    _torchrun([str(driver), str(cocoop), str(coop), str(bad), str(tmp), str(locoop), *new], cwd=tmp)
+    return tmp
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_cocoop_locoop_resume_and_errors_under_two_processes(single, tmp_path):
-    cocoop = write_config(tmp_path / "cocoop.yaml", **_raw(tmp_path / "cocoop", {"name": "cocoop", "n_ctx": 4}))
-    locoop = write_config(tmp_path / "locoop.yaml", **_raw(tmp_path / "locoop", LOCOOP))
-    coop = write_config(tmp_path / "coop.yaml", **_raw(tmp_path / "coop"))
-    bad = write_config(tmp_path / "bad.yaml", **_raw(tmp_path / "bad", batch_size=7))
-    driver = tmp_path / "driver.py"
-    driver.write_text(_DRIVER)
-    _torchrun([str(driver), str(cocoop), str(coop), str(bad), str(tmp_path), str(locoop)], cwd=tmp_path)
+def test_cocoop_locoop_resume_and_errors_under_two_processes(single, two_process_runs):
+    tmp_path = two_process_runs
     _assert_same_run(single / "cocoop", tmp_path / "cocoop")
     _assert_same_run(single / "locoop", tmp_path / "locoop")
     _assert_same_run(single / "coop", tmp_path / "coop")  # stopped after epoch 2 and resumed: same result
@@ -253,32 +267,16 @@ NEW_METHODS = {
     "clip_lora": {"name": "clip_lora", "dropout_rate": 0.0},
 }
 
-_NEW_DRIVER = textwrap.dedent('''
-    import sys
-    import vlprompt.engine.trainer as trainer_mod
-    from vlprompt.config import load_config
-    from vlprompt.engine.distributed import shutdown
-
-    for path in sys.argv[1:]:
-        trainer_mod.train(load_config(path))
-    shutdown()
-''')
-
-
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_new_methods_under_two_processes_equal_one_process(tmp_path):
+def test_new_methods_under_two_processes_equal_one_process(tmp_path, two_process_runs):
+    """The runs come from the module's one torchrun (``two_process_runs``, before its CoCoOp / LoCoOp runs)."""
     from vlprompt.engine.trainer import train
 
-    configs = []
     for name, method in NEW_METHODS.items():
         train(config_from_dict(_raw(tmp_path / "single" / name, method, lr=0.01)))
-        configs.append(str(write_config(tmp_path / f"{name}.yaml", **_raw(tmp_path / "ddp" / name, method, lr=0.01))))
-    driver = tmp_path / "driver.py"
-    driver.write_text(_NEW_DRIVER)
-    _torchrun([str(driver), *configs], cwd=tmp_path)
     for name in NEW_METHODS:
-        _assert_same_run(tmp_path / "single" / name, tmp_path / "ddp" / name)
-    assert _metrics(tmp_path / "ddp" / "linear_probe")["fit"]["C"] > 0
-    log = (tmp_path / "ddp" / "prograd" / "log.txt").read_text()
+        _assert_same_run(tmp_path / "single" / name, two_process_runs / "new" / name)
+    assert _metrics(two_process_runs / "new" / "linear_probe")["fit"]["C"] > 0
+    log = (two_process_runs / "new" / "prograd" / "log.txt").read_text()
     assert "loss_ce=" in log and "loss_kl=" in log  # each loss term is logged

@@ -124,25 +124,41 @@ def plugin_env(tmp_path_factory) -> dict[str, str]:
 
 
 def _items(out: str, file: str, extension: str) -> set[tuple[str, str]]:
-    """The ``(test, parameter id)`` items of ``file`` run for ``extension``, from pytest's ``--collect-only -q``
-    node ids or from its ``-rA`` ``PASSED`` lines (an id such as ``vlprompt-test-vit-gain`` joins the
+    """The ``(test, parameter id)`` items of ``file`` run for ``extension``, from the collected
+    node ids (one a line) or from pytest's ``-rA`` ``PASSED`` lines (an id such as ``vlprompt-test-vit-gain`` joins the
     parameters with ``-``)."""
     found = re.findall(rf"^(?:PASSED )?{re.escape(file)}::(\w+)\[(.+)\]$", out, re.MULTILINE)
     return {(test, ids) for test, ids in found if extension in ids.split("-")}
 
 
+#: a pytest plugin that writes every collected node id to $VLPROMPT_COLLECTED, before ``-k`` deselects any (tryfirst):
+#: one pytest process both lists what is collected and runs the extensions' items (a --collect-only run less)
+_COLLECTED_PLUGIN = """import os
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    with open(os.environ["VLPROMPT_COLLECTED"], "w") as out:
+        out.writelines(item.nodeid + "\\n" for item in items)
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_every_contract_test_is_collected_for_the_docs_extensions_and_passes(plugin_env):
+def test_every_contract_test_is_collected_for_the_docs_extensions_and_passes(plugin_env, tmp_path):
+    (tmp_path / "collected_ids.py").write_text(_COLLECTED_PLUGIN)
+    env = {**plugin_env, "PYTHONPATH": os.pathsep.join([str(tmp_path), plugin_env["PYTHONPATH"]]),
+           "VLPROMPT_COLLECTED": str(tmp_path / "collected.txt")}
     # the project's addopts cleared: this output format and every contract test, whatever the defaults select
-    base = [sys.executable, "-m", "pytest", *CONTRACTS, "-p", "no:cacheprovider", "-o", "addopts=", "-q"]
-    listing = _run([*base, "--collect-only"], plugin_env)
-    assert listing.returncode == 0, _tail(listing)
-    run = _run([*base, "-rA", "-k", " or ".join(new for new, _ in CONTRACTS.values())], plugin_env)
+    base = [sys.executable, "-m", "pytest", *CONTRACTS, "-p", "no:cacheprovider", "-p", "collected_ids", "-o",
+            "addopts=", "-q"]
+    run = _run([*base, "-rA", "-k", " or ".join(new for new, _ in CONTRACTS.values())], env)
     assert run.returncode == 0, _tail(run)
+    listing = (tmp_path / "collected.txt").read_text()
     for file, (new, builtin) in CONTRACTS.items():
-        collected = _items(listing.stdout, file, new)
-        reference = {test for test, _ in _items(listing.stdout, file, builtin)}
+        collected = _items(listing, file, new)
+        reference = {test for test, _ in _items(listing, file, builtin)}
         assert reference, f"{file}: nothing collected for {builtin}"
         assert {test for test, _ in collected} == reference, f"{file}: {new} is not covered like {builtin}"
         assert _items(run.stdout, file, new) == collected, f"{file}[{new}]: not every test passed\n" + _tail(run)

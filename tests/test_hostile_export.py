@@ -54,18 +54,31 @@ def _one_error_line(code: int, err: str) -> str:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
-    """A unified CoOp prompt of the tiny ViT (3 classes), its ONNX and TorchScript exports, two images."""
+    """A unified CoOp prompt of the tiny ViT (3 classes), its ONNX and TorchScript exports, two images; and what
+    the ONNX export did in the folder: the files it fsynced and the files it left (one ONNX export serves both)."""
     root = tmp_path_factory.mktemp("exported")
     torch.manual_seed(0)
     method = build_method("coop", load_backbone("vlprompt-test-vit"), CLASSES).eval()
     save_prompt(root / "prompt.safetensors", method)
-    export_classifier(method, root / "clf.onnx", fmt="onnx")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    before = set(os.listdir(root))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", spy)
+        export_classifier(method, root / "clf.onnx", fmt="onnx")
+    onnx_left = sorted(set(os.listdir(root)) - before)
     export_classifier(method, root / "clf.pt", fmt="torchscript")
     rng = np.random.default_rng(0)
     for i, (w, h) in enumerate(((40, 50), (64, 64))):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"img{i}.png")
     return {"root": root, "prompt": root / "prompt.safetensors", "onnx": root / "clf.onnx",
-            "torchscript": root / "clf.pt", "images": [root / "img0.png", root / "img1.png"]}
+            "torchscript": root / "clf.pt", "images": [root / "img0.png", root / "img1.png"],
+            "onnx_fsynced": synced, "onnx_left": onnx_left}
 
 
 def _copy(exported: dict, fmt: str, tmp_path: Path) -> Path:
@@ -290,23 +303,12 @@ def test_r3_12_disk_full_during_onnx_export(exported, tmp_path, capsys, monkeypa
     assert earlier.read_bytes() == before
 
 
-@pytest.mark.slow
-def test_r3_12_onnx_export_is_fsynced_before_the_rename(exported, tmp_path, monkeypatch):
-    """The ONNX file is written to a temporary file in the output folder, fsynced, then renamed."""
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
-    torch.manual_seed(0)
-    method = build_method("coop", load_backbone("vlprompt-test-vit"), CLASSES).eval()
-    out = tmp_path / "m.onnx"
-    export_classifier(method, out, fmt="onnx")
-    assert any(Path(p).parent == tmp_path and Path(p).name.startswith(".m.onnx.") for p in synced), synced
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+def test_r3_12_onnx_export_is_fsynced_before_the_rename(exported):
+    """The ONNX file is written to a temporary file in the output folder, fsynced, then renamed (the module's
+    export of clf.onnx, with os.fsync spied on, in the `exported` fixture)."""
+    root, synced = exported["root"], exported["onnx_fsynced"]
+    assert any(Path(p).parent == root and Path(p).name.startswith(".clf.onnx.") for p in synced), synced
+    assert exported["onnx_left"] == ["clf.onnx"]
 
 
 # ------------------------------------------------------------------------------------ item 13

@@ -152,14 +152,18 @@ def _task_pids(controller_pid: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.world
-def test_local_executor_parallel_runs_survive_a_killed_job_and_equal_the_sequential_sweep(tmp_path):
+def test_local_executor_parallel_runs_survive_a_killed_job_and_equal_the_sequential_sweep(tmp_path, monkeypatch):
     """submitit's LocalExecutor runs the jobs (the code path of SLURM jobs): 2 runs at once; one is
     killed (SIGKILL) after its first epoch's checkpoint (of 2; images are encoded every step so an epoch
     takes a while), resubmitted, resumes, and both runs end as the sequential sweep's runs do."""
-    pytest.importorskip("submitit")
+    submitit = pytest.importorskip("submitit")
     if not Path("/proc/self/task").is_dir():
         pytest.skip("needs Linux /proc to find the job's process")
     import torch
+
+    # The killed job never writes its result file; submitit waits _results_timeout_s (15 s) for one before the
+    # launcher sees the job failed. A finished job writes it before its process ends, so 2 s change no outcome.
+    monkeypatch.setattr(submitit.core.core.Job, "_results_timeout_s", 2, raising=False)
 
     from vlprompt.engine.checkpoint import read_prompt
     from vlprompt.tasks.launchers import LaunchOptions, launch_sweep
