@@ -76,7 +76,9 @@ def test_loss_and_gradient_equal_the_authors(vit_backbone, top_k):
     else:
         assert n_sel == 0 and out.terms["ood"][1] == 0
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-7)
+    # fp32 sums in another order: elements near 0 differ by ~1e-7 absolute, so the tolerance follows the gradient's
+    # scale (a detached weight changes it by > 1e-4 of its largest element: the test below)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-5 * float(g_ref.abs().max()))
     assert float(g_ref.abs().sum()) > 0
 
 
