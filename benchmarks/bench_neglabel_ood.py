@@ -29,7 +29,6 @@ text-tower time with the batched text pass.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import append_rows, machine_line, timed  # noqa: E402
+from timing import append_rows, imagenet_class_names, machine_line, timed  # noqa: E402
 
 from vlprompt.backbones.openclip import load_backbone  # noqa: E402
 from vlprompt.core.ood import ood_scores  # noqa: E402
@@ -49,18 +48,9 @@ from vlprompt.methods.neglabel.mining import encode_words, percentile_similarity
 from vlprompt.methods.neglabel.model import NegativeLabels  # noqa: E402
 from vlprompt.methods.registry import build_method  # noqa: E402
 
-CLASSES_FILE = Path(__file__).resolve().parent / "data" / "imagenet_classes.json"
-
-
-def class_names(n: int) -> list[str]:
-    names = json.loads(CLASSES_FILE.read_text())["imagenet_classes"]
-    if n > len(names):
-        raise SystemExit(f"--classes: at most {len(names)}")
-    return names[:n]
-
 
 def evaluation_rows(args: argparse.Namespace, backbone: Any, device: torch.device) -> list[dict[str, Any]]:
-    names = class_names(args.classes)
+    names = imagenet_class_names(args.classes)
     t0 = time.perf_counter()
     method = build_method("neglabel", backbone, names).eval()  # encodes the ID labels (not timed per image)
     text_s = time.perf_counter() - t0

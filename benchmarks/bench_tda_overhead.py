@@ -30,7 +30,6 @@ classes, a stream of a few thousand images).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -42,20 +41,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import append_rows, machine_line, timed  # noqa: E402
+from timing import append_rows, imagenet_class_names, machine_line, timed  # noqa: E402
 
 from vlprompt.backbones.openclip import load_backbone  # noqa: E402
 from vlprompt.methods.base import MethodContext  # noqa: E402
 from vlprompt.methods.registry import build_method  # noqa: E402
-
-CLASSES_FILE = Path(__file__).resolve().parent / "data" / "imagenet_classes.json"
-
-
-def class_names(n: int) -> list[str]:
-    names = json.loads(CLASSES_FILE.read_text())["imagenet_classes"]
-    if n > len(names):
-        raise SystemExit(f"--classes: at most {len(names)}")
-    return names[:n]
 
 
 def tower_seconds_per_image(model: str, batch: int, rounds: int, device: torch.device) -> tuple[float, int]:
@@ -128,7 +118,7 @@ def main() -> None:
           f"{machine_line()}", flush=True)
     tower_s, width = tower_seconds_per_image(args.model, args.batch, args.rounds, device)
     print(f"image tower: {tower_s * 1e3:.2f} ms / image (batch {args.batch}, E = {width})", flush=True)
-    names = class_names(args.classes)
+    names = imagenet_class_names(args.classes)
     g = torch.Generator().manual_seed(args.seed + 1)
     text = F.normalize(torch.randn(args.classes, width, generator=g), dim=-1).to(device)
     tda = build("tda", names, text, device)

@@ -1,10 +1,12 @@
-"""Timing helpers shared by the benchmark scripts: machine load, one timed call, peak CUDA memory."""
+"""Helpers shared by the benchmark scripts: machine load, one timed call, peak CUDA memory, ImageNet class names."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,3 +55,15 @@ def append_rows(path: Any, rows: list[dict[str, Any]], **fields: Any) -> None:
     path = Path(path)
     old = json.loads(path.read_text()) if path.is_file() else []
     path.write_text(json.dumps(old + [dict(r, **fields, threads=torch.get_num_threads()) for r in rows], indent=1))
+
+
+#: ImageNet's 1000 class names (and ImageNet-A's 200 indices), from azshue/TPT ``data/imagnet_prompts.py``.
+CLASSES_FILE = Path(__file__).resolve().parent / "data" / "imagenet_classes.json"
+
+
+def imagenet_class_names(n: int) -> list[str]:
+    """The first ``n`` of ImageNet's 1000 class names (real names of varying lengths; ``SystemExit`` past 1000)."""
+    names = json.loads(CLASSES_FILE.read_text())["imagenet_classes"]
+    if n > len(names):
+        raise SystemExit(f"--classes: at most {len(names)}")
+    return names[:n]
