@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 TINY_MODELS = ["vlprompt-test-vit", "vlprompt-test-rn"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_folder(tmp_path_factory):
+    """vlprompt's disk cache (NegLabel's mined labels, ...) in a folder of the test session, never the user's
+    ``~/.cache/vlprompt``; subprocesses inherit it."""
+    old = os.environ.get("VLPROMPT_CACHE_DIR")
+    os.environ["VLPROMPT_CACHE_DIR"] = str(tmp_path_factory.mktemp("vlprompt_cache"))
+    yield
+    if old is None:
+        os.environ.pop("VLPROMPT_CACHE_DIR", None)
+    else:
+        os.environ["VLPROMPT_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session", params=TINY_MODELS)
