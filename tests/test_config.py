@@ -167,6 +167,40 @@ def test_new_paper_settings():
     assert (cfg.method.config.ratio, cfg.optim.max_epoch) == (0.2, 50)
 
 
+def test_promptsrc_sweep_runs_promptsrc_own_ivlp(monkeypatch):
+    """PromptSRC's README IVLP row (README.md l.105-112) comes from its own configs/trainers/IVLP/
+    vit_b16_c2_ep20_batch4_4+4ctx.yaml (N_CTX 4+4 l.34-35, depth 9 l.38-39, LR 0.0025 l.18, 20 epochs l.19,
+    batch 4 l.4), not the MaPLe repository's 2+2-context, 5-epoch file: the sweep resolves to the former."""
+    from vlprompt.tasks.sweep import build_config, load_sweep
+
+    monkeypatch.chdir(REPO)
+    sw = load_sweep(REPO / "configs/sweeps/promptsrc_base2new.yaml")
+    for dataset in ("imagenet", "dtd"):
+        cfg = build_config(sw, "ivlp", None, dataset, 16, 1, REPO / "runs" / "unused")
+        m, o = cfg.method.config, cfg.optim
+        assert (cfg.method.name, m.n_ctx_text, m.n_ctx_vision, m.ctx_init, m.prompt_depth_text,
+                m.prompt_depth_vision) == ("ivlp", 4, 4, "a photo of a", 9, 9)
+        assert (o.name, o.lr, o.max_epoch, o.batch_size, o.warmup_epoch, o.warmup_lr) == ("sgd", 0.0025, 20, 4, 1, 1e-5)
+        assert (cfg.data.dataset, cfg.data.shots, cfg.data.subsample_classes) == (dataset, 16, "base")
+        shipped = load_config(REPO / f"configs/ivlp/base2new/{dataset}_vit_b16_promptsrc.yaml")
+        assert (shipped.method, shipped.optim) == (cfg.method, cfg.optim)  # the sweep runs the shipped file
+    # the MaPLe repository's IVLP stays what maple_base2new runs
+    maple = load_config(REPO / "configs/ivlp/base2new/dtd_vit_b16.yaml")
+    assert (maple.method.config.n_ctx_text, maple.method.config.prompt_depth_text, maple.optim.max_epoch) == (2, 12, 5)
+
+
+def test_clip_adapter_configs_run_fp32_as_the_authors():
+    """CLIP-Adapter casts CLIP to fp32 (gaopengcuhk/CLIP-Adapter clip_adapter.py l.128 ``clip_model.float()``, no
+    autocast): every shipped CLIP-Adapter config computes in fp32 with fp32 weights, and says why."""
+    files = sorted((REPO / "configs" / "clip_adapter").rglob("*.yaml"))
+    assert len(files) == 55
+    for f in files:
+        cfg = load_config(f)
+        assert (cfg.train.compute_precision, cfg.backbone.weight_dtype) == ("fp32", "fp32"), f
+        text = f.read_text()
+        assert "clip_model.float()" in text and "PREC fp16" not in text, f
+
+
 def test_paper_settings():
     cfg = load_config(REPO / "configs/coop/imagenet/vit_b16_16shots.yaml")
     assert cfg.optim.max_epoch == 50 and cfg.backbone.model == "ViT-B-16-quickgelu"
