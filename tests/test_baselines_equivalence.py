@@ -310,6 +310,51 @@ def test_clip_lora_equals_the_merged_low_rank_update(tiny_backbone):
     assert not any(isinstance(mod, type(m.adapters[0])) for mod in tiny_backbone.modules())
 
 
+#: CLIP-LoRA's tables (MaxZanella/CLIP-LoRA@358f0d7 loralib/utils.py): 12-block towers l.10-19 (text; the
+#: ViT-B image towers l.23-38 give the same lists), ViT-L/14's 24-block image tower l.40-43
+CLIP_LORA_12 = {"top1": [11], "top2": [10, 11], "top3": [9, 10, 11], "bottom": [0, 1, 2, 3], "mid": [4, 5, 6, 7],
+                "up": [8, 9, 10, 11], "half-up": [6, 7, 8, 9, 10, 11], "half-bottom": [0, 1, 2, 3, 4, 5],
+                "all": list(range(12))}
+CLIP_LORA_VIT_L14 = {"half-up": list(range(12, 24)), "half-bottom": list(range(12)), "all": list(range(24))}
+
+
+def test_clip_lora_positions_scale_with_the_tower_depth(tmp_path):
+    """On a tower of ViT-L/14's depths (24 image blocks, 12 text blocks) the presets adapt the blocks of
+    CLIP-LoRA's ViT-L/14 table (half-up: 12-23, not 6-11); 12-block towers keep the authors' lists; a
+    12-block-only preset on the 24-block tower is one clear error."""
+    import json
+
+    import open_clip
+
+    from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.core.errors import ConfigError
+    from vlprompt.methods.clip_lora.config import ClipLoRAConfig
+    from vlprompt.methods.clip_lora.lora import LoRAMultiheadAttention
+
+    for preset, blocks in CLIP_LORA_12.items():  # 12-block results unchanged
+        assert ClipLoRAConfig(position=preset).blocks(12, "text") == blocks, preset
+    (tmp_path / "vlprompt-test-vit24.json").write_text(json.dumps({
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 16, "layers": 24, "width": 16, "head_width": 8, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 12}}))
+    open_clip.add_model_config(tmp_path)
+    torch.manual_seed(0)
+    backbone = load_backbone("vlprompt-test-vit24")
+
+    def adapted(m, tower):
+        return [i for i, block in enumerate(m.backbone.transformer_blocks(tower))
+                if any(isinstance(child, LoRAMultiheadAttention) for child in block.children())]
+
+    assert len(backbone.transformer_blocks("image")) == 24 and len(backbone.transformer_blocks("text")) == 12
+    m = build_method("clip_lora", backbone, NAMES, context=CONTEXT, position="half-up")  # one build: ~0.5 s
+    assert adapted(m, "image") == CLIP_LORA_VIT_L14["half-up"]  # was 6-11
+    assert adapted(m, "text") == CLIP_LORA_12["half-up"]  # ViT-L/14's text tower has 12 blocks
+    for preset, blocks in CLIP_LORA_VIT_L14.items():
+        assert ClipLoRAConfig(position=preset).blocks(24, "vision") == blocks, preset
+    with pytest.raises(ConfigError, match="'up' is CLIP-LoRA's preset of a 12-block tower .* vision tower has 24"):
+        ClipLoRAConfig(position="up").blocks(24, "vision")  # what the build calls per tower
+
+
 def test_linear_probe_without_scikit_learn_is_one_clear_error(vit_backbone, monkeypatch):
     import sys
 

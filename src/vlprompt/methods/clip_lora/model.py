@@ -5,9 +5,11 @@ attention block of the text and the vision transformer; the classifier is the ad
 feature of the dataset's first hand-crafted template, re-encoded at every step, and the loss
 cross-entropy on ``logit_scale * cos`` (``lora.py`` l.94-113). Defaults (``run_utils.py`` l.28-37):
 rank 2, alpha 1, dropout 0.25, q/k/v, both encoders, all blocks; AdamW lr 2e-4, weight decay 1e-2,
-batch 32 (``lora.py`` l.75) go in the ``optim`` section. CLIP-LoRA's position presets ('bottom',
-'mid', 'up', 'half-up', 'half-bottom', 'top3') name blocks of 12-block towers (``loralib/utils.py``
-l.10-44); a list of block indices works for any depth. ResNet image towers have no attention blocks
+batch 32 (``lora.py`` l.75) go in the ``optim`` section. CLIP-LoRA's position presets 'all',
+'half-up' and 'half-bottom' scale with each tower's depth as its tables do (``loralib/utils.py``
+l.17-19 for 12 blocks, l.41-43 for ViT-L/14's 24-block image tower: the 12 upper blocks for 'half-up');
+'top1', 'top2', 'top3', 'bottom', 'mid' and 'up' name blocks of 12-block towers (l.10-38) and are
+refused on other depths; a list of block indices works for any depth. ResNet image towers have no attention blocks
 CLIP-LoRA adapts (it supports ViTs only): with them only the text encoder is adapted.
 
 The adapters change what the encoders compute, so the method owns a private copy of the backbone
