@@ -175,15 +175,12 @@ def _file(head: list[str], cfg: dict) -> str:
 
 
 def _run(method: dict, model: str, dataset: str, shots: int, out: str, *, optim: dict | None = None,
-         subsample: str | None = None, templates: str | list[str] | None = None, precision: str = "amp",
-         sampler: str | None = None) -> dict:
+         subsample: str | None = None, templates: str | list[str] | None = None, precision: str = "amp") -> dict:
     data: dict = {"dataset": dataset, "root": "./data", "shots": shots}
     if subsample:
         data["subsample_classes"] = subsample
     if templates is not None:
         data["templates"] = templates
-    if sampler is not None:
-        data["fewshot_sampler"] = sampler
     data["num_workers"] = 8
     cfg = {"method": method, "backbone": {"model": model, "pretrained": "openai"}, "data": data}
     if optim is not None:
@@ -528,7 +525,13 @@ def adapter_files() -> dict[Path, str]:
                     "then",
                     "    bisections (method.C null), L-BFGS max_iter 1000 (l.57); lpclip/linear_probe.sh: --num_step "
                     "8 (l.8)",
-                    "  lpclip/linear_probe.py l.25: validation shots min(K, 4), as vlprompt's few-shot val split"]
+                    "  lpclip/linear_probe.py l.25: validation shots min(K, 4), as vlprompt's few-shot val split",
+                    "  Sampling: lpclip encodes the whole train and val splits (feat_extractor.py l.124-136) and",
+                    "    draws the K shots per run with numpy (linear_probe.py l.29-51: np.random.seed(seed),",
+                    "    np.random.choice per label in ascending order, then the val shots from the same stream), not",
+                    "    with Dassl's sampler.",
+                    "    This file keeps data.fewshot_sampler auto (the images the other methods get for the seed);",
+                    "    --set data.fewshot_sampler=lpclip draws lpclip's images for the seed"]
             files[CONFIGS / "linear_probe" / ds / f"rn50_{k}shots.yaml"] = _file(head, cfg)
             # CLIP-Adapter (gaopengcuhk/CLIP-Adapter @ 08d07f8): CoOp's RN50 recipe
             cfg = _run({"name": "clip_adapter", "reduction": 4, "ratio": 0.2}, RN50, ds, k,

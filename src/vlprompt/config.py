@@ -69,6 +69,7 @@ class DataConfig:
     fewshot_sampler: str = field(
         default="auto",
         metadata={"help": "reference (CoOp's images for the seed), stable (independent of listing order), "
+                          "lpclip (the images of CoOp's linear-probe script for the seed), "
                           "auto (reference for the CoOp datasets, else stable)"},
     )
     templates: str | list[str] = field(
@@ -103,7 +104,7 @@ class DataConfig:
         check_int(self.num_workers, "data.num_workers", minimum=0)
         check_choice(self.subsample_classes, "data.subsample_classes", ("all", "base", "new"))
         check_choice(self.on_bad_image, "data.on_bad_image", ("stop", "skip"))
-        check_choice(self.fewshot_sampler, "data.fewshot_sampler", ("auto", "reference", "stable"))
+        check_choice(self.fewshot_sampler, "data.fewshot_sampler", ("auto", "reference", "stable", "lpclip"))
         check_int(self.augment_views, "data.augment_views", minimum=0)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from vlprompt.config import DataConfig
 from vlprompt.core.errors import DataError
 from vlprompt.data.fewshot import check_split_file_entries, load_fewshot_json, make_fewshot, save_fewshot_json
+from vlprompt.data.lpclip_fewshot import make_fewshot_lpclip
 from vlprompt.data.reference_fewshot import make_fewshot_reference, resolve_sampler
 from vlprompt.data.reference_splits import is_pickle_file, load_reference_fewshot
 from vlprompt.data.registry import DatasetInfo, build_dataset, get_dataset_info
@@ -79,13 +80,17 @@ def fewshot_splits(
     seed, over all classes before subsampling (:mod:`vlprompt.data.reference_fewshot`); ``stable``
     subsamples first and then samples independently of the listing order
     (:func:`vlprompt.data.fewshot.make_fewshot`); ``auto`` is the sampler the dataset declares
-    (``DatasetInfo.sampler``: ``reference`` for the CoOp datasets). ``dataset`` is the registered
+    (``DatasetInfo.sampler``: ``reference`` for the CoOp datasets); ``lpclip`` subsamples first and then
+    draws as CoOp's linear-probe script (:mod:`vlprompt.data.lpclip_fewshot`). ``dataset`` is the registered
     name the facts are looked up by (default ``full.name``). Test is the ``subsample`` classes' whole
     test split either way.
     """
     info = get_dataset_info(full.name if dataset is None else dataset)
-    if resolve_sampler(sampler, info) == "reference":
+    kind = resolve_sampler(sampler, info)
+    if kind == "reference":
         return subsample_classes(make_fewshot_reference(full, shots, seed, val_is_test=info.val_is_test), subsample)
+    if kind == "lpclip":
+        return make_fewshot_lpclip(subsample_classes(full, subsample), shots, seed)
     return make_fewshot(subsample_classes(full, subsample), shots, seed)
 
 

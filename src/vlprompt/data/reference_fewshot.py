@@ -41,9 +41,10 @@ from vlprompt.data.fewshot import MAX_VAL_SHOTS, check_shots
 from vlprompt.data.registry import DatasetInfo
 from vlprompt.data.types import DatasetSplits, Datum
 
-SAMPLERS = ("auto", "reference", "stable")
+SAMPLERS = ("auto", "reference", "stable", "lpclip")
 """``data.fewshot_sampler``: ``reference`` (this module), ``stable`` (:func:`vlprompt.data.fewshot.make_fewshot`,
-independent of the listing order) or ``auto`` (the sampler the dataset declares, ``DatasetInfo.sampler``)."""
+independent of the listing order), ``lpclip`` (CoOp's linear-probe script, :mod:`vlprompt.data.lpclip_fewshot`)
+or ``auto`` (the sampler the dataset declares, ``DatasetInfo.sampler``)."""
 
 
 class ShortClassWarning(UserWarning):
@@ -51,7 +52,7 @@ class ShortClassWarning(UserWarning):
 
 
 def resolve_sampler(sampler: str, info: DatasetInfo) -> str:
-    """``reference`` or ``stable`` for ``data.fewshot_sampler`` = ``sampler`` on the dataset ``info``."""
+    """``reference``, ``stable`` or ``lpclip`` for ``data.fewshot_sampler`` = ``sampler`` on the dataset ``info``."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"option data.fewshot_sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     return info.sampler if sampler == "auto" else sampler
