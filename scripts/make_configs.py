@@ -568,24 +568,26 @@ def adapter_files() -> dict[Path, str]:
                     "1|2|3",
                     *tip_head]
             files[CONFIGS / "tip_adapter" / ds / f"rn50_{k}shots.yaml"] = _file(head, cfg)
-            optim = {"name": "adamw", "lr": 0.001, "weight_decay": 0.01, "max_epoch": tip_epochs, "batch_size": 256,
-                     "warmup_epoch": 0, "lr_scheduler": "cosine", "test_batch_size": 100}
+            optim = {"name": "adamw", "lr": 0.001, "weight_decay": 0.01, "eps": 0.0001, "max_epoch": tip_epochs,
+                     "batch_size": 256, "warmup_epoch": 0, "lr_scheduler": "cosine", "scheduler_step": "iteration",
+                     "test_batch_size": 100}
             cfg = _run(_tip_method("tip_adapter_f", ds), RN50, ds, k,
                        f"runs/tip_adapter_f/{ds}/rn50_{k}shots/seed{{seed}}", optim=optim, templates=tip_templates)
             head = [f"Tip-Adapter-F on {ds}, RN50, {k} shots (Zhang et al., ECCV 2022). Seeds: --seed 1|2|3", *tip_head,
-                    "  main.py l.72-73, l.181: AdamW lr 0.001 (cfg lr), weight decay 0.01 (torch.optim.AdamW's "
-                    "default:",
-                    f"    none is passed), batch 256, {tip_epochs} epochs (train_epoch), cosine, no warm-up",
-                    "  Not expressible: AdamW eps 1e-4 (vlprompt: torch's 1e-8); the cosine is stepped per iteration "
-                    "to 0",
-                    "    (vlprompt: per epoch); training views use CoOp's crop scale (0.08, 1), not (0.5, 1) (main.py",
-                    "    l.174); the reference keeps the epoch with the best test accuracy (main.py l.111-126), "
-                    "vlprompt",
-                    "    the last"]
+                    "  main.py l.72-73, l.181: AdamW lr 0.001 (cfg lr), eps 1e-4 (l.72), weight decay 0.01",
+                    "    (torch.optim.AdamW's default: none is passed), batch 256, "
+                    f"{tip_epochs} epochs (train_epoch), no warm-up,",
+                    "    cosine over train_epoch x len(train_loader_F) steps, stepped every iteration (l.73, l.106:",
+                    "    optim.scheduler_step iteration; vlprompt's epochs drop the last partial batch, the",
+                    "    reference's keep it: datasets/utils.py l.373)",
+                    "  Not expressible: training views use CoOp's crop scale (0.08, 1), not (0.5, 1) (main.py l.174);",
+                    "    the reference keeps the epoch with the best test accuracy (main.py l.111-126), vlprompt the "
+                    "last"]
             files[CONFIGS / "tip_adapter_f" / ds / f"rn50_{k}shots.yaml"] = _file(head, cfg)
             # CLIP-LoRA (MaxZanella/CLIP-LoRA @ 358f0d7)
             optim = {"name": "adamw", "lr": 0.0002, "weight_decay": 0.01, "max_epoch": None, "iterations": 500 * k,
-                     "batch_size": 32, "warmup_epoch": 0, "lr_scheduler": "cosine", "test_batch_size": 100}
+                     "batch_size": 32, "warmup_epoch": 0, "lr_scheduler": "cosine", "scheduler_step": "iteration",
+                     "test_batch_size": 100}
             method = {"name": "clip_lora", "r": 2, "alpha": 1, "dropout_rate": 0.25, "params": ["q", "k", "v"],
                       "encoder": "both", "position": "all"}
             cfg = _run(method, VIT_B16, ds, k, f"runs/clip_lora/{ds}/vit_b16_{k}shots/seed{{seed}}", optim=optim,
@@ -600,15 +602,16 @@ def adapter_files() -> dict[Path, str]:
                     "    all (l.32), encoder both (l.33), params q k v (l.34), r 2 (l.35), alpha 1 (l.36), dropout "
                     "0.25 (l.37);",
                     "    README.md l.9: the same values for every dataset and number of shots",
-                    "  lora.py l.75-76: AdamW weight decay 1e-2, betas (0.9, 0.999), cosine over the iterations "
-                    "(eta_min 1e-6);",
-                    "    no warm-up. Training views: RandomResizedCrop scale (0.08, 1) + flip (main.py l.38-43), as",
+                    "  lora.py l.75-76: AdamW weight decay 1e-2, betas (0.9, 0.999), torch's eps; the cosine over the",
+                    "    iterations stepped every iteration (l.76, l.122: optim.scheduler_step iteration, T_max =",
+                    "    optim.iterations); no warm-up.",
+                    "    Training views: RandomResizedCrop scale (0.08, 1) + flip (main.py l.38-43), as",
                     "    vlprompt's CoOp augmentation (Dassl's INPUT.RRCROP_SCALE (0.08, 1.0), "
                     "dassl/config/defaults.py l.40)",
                     "  data.templates: datasets/<dataset>.py `template` = ['a photo of a {}.'] for every dataset "
                     "(lora.py l.94)",
                     *epochs_note,
-                    "  Not expressible: the cosine is stepped per iteration to 1e-6 (vlprompt: per epoch, to about 0)",
+                    "  Not expressible: the cosine's floor eta_min 1e-6 (lora.py l.76; vlprompt's cosine ends at 0)",
                     "  compute_precision amp (bf16 autocast): vlprompt's closest to the reference's fp16 autocast"]
             files[CONFIGS / "clip_lora" / ds / f"vit_b16_{k}shots.yaml"] = _file(head, cfg)
     return files
@@ -649,8 +652,19 @@ APE_COMMON = [
     "    main.py l.249-250), vlprompt on its few-shot val split (min(K, 4) images per class)"]
 
 
-def _ape_head(ds: str, variant: str) -> list[str]:
-    file, scale, alpha, t_num, f_num, w_free, lr, eps, epochs = APE_CONFIGS[ds]
+def _ape_eps(ds: str, shots: int) -> float:
+    """APE-T's AdamW eps: the config's, except food101's comment "0.01 for 1/2-shot" (configs/food101.yaml l.16)."""
+    return 0.01 if ds == "food101" and shots <= 2 else APE_CONFIGS[ds][7]
+
+
+def _ape_eps_note(ds: str) -> str:
+    """The comment beside ``eps`` in APE's file, where there is one."""
+    return {"food101": ": '0.01 for 1/2-shot, 0.001 for others'", "sun397": ": its comment '# 0.005' is not used"}.get(
+        ds, "")
+
+
+def _ape_head(ds: str, variant: str, shots: int) -> list[str]:
+    file, scale, alpha, t_num, f_num, w_free, lr, _eps, epochs = APE_CONFIGS[ds]
     ln = APE_IMAGENET_LINES if ds == "imagenet" else APE_LINES
     step = [200, 20, 5] if ds == "imagenet" else [200, 20, 20]
     head = [GEN + " yangyangyang127/APE@70460de",
@@ -665,13 +679,14 @@ def _ape_head(ds: str, variant: str) -> list[str]:
     return head + [
         f"    training_feat_num {t_num} (l.{ln['training_feat_num']}), w_training [0.2, 0.8] (l.{ln['w_training']}), "
         f"lr {lr:g} (l.{ln['lr']}), train_epoch {epochs} (l.{ln['train_epoch']})",
-        "  main.py l.116-117: AdamW(lr, eps, weight_decay=0.1), cosine; l.258-269 (commented out in the published",
+        f"  main.py l.116-117: AdamW(lr, eps, weight_decay=0.1): eps {_ape_eps(ds, shots):g} "
+        f"(l.{ln['eps']}{_ape_eps_note(ds)});",
+        "    the cosine over train_epoch x len(train_loader_F) steps, stepped every iteration (l.117, l.153:",
+        "    optim.scheduler_step iteration); l.258-269 (commented out in the published",
         "    main.py): batch 256, views RandomResizedCrop (0.5, 1) + flip; l.158-175: the epoch of best validation",
         "    accuracy is kept (method.select_best_epoch), then beta / alpha are searched (l.178-197)",
         *APE_COMMON,
-        f"  Not expressible: AdamW eps {eps:g} (l.{ln['eps']}; vlprompt: torch's 1e-8); the cosine is stepped per "
-        "iteration",
-        "    (vlprompt: per epoch); training views use CoOp's crop scale (0.08, 1), not (0.5, 1)"]
+        "  Not expressible: training views use CoOp's crop scale (0.08, 1), not (0.5, 1)"]
 
 
 GDA_HEAD = [
@@ -700,17 +715,18 @@ def training_free_files() -> dict[Path, str]:
                    "augment_epoch": 10, "crop_scale": [0.5, 1.0]}
             cfg = _run(ape, RN50, ds, k, f"runs/ape/{ds}/rn50_{k}shots/seed{{seed}}", templates=templates)
             head = [f"APE (training-free) on {ds}, RN50, {k} shots (Zhu et al., ICCV 2023). Seeds: --seed 1|2|3",
-                    *_ape_head(ds, "ape")]
+                    *_ape_head(ds, "ape", k)]
             files[CONFIGS / "ape" / ds / f"rn50_{k}shots.yaml"] = _file(head, cfg)
             ape_t = {"name": "ape_t", **common, "search_hp": True, "search_scale": scale, "search_step": step,
                      "training_feat_num": t_num, "w_training": [0.2, 0.8], "augment_epoch": 10,
                      "crop_scale": [0.5, 1.0], "select_best_epoch": True}
-            optim = {"name": "adamw", "lr": lr, "weight_decay": 0.1, "max_epoch": epochs, "batch_size": 256,
-                     "warmup_epoch": 0, "lr_scheduler": "cosine", "test_batch_size": 100}
+            optim = {"name": "adamw", "lr": lr, "weight_decay": 0.1, "eps": _ape_eps(ds, k), "max_epoch": epochs,
+                     "batch_size": 256, "warmup_epoch": 0, "lr_scheduler": "cosine", "scheduler_step": "iteration",
+                     "test_batch_size": 100}
             cfg = _run(ape_t, RN50, ds, k, f"runs/ape_t/{ds}/rn50_{k}shots/seed{{seed}}", optim=optim,
                        templates=templates)
             head = [f"APE-T on {ds}, RN50, {k} shots (Zhu et al., ICCV 2023). Seeds: --seed 1|2|3",
-                    *_ape_head(ds, "ape_t")]
+                    *_ape_head(ds, "ape_t", k)]
             files[CONFIGS / "ape_t" / ds / f"rn50_{k}shots.yaml"] = _file(head, cfg)
             gda = {"name": "gda", "augment_epoch": 10, "crop_scale": [0.5, 1.0],
                    "alpha_list": [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0], "init_alpha": 0.1}

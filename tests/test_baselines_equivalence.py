@@ -200,6 +200,24 @@ def test_tip_adapter_cache_search_and_logits_equal_the_reference(tiny_backbone, 
     torch.testing.assert_close(m.logits(test, m.text_features()), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_tip_adapter_search_with_no_right_validation_prediction_switches_the_cache_off(tiny_backbone, monkeypatch):
+    """utils.py search_hp l.106-107, l.121: the best starts at accuracy 0 with beta = alpha = 0 and only a better
+    point replaces it, so when every grid point scores 0 the reference keeps alpha = beta = 0 (cache off)."""
+    m = build_method("tip_adapter", tiny_backbone, NAMES, context=CONTEXT, search_scale=[7, 3], search_step=[30, 10])
+    monkeypatch.setattr(m.backbone.model.logit_scale, "data", torch.tensor(math.log(1e6)))  # zero-shot term rules
+    data = _tip_data(tiny_backbone)
+    val = F.normalize(data.val, dim=-1)
+    zero_shot = m.backbone.logit_scale * val @ m.text_features().t()
+    data.val_labels = (zero_shot.argmax(dim=-1) + 1) % len(NAMES)  # every validation label is not the predicted one
+    top2 = zero_shot.topk(2, dim=-1).values  # alpha < 3 and each cache entry exp(-beta (1 - A)) <= 1:
+    assert bool(((top2[:, 0] - top2[:, 1]) > 3 * len(data.labels)).all())  # no (alpha, beta) flips a prediction
+    info = m.fit(data)
+    assert (info["beta"], info["alpha"], info["val_accuracy"]) == (0.0, 0.0, 0.0)
+    test = F.normalize(torch.randn(5, tiny_backbone.embed_dim), dim=-1)
+    zero_shot_test = m.backbone.logit_scale * test @ m.text_features().t()
+    torch.testing.assert_close(m.logits(test, m.text_features()), zero_shot_test, rtol=1e-5, atol=0)
+
+
 def test_tip_adapter_f_training_loss_equals_the_reference(tiny_backbone):
     m = build_method("tip_adapter_f", tiny_backbone, NAMES, context=CONTEXT, init_alpha=2.0, init_beta=1.5)
     data = _tip_data(tiny_backbone, seed=5)

@@ -160,9 +160,14 @@ def test_new_paper_settings():
     assert load_config(REPO / "configs/tip_adapter/imagenet/rn50_1shots.yaml").data.templates == "imagenet_select"
     cfg = load_config(REPO / "configs/tip_adapter_f/eurosat/rn50_16shots.yaml")
     assert (cfg.optim.name, cfg.optim.max_epoch, cfg.optim.batch_size, cfg.optim.warmup_epoch) == ("adamw", 100, 256, 0)
+    assert (cfg.optim.eps, cfg.optim.scheduler_step) == (1e-4, "iteration")  # Tip-Adapter main.py l.72-73
+    cfg = load_config(REPO / "configs/ape_t/food101/rn50_2shots.yaml")  # APE configs/food101.yaml l.16
+    assert (cfg.optim.eps, cfg.optim.scheduler_step) == (0.01, "iteration")
+    assert load_config(REPO / "configs/ape_t/food101/rn50_4shots.yaml").optim.eps == 0.001
     cfg = load_config(REPO / "configs/clip_lora/imagenet/vit_b16_16shots.yaml")
     assert (cfg.optim.lr, cfg.optim.max_epoch, cfg.optim.iterations, cfg.method.config.r, cfg.backbone.model) == (
         2e-4, None, 8000, 2, "ViT-B-16-quickgelu")
+    assert (cfg.optim.eps, cfg.optim.scheduler_step) == (None, "iteration")  # CLIP-LoRA lora.py l.75-76
     cfg = load_config(REPO / "configs/clip_adapter/dtd/rn50_1shots.yaml")
     assert (cfg.method.config.ratio, cfg.optim.max_epoch) == (0.2, 50)
 

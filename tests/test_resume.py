@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -123,3 +124,37 @@ def test_cached_augmented_views_train_and_resume_exactly(tmp_path, tiny_imagefol
     a = read_prompt(tmp_path / "full" / "prompt.safetensors")[0]["prompt_learner.ctx"]
     b = read_prompt(tmp_path / "cut" / "prompt.safetensors")[0]["prompt_learner.ctx"]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_per_iteration_schedule_resumes_with_the_rates_of_an_uninterrupted_run(tmp_path, tiny_imagefolder,
+                                                                               monkeypatch):
+    """``optim.scheduler_step: iteration`` (Tip-Adapter-F's CosineAnnealingLR over train_epoch x len(loader),
+    Tip-Adapter main.py l.73): a run stopped after its first epoch and resumed sets the same rate before every
+    step as an uninterrupted run, and ends with the same prompt."""
+    def raw(name):  # 12 training images, batches of 4: 3 steps per epoch, 9 in all
+        return tiny_config(tmp_path, tiny_imagefolder, data={"augment": False},
+                           optim={"name": "adamw", "eps": 1e-4, "max_epoch": 3, "warmup_epoch": 0,
+                                  "scheduler_step": "iteration"},
+                           train={"output_dir": str(tmp_path / name)})
+
+    rates: list[float] = []
+    original_set_lr, original_save = loop_mod.set_lr, loop_mod.save_training_state
+    monkeypatch.setattr(loop_mod, "set_lr", lambda opt, lr: (rates.append(lr), original_set_lr(opt, lr)))
+    trainer_mod.train(config_from_dict(raw("full")))
+    full, ref = list(rates), read_prompt(tmp_path / "full" / "prompt.safetensors")[0]["prompt_learner.ctx"]
+    per_step = [r for i, r in enumerate(full) if i % 4]  # each epoch: its first rate, then one before each step
+    assert per_step == pytest.approx([0.01 * (1 + math.cos(math.pi * i / 9)) / 2 for i in range(9)], rel=1e-12)
+
+    def die(folder, epoch, *args, **kwargs):
+        original_save(folder, epoch, *args, **kwargs)
+        raise _Killed()
+
+    monkeypatch.setattr(loop_mod, "save_training_state", die)
+    with pytest.raises(_Killed):
+        trainer_mod.train(config_from_dict(raw("stopped")))
+    monkeypatch.setattr(loop_mod, "save_training_state", original_save)
+    rates.clear()
+    trainer_mod.train(config_from_dict(raw("stopped")), resume=True)
+    assert rates == full[4:]
+    torch.testing.assert_close(read_prompt(tmp_path / "stopped" / "prompt.safetensors")[0]["prompt_learner.ctx"],
+                               ref, rtol=0, atol=1e-6)

@@ -110,7 +110,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """CoOp's optimisation recipe (Dassl): SGD, cosine schedule stepped per epoch, constant warm-up."""
+    """CoOp's optimisation recipe (Dassl): SGD, cosine schedule stepped per epoch, constant warm-up; or AdamW
+    (``eps``) with the cosine stepped per iteration (``scheduler_step``), as Tip-Adapter-F, APE-T and CLIP-LoRA."""
 
     name: str = field(default="sgd", metadata={"help": "optimiser: sgd (CoOp) or adamw"})
     lr: float = field(default=0.002, metadata={"help": "base learning rate"})
@@ -126,6 +127,11 @@ class OptimConfig:
     warmup_epoch: int = field(default=1, metadata={"help": "epochs at constant warmup_lr before cosine"})
     warmup_lr: float = 1e-5
     lr_scheduler: str = field(default="cosine", metadata={"help": "cosine or constant"})
+    scheduler_step: str = field(default="epoch", metadata={
+        "help": "epoch (Dassl: the rate changes once per epoch) or iteration (the cosine stepped every step over "
+                "max_epoch x steps per epoch, or optim.iterations: Tip-Adapter-F, APE-T, CLIP-LoRA)"})
+    eps: float | None = field(default=None, metadata={
+        "help": "AdamW's epsilon (adamw only); null = torch's default 1e-8 (Tip-Adapter-F: 1e-4)"})
     test_batch_size: int = 100
 
     def __post_init__(self) -> None:
@@ -144,6 +150,12 @@ class OptimConfig:
         check_int(self.warmup_epoch, "optim.warmup_epoch", minimum=0)
         check_float(self.warmup_lr, "optim.warmup_lr", minimum=0.0)
         check_choice(self.lr_scheduler, "optim.lr_scheduler", ("cosine", "constant"))
+        check_choice(self.scheduler_step, "optim.scheduler_step", ("epoch", "iteration"))
+        if self.eps is not None:
+            self.eps = check_float(self.eps, "optim.eps", minimum=0.0, strict=True)
+            if self.name != "adamw":
+                raise ConfigError(f"option optim.eps is AdamW's epsilon and has no effect with optim.name "
+                                  f"{self.name}; set optim.name=adamw or optim.eps=null")
         check_int(self.test_batch_size, "optim.test_batch_size", minimum=1)
 
 

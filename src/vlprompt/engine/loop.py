@@ -4,8 +4,9 @@
 checkpoint (learned tensors, optimiser state, RNG states, history); :func:`train_loader` gives the training
 batches the way :func:`~vlprompt.engine.features.image_encoding` decides (cached features, cached augmented
 views, or images encoded every step); :func:`run_epochs` trains epoch after epoch with the schedule
-(:func:`~vlprompt.engine.optim.lr_at_epoch`), calls the method's ``on_epoch_end`` hook and writes a checkpoint
-every ``train.checkpoint_every`` epochs and after the last one. Each step's backward pass and its cross-rank
+(:func:`~vlprompt.engine.optim.lr_at_step`: per epoch, or per step with ``optim.scheduler_step: iteration``),
+calls the method's ``on_epoch_end`` hook and writes a checkpoint every ``train.checkpoint_every`` epochs and
+after the last one. Each step's backward pass and its cross-rank
 reduction is :func:`~vlprompt.engine.loss_step.backward_terms`. Where files go, what is logged and what a
 resumption may change is the run's life (:mod:`vlprompt.engine.run_life`), not this module's.
 """
@@ -33,7 +34,7 @@ from vlprompt.engine.checkpoint import resume_training_state, save_training_stat
 from vlprompt.engine.distributed import SINGLE, DistContext, main_only, reseed_worker_rng
 from vlprompt.engine.features import encode_items, feature_loader, image_encoding, train_batches, view_loader
 from vlprompt.engine.loss_step import backward_terms
-from vlprompt.engine.optim import build_optimizer, epochs_for, lr_at_epoch, set_lr
+from vlprompt.engine.optim import build_optimizer, epochs_for, lr_at_step, set_lr
 from vlprompt.engine.run import autocast
 from vlprompt.methods.base import LossTerms, PromptMethod
 
@@ -47,6 +48,7 @@ class LoopState:
 
     optimizer: torch.optim.Optimizer
     max_epoch: int
+    steps_per_epoch: int = 1
     start_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     restored: bool = False
@@ -59,7 +61,8 @@ def start(method: PromptMethod, params: list[torch.nn.Parameter], cfg: Experimen
     ``method``, the optimiser and the RNGs (every rank reads the same one, with rank 0's RNG states)."""
     optimizer = build_optimizer(params, cfg.optim)
     steps_per_epoch = len(train_batches(n_train, cfg.optim.batch_size))  # every loader's sampler
-    state = LoopState(optimizer, epochs_for(cfg.optim, cfg.data.dataset, cfg.data.shots, steps_per_epoch))
+    state = LoopState(optimizer, epochs_for(cfg.optim, cfg.data.dataset, cfg.data.shots, steps_per_epoch),
+                      steps_per_epoch)
     if checkpoints is not None:
         restored = resume_training_state(checkpoints, method, optimizer, log=log.warning)
         if restored is not None:
@@ -125,9 +128,10 @@ def loss_step(method: PromptMethod, compile_step: bool | str) -> Callable[[Tenso
 def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Optimizer, device: torch.device,
                     cfg: ExperimentConfig, epoch: int, *, ctx: DistContext = SINGLE,
                     loss_fn: Callable[[Tensor, Tensor], LossTerms] | None = None,
-                    progress: bool | None = None) -> dict[str, float]:
+                    progress: bool | None = None, lr_at: Callable[[int], float] | None = None) -> dict[str, float]:
     """One pass over ``loader``; loss, each loss term (``loss_<term>``: mean per counted item) and accuracy
-    are over the global batches (all ranks)."""
+    are over the global batches (all ranks). With ``lr_at`` (step of the epoch -> learning rate) the rate is set
+    before every step (``optim.scheduler_step: iteration``); else the optimiser keeps the rate it has."""
     method.train()
     loss_fn = method.training_loss if loss_fn is None else loss_fn
     progress = cfg.train.progress if progress is None else progress
@@ -143,6 +147,8 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
             feats = method.encode_images(images) if images.dim() == 4 else images  # else: cached features
             out = loss_fn(feats, labels)
         optimizer.zero_grad(set_to_none=True)
+        if lr_at is not None:
+            set_lr(optimizer, lr_at(step))
         # every cross-rank reduction happens here (non-finite values skip the backward pass on every rank)
         stats = backward_terms(method, out, params, labels, ctx=ctx, owns_gradient_step=owns_step)
         if not math.isfinite(stats.loss):
@@ -172,20 +178,24 @@ def run_epochs(method: PromptMethod, loader: Any, loss_fn: Callable[[Tensor, Ten
                validate: Callable[[], float] | None, record: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     """Train from ``state.start_epoch`` to ``state.max_epoch``; returns the history (one record per epoch).
 
-    Each epoch: the learning rate of the schedule, the data-loader workers reseeded, one pass
+    Each epoch: the learning rate of the schedule (set once, or before every step with ``optim.scheduler_step:
+    iteration``; the record's ``lr`` is the epoch's first), the data-loader workers reseeded, one pass
     (:func:`train_one_epoch`), ``method.on_epoch_end``, the validation accuracy every ``train.eval_every``
     epochs (``validate``, None without a validation split), ``record(epoch record)`` (the run's log), and a
     checkpoint (rank 0) every ``train.checkpoint_every`` epochs and after the last.
     """
     optimizer, max_epoch, history = state.optimizer, state.max_epoch, state.history
+    per_step = cfg.optim.scheduler_step == "iteration"
     epochs = tqdm(range(state.start_epoch, max_epoch), desc="epochs", disable=not progress,
                   initial=state.start_epoch, total=max_epoch)
     for epoch in epochs:
-        lr = lr_at_epoch(epoch, cfg.optim, max_epoch)
+        lr_of_step = functools.partial(lr_at_step, epoch, cfg=cfg.optim, max_epoch=max_epoch,
+                                       steps_per_epoch=state.steps_per_epoch)
+        lr = lr_of_step(0)
         set_lr(optimizer, lr)
         reseed_worker_rng(ctx, cfg.train.seed, epoch)
         stats = train_one_epoch(method, loader, optimizer, device, cfg, epoch, ctx=ctx, loss_fn=loss_fn,
-                                progress=progress)
+                                progress=progress, lr_at=lr_of_step if per_step else None)
         method.on_epoch_end(epoch, max_epoch)  # e.g. PromptSRC's prompt aggregation
         entry = {"epoch": epoch + 1, "lr": lr, **stats}
         if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and validate is not None:

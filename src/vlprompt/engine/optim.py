@@ -8,6 +8,20 @@ CosineAnnealingLR(T_max=max_epoch), warmup_epoch=1, cons_lr=1e-5)`` the rate of 
 
 i.e. the cosine starts after the warm-up and runs over ``max_epoch`` steps, so it never reaches
 zero within training (the last epoch uses ``(max_epoch - 1 - W) / max_epoch`` of the period).
+
+With ``optim.scheduler_step: iteration`` the cosine is stepped after every optimisation step instead, as
+Tip-Adapter-F (gaopengcuhk/Tip-Adapter@d0e2d6f ``main.py`` l.73: ``CosineAnnealingLR(optimizer,
+cfg['train_epoch'] * len(train_loader_F))``, ``scheduler.step()`` after each ``optimizer.step()`` l.105-106),
+APE-T (yangyangyang127/APE@70460de ``main.py`` l.117, l.152-153) and CLIP-LoRA (MaxZanella/CLIP-LoRA@358f0d7
+``lora.py`` l.76, l.122) do. Step ``s`` (0-based, counted over the whole run) of ``T`` steps uses::
+
+    s <  W * S:  warmup_lr
+    s >= W * S:  lr * (1 + cos(pi * min(s - W * S, T) / T)) / 2
+
+with ``S`` the steps per epoch, ``W`` the warm-up epochs (0 in those methods) and ``T = optim.iterations`` when
+given (CLIP-LoRA's ``total_iters``; the extra steps of vlprompt's last whole epoch stay at the end of the
+cosine) else ``max_epoch * S``: the rate of ``CosineAnnealingLR(T_max=T)`` stepped per iteration. ``optim.eps``
+is AdamW's epsilon (Tip-Adapter-F ``main.py`` l.72: ``eps=1e-4``; APE-T: its config's ``eps``).
 """
 
 from __future__ import annotations
@@ -31,12 +45,30 @@ def lr_at_epoch(epoch: int, cfg: OptimConfig, max_epoch: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epoch) / max_epoch))
 
 
+def lr_at_step(epoch: int, step: int, cfg: OptimConfig, max_epoch: int, steps_per_epoch: int) -> float:
+    """Learning rate of step ``step`` (0-based) of ``epoch`` (0-based): :func:`lr_at_epoch` with
+    ``optim.scheduler_step: epoch``; with ``iteration`` the cosine of the module doc, a function of the step
+    counted over the run (so a run resumed at an epoch boundary continues the same sequence)."""
+    if cfg.scheduler_step == "epoch":
+        return lr_at_epoch(epoch, cfg, max_epoch)
+    if epoch < cfg.warmup_epoch:
+        return cfg.warmup_lr
+    if cfg.lr_scheduler == "constant":
+        return cfg.lr
+    total = cfg.iterations if cfg.iterations is not None else max_epoch * steps_per_epoch
+    done = min((epoch - cfg.warmup_epoch) * steps_per_epoch + step, total)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done / total))
+
+
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9, weight decay 5e-4 by default) as CoOp, or AdamW."""
+    """SGD (momentum 0.9, weight decay 5e-4 by default) as CoOp, or AdamW (epsilon ``optim.eps``, torch's
+    1e-8 when null)."""
     params = list(params)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.eps is None:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -174,7 +174,7 @@ class Run:
                 f"be shortened. Resume with a budget of at least {done} epochs (e.g. --set optim.max_epoch={done}), "
                 "or start a new run in another folder. Nothing was changed."
             )
-        if self.budget_notes:  # the schedule (lr_at_epoch) follows the new budget from the next epoch on
+        if self.budget_notes:  # the schedule (lr_at_step) follows the new budget from the next epoch on
             what = (f"training epoch {max_epoch}" if start_epoch + 1 == max_epoch
                     else f"training epochs {start_epoch + 1}-{max_epoch}" if start_epoch < max_epoch
                     else f"nothing more to train ({start_epoch} epochs done)")

@@ -14,8 +14,8 @@ uninterrupted run on the same device and seed.
 
 Resumed with a larger budget (``optim.max_epoch``, or ``optim.iterations``), a run (finished or not) is
 trained on from its last checkpoint to the new number of epochs: optimiser momentum and RNG states continue,
-and the learning-rate schedule (:func:`~vlprompt.engine.optim.lr_at_epoch`, a function of the epoch and the
-total) is the one of the new total from the next epoch on (epochs already trained keep the rates they had;
+and the learning-rate schedule (:func:`~vlprompt.engine.optim.lr_at_step`, a function of the epoch, the step
+and the total) is the one of the new total from the next epoch on (epochs already trained keep the rates they had;
 with a 1-epoch warm-up, a 1-epoch run trained on to 3 epochs equals a 3-epoch run). The log says
 ``optim.max_epoch changed from 1 to 3: training epochs 2-3``; prompt and metrics are rewritten with the new
 total. A budget smaller than the epochs already trained is refused and changes nothing.

@@ -12,7 +12,8 @@ with ``W`` the frozen hand-crafted text classifier (``main.py`` l.39-42 with log
 backbone's ``logit_scale``, which is 100 for OpenAI's CLIP). ``alpha`` and ``beta`` are searched on the
 validation split over ``beta_i = 0.1 + i (S_b - 0.1) / N_b`` and ``alpha_j = 0.1 + j (S_a - 0.1) / N_a``
 (``utils.py`` ``search_hp`` l.99-129: ``search_scale = [S_b, S_a]``, ``search_step = [N_b, N_a]``, first
-best kept).
+best kept; the best starts at accuracy 0 with ``beta = alpha = 0``, l.106-107, so when no grid point predicts
+one validation image right the cache is switched off: ``alpha = 0``).
 
 Tip-Adapter-F makes the keys a learned tensor initialised from the cache and trains them with the
 cross-entropy of the logits above at the initial alpha, beta (``main.py`` ``run_tip_adapter_F``
@@ -47,8 +48,10 @@ def search_grid(scale: float, steps: int) -> list[float]:
 def search_alpha_beta(clip_logits: Tensor, affinity: Tensor, values: Tensor, labels: Tensor,
                       scale: list[float], steps: list[int]) -> tuple[float, float, float]:
     """Best ``(beta, alpha, accuracy %)`` on a labelled set: ``clip_logits [N, C]``, ``affinity [N, NK]``,
-    ``values [NK, C]``, ``labels [N]``; beta outer, alpha inner, the first best kept (``acc > best``)."""
-    best, best_beta, best_alpha = -1, 0.0, 0.0
+    ``values [NK, C]``, ``labels [N]``; beta outer, alpha inner, the first best kept (``acc > best``). As the
+    authors' ``search_hp`` (``utils.py`` l.106-107: ``best_acc = 0``, ``best_beta, best_alpha = 0, 0``), a grid
+    where every point scores 0 gives ``(0, 0, 0)``: alpha 0, the cache off."""
+    best, best_beta, best_alpha = 0, 0.0, 0.0
     n = labels.shape[0]
     for beta in search_grid(scale[0], steps[0]):
         cache = torch.exp(-beta * (1 - affinity)) @ values
@@ -56,7 +59,7 @@ def search_alpha_beta(clip_logits: Tensor, affinity: Tensor, values: Tensor, lab
             correct = int(((clip_logits + alpha * cache).argmax(dim=-1) == labels).sum())
             if correct > best:
                 best, best_beta, best_alpha = correct, beta, alpha
-    return best_beta, best_alpha, 100.0 * max(best, 0) / n
+    return best_beta, best_alpha, 100.0 * best / n
 
 
 def validation(data: FitData, who: str, otherwise: str) -> tuple[Tensor, Tensor] | None:
