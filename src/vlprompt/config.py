@@ -66,6 +66,11 @@ class DataConfig:
         default=None,
         metadata={"help": "reuse a saved few-shot split: vlprompt JSON or CoOp's split_fewshot/shot_K-seed_S.pkl"},
     )
+    descriptions_file: str | None = field(
+        default=None,
+        metadata={"help": "class descriptions: JSON {class name: [sentence, ...]} (CoPrompt's gpt_file, CuPL's "
+                          "prompts); null = <root>/descriptions/<dataset>.json when it exists"},
+    )
     fewshot_sampler: str = field(
         default="auto",
         metadata={"help": "reference (CoOp's images for the seed), stable (independent of listing order), "
@@ -106,6 +111,16 @@ class DataConfig:
         check_choice(self.on_bad_image, "data.on_bad_image", ("stop", "skip"))
         check_choice(self.fewshot_sampler, "data.fewshot_sampler", ("auto", "reference", "stable", "lpclip"))
         check_int(self.augment_views, "data.augment_views", minimum=0)
+        if isinstance(self.options, dict) and "descriptions_file" in self.options:  # the spelling
+            options = dict(self.options)
+            alias = options.pop("descriptions_file")
+            if self.descriptions_file is not None and alias != self.descriptions_file:
+                raise ConfigError("give the description file once: data.descriptions_file or "
+                                  "data.options.descriptions_file (the same option), not both")
+            self.descriptions_file, self.options = alias, options
+        if self.descriptions_file is not None and (not isinstance(self.descriptions_file, str)
+                                                   or not self.descriptions_file):
+            raise ConfigError(f"option data.descriptions_file must be a file path, got {self.descriptions_file!r}")
 
 
 @dataclass

@@ -259,7 +259,8 @@ def load_prompt(
     if context is None:
         saved_context = meta.get("context") or {}
         try:
-            context = MethodContext(**{k: saved_context[k] for k in ("templates", "dataset") if k in saved_context})
+            context = MethodContext(**{k: saved_context[k] for k in ("templates", "dataset", "descriptions")
+                                       if k in saved_context})
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"prompt file '{path}' has an unusable build context: {exc}") from exc
     method = build_method(meta["method"], backbone, names, config=config, context=context)

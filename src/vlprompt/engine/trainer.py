@@ -43,6 +43,7 @@ from vlprompt.backbones.build import build_backbone
 from vlprompt.config import ExperimentConfig
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.results import RunResult
+from vlprompt.data.descriptions import load_descriptions
 from vlprompt.data.pipeline import PreparedData, prepare_data
 from vlprompt.data.templates import get_templates
 from vlprompt.engine import loop
@@ -62,9 +63,11 @@ from vlprompt.methods.registry import build_method
 
 
 def method_context(cfg: ExperimentConfig, splits: Any) -> MethodContext:
-    """The build context of a run: the dataset's hand-crafted template(s) (option data.templates)."""
+    """The build context of a run: the dataset's hand-crafted template(s) (option data.templates) and the class
+    descriptions of ``splits``' classes (option data.descriptions_file, :mod:`vlprompt.data.descriptions`)."""
     templates = get_templates(cfg.data.templates, cfg.data.dataset, template=getattr(splits, "template", None))
-    return MethodContext(templates=tuple(templates), dataset=cfg.data.dataset)
+    return MethodContext(templates=tuple(templates), dataset=cfg.data.dataset,
+                         descriptions=load_descriptions(cfg.data, list(splits.classnames)))
 
 
 def build_training_method(cfg: ExperimentConfig, backbone: Backbone, classnames: list[str],

@@ -10,7 +10,7 @@ where f_b is the image feature and t_c the text feature of class c's prompt.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -31,19 +31,42 @@ class MethodContext:
             of KgCoOp's penalty, ProGrad's teacher, CLIP-Adapter / Tip-Adapter's text classifier, CLIP-LoRA's
             prompts); several are ensembled (mean of normalised text features).
         dataset: the dataset's name ('' when unknown), for messages.
+        descriptions: the class descriptions of the run (option data.descriptions_file,
+            :mod:`vlprompt.data.descriptions`): ``((class name, (sentence, ...)), ...)`` in class order, ``()``
+            when there are none; given as such pairs or a mapping. Encode them with
+            :func:`description_text_features`; :meth:`sentences` looks one class up.
     """
 
     templates: tuple[str, ...] = ("a photo of a {}.",)
     dataset: str = ""
+    descriptions: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         templates = (self.templates,) if isinstance(self.templates, str) else tuple(self.templates)
         if not templates or any(not isinstance(t, str) or t.count("{}") != 1 for t in templates):
             raise ValueError(f"a method context needs templates with exactly one '{{}}', got {self.templates!r}")
         object.__setattr__(self, "templates", templates)
+        raw = self.descriptions.items() if isinstance(self.descriptions, Mapping) else self.descriptions
+        pairs = []
+        for item in raw:
+            if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 2:
+                raise ValueError(f"a method context's descriptions are (class name, sentences) pairs, got {item!r:.80}")
+            name, sentences = item
+            sentences = (sentences,) if isinstance(sentences, str) else tuple(sentences)
+            if not isinstance(name, str) or not sentences or any(not isinstance(t, str) for t in sentences):
+                raise ValueError(f"the descriptions of class {name!r} must be a non-empty list of sentences")
+            pairs.append((name, sentences))
+        object.__setattr__(self, "descriptions", tuple(pairs))
+
+    def sentences(self, classname: str) -> tuple[str, ...] | None:
+        """The description sentences of ``classname`` (None when the context has none for it)."""
+        return dict(self.descriptions).get(classname)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"templates": list(self.templates), "dataset": self.dataset}
+        out: dict[str, Any] = {"templates": list(self.templates), "dataset": self.dataset}
+        if self.descriptions:  # only then: files of runs without descriptions are unchanged
+            out["descriptions"] = {name: list(sentences) for name, sentences in self.descriptions}
+        return out
 
 
 class LossTerms(NamedTuple):
@@ -116,6 +139,36 @@ def template_text_features(backbone: Backbone, classnames: list[str], templates:
             acc = f if acc is None else acc + f
         feats.append(F.normalize(acc / len(templates), dim=-1))
     return torch.cat(feats)
+
+
+@torch.no_grad()
+def description_text_features(backbone: Backbone, classnames: list[str], descriptions: Sequence[Sequence[str]],
+                              templates: Sequence[str] = (), chunk: int = 256) -> Tensor:
+    """CuPL's classifier ``[n_cls, E]``: per class, ``normalise(mean_s normalise(g(s)))`` over the sentences ``s`` =
+    ``templates`` filled with the class name (``_`` read as a space), then the class's ``descriptions`` (CuPL
+    ``classify_imagenet.py`` l.47-58: ``use_both`` puts the templates and the sentences in one list and takes one
+    mean over it; without templates it is the mean of the sentences, as CoPrompt's ``gpt_clip_classifier``,
+    ``trainers/coprompt.py`` l.386-392, before its own averaging). ``chunk`` texts are encoded per pass.
+    """
+    if len(descriptions) != len(classnames):
+        raise ValueError(f"descriptions for {len(descriptions)} classes, expected {len(classnames)}")
+    texts: list[str] = []
+    owner: list[int] = []
+    for i, (name, sentences) in enumerate(zip(classnames, descriptions, strict=True)):
+        row = [t.format(name.replace("_", " ")) for t in templates] + list(sentences)
+        if not row:
+            raise ValueError(f"class '{name}' has no sentence and no template")
+        texts += row
+        owner += [i] * len(row)
+    sums = None
+    for start in range(0, len(texts), chunk):
+        ids = backbone.tokenize(texts[start : start + chunk], what="the class description")
+        f = F.normalize(backbone.encode_text(ids).float(), dim=-1)
+        if sums is None:
+            sums = f.new_zeros(len(classnames), f.shape[-1])
+        sums.index_add_(0, torch.tensor(owner[start : start + chunk], device=f.device), f)
+    assert sums is not None
+    return F.normalize(sums, dim=-1)  # the mean's direction: normalise(sum / n) == normalise(sum)
 
 
 #: The class attribute in which :func:`~vlprompt.methods.registry.register_method` records a method class's

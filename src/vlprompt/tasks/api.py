@@ -60,20 +60,26 @@ def zeroshot(cfg: ExperimentConfig, *, split: str = "test", output: str | Path |
              progress: bool = True, backbone: Backbone | None = None) -> dict[str, Any]:
     """Zero-shot CLIP on ``cfg.data`` with the templates ``cfg.data.templates``; returns the report.
 
-    The report holds ``accuracy``, ``macro_accuracy``, ``per_class`` and the ``templates`` used;
+    With ``method.name: zeroshot`` and ``method.descriptions`` ``only`` / ``with_templates`` the classifier is
+    CuPL's, from the class descriptions (data.descriptions_file). The report holds ``accuracy``,
+    ``macro_accuracy``, ``per_class`` and the ``templates`` used;
     with ``output`` it is written as JSON (and a ``.md`` table next to it).
     """
     device = resolve_device(cfg.train.device)
     backbone = backbone or _backbone(cfg, device)
     splits = load_dataset(cfg.data)
     templates = get_templates(cfg.data.templates, cfg.data.dataset, template=splits.template)
-    method = zeroshot_classifier(backbone, splits.classnames, templates).to(device)
+    mode = cfg.method.config.descriptions if cfg.method.name == "zeroshot" else "off"
+    context = method_context(cfg, splits) if mode != "off" else None
+    method = zeroshot_classifier(backbone, splits.classnames, templates, descriptions=mode,
+                                 context=context).to(device)
     report = _run_eval(method, splits, split, cfg, device, progress)
     record = EvalResult(method=method.method_name, dataset=cfg.data.dataset, split=split, templates=templates,
                         backbone=backbone.info.record,
                         config_digest=config_digest(cfg.as_dict()), **report)
     return _save(record, Path(output) if output else None,
-                 f"zero-shot CLIP on {cfg.data.dataset} ({split}, {len(templates)} template(s))")
+                 f"zero-shot CLIP on {cfg.data.dataset} ({split}, "
+                 + (f"{len(templates)} template(s))" if mode == "off" else f"class descriptions: {mode})"))
 
 
 def evaluate(cfg: ExperimentConfig, prompt: str | Path, *, split: str = "test", output: str | Path | None = None,

@@ -1,10 +1,14 @@
-"""Zero-shot CLIP options: the hand-crafted template(s) and the text pass size."""
+"""Zero-shot CLIP options: the hand-crafted template(s), the class descriptions (CuPL) and the text pass size."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from vlprompt.core.errors import ConfigError
+
+#: ``method.descriptions``: CuPL's ``classify_imagenet.py`` computes the three classifiers, standard (l.66, ``off``),
+#: CuPL (l.70, ``only``) and both (l.74, ``with_templates``).
+DESCRIPTION_MODES = ("off", "only", "with_templates")
 
 
 @dataclass
@@ -16,6 +20,9 @@ class ZeroShotConfig:
         metadata={"help": "templates; several are ensembled (mean of normalised text features)"},
     )
     class_chunk: int = field(default=256, metadata={"help": "classes encoded per text pass (memory bound)"})
+    descriptions: str = field(default="off", metadata={
+        "help": "class descriptions (data.descriptions_file), CuPL: off (templates only), only (the mean of each "
+                "class's normalised sentence features) or with_templates (one mean over templates + sentences)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.templates, str):
@@ -27,3 +34,6 @@ class ZeroShotConfig:
                 raise ConfigError(f"option method.templates: template {t!r} must contain exactly one '{{}}'")
         if isinstance(self.class_chunk, bool) or not isinstance(self.class_chunk, int) or self.class_chunk < 1:
             raise ConfigError(f"option method.class_chunk must be a positive integer, got {self.class_chunk!r}")
+        if self.descriptions not in DESCRIPTION_MODES:
+            raise ConfigError(f"option method.descriptions must be one of {', '.join(DESCRIPTION_MODES)}, "
+                              f"got {self.descriptions!r}")
