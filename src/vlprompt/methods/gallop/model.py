@@ -138,14 +138,28 @@ class GalLoP(PromptMethod):
             glob, loc = glob @ proj, loc @ proj
         return glob, loc
 
+    @staticmethod
+    def _cosines(glob: Tensor, loc: Tensor | None, text: Tensor, n_global: int) -> tuple[Tensor, Tensor | None]:
+        """Cosines of projected features (unnormalised: global ``[B, E]``, local ``[B, P, E]`` or None) with the
+        prompts ``text [G + L, C, E]`` (normalised): global prompts ``[B, C, G]``, local prompts ``[B, P, C, L]``
+        (None without local features)."""
+        g_cos = torch.einsum("be,gce->bcg", F.normalize(glob.float(), dim=-1), text[:n_global])
+        if loc is None:
+            return g_cos, None
+        return g_cos, torch.einsum("bpe,lce->bpcl", F.normalize(loc.float(), dim=-1), text[n_global:])
+
     def _similarities(self, features: Tensor, text: Tensor, n_global: int) -> tuple[Tensor, Tensor]:
-        """Cosines of the global feature with the global prompts ``[B, C, G]`` and of every patch with the local
-        prompts ``[B, P, C, L]`` (``text [G + L, C, E]``, normalised)."""
-        glob, loc = self.project(features)
-        glob, loc = F.normalize(glob, dim=-1), F.normalize(loc, dim=-1)
-        g_cos = torch.einsum("be,gce->bcg", glob, text[:n_global])
-        l_cos = torch.einsum("bpe,lce->bpcl", loc, text[n_global:])
+        """:meth:`_cosines` of packed features ``[B, 1 + P, W]`` through :meth:`project`."""
+        g_cos, l_cos = self._cosines(*self.project(features), text, n_global)
+        assert l_cos is not None
         return g_cos, l_cos
+
+    def _prediction(self, g_cos: Tensor, l_cos: Tensor | None) -> Tensor:
+        """``scale * (mean_m s^g + mean_n topk(s^l)) / 2`` ``[B, n_cls]`` (gallop.py:424-444), ``scale * mean_m s^g``
+        without local cosines."""
+        if l_cos is None:
+            return self._scale(g_cos) * g_cos.mean(dim=-1)
+        return self._scale(g_cos) * (g_cos.mean(dim=-1) + topk_patch_mean(l_cos, self.config.topk).mean(dim=-1)) / 2
 
     def _scale(self, like: Tensor) -> Tensor:
         return self.backbone.logit_scale.to(like.device, torch.float32)
@@ -159,12 +173,8 @@ class GalLoP(PromptMethod):
         if image_features.dim() == 2 and text_features.dim() == 2:
             return super().logits(image_features, text_features)
         if image_features.dim() == 2:
-            glob = F.normalize(image_features.float(), dim=-1)
-            g_cos = torch.einsum("be,gce->bcg", glob, text_features[: self.n_global].float())
-            return self._scale(glob) * g_cos.mean(dim=-1)
-        g_cos, l_cos = self._similarities(image_features, text_features.float(), self.n_global)
-        local = topk_patch_mean(l_cos, self.config.topk).mean(dim=-1)
-        return self._scale(g_cos) * (g_cos.mean(dim=-1) + local) / 2
+            return self._prediction(*self._cosines(image_features, None, text_features.float(), self.n_global))
+        return self._prediction(*self._similarities(image_features, text_features.float(), self.n_global))
 
     def _training_prompts(self) -> tuple[Tensor, int]:
         """The global prompts of this step (a random subset of ``prompts_batch_size`` when training, gallop.py:
@@ -221,14 +231,17 @@ class GalLoP(PromptMethod):
         """GalLoP's prediction from :meth:`ood_features`' output: ``scale * (mean_m s^g + mean_n topk(s^l)) / 2``
         (gallop.py:424-444) from packed ``[B, 1 + P, E]`` features (global, learned local), the global prompts'
         ``scale * mean_m s^g`` from global features ``[B, E]``."""
-        text = self._fixed_text().to(features.device).float()
-        glob = F.normalize((features[:, 0] if features.dim() == 3 else features).float(), dim=-1)
-        g = torch.einsum("be,gce->bcg", glob, text[: self.n_global]).mean(dim=-1)
-        if features.dim() != 3 or features.shape[1] < 2:
-            return self._scale(g) * g
-        loc = F.normalize(features[:, 1:].float(), dim=-1)
-        l_cos = torch.einsum("bpe,lce->bpcl", loc, text[self.n_global :])
-        return self._scale(g) * (g + topk_patch_mean(l_cos, self.config.topk).mean(dim=-1)) / 2
+        return self._prediction(*self._cosines(*self._split_ood(features), self._ood_prompts(features),
+                                               self.n_global))
+
+    def _split_ood(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`ood_features`' output as (global ``[B, E]``, local ``[B, P, E]`` or None)."""
+        if features.dim() == 3 and features.shape[1] >= 2:
+            return features[:, 0], features[:, 1:]
+        return (features[:, 0] if features.dim() == 3 else features), None
+
+    def _ood_prompts(self, like: Tensor) -> Tensor:
+        return self._fixed_text().to(like.device).float()
 
     def ood_score(self, features: Tensor, kind: str, *, temperature: float = 1.0) -> Tensor:
         """GalLoP's scores ``[B]`` (higher = more ID; features from :meth:`ood_features`), gallop.py:372-404:
@@ -240,16 +253,14 @@ class GalLoP(PromptMethod):
         """
         if kind not in SCORES:
             return super().ood_score(features, kind, temperature=temperature)
-        text = self._fixed_text().to(features.device)
-        glob = features[:, 0] if features.dim() == 3 else features
+        glob, loc = self._split_ood(features)
+        if kind in LOCAL_SCORES and loc is None:
+            raise ValueError(f"the OOD score '{kind}' reads patch features: give ood_features(images, local=True)")
+        g_cos, l_cos = self._cosines(glob, loc if kind in LOCAL_SCORES else None, self._ood_prompts(features),
+                                     self.n_global)
         score = features.new_zeros(features.shape[0], dtype=torch.float32)
         if kind in ("gallop", "gallop_mcm"):
-            g_cos = torch.einsum("be,gce->bcg", F.normalize(glob.float(), dim=-1), text[: self.n_global])
             score = score + (g_cos.mean(dim=-1) / temperature).softmax(dim=-1).amax(dim=-1)
-        if kind in LOCAL_SCORES:
-            if features.dim() != 3 or features.shape[1] < 2:
-                raise ValueError(f"the OOD score '{kind}' reads patch features: give ood_features(images, local=True)")
-            loc = F.normalize(features[:, 1:].float(), dim=-1)
-            l_cos = torch.einsum("bpe,lce->bpcl", loc, text[self.n_global :]).mean(dim=-1)  # [B, P, C]
-            score = score + (l_cos / temperature).softmax(dim=-1).amax(dim=(1, 2))
+        if l_cos is not None:  # [B, P, C] after the mean over the local prompts
+            score = score + (l_cos.mean(dim=-1) / temperature).softmax(dim=-1).amax(dim=(1, 2))
         return score
