@@ -160,6 +160,10 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
 
     if not ood_sets:
         raise VlpromptError("give at least one OOD set (--ood-sets NAME_OR_FOLDER,...)")
+    bare = [split_ood_spec(spec)[0].rstrip("/\\").lower() for spec in ood_sets]
+    twice = sorted({b for b in bare if bare.count(b) > 1})
+    if twice:
+        raise VlpromptError(f"OOD set(s) {', '.join(twice)} given twice (option --ood-sets)")
     device = resolve_device(cfg.train.device)
     backbone = build_backbone(cfg.backbone, device=device)
     splits = load_dataset(cfg.data)
@@ -190,10 +194,6 @@ def ood_evaluate(cfg: ExperimentConfig, prompt: str | Path | None, ood_sets: Seq
     per_set: dict[str, Any] = {}
     groups: dict[str, str | None] = {}
     ood_raw: dict[str, dict[str, Tensor]] = {}
-    bare = [split_ood_spec(spec)[0].rstrip("/\\").lower() for spec in ood_sets]
-    twice = sorted({b for b in bare if bare.count(b) > 1})
-    if twice:
-        raise VlpromptError(f"OOD set(s) {', '.join(twice)} given twice (option --ood-sets)")
     for spec in ood_sets:
         name, items, loader = resolve_ood_set(spec, cfg)
         name = _unique_name(name, split_ood_spec(spec)[0], per_set)

@@ -35,9 +35,10 @@ class ZeroShotCLIP(PromptMethod):
             raise ConfigError(f"method.descriptions: {mode} needs class descriptions: give data.descriptions_file "
                               "(a JSON file {class name: [sentence, ...]}) or put the file at "
                               "<data.root>/descriptions/<dataset>.json")
+        by_class = dict(self.context.descriptions)
         sentences = []
         for name in self.classnames:
-            found = self.context.sentences(name)
+            found = by_class.get(name)
             if found is None:
                 raise ConfigError(f"method.descriptions: {mode}: the class descriptions have no sentences for "
                                   f"class '{name}'")
