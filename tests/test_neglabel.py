@@ -293,3 +293,19 @@ def test_words_sorted_by_token_length_give_the_features_of_the_corpus_order(tiny
         assert torch.allclose(plain, sorted_, atol=1e-5)
         single = torch.cat([encode_words(tiny_backbone, [w], templates, sort_by_length=False) for w in words])
         assert torch.allclose(single, sorted_, atol=1e-5)  # a word alone in its pass: the same feature
+
+
+def test_a_damaged_cache_entry_is_one_warning_and_read_as_missing(tmp_path, caplog):
+    """Cache entries are core.tensor_io's checksummed files: a flipped byte in the tensor data makes the entry
+    unusable (one warning, None: computed again), an intact one reads back equal."""
+    from vlprompt.core.tensor_cache import load_entry, save_entry
+
+    path = save_entry(tmp_path / "sub" / "e.safetensors", {"features": torch.arange(64.0).view(8, 8)}, {"n": 8})
+    tensors, meta = load_entry(path)
+    assert meta == {"n": 8} and torch.equal(tensors["features"], torch.arange(64.0).view(8, 8))
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # inside the tensor bytes (the data section ends the file)
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="vlprompt.cache"):
+        assert load_entry(path) is None and load_entry(path) is None
+    assert sum("unusable" in r.getMessage() for r in caplog.records) == 1

@@ -1,9 +1,10 @@
 """A small on-disk cache of computed tensors (e.g. NegLabel's mined negative labels), usable from any layer.
 
 An entry is one safetensors file named by a key (the SHA-256 of everything the tensors depend on, see
-:func:`cache_key`) holding the tensors, a JSON ``meta`` and the tensors' SHA-256 (verified on every read). An
-entry that cannot be read or verified is treated as missing (one warning) and written again. Writes are atomic
-(:func:`vlprompt.core.io.atomic_write_bytes`), so a killed process never leaves half an entry.
+:func:`cache_key`) holding the tensors, a JSON ``meta`` and the tensors' SHA-256 (verified on every read): the
+checksummed files of :mod:`vlprompt.core.tensor_io`, like every tensor file vlprompt writes. An entry that cannot be
+read or verified is treated as missing (one warning) and written again. Writes are atomic, so a killed process never
+leaves half an entry.
 
 Where: :func:`cache_root` -- the folder an option names, else ``$VLPROMPT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/vlprompt`` (``~/.cache/vlprompt``), with one sub-folder per kind of entry.
@@ -18,15 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from vlprompt.core.io import atomic_write_bytes, ensure_dir
+from vlprompt.core.errors import CheckpointError
+from vlprompt.core.io import ensure_dir
+from vlprompt.core.tensor_io import read_safetensors, write_safetensors
 
 #: Environment variable naming vlprompt's cache folder (overrides ``$XDG_CACHE_HOME/vlprompt``).
 CACHE_ENV = "VLPROMPT_CACHE_DIR"
-_CHECKSUM = "vlprompt_sha256"
-_META = "vlprompt"
 logger = logging.getLogger("vlprompt.cache")
 _WARNED: set[str] = set()
 
@@ -49,46 +49,24 @@ def cache_key(parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def tensor_digest(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors`` (CPU, contiguous)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def load_entry(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
     """The tensors and meta of cache entry ``path``, or None when it is absent or unusable (unusable: one warning;
     the caller computes the tensors again and :func:`save_entry` replaces the file)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-        meta = json.loads(header.get(_META, "{}"))
-        if not isinstance(meta, dict) or header.get(_CHECKSUM) != tensor_digest(tensors):
-            raise ValueError("its tensors do not match their checksum")
-    except Exception as exc:  # noqa: BLE001 - any damage means: compute again
+        return read_safetensors(path, what="cache entry")
+    except CheckpointError as exc:  # any damage means: compute again
         if str(path) not in _WARNED:
             _WARNED.add(str(path))
-            logger.warning(f"warning: cache entry '{path}' is unusable ({exc}); computing it again")
+            logger.warning(f"warning: cache entry '{path}' is unusable ({str(exc).split('; ')[0]}); computing it again")
         return None
-    return tensors, meta
 
 
 def save_entry(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Write ``tensors`` and ``meta`` (JSON) to cache entry ``path`` atomically (the folder is created)."""
-    from safetensors.torch import save
-
     path = Path(path)
     ensure_dir(path.parent, "cache folder")
-    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    data = save(cpu, metadata={_META: json.dumps(meta), _CHECKSUM: tensor_digest(cpu)})
-    atomic_write_bytes(path, data)
+    write_safetensors(path, tensors, meta)
     return path

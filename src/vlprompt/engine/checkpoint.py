@@ -19,20 +19,19 @@ before checksums existed (no ``vlprompt_sha256``) are still read.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import random
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as st_save
 from torch import Tensor
 
 from vlprompt.core.errors import CheckpointError, VlpromptError
-from vlprompt.core.io import atomic_write_bytes, atomic_write_json
+from vlprompt.core.io import atomic_write_json
+from vlprompt.core.tensor_io import CHECKSUM_KEY, read_safetensors, tensor_checksum, write_safetensors
+
+__all__ = ["CHECKSUM_KEY", "read_safetensors", "tensor_checksum", "write_safetensors"]  # re-exported (core.tensor_io)
 
 PROMPT_FORMAT = "vlprompt-prompt"
 CKPT_FORMAT = "vlprompt-checkpoint"
@@ -40,57 +39,9 @@ FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------- low level
-CHECKSUM_KEY = "vlprompt_sha256"
-
-
-def tensor_checksum(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 (hex) of ``tensors``: each tensor's name, dtype, shape and raw bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def non_finite(tensors: dict[str, Tensor]) -> list[str]:
     """Names of the floating-point tensors holding NaN or Inf."""
     return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-
-
-def write_safetensors(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Atomically write ``tensors`` with ``meta`` (JSON) in the header under key ``vlprompt`` and the
-    tensors' checksum under ``vlprompt_sha256``."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    data = st_save(tensors, metadata={"vlprompt": json.dumps(meta), CHECKSUM_KEY: tensor_checksum(tensors)})
-    atomic_write_bytes(path, data)
-
-
-def read_safetensors(path: str | Path, *, what: str = "file") -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read tensors and the ``vlprompt`` JSON metadata, verifying the checksum; any corruption ->
-    :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} '{path}' does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except Exception as exc:  # safetensors raises SafetensorError / OSError on truncation
-        raise CheckpointError(
-            f"{what} '{path}' is not a readable safetensors file ({exc}); it may be truncated or corrupted."
-        ) from exc
-    try:
-        meta = json.loads(header.get("vlprompt", "{}"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{what} '{path}' has corrupted metadata: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{what} '{path}' has corrupted metadata: not a JSON object")
-    expected = header.get(CHECKSUM_KEY)
-    if expected is not None and tensor_checksum(tensors) != expected:
-        raise CheckpointError(f"{what} '{path}' is corrupted: its tensors do not match their checksum "
-                              f"(SHA-256 in the file's metadata); the file was damaged after it was written.")
-    return tensors, meta
 
 
 def _check_format(meta: dict[str, Any], expected: str, path: Path, what: str) -> None:

@@ -54,7 +54,7 @@ from vlprompt.methods.neglabel.mining import (
 #: The logit scale of the authors' scores (multi_modal.py l.184, l.191-192: ``100.0 * image @ text.T``).
 SCORE_SCALE = 100.0
 #: Bump when what a cache entry holds or how it is computed changes.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: entries are core.tensor_io files (its checksum)
 
 
 @dataclass(frozen=True)
