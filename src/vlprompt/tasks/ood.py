@@ -53,7 +53,7 @@ def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum],
     ``iNaturalist`` or ``dtd/images`` work with ``--root /data``); it is named as given (an absolute
     folder by its last component). A ``:near`` / ``:far`` suffix (:func:`split_ood_spec`) is ignored here.
     """
-    from vlprompt.data.registry import build_dataset, list_datasets
+    from vlprompt.data.registry import build_dataset
 
     spec = split_ood_spec(spec)[0]
     path = Path(spec)
@@ -67,10 +67,8 @@ def resolve_ood_set(spec: str, cfg: ExperimentConfig) -> tuple[str, list[Datum],
 
         name = path.name if Path(spec).is_absolute() else spec.rstrip("/\\")
         return name, [Datum(f, -1, "ood") for f in files], load_image
-    from vlprompt.data.ood_sets import canonical_ood_set
-
-    known = spec if spec.lower() in list_datasets() else canonical_ood_set(spec)
-    if known.lower() in list_datasets():
+    known = registered_ood_set(spec)
+    if known is not None:
         splits = build_dataset(known, cfg.data.root)
         items = splits.test or splits.val or splits.train
         return spec, [Datum(d.path, -1, "ood") for d in items], splits.loader
@@ -82,16 +80,29 @@ def ood_group(spec: str) -> str | None:
     registered dataset's ``ood_group`` (:class:`~vlprompt.data.registry.DatasetInfo`) of the entry as given or as
     the papers spell it (a folder ``iNaturalist``, ``dtd/images``, ``NINCO``: :func:`~vlprompt.data.ood_sets.
     canonical_ood_set`), else None."""
-    from vlprompt.data.ood_sets import canonical_ood_set
-    from vlprompt.data.registry import get_dataset_info, list_datasets
+    from vlprompt.data.registry import get_dataset_info
 
     name, group = split_ood_spec(spec)
     if group is None:
-        parts = Path(name).parts  # a folder given by path: its trailing components (".../iNaturalist/images")
-        for key in (name, *(canonical_ood_set("/".join(parts[-k:])) for k in range(1, min(len(parts), 3) + 1))):
-            if key.lower() in list_datasets():
-                return get_dataset_info(key).ood_group
+        key = registered_ood_set(name, trailing=True)
+        return None if key is None else get_dataset_info(key).ood_group
     return group
+
+
+def registered_ood_set(name: str, *, trailing: bool = False) -> str | None:
+    """The registry name of the OOD set ``name``: as registered, else as the papers spell it
+    (:func:`~vlprompt.data.ood_sets.canonical_ood_set`: ``iNaturalist``, ``dtd/images``, ``SSB-hard``), with
+    ``trailing`` also the last (up to 3) components of a folder's path (``.../iNaturalist/images``); None when none
+    is registered."""
+    from vlprompt.data.ood_sets import canonical_ood_set
+    from vlprompt.data.registry import list_datasets
+
+    keys = [name, canonical_ood_set(name)]
+    if trailing:
+        parts = Path(name).parts
+        keys += [canonical_ood_set("/".join(parts[-k:])) for k in range(1, min(len(parts), 3) + 1)]
+    registered = list_datasets()
+    return next((key for key in keys if key.lower() in registered), None)
 
 
 def _encode(method: Any, items: Sequence[Datum], loader: Any, cfg: ExperimentConfig, need_local: bool,
