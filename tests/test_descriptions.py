@@ -10,9 +10,16 @@ import pytest
 import torch
 
 from vlprompt.cli.main import main
-from vlprompt.config import config_from_dict
+from vlprompt.config import DataConfig, apply_overrides, config_from_dict
 from vlprompt.core.errors import ConfigError, DataError
-from vlprompt.data.descriptions import ExtraDescriptionsWarning, match_descriptions, read_descriptions
+from vlprompt.data.descriptions import (
+    ExtraDescriptionsWarning,
+    descriptions_path,
+    load_descriptions,
+    match_descriptions,
+    read_descriptions,
+)
+from vlprompt.data.registry import get_dataset_info
 from vlprompt.engine.checkpoint import prompt_metadata
 from vlprompt.methods.base import MethodContext
 from vlprompt.methods.registry import build_method
@@ -128,6 +135,9 @@ def test_config_round_trip_and_the_issue_spelling(tmp_path):
     assert again.as_dict() == cfg.as_dict()
     with pytest.raises(ConfigError, match="method.descriptions"):
         config_from_dict({**raw, "method": {"name": "zeroshot", "descriptions": "all"}})
+    # YAML 1.1 reads a bare `off` (as `--set method.descriptions=off` writes it) as false: the same mode
+    bare = config_from_dict(apply_overrides({**raw, "method": {"name": "zeroshot"}}, ["method.descriptions=off"]))
+    assert bare.method.config.descriptions == "off"
     with pytest.raises(ConfigError, match="once"):
         config_from_dict({**raw, "data": {**raw["data"], "descriptions_file": "other.json"}})
 
@@ -145,3 +155,48 @@ def test_cli_zeroshot_with_descriptions_and_a_missing_class(tiny_imagefolder, tm
     assert main(["zeroshot", "-c", str(cfg), "--set", f"data.descriptions_file={bad}", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "'green thing'" in err and "Traceback" not in err
+
+
+WORLD_WITH_DESCRIPTIONS = ("world_shapes", "world_patterns", "world_scenes", "world_positions", "world_textures")
+
+
+def test_world_datasets_ship_descriptions_for_every_class(tmp_path):
+    """Each ID world dataset but world_objects declares its own file, every class has sentences, and the user's
+    file (data.descriptions_file, then <root>/descriptions/) still comes first."""
+    from vlprompt.world.datasets import WORLD_DATASETS
+
+    for name in WORLD_WITH_DESCRIPTIONS + ("world_shapes_sketch",):
+        classes = WORLD_DATASETS[name.removeprefix("world_")].classnames
+        table = load_descriptions(DataConfig(dataset=name), classes)
+        assert [c for c, _ in table] == list(classes) and all(len(s) >= 4 for _, s in table), name
+    assert get_dataset_info("world_objects").descriptions is None
+    assert get_dataset_info("world_ood_textures").descriptions is None  # test-only OOD sets: none
+    (tmp_path / "descriptions").mkdir()
+    own = _write(tmp_path / "descriptions" / "world_scenes.json", {"grass": ["g."]})
+    assert descriptions_path(DataConfig(dataset="world_scenes", root=str(tmp_path))) == own
+
+
+def test_world_descriptions_beat_the_template_where_captions_name_the_class_in_a_phrase():
+    """CuPL's claim on the world: the pretraining captions name a scene only in a trailing phrase ("... on grass"),
+    so the shipped descriptions in those words classify world_scenes better than "a photo of a {}." (the whole test
+    split through `vlprompt zeroshot`: 86.9 -> 96.3 %; here 8 val images per class)."""
+    from vlprompt.backbones.build import build_backbone
+    from vlprompt.config import BackboneConfig
+    from vlprompt.data.registry import build_dataset
+    from vlprompt.methods.zeroshot.model import zeroshot_classifier
+
+    backbone = build_backbone(BackboneConfig("vlprompt-world-vit", "world"))
+    splits = build_dataset("world_scenes", None, n_val=8)
+    tf = backbone.eval_transform()
+    images = torch.stack([tf(splits.loader(d.path)) for d in splits.val])
+    labels = torch.tensor([d.label for d in splits.val])
+    context = MethodContext(templates=[splits.template],
+                            descriptions=load_descriptions(DataConfig(dataset="world_scenes"), splits.classnames))
+    acc = {}
+    with torch.no_grad():
+        features = backbone.encode_image(images)
+        for mode in ("off", "only"):
+            clf = zeroshot_classifier(backbone, splits.classnames, [splits.template], descriptions=mode,
+                                      context=context)
+            acc[mode] = (clf.forward_features(features).argmax(1) == labels).float().mean().item()
+    assert acc["only"] > acc["off"] + 0.05, acc

@@ -16,7 +16,8 @@ class with no key is an error naming it; keys naming no class of the run are ign
 
 Where: ``data.descriptions_file`` (the issue's spelling ``data.options.descriptions_file`` is the same option), else
 ``<data.root>/descriptions/<data.dataset>.json`` when that file exists (one folder for every dataset's file, like
-CoPrompt's ``gpt_file/``).
+CoPrompt's ``gpt_file/``), else the file the dataset ships (``register_dataset(..., descriptions=PATH)``: the
+world's datasets ship descriptions written for their classes, ``vlprompt/world/descriptions/``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from vlprompt.config import DataConfig
 from vlprompt.core.errors import DataError
 from vlprompt.data.coop_layouts import read_json_file
+from vlprompt.data.registry import get_dataset_info
 
 #: The folder under ``data.root`` holding ``<dataset>.json`` description files (the default location).
 DESCRIPTIONS_FOLDER = "descriptions"
@@ -60,7 +62,21 @@ def descriptions_path(cfg: DataConfig) -> Path | None:
                             "mapping each class name to a list of sentences (docs/methods.md, 'Class descriptions').")
         return path
     default = default_descriptions_path(cfg.root, cfg.dataset)
-    return default if default is not None and default.is_file() else None
+    if default is not None and default.is_file():
+        return default
+    return shipped_descriptions_path(cfg.dataset)
+
+
+def shipped_descriptions_path(dataset: str) -> Path | None:
+    """The description file the dataset ``dataset`` declares it ships (``DatasetInfo.descriptions``), or None
+    (none declared, or an unknown dataset: the reader reports that one)."""
+    if not dataset:
+        return None
+    try:
+        declared = get_dataset_info(dataset).descriptions
+    except DataError:
+        return None
+    return Path(declared) if declared else None
 
 
 def read_descriptions(path: str | Path) -> dict[str, list[str]]:

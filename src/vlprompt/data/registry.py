@@ -90,6 +90,10 @@ class DatasetInfo:
         ood_group: for an OOD benchmark set, ``"near"`` (semantic shift only: classes close to the ID ones,
             e.g. SSB-hard, NINCO) or ``"far"`` (e.g. iNaturalist, Textures); ``vlprompt ood`` averages each
             group apart. None (default): not an OOD set, or no group declared.
+        descriptions: the dataset's own class-description file (a JSON ``{class name: [sentence, ...]}``,
+            :mod:`vlprompt.data.descriptions`), shipped with it (the world's, written for its classes); the last
+            place a run looks, after ``data.descriptions_file`` and ``<data.root>/descriptions/<dataset>.json``.
+            None (default): none shipped.
     """
 
     name: str
@@ -102,6 +106,7 @@ class DatasetInfo:
     tiny_tree: TreeBuilder | None = None
     test_time_views: str = "augmix"
     ood_group: str | None = None
+    descriptions: str | None = None
 
     def __post_init__(self) -> None:
         where = f"register_dataset('{self.name}')"
@@ -119,6 +124,8 @@ class DatasetInfo:
         if self.ood_group not in (None, *OOD_GROUPS):
             raise DataError(f"{where}: ood_group must be one of {', '.join(OOD_GROUPS)} or None, "
                             f"got {self.ood_group!r}.")
+        if self.descriptions is not None and (not isinstance(self.descriptions, str) or not self.descriptions):
+            raise DataError(f"{where}: descriptions must be a file path or None, got {self.descriptions!r}.")
         for what, fn in (("reader", self.reader), ("tiny_tree", self.tiny_tree)):
             if fn is not None and not callable(fn):
                 raise DataError(f"{where}: {what} must be a function, got {fn!r}.")
@@ -157,6 +164,7 @@ def register_dataset(
     tiny_tree: TreeBuilder | None = None,
     test_time_views: str = "augmix",
     ood_group: str | None = None,
+    descriptions: str | None = None,
 ) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator registering ``reader(root: str | None, **options) -> DatasetSplits`` as dataset ``name``
     with its facts (see :class:`DatasetInfo` for each and its default).
@@ -169,7 +177,7 @@ def register_dataset(
         key = _check_name(name, "name")
         alias_keys = tuple(k for k in dict.fromkeys(_check_name(a, "alias") for a in aliases) if k != key)
         info = DatasetInfo(key, reader, alias_keys, template, sampler, val_is_test, default_epochs, tiny_tree,
-                           test_time_views, ood_group)
+                           test_time_views, ood_group, descriptions)
         _DATASETS[key] = info
         _ALIASES.update(dict.fromkeys(alias_keys, key))
         return reader

@@ -352,12 +352,25 @@ def _tiny(d: WorldDataset, folder: Path) -> TinyTree:
     return TinyTree(None, {**counts, "image_size": 16})
 
 
+#: The class descriptions written for the world's classes (CoPrompt / CuPL style: a few sentences per class in the
+#: words of the pretraining captions), one JSON file per dataset; a domain-shifted set uses its source's file.
+DESCRIPTIONS_DIR = Path(__file__).parent / "descriptions"
+
+
+def descriptions_file(d: WorldDataset) -> str | None:
+    """The shipped description file of ``d`` (``world_shapes_sketch`` -> ``world_shapes.json``), or None."""
+    for key in (d.key, d.key.split("_")[0]):
+        path = DESCRIPTIONS_DIR / f"world_{key}.json"
+        if not d.test_only and path.is_file():
+            return str(path)
+    return None
+
+
 def _register(d: WorldDataset) -> None:
     """Declare world dataset ``d``: the world's template, the ``stable`` sampler (generated images have
     no reference listing), CoOp's epochs by shots, and a generated tiny tree."""
-    register_dataset(d.name, template=TEMPLATE, sampler="stable", tiny_tree=partial(_tiny, d), ood_group=d.ood_group)(
-        partial(_build_registered, d.key)
-    )
+    register_dataset(d.name, template=TEMPLATE, sampler="stable", tiny_tree=partial(_tiny, d), ood_group=d.ood_group,
+                     descriptions=descriptions_file(d))(partial(_build_registered, d.key))
 
 
 for _d in WORLD_DATASETS.values():

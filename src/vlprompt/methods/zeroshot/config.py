@@ -20,7 +20,7 @@ class ZeroShotConfig:
         metadata={"help": "templates; several are ensembled (mean of normalised text features)"},
     )
     class_chunk: int = field(default=256, metadata={"help": "classes encoded per text pass (memory bound)"})
-    descriptions: str = field(default="off", metadata={
+    descriptions: str | bool = field(default="off", metadata={
         "help": "class descriptions (data.descriptions_file), CuPL: off (templates only), only (the mean of each "
                 "class's normalised sentence features) or with_templates (one mean over templates + sentences)"})
 
@@ -34,6 +34,8 @@ class ZeroShotConfig:
                 raise ConfigError(f"option method.templates: template {t!r} must contain exactly one '{{}}'")
         if isinstance(self.class_chunk, bool) or not isinstance(self.class_chunk, int) or self.class_chunk < 1:
             raise ConfigError(f"option method.class_chunk must be a positive integer, got {self.class_chunk!r}")
+        if self.descriptions is False:  # YAML 1.1 reads a bare `off` (--set method.descriptions=off) as false
+            self.descriptions = "off"
         if self.descriptions not in DESCRIPTION_MODES:
             raise ConfigError(f"option method.descriptions must be one of {', '.join(DESCRIPTION_MODES)}, "
                               f"got {self.descriptions!r}")
