@@ -14,7 +14,7 @@
   then ``vlprompt train -c FILE --set data.fewshot_file=P.json``).
 * configs/locoop/imagenet_vit_b16_<1|16>shots.yaml - LoCoOp (Miyai et al., NeurIPS 2023): ViT-B/16,
   lambda 0.25, top-K 200, 50 epochs; then ``vlprompt ood --run RUN --ood-sets ...``.
-* configs/kgcoop/, configs/prograd/, configs/{ivlp,deep_language,vpt_deep,maple,promptsrc}/ (base-to-new; MaPLe
+* configs/kgcoop/, configs/tcp/, configs/prograd/, configs/{ivlp,deep_language,vpt_deep,maple,promptsrc}/ (base-to-new; MaPLe
   and PromptSRC also ImageNet-source cross-dataset / DG; PromptSRC and ProGrad also few-shot) and
   configs/{linear_probe,clip_adapter,tip_adapter,tip_adapter_f,clip_lora}/ (few-shot) - the settings of each
   method's authors, every value with its file in the generated file's header; configs/sweeps/<paper>_*.yaml
@@ -227,6 +227,54 @@ def kgcoop_files() -> dict[Path, str]:
         files[CONFIGS / "kgcoop" / "base2new" / f"{ds}_vit_b16.yaml"] = _file(head, cfg)
     return files
 
+
+
+# --- TCP (htyao89/Textual-based_Class-aware_prompt_tuning @ bd97bec) --------------------------------------------------
+
+TCP_REPO = "htyao89/Textual-based_Class-aware_prompt_tuning@bd97bec"
+# trainers/tcp.py l.42-58 (CUSTOM_TEMPLATES_ori): the hand-crafted prompt of the class knowledge and the penalty;
+# only those that differ from CoOp's (vlprompt's "dataset") are listed
+TCP_TEMPLATES = {"fgvc_aircraft": ["a photo of an aircraft {}."], "dtd": ["a photo of a {}, a type of texture."],
+                 "food101": ["a photo of a {}, a type of food."]}
+# trainers/tcp.py l.60-76 (CUSTOM_TEMPLATES): the learned prompt; its first 4 words are the context tokens
+# (token_suffix = tokens after 1 + n_ctx, l.186), what follows them is method.prompt_template
+TCP_PROMPTS = {"oxford_pets": "{}, a type of pet.", "oxford_flowers": "{}, a type of flower.",
+               "fgvc_aircraft": "{}, a type of aircraft.", "dtd": "{} texture.", "stanford_cars": "{}, a type of car",
+               "food101": "{}, a type of food.", "ucf101": "person doing {}."}
+TCP_OPTIM = {"name": "adam", "lr": 0.002, "weight_decay": 0.0005, "eps": 0.001, "max_epoch": 50, "batch_size": 32,
+             "warmup_epoch": 1, "warmup_lr": 1.0e-5, "lr_scheduler": "cosine", "test_batch_size": 100}
+TCP_HEAD = [
+    GEN + " " + TCP_REPO,
+    "  scripts/base2new_train.sh: CFG=vit_b16_ep100_ctxv1 (l.10), CTP=end (l.11), NCTX=4 (l.12), SHOTS=16 (l.13),",
+    "    CSC=False (l.14), seeds 1 2 3 (l.19), DATASET.SUBSAMPLE_CLASSES base (l.38); new classes at LOADEP=50 (l.43)",
+    "  configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml: batch 32 (l.3), workers 8 (l.6), Adam (l.16) lr 0.002 (l.17),",
+    "    50 epochs (l.18), cosine (l.19), 1 constant warm-up epoch at 1e-5 (l.20-22), ViT-B/16 (l.29), CTX_INIT False",
+    "    (l.33) -> trainers/tcp.py l.139-148: 4 context tokens N(0, 0.02)",
+    "  README.md l.32-44: Adam eps 1e-3 (the authors edit Dassl's optimizer.py); weight decay 5e-4, betas 0.9 / 0.999:",
+    "    Dassl's defaults (KaiyangZhou/Dassl.pytorch@c61a1b5 dassl/config/defaults.py l.153, l.160-161)",
+    "  method: penalty weight 8.0 (trainers/tcp.py l.257, hard-coded), class-aware tokens at text block 8 replacing",
+    "    the context (trainers/clip_text/model.py l.268-278), TKE E -> E/4 -> 4 x D (trainers/tcp.py l.168-173)",
+    "  method.prompt_template: trainers/tcp.py l.60-76 after the 4 context words; data.templates: the class knowledge",
+    "    and the penalty's prompt, trainers/tcp.py l.42-58 (CoOp's, except FGVC Aircraft, DTD and Food101)",
+    "  test batch 100 (the file's 500, l.5, changes no result); " + AMP,
+]
+
+
+def tcp_files() -> dict[Path, str]:
+    files = {}
+    for ds in DATASETS:
+        method = {"name": "tcp", "n_ctx": 4, "ctx_init": None, "csc": False, "class_token_position": "end", "w": 8.0,
+                  "insert_layer": 8, "insert_weight": 1.0, "hidden_ratio": 4,
+                  "prompt_template": TCP_PROMPTS.get(ds, "{}.")}
+        cfg = _run(method, VIT_B16, ds, 16, f"runs/base2new/tcp/{ds}/seed{{seed}}", optim=dict(TCP_OPTIM),
+                   subsample="base", templates=TCP_TEMPLATES.get(ds))
+        head = [f"TCP base-to-new on {ds} (Yao, Zhang, Xu, CVPR 2024): vlprompt protocol base2new -c THIS_FILE "
+                "--seeds 1,2,3", *TCP_HEAD]
+        if ds in ("imagenet", "sun397"):
+            head += ["  base2new_train.sh l.75-101 evaluates ImageNet and SUN397 at LOADEP=25 although the file trains 50",
+                     "    epochs (Dassl keeps only the last epoch's weights): the file's 50 epochs are used here"]
+        files[CONFIGS / "tcp" / "base2new" / f"{ds}_vit_b16.yaml"] = _file(head, cfg)
+    return files
 
 # --- ProGrad (BeierZhu/Prompt-align @ 1b76203, folder ProGrad.public) ----------------------------------------------
 
@@ -738,7 +786,8 @@ def training_free_files() -> dict[Path, str]:
 
 
 def baseline_files() -> dict[Path, str]:
-    return {**kgcoop_files(), **prograd_files(), **deep_files(), **promptsrc_files(), **adapter_files()}
+    return {**kgcoop_files(), **tcp_files(), **prograd_files(), **deep_files(), **promptsrc_files(),
+            **adapter_files()}
 
 
 # --- one sweep file per paper table ----------------------------------------------------------------------------------
@@ -765,6 +814,17 @@ def sweep_files() -> dict[Path, str]:
              "config": {"coop": cocoop["coop"], "prograd": "configs/prograd/base2new/{dataset}_vit_b16.yaml",
                         "kgcoop": b2n["kgcoop"], "default": cocoop["cocoop"]},  # cocoop and zero-shot (CoOp's prompts)
              "methods": ["zeroshot", "coop", "prograd", "cocoop", "kgcoop"], "shots": [16]}),
+        "tcp_base2new": (
+            ["TCP's base-to-new setting (its scripts/base2new_train.sh): TCP beside zero-shot CLIP and the trainers its",
+             "repository also ships (CoOp, CoCoOp, ProGrad, KgCoOp), each with its own authors' base-to-new config;",
+             "ViT-B/16, 16 shots, 3 seeds.",
+             "vlprompt sweep configs/sweeps/tcp_base2new.yaml --set data.root=/data",
+             "vlprompt report runs/sweeps/tcp_base2new   (its numbers are not in paper_results.json)"],
+            {"name": "tcp_base2new", "protocol": "base2new",
+             "config": {"coop": cocoop["coop"], "prograd": "configs/prograd/base2new/{dataset}_vit_b16.yaml",
+                        "kgcoop": b2n["kgcoop"], "tcp": "configs/tcp/base2new/{dataset}_vit_b16.yaml",
+                        "default": cocoop["cocoop"]},  # cocoop and zero-shot (CoOp's prompts)
+             "methods": ["zeroshot", "coop", "cocoop", "prograd", "kgcoop", "tcp"], "shots": [16]}),
         "prograd_base2new": (
             ["ProGrad's base-to-new scripts as its authors ship them: zero-shot CLIP, CoOp and ProGrad; RN50, 4 shots,",
              "3 seeds.",

@@ -128,7 +128,8 @@ class OptimConfig:
     """CoOp's optimisation recipe (Dassl): SGD, cosine schedule stepped per epoch, constant warm-up; or AdamW
     (``eps``) with the cosine stepped per iteration (``scheduler_step``), as Tip-Adapter-F, APE-T and CLIP-LoRA."""
 
-    name: str = field(default="sgd", metadata={"help": "optimiser: sgd (CoOp) or adamw"})
+    name: str = field(default="sgd", metadata={"help": "optimiser: sgd (CoOp), adam (Dassl's: L2 weight decay in the "
+                                                        "gradient; TCP) or adamw"})
     lr: float = field(default=0.002, metadata={"help": "base learning rate"})
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -146,11 +147,11 @@ class OptimConfig:
         "help": "epoch (Dassl: the rate changes once per epoch) or iteration (the cosine stepped every step over "
                 "max_epoch x steps per epoch, or optim.iterations: Tip-Adapter-F, APE-T, CLIP-LoRA)"})
     eps: float | None = field(default=None, metadata={
-        "help": "AdamW's epsilon (adamw only); null = torch's default 1e-8 (Tip-Adapter-F: 1e-4)"})
+        "help": "epsilon of adamw / adam (not sgd); null = torch's default 1e-8 (Tip-Adapter-F: 1e-4, TCP: 1e-3)"})
     test_batch_size: int = 100
 
     def __post_init__(self) -> None:
-        check_choice(self.name, "optim.name", ("sgd", "adamw"))
+        check_choice(self.name, "optim.name", ("sgd", "adam", "adamw"))
         check_float(self.lr, "optim.lr", minimum=0.0, strict=True)
         check_float(self.momentum, "optim.momentum", minimum=0.0)
         check_float(self.weight_decay, "optim.weight_decay", minimum=0.0)
@@ -168,9 +169,9 @@ class OptimConfig:
         check_choice(self.scheduler_step, "optim.scheduler_step", ("epoch", "iteration"))
         if self.eps is not None:
             self.eps = check_float(self.eps, "optim.eps", minimum=0.0, strict=True)
-            if self.name != "adamw":
-                raise ConfigError(f"option optim.eps is AdamW's epsilon and has no effect with optim.name "
-                                  f"{self.name}; set optim.name=adamw or optim.eps=null")
+            if self.name == "sgd":
+                raise ConfigError(f"option optim.eps is AdamW's epsilon (or Adam's) and has no effect with optim.name "
+                                  f"{self.name}; set optim.name=adamw (or adam) or optim.eps=null")
         check_int(self.test_batch_size, "optim.test_batch_size", minimum=1)
 
 

@@ -135,6 +135,50 @@ def encode_text_deep_shared(backbone: OpenClipBackbone, ctx: Tensor, sos: Tensor
     return encode_text_deep(backbone, full, eot_in_suffix + 1 + n, deep, n_ctx=n)
 
 
+def encode_text_class_tokens(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tensor, tokens: Tensor, *,
+                             layer: int, weight: float = 1.0) -> Tensor:
+    """Text features of prompts whose tokens ``1 .. n`` are overwritten, at the input of text block ``layer``, by
+    per-prompt tokens (TCP's class-aware prompts, Yao et al., CVPR 2024)::
+
+        h[:, 1:1+n] = weight * tokens + (1 - weight) * h[:, 1:1+n]     before block ``layer`` (0 = the input,
+                                                                       after the positional embedding)
+
+    as ``ResidualAttentionBlock_MaPLe.forward`` of htyao89/Textual-based_Class-aware_prompt_tuning
+    (``trainers/clip_text/model.py`` l.262-282) does; every other block runs as usual. A forward pre-hook on that
+    block does the replacement inside :func:`encode_text_deep`'s pass (removed afterwards).
+
+    Args:
+        embeds: ``[P, L, D]`` prompt embeddings (tokens ``1 .. n`` sit before every EOT).
+        eot_index: ``[P]`` EOT positions.
+        tokens: ``[P, n, D]`` one set of tokens per prompt.
+        layer: the block (0-based) whose input takes them: ``0 .. depth - 1``.
+        weight: the blend with the hidden states they replace (1 = replace).
+
+    Returns:
+        ``[P, E]`` unnormalised text features (differentiable w.r.t. ``embeds`` and ``tokens``).
+    """
+    transformer = backbone._tower.transformer
+    blocks = _blocks(transformer)
+    n = tokens.shape[1]
+    if not 0 <= layer < len(blocks):
+        raise ModelError(f"class-aware tokens at text block {layer}: the tower has blocks 0 .. {len(blocks) - 1}")
+    if int(eot_index.min()) <= n:
+        raise ModelError("class-aware text tokens must sit before every EOT token")
+    batch_first = getattr(transformer, "batch_first", True)
+
+    def splice(_block: nn.Module, args: tuple) -> tuple:
+        h = args[0] if batch_first else args[0].transpose(0, 1)  # [P, T, D]
+        mid = weight * tokens.to(h.dtype) + (1.0 - weight) * h[:, 1:1 + n]
+        h = torch.cat([h[:, :1], mid, h[:, 1 + n:]], dim=1)
+        return (h if batch_first else h.transpose(0, 1), *args[1:])
+
+    handle = blocks[layer].register_forward_pre_hook(splice)
+    try:
+        return encode_text_deep(backbone, embeds, eot_index, [], n_ctx=n)
+    finally:
+        handle.remove()
+
+
 # ---------------------------------------------------------------------------------------------- image
 def check_vision_deep(backbone: OpenClipBackbone) -> nn.Module:
     """The ViT image tower of ``backbone``, or :class:`ModelError` if it cannot take prompt tokens."""

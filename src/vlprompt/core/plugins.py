@@ -43,6 +43,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.neglabel",
         "vlprompt.methods.csp",
         "vlprompt.methods.kgcoop",
+        "vlprompt.methods.tcp",
         "vlprompt.methods.prograd",
         "vlprompt.methods.linear_probe",
         "vlprompt.methods.clip_adapter",

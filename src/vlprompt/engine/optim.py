@@ -61,11 +61,13 @@ def lr_at_step(epoch: int, step: int, cfg: OptimConfig, max_epoch: int, steps_pe
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9, weight decay 5e-4 by default) as CoOp, or AdamW (epsilon ``optim.eps``, torch's
-    1e-8 when null)."""
+    """SGD (momentum 0.9, weight decay 5e-4 by default) as CoOp, Adam (Dassl's, TCP) or AdamW (epsilon ``optim.eps``,
+    torch's 1e-8 when null)."""
     params = list(params)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":  # Dassl's "adam" (dassl/optim/optimizer.py l.88-94): weight decay added to the gradient
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps or 1e-8)
     if cfg.eps is None:
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
