@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from test_deep_prompts import ref_image, ref_prompts, ref_text
 from vlprompt.core.errors import ConfigError
 from vlprompt.methods.base import MethodContext
 from vlprompt.methods.registry import build_method
-
-from test_deep_prompts import ref_image, ref_prompts, ref_text
 
 CLASSES = ["circle", "red star", "big_square"]
 SENTENCES = {"circle": ["a round shape.", "a circle has no corners.", "a ring drawn on paper."],
