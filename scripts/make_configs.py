@@ -14,7 +14,8 @@
   then ``vlprompt train -c FILE --set data.fewshot_file=P.json``).
 * configs/locoop/imagenet_vit_b16_<1|16>shots.yaml - LoCoOp (Miyai et al., NeurIPS 2023): ViT-B/16,
   lambda 0.25, top-K 200, 50 epochs; then ``vlprompt ood --run RUN --ood-sets ...``.
-* configs/kgcoop/, configs/tcp/, configs/prograd/, configs/{ivlp,deep_language,vpt_deep,maple,promptsrc}/ (base-to-new; MaPLe
+* configs/kgcoop/, configs/tcp/, configs/prograd/, configs/{ivlp,deep_language,vpt_deep,maple,promptsrc,coprompt}/
+  (base-to-new; MaPLe
   and PromptSRC also ImageNet-source cross-dataset / DG; PromptSRC and ProGrad also few-shot) and
   configs/{linear_probe,clip_adapter,tip_adapter,tip_adapter_f,clip_lora}/ (few-shot) - the settings of each
   method's authors, every value with its file in the generated file's header; configs/sweeps/<paper>_*.yaml
@@ -539,6 +540,57 @@ def promptsrc_files() -> dict[Path, str]:
     return files
 
 
+# --- CoPrompt (ShuvenduRoy/CoPrompt @ a2a6c12) ---------------------------------------------------------------------
+
+COPROMPT_REPO = "ShuvenduRoy/CoPrompt@a2a6c12"
+#: dataset -> (PROMPT_DEPTH, N_CTX, W, MAX_EPOCH or None, lines of trainers/constants.py)
+COPROMPT_DATASET = {
+    "imagenet": (12, 4, 8.0, None, "4-8"), "caltech101": (12, 4, 4.0, None, "9-13"),
+    "oxford_pets": (12, 2, 0.1, None, "14-18"), "stanford_cars": (12, 4, 4.0, None, "19-23"),
+    "oxford_flowers": (9, 4, 8.0, None, "24-28"), "food101": (9, 4, 0.5, 5, "29-34"),
+    "fgvc_aircraft": (9, 4, 2.0, None, "35-39"), "sun397": (12, 4, 8.0, None, "40-44"),
+    "dtd": (12, 2, 8.0, None, "45-49"), "eurosat": (12, 2, 0.1, None, "50-54"), "ucf101": (12, 4, 2.0, None, "55-59"),
+}
+#: vlprompt dataset -> the stem of the authors' description file gpt_file/<stem>_prompt.json (dataset_name_mapping,
+#: trainers/coprompt.py l.19-35, read at l.431-434)
+COPROMPT_GPT_FILE = {"imagenet": "imagenet", "caltech101": "caltech", "oxford_pets": "oxford_pets",
+                     "stanford_cars": "stanford_cars", "oxford_flowers": "oxford_flowers", "food101": "food101",
+                     "fgvc_aircraft": "fgvc", "sun397": "sun397", "dtd": "dtd", "eurosat": "eurosat",
+                     "ucf101": "ucf101"}
+
+
+def coprompt_files() -> dict[Path, str]:
+    files = {}
+    src = "configs/trainers/coprompt.yaml"
+    for ds in DATASETS:
+        depth, n_ctx, w, epochs, lines = COPROMPT_DATASET[ds]
+        method = {"name": "coprompt", "n_ctx": n_ctx, "ctx_init": "a photo of a", "prompt_depth": depth, "w": w,
+                  "distill": "cosine"}
+        cfg = _run(method, VIT_B16, ds, 16, f"runs/base2new/coprompt/{ds}/seed{{seed}}",
+                   optim=_sgd(0.0035, epochs or 8, 4), subsample="base")
+        cfg["data"]["descriptions_file"] = f"./data/gpt_file/{COPROMPT_GPT_FILE[ds]}_prompt.json"
+        head = [f"CoPrompt (Roy & Etemad, ICLR 2024), base-to-new on {ds}: vlprompt protocol base2new -c THIS_FILE "
+                "--seeds 1,2,3", f"{GEN} {COPROMPT_REPO}",
+                "  scripts/base2new_train_coprompt.sh: CFG=coprompt (l.13), SHOTS=16 (l.14), SUBSAMPLE_CLASSES base "
+                "(l.26);",
+                "    README.md l.93-126: tested at the last epoch",
+                f"  trainers/constants.py l.{lines} (merged last, train.py l.116-117): PROMPT_DEPTH {depth}, N_CTX "
+                f"{n_ctx}, W {w:g}" + (f", MAX_EPOCH {epochs}" if epochs else ""),
+                f"  {src}: CTX_INIT 'a photo of a' (l.35), DISTILL cosine (l.39); SGD LR 0.0035"
+                + ("" if epochs else ", MAX_EPOCH 8") + " (l.17-19),",
+                "    cosine, 1 constant warm-up epoch at 1e-5 (l.20-23); batch 4, test batch 100 (l.3-5); two",
+                "    RandAugment views (K_TRANSFORMS 2, TRANSFORMS randaugment + normalize, l.7-14): the method's",
+                "    training transform; adapters r 4, ratios 0.1 / 0.2 (trainers/coprompt.py l.299-302)",
+                f"  descriptions: the authors' gpt_file/{COPROMPT_GPT_FILE[ds]}_prompt.json (trainers/coprompt.py "
+                "l.431-434): copy",
+                "    the repository's gpt_file/ folder into data.root (./data/gpt_file/), or point "
+                "data.descriptions_file at it",
+                "  " + DASSL_SGD,
+                "  " + AMP]
+        files[CONFIGS / "coprompt" / "base2new" / f"{ds}_vit_b16.yaml"] = _file(head, cfg)
+    return files
+
+
 # --- linear probe, CLIP-Adapter, Tip-Adapter(-F), CLIP-LoRA (few-shot) ----------------------------------------------
 
 # gaopengcuhk/Tip-Adapter@d0e2d6f configs/<file>.yaml: (file, search_scale [S_beta, S_alpha], init_alpha, train_epoch)
@@ -787,6 +839,7 @@ def training_free_files() -> dict[Path, str]:
 
 def baseline_files() -> dict[Path, str]:
     return {**kgcoop_files(), **tcp_files(), **prograd_files(), **deep_files(), **promptsrc_files(),
+            **coprompt_files(),
             **adapter_files()}
 
 
@@ -860,6 +913,16 @@ def sweep_files() -> dict[Path, str]:
             {"name": "promptsrc_base2new", "protocol": "base2new",
              "config": {**cocoop, "ivlp": IVLP_PROMPTSRC_PATH, "maple": b2n["maple"], "default": b2n["promptsrc"]},
              "methods": ["zeroshot", "coop", "cocoop", "ivlp", "maple", "promptsrc"], "shots": [16]}),
+        "coprompt_base2new": (
+            ["CoPrompt's README table (base-to-new, 11-dataset average): zero-shot CLIP, CoOp, CoCoOp, MaPLe,",
+             "PromptSRC, CoPrompt; ViT-B/16, 16 shots, 3 seeds. CoPrompt reads the authors' descriptions from",
+             "./data/gpt_file/<name>_prompt.json (its configs' data.descriptions_file, from the working folder).",
+             "vlprompt sweep configs/sweeps/coprompt_base2new.yaml --set data.root=/data",
+             "vlprompt report runs/sweeps/coprompt_base2new   (its README's averages: README.md l.136-143)"],
+            {"name": "coprompt_base2new", "protocol": "base2new",
+             "config": {**cocoop, "maple": b2n["maple"], "promptsrc": b2n["promptsrc"],
+                        "default": "configs/coprompt/base2new/{dataset}_vit_b16.yaml"},
+             "methods": ["zeroshot", "coop", "cocoop", "maple", "promptsrc", "coprompt"], "shots": [16]}),
         "promptsrc_fewshot": (
             ["PromptSRC's few-shot setting: 11 datasets x 1/2/4/8/16 shots x 3 seeds, ViT-B/16, with zero-shot CLIP.",
              "vlprompt sweep configs/sweeps/promptsrc_fewshot.yaml --set data.root=/data",

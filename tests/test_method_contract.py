@@ -34,7 +34,11 @@ from conftest import TINY_MODELS, tiny_config, write_config
 
 METHODS = list_methods()
 NAMES = ["red thing", "green thing", "blue thing"]
-CONTEXT = MethodContext(templates=["a photo of a {}.", "a drawing of a {}."])
+#: class descriptions (data.descriptions_file): CoPrompt needs them, the other methods ignore them; one sentence per
+#: class, so that CoPrompt's drawn sentence is the same in every call of the simulated-ranks test
+DESCRIPTIONS = {n: [f"a {n}, which has a colour."] for n in NAMES}
+NEEDS_DESCRIPTIONS = {"coprompt"}
+CONTEXT = MethodContext(templates=["a photo of a {}.", "a drawing of a {}."], descriptions=DESCRIPTIONS)
 #: options that only make the contract runs smaller (never needed for correctness)
 SMALL = {"coop": {"n_ctx": 2}, "kgcoop": {"n_ctx": 2, "ctx_init": None}, "prograd": {"n_ctx": 2},
          "locoop": {"n_ctx": 2, "top_k": 1}, "cocoop": {"n_ctx": 2}, "upl": {"n_ctx": 2, "n_prompts": 2},
@@ -210,6 +214,9 @@ def _run_cfg(tmp_path, root, name, model, out):
                       data={"shots": 2, "augment": False}, optim={"max_epoch": 2, "batch_size": 2},
                       train={"output_dir": str(out)})
     raw["method"] = {"name": name, **SMALL.get(name, {})}  # no CoOp options for other methods
+    if name in NEEDS_DESCRIPTIONS:
+        (tmp_path / "descriptions.json").write_text(json.dumps(DESCRIPTIONS))
+        raw["data"]["descriptions_file"] = str(tmp_path / "descriptions.json")
     return raw
 
 
@@ -363,7 +370,7 @@ def test_every_hook_the_engine_calls_is_a_documented_method_with_a_default(vit_b
     hooks = ("encode_images", "training_loss", "combine_gradients", "fit", "after_training", "on_epoch_end",
              "learned_parameters", "fitted_buffers", "text_features", "logits", "forward_features",
              "reset_adaptation", "adapt_and_predict", "start_from", "test_time_views", "adaptation_state",
-             "load_adaptation_state", "adaptation_size", "test_time_view_count")
+             "load_adaptation_state", "adaptation_size", "test_time_view_count", "training_transform")
     for hook in hooks:
         assert getattr(PromptMethod, hook).__doc__, hook
     method = build_method("coop", vit_backbone, NAMES, n_ctx=2)

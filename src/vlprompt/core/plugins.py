@@ -54,6 +54,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.ivlp",
         "vlprompt.methods.maple",
         "vlprompt.methods.promptsrc",
+        "vlprompt.methods.coprompt",
         "vlprompt.methods.tpt",
         "vlprompt.methods.ctpt",
         "vlprompt.methods.zero",

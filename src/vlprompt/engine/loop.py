@@ -80,7 +80,7 @@ def train_loader(method: PromptMethod, data: PreparedData, backbone: Backbone, c
     bs = cfg.optim.batch_size
     mode = image_encoding(method.capabilities, cfg.data)
     if mode == "every_step":
-        tf = backbone.train_transform() if cfg.data.augment else backbone.eval_transform()
+        tf = method.training_transform(backbone.train_transform()) if cfg.data.augment else backbone.eval_transform()
         dataset = ImageDataset(data.train, data.splits.loader, tf)
         return DataLoader(dataset, batch_sampler=train_batches(len(dataset), bs, ctx),
                           num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
@@ -144,7 +144,8 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
                                                  disable=not progress)):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.compute_precision):
-            feats = method.encode_images(images) if images.dim() == 4 else images  # else: cached features
+            # else: cached features, or a method's multi-view images [B, V, 3, H, W] (its training_transform)
+            feats = method.encode_images(images) if images.dim() == 4 else images
             out = loss_fn(feats, labels)
         optimizer.zero_grad(set_to_none=True)
         if lr_at is not None:

@@ -320,6 +320,14 @@ class PromptMethod(nn.Module):
             out.append(sum(present[1:], present[0]) if present else None)
         return out
 
+    def training_transform(self, default: Any) -> Any:
+        """The transform of the training images when the run augments them (``data.augment``, images encoded every
+        step): ``default`` is CoOp's (:meth:`~vlprompt.backbones.base.Backbone.train_transform`: random resized
+        crop, flip). A method that trains on several augmented views of each image returns a transform giving
+        ``[V, 3, H, W]`` per image; the loop then hands its batches ``[B, V, 3, H, W]`` to :meth:`training_loss` as
+        they are (CoPrompt: two RandAugment views). Default: ``default``."""
+        return default
+
     def reset_adaptation(self) -> None:
         """Restore the test-time state to its initial value (capability ``adaptation``). The engine calls it
         before every test image for ``"episodic"`` methods (TPT's per-image prompt reset) and once before
