@@ -272,8 +272,9 @@ def tcp_files() -> dict[Path, str]:
         head = [f"TCP base-to-new on {ds} (Yao, Zhang, Xu, CVPR 2024): vlprompt protocol base2new -c THIS_FILE "
                 "--seeds 1,2,3", *TCP_HEAD]
         if ds in ("imagenet", "sun397"):
-            head += ["  base2new_train.sh l.75-101 evaluates ImageNet and SUN397 at LOADEP=25 although the file trains 50",
-                     "    epochs (Dassl keeps only the last epoch's weights): the file's 50 epochs are used here"]
+            head += ["  base2new_train.sh l.75-101 evaluates ImageNet and SUN397 at LOADEP=25 although the file",
+                     "    trains 50 epochs (Dassl keeps only the last epoch's weights): the file's 50 epochs are used",
+                     "    here"]
         files[CONFIGS / "tcp" / "base2new" / f"{ds}_vit_b16.yaml"] = _file(head, cfg)
     return files
 
@@ -837,6 +838,86 @@ def training_free_files() -> dict[Path, str]:
     return files
 
 
+# --- DePT on CoOp / CoCoOp / KgCoOp / MaPLe (Koorye/DePT @ d4ff416) ------------------------------------------------
+
+DEPT_REPO = "Koorye/DePT@d4ff416"
+# host -> (the authors' config (the same file under configs/trainers/<Host>/ and ExtrasLinearProbe<Host>/), its lines
+# for the method, the method block (the host's options), lr, batch, the lines of the optimiser and batch)
+DEPT_HOSTS = {
+    "coop": ("vit_b16_ep10_bs4_lr35.yaml", "no TRAINER block: train.py extend_cfg N_CTX 16, CSC False, CTX_INIT '' "
+             "(random), CLASS_TOKEN_POSITION end (l.96-100)",
+             {"name": "coop", "n_ctx": 16, "ctx_init": None, "csc": False, "class_token_position": "end"}, 0.0035, 4),
+    "cocoop": ("vit_b16_c4_ep10_batch1_ctxv1.yaml", "N_CTX 4, CTX_INIT 'a photo of a' (l.32-34)",
+               {"name": "cocoop", "n_ctx": 4, "ctx_init": "a photo of a"}, 0.002, 1),
+    "kgcoop": ("vit_b16_ep10_ctxv1_bs4_lr35.yaml", "CTX_INIT 'a photo of a', N_CTX 4, CSC False, CLASS_TOKEN_POSITION "
+               "end, W 2.0 (l.32-38)",
+               {"name": "kgcoop", "n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end",
+                "w": 2.0}, 0.0035, 4),
+    "maple": ("vit_b16_c2_ep10_batch4_2ctx.yaml", "N_CTX 2, CTX_INIT 'a photo of a', PROMPT_DEPTH 9 (l.32-36)",
+              {"name": "maple", "n_ctx": 2, "ctx_init": "a photo of a", "prompt_depth": 9}, 0.0035, 4),
+}
+DEPT_TRAINER = {"coop": "CoOp", "cocoop": "CoCoOp", "kgcoop": "KgCoOp", "maple": "MaPLe"}
+DEPT_COMMON = [
+    "  configs.py l.26-209: trainer <Host> (the host alone) or ExtrasLinearProbe<Host> (with DePT), seeds 1 2 3, "
+    "shots 16,",
+    "    mode b2n; parallel_runner.py l.141-173: trained on the base classes, tested on base and new",
+    "  the file above: DATALOADER test batch 100, workers 8 (l.5-6); OPTIM SGD, MAX_EPOCH 10, cosine, 1 constant "
+    "warm-up",
+    "    epoch at 1e-5 (l.15-22); MODEL.BACKBONE ViT-B/16 (l.29)",
+    "  " + DASSL_SGD,
+    "  " + AMP,
+]
+DEPT_HEAD = [
+    "  DePT's options (train.py extend_cfg): lp_weight 0.7 (LINEAR_PROBE.WEIGHT l.87), lr_exp 6.5 (OPTIM.LR_EXP l.71,",
+    "    STAGED_LR l.72, NEW_LAYERS linear_probe + film l.73), film true (FILM.LINEAR_PROBE l.92), test_time_fusion",
+    "    true (LINEAR_PROBE.TEST_TIME_FUSION l.88); the head (TYPE 'linear', l.86)",
+]
+
+
+#: DePT's configs in their method's folder; the host alone in DePT's recipe beside the host's own authors' configs
+DEPT_PATH = {True: "{method}/base2new/{dataset}_vit_b16.yaml", False: "{method}/base2new/{dataset}_vit_b16_dept.yaml"}
+
+
+def dept_files() -> dict[Path, str]:
+    """configs/dept_<host>/base2new/<dataset>_vit_b16.yaml, configs/<host>/base2new/<dataset>_vit_b16_dept.yaml (the
+    host alone in DePT's recipe) and the sweep of DePT's base-to-new table."""
+    files = {}
+    for host, (src, method_src, method, lr, batch) in DEPT_HOSTS.items():
+        for dept in (False, True):
+            name = f"dept_{host}" if dept else host
+            trainer = f"ExtrasLinearProbe{DEPT_TRAINER[host]}" if dept else DEPT_TRAINER[host]
+            block = {**method, "name": name}
+            if dept:
+                block.update({"lp_weight": 0.7, "lr_exp": 6.5, "film": True, "test_time_fusion": True})
+            for ds in DATASETS:
+                templates = KGCOOP_TEMPLATES.get(ds) if host == "kgcoop" else None
+                cfg = _run(block, VIT_B16, ds, 16, f"runs/base2new/{name}/{ds}/seed{{seed}}",
+                           optim=_sgd(lr, 10, batch), subsample="base", templates=templates)
+                what = f"DePT on {DEPT_TRAINER[host]}" if dept else f"{DEPT_TRAINER[host]} (DePT's baseline run)"
+                head = [f"{what} (Zhang et al., CVPR 2024), base-to-new on {ds}: vlprompt protocol base2new -c "
+                        "THIS_FILE --seeds 1,2,3",
+                        f"{GEN} {DEPT_REPO}",
+                        f"  configs/trainers/{trainer}/{src}: {method_src}; batch {batch} (l.3), LR {lr} (l.17)",
+                        *(DEPT_HEAD if dept else []), *DEPT_COMMON]
+                if templates is not None:
+                    head.append("  data.templates: KgCoOp's prompt of the penalty, trainers/kgcoop.py l.41-58 (DTD's "
+                                "l.45)")
+                files[CONFIGS / DEPT_PATH[dept].format(method=name, dataset=ds)] = _file(head, cfg)
+    methods = [m for host in DEPT_HOSTS for m in (host, f"dept_{host}")]
+    sweep = {"name": "dept_base2new", "protocol": "base2new",
+             "config": {m: "configs/" + DEPT_PATH[m.startswith("dept_")].format(method=m, dataset="{dataset}")
+                        for m in methods},
+             "methods": methods, "datasets": DATASETS, "shots": [16], "seeds": [1, 2, 3],
+             "output_dir": "runs/sweeps/dept_base2new"}
+    head = ["DePT's base-to-new table (its README's base_to_new_performance.png): CoOp, CoCoOp, KgCoOp and MaPLe,",
+            "each alone and with DePT, in DePT's own recipes (Koorye/DePT configs.py); ViT-B/16, 16 shots, 3 seeds.",
+            "vlprompt sweep configs/sweeps/dept_base2new.yaml --set data.root=/data",
+            "vlprompt report runs/sweeps/dept_base2new   (its numbers are not in paper_results.json)",
+            "Generated by scripts/make_configs.py."]
+    files[CONFIGS / "sweeps" / "dept_base2new.yaml"] = _sweep(head, sweep)
+    return files
+
+
 def baseline_files() -> dict[Path, str]:
     return {**kgcoop_files(), **tcp_files(), **prograd_files(), **deep_files(), **promptsrc_files(),
             **coprompt_files(),
@@ -868,8 +949,9 @@ def sweep_files() -> dict[Path, str]:
                         "kgcoop": b2n["kgcoop"], "default": cocoop["cocoop"]},  # cocoop and zero-shot (CoOp's prompts)
              "methods": ["zeroshot", "coop", "prograd", "cocoop", "kgcoop"], "shots": [16]}),
         "tcp_base2new": (
-            ["TCP's base-to-new setting (its scripts/base2new_train.sh): TCP beside zero-shot CLIP and the trainers its",
-             "repository also ships (CoOp, CoCoOp, ProGrad, KgCoOp), each with its own authors' base-to-new config;",
+            ["TCP's base-to-new setting (its scripts/base2new_train.sh): TCP beside zero-shot CLIP and the trainers",
+             "its repository also ships (CoOp, CoCoOp, ProGrad, KgCoOp), each with its own authors' base-to-new",
+             "config;",
              "ViT-B/16, 16 shots, 3 seeds.",
              "vlprompt sweep configs/sweeps/tcp_base2new.yaml --set data.root=/data",
              "vlprompt report runs/sweeps/tcp_base2new   (its numbers are not in paper_results.json)"],
@@ -981,7 +1063,7 @@ def sweep_files() -> dict[Path, str]:
 
 def expected_files() -> dict[Path, str]:
     return {**coop_files(), **cocoop_files(), **upl_locoop_files(), **baseline_files(), **training_free_files(),
-            **sweep_files()}
+            **sweep_files(), **dept_files()}
 
 
 def main() -> int:

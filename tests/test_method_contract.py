@@ -45,7 +45,8 @@ SMALL = {"coop": {"n_ctx": 2}, "kgcoop": {"n_ctx": 2, "ctx_init": None}, "progra
          "sct": {"n_ctx": 2, "top_k": 1}, "negprompt": {"ctx_init": "a photo", "positive_epochs": 1},
          "tip_adapter": {"search_step": [20, 5], "augment_epoch": 2},
          "tip_adapter_f": {"search_step": [20, 5], "augment_epoch": 2}, "linear_probe": {"search_steps": 2},
-         "idlike": {"n_ctx": 2, "n_ex_ctx": 2, "n_ex_prompts": 2, "n_crop": 4, "n_selection": 2, "crop_rounds": 1}}
+         "idlike": {"n_ctx": 2, "n_ex_ctx": 2, "n_ex_prompts": 2, "n_crop": 4, "n_selection": 2, "crop_rounds": 1},
+         "dept_coop": {"n_ctx": 2}, "dept_cocoop": {"n_ctx": 2}, "dept_kgcoop": {"n_ctx": 2, "ctx_init": None}}
 
 
 @pytest.fixture(scope="module", params=TINY_MODELS)

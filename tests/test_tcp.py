@@ -22,8 +22,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_deep_prompts import ref_block
 
+from test_deep_prompts import ref_block
 from vlprompt.config import OptimConfig, config_from_dict
 from vlprompt.core.errors import ConfigError
 from vlprompt.engine.optim import build_optimizer

@@ -55,6 +55,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.maple",
         "vlprompt.methods.promptsrc",
         "vlprompt.methods.coprompt",
+        "vlprompt.methods.dept",
         "vlprompt.methods.tpt",
         "vlprompt.methods.ctpt",
         "vlprompt.methods.zero",

@@ -59,7 +59,9 @@ def start(method: PromptMethod, params: list[torch.nn.Parameter], cfg: Experimen
     """The optimiser of ``params``, the number of epochs (``optim.max_epoch``, or ``optim.iterations`` over
     ``n_train`` images) and, with ``checkpoints`` (a resumption), the newest usable checkpoint restored into
     ``method``, the optimiser and the RNGs (every rank reads the same one, with rank 0's RNG states)."""
-    optimizer = build_optimizer(params, cfg.optim)
+    scales = method.lr_scales()
+    by_param = {id(p): scales.get(name, 1.0) for name, p in method.learned_parameters()}
+    optimizer = build_optimizer(params, cfg.optim, [by_param.get(id(p), 1.0) for p in params])
     steps_per_epoch = len(train_batches(n_train, cfg.optim.batch_size))  # every loader's sampler
     state = LoopState(optimizer, epochs_for(cfg.optim, cfg.data.dataset, cfg.data.shots, steps_per_epoch),
                       steps_per_epoch)
@@ -149,7 +151,7 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
             out = loss_fn(feats, labels)
         optimizer.zero_grad(set_to_none=True)
         if lr_at is not None:
-            set_lr(optimizer, lr_at(step))
+            set_lr(optimizer, lr_at(step), warmup=epoch < cfg.optim.warmup_epoch)
         # every cross-rank reduction happens here (non-finite values skip the backward pass on every rank)
         stats = backward_terms(method, out, params, labels, ctx=ctx, owns_gradient_step=owns_step)
         if not math.isfinite(stats.loss):
@@ -193,7 +195,7 @@ def run_epochs(method: PromptMethod, loader: Any, loss_fn: Callable[[Tensor, Ten
         lr_of_step = functools.partial(lr_at_step, epoch, cfg=cfg.optim, max_epoch=max_epoch,
                                        steps_per_epoch=state.steps_per_epoch)
         lr = lr_of_step(0)
-        set_lr(optimizer, lr)
+        set_lr(optimizer, lr, warmup=epoch < cfg.optim.warmup_epoch)
         reseed_worker_rng(ctx, cfg.train.seed, epoch)
         stats = train_one_epoch(method, loader, optimizer, device, cfg, epoch, ctx=ctx, loss_fn=loss_fn,
                                 progress=progress, lr_at=lr_of_step if per_step else None)

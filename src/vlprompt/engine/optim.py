@@ -27,7 +27,7 @@ is AdamW's epsilon (Tip-Adapter-F ``main.py`` l.72: ``eps=1e-4``; APE-T: its con
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -60,10 +60,20 @@ def lr_at_step(epoch: int, step: int, cfg: OptimConfig, max_epoch: int, steps_pe
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done / total))
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig,
+                    lr_scales: Sequence[float] | None = None) -> torch.optim.Optimizer:
     """SGD (momentum 0.9, weight decay 5e-4 by default) as CoOp, Adam (Dassl's, TCP) or AdamW (epsilon ``optim.eps``,
-    torch's 1e-8 when null)."""
+    torch's 1e-8 when null). ``lr_scales`` (one per parameter, from the method's
+    :meth:`~vlprompt.methods.base.PromptMethod.lr_scales`) puts the parameters of each multiplier other than 1 in a
+    group of their own (key ``lr_scale``, read by :func:`set_lr`); without any, one group as before."""
     params = list(params)
+    if lr_scales is not None and any(s != 1.0 for s in lr_scales):
+        if len(lr_scales) != len(params):
+            raise ValueError(f"{len(lr_scales)} learning-rate multipliers for {len(params)} parameters")
+        groups: dict[float, list[nn.Parameter]] = {}
+        for p, scale in zip(params, lr_scales):
+            groups.setdefault(float(scale), []).append(p)
+        params = [{"params": ps, "lr_scale": scale} for scale, ps in groups.items()]  # type: ignore[misc]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":  # Dassl's "adam" (dassl/optim/optimizer.py l.88-94): weight decay added to the gradient
@@ -73,9 +83,11 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.o
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, *, warmup: bool = False) -> None:
+    """Every group's rate: ``lr`` times its ``lr_scale`` (:func:`build_optimizer`), or ``lr`` alone during the warm-up
+    (Dassl's ``ConstantWarmupScheduler`` gives every group the constant warm-up rate)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr if warmup else lr * group.get("lr_scale", 1.0)
 
 
 def default_max_epoch(dataset: str, shots: int) -> int:

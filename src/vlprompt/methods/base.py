@@ -254,6 +254,14 @@ class PromptMethod(nn.Module):
             if name in persistent and not name.startswith("backbone."):
                 yield name, b
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers of learned parameters, by the names :meth:`learned_parameters` gives (the others
+        train at the run's rate, 1.0): the trainer puts each multiplier's parameters in their own optimiser group,
+        whose rate is the schedule's times the multiplier after the warm-up epochs (during the warm-up every group
+        takes the constant warm-up rate, as Dassl's ``ConstantWarmupScheduler``). E.g. DePT's head trains at 6.5x
+        (Koorye/DePT ``trainers/optim.py`` l.37-83 with ``OPTIM.LR_EXP``). Default: none (``{}``)."""
+        return {}
+
     def _state_tensors(self) -> dict[str, Tensor]:
         return {**dict(self.learned_parameters()), **dict(self.fitted_buffers())}
 

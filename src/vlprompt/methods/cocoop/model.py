@@ -54,16 +54,20 @@ class CoCoOp(PromptMethod):
         bias = self.meta_net(x)  # [B, D]
         return self.prompt_learner.ctx.unsqueeze(0) + bias.unsqueeze(1)  # [B, M, D]
 
-    def text_features_for(self, image_features: Tensor) -> Tensor:
-        """Normalised text features of each image's prompts: ``[B, E] -> [B, n_cls, E]`` (chunked)."""
+    def raw_text_features_for(self, image_features: Tensor) -> Tensor:
+        """Text features of each image's prompts before L2 normalisation: ``[B, E] -> [B, n_cls, E]`` (chunked)."""
         ctx = self.conditional_ctx(image_features)
         n_cls = self.n_cls
         per_pass = max(1, self.config.max_prompts_per_pass // n_cls)
         out = []
         for start in range(0, ctx.shape[0], per_pass):
             part = ctx[start : start + per_pass]  # each image's context is shared by all its classes
-            out.append(F.normalize(self.prompt_learner.encode_grouped(self.backbone, part).float(), dim=-1))
+            out.append(self.prompt_learner.encode_grouped(self.backbone, part))
         return torch.cat(out)
+
+    def text_features_for(self, image_features: Tensor) -> Tensor:
+        """Normalised text features of each image's prompts: ``[B, E] -> [B, n_cls, E]`` (chunked)."""
+        return F.normalize(self.raw_text_features_for(image_features).float(), dim=-1)
 
     def forward_features(self, image_features: Tensor) -> Tensor:
         """``logits[b, c] = scale * <f_b, t_c(x_b)>``: ``[B, E] -> [B, n_cls]``."""

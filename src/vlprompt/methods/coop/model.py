@@ -36,15 +36,15 @@ class CoOp(PromptMethod):
         """The learned context: ``[n_ctx, D]`` (unified) or ``[n_cls, n_ctx, D]`` (CSC)."""
         return self.prompt_learner.ctx
 
-    def text_features(self) -> Tensor:
-        """``[n_cls, E]`` normalised features of the learned prompts (differentiable w.r.t. ctx).
-
-        Unified context at the end: exact shared-prefix encoding; otherwise (CSC, middle / front) the
-        full prompts, cut after the last EOT.
-        """
+    def raw_text_features(self) -> Tensor:
+        """``[n_cls, E]`` features of the learned prompts before L2 normalisation (the text tower's projected EOT
+        token; differentiable w.r.t. ctx). Unified context at the end: exact shared-prefix encoding; otherwise
+        (CSC, middle / front) the full prompts, cut after the last EOT."""
         pl = self.prompt_learner
         if pl.shares_prefix:
-            feats = pl.encode_grouped(self.backbone, pl.ctx.unsqueeze(0))[0]
-        else:
-            feats = self.backbone.encode_text_embeddings(pl(), pl.eot_index, ids=pl.token_ids)
-        return F.normalize(feats.float(), dim=-1)
+            return pl.encode_grouped(self.backbone, pl.ctx.unsqueeze(0))[0]
+        return self.backbone.encode_text_embeddings(pl(), pl.eot_index, ids=pl.token_ids)
+
+    def text_features(self) -> Tensor:
+        """``[n_cls, E]`` normalised features of the learned prompts (:meth:`raw_text_features`, normalised)."""
+        return F.normalize(self.raw_text_features().float(), dim=-1)

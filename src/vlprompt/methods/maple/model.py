@@ -63,11 +63,13 @@ class MaPLe(PromptMethod):
         deep = [f(p) for f, p in zip(self.compound_prompt_projections, self.compound_prompts_text)]
         return first, deep
 
+    def raw_text_features(self) -> Tensor:
+        """``[n_cls, E]`` text features of the deep language prompts before L2 normalisation."""
+        return self.text_prompt.encode(self.backbone, list(self.compound_prompts_text))
+
     def text_features(self) -> Tensor:
         """``[n_cls, E]`` normalised text features of the deep language prompts."""
-        tp = self.text_prompt
-        feats = tp.encode(self.backbone, list(self.compound_prompts_text))
-        return F.normalize(feats.float(), dim=-1)
+        return F.normalize(self.raw_text_features().float(), dim=-1)
 
     def encode_images(self, images: Tensor) -> Tensor:
         """``[B, 3, H, W] -> [B, E]`` image features through the ViT with the coupled vision prompts."""

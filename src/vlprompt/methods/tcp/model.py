@@ -5,7 +5,8 @@ Textual Knowledge Embedding (TKE) and written into the text tower at block ``l``
 prompt_tuning @ bd97bec, ``trainers/tcp.py`` and ``trainers/clip_text/model.py``)::
 
     w_c^clip = normalise(g("a photo of a {c}."))                          [n_cls, E]  (tcp.py l.159-166)
-    T_c      = TKE(w_c^clip) = W_2 QuickGELU(W_1 w_c^clip + b_1) + b_2,   E -> E/4 -> M*D, as [M, D]  (l.168-173, l.194-195)
+    T_c      = TKE(w_c^clip) = W_2 QuickGELU(W_1 w_c^clip + b_1) + b_2,   E -> E/4 -> M*D, as [M, D]
+                                                                          (l.168-173, l.194-195)
     prompt_c = [SOS] v_1 .. v_M  <template text around c> [EOT]           (l.177-186, l.196-207)
     t_c      = g(prompt_c) with positions 1..M of block l's input set to
                a T_c + (1 - a) h_{1..M}   (l = 8, a = 1: clip_text/model.py l.268-278)
