@@ -23,6 +23,10 @@ Image tower (ViT only; ``[B, 1 + N, W]`` class token + N patches)::
     x_i = block_i([x_{i-1}[:, :-n], v_i])  for i = 1 .. J-1          # before ln_pre (clip/model.py 456-463)
     feature = ln_post(x_last[:, 0]) @ proj                           # class-token pooling
 
+Every function below also takes ``after``, a per-block hook
+(:data:`~vlprompt.backbones.shared_prefix.BlockHook`, called after each block and after the image stem; MMA's
+adapters, :mod:`vlprompt.methods.mma`); without it they compute what they did before.
+
 Towers without a token sequence (ModifiedResNet, ConvNeXt / timm towers), attention-pooled (CoCa)
 or average-pooled ViTs cannot take such tokens: :func:`check_vision_deep` refuses them with a
 :class:`~vlprompt.core.errors.ModelError`. The reference casts prompts to fp16 (``.half()``); here they
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from vlprompt.backbones.shared_prefix import BlockHook
 from vlprompt.core.errors import ModelError
 
 if TYPE_CHECKING:
@@ -52,9 +57,11 @@ def _blocks(transformer: nn.Module) -> nn.ModuleList:
 
 
 def _run_blocks(transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
-                replace: Sequence[Tensor], splice: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+                replace: Sequence[Tensor], splice: Callable[[Tensor, Tensor], Tensor],
+                after: BlockHook | None = None) -> Tensor:
     """Run ``transformer``'s blocks on ``x [B, T, W]`` (batch first), calling ``splice(x, p)`` before
-    block ``i`` (i = 1 .. len(replace)) with ``p = replace[i - 1]`` ``[n, W]``."""
+    block ``i`` (i = 1 .. len(replace)) with ``p = replace[i - 1]`` ``[n, W]``, and ``after(i + 1, block.ln_1,
+    input, output)`` after block ``i`` (0-based) when given."""
     blocks = _blocks(transformer)
     if len(replace) > len(blocks) - 1:
         raise ModelError(f"{len(replace)} deep prompt layers given for a tower of {len(blocks)} blocks "
@@ -63,10 +70,13 @@ def _run_blocks(transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
     for i, block in enumerate(blocks):
         if 1 <= i <= len(replace):
             x = splice(x, replace[i - 1].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1))
+        x_in = x
         if batch_first:
             x = block(x, attn_mask=attn_mask)
         else:  # open_clip towers built with batch_first=False take [T, B, W]
             x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+        if after is not None:
+            x = after(i + 1, block.ln_1, x_in, x)
     return x
 
 
@@ -77,7 +87,7 @@ def text_depth(backbone: OpenClipBackbone) -> int:
 
 
 def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tensor, deep: Sequence[Tensor], *,
-                     n_ctx: int, truncate: bool = True) -> Tensor:
+                     n_ctx: int, truncate: bool = True, after: BlockHook | None = None) -> Tensor:
     """Text features of prompts whose tokens ``1 .. n_ctx`` are deep prompts.
 
     Args:
@@ -88,6 +98,7 @@ def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tens
         deep: the replacement tokens of blocks 1, 2, ...: each ``[n_ctx, D]`` (empty = shallow).
         n_ctx: number of prompt tokens.
         truncate: cut the sequences after ``max(eot_index)`` (exact: causal mask, prompts before EOT).
+        after: per-block hook (see :func:`_run_blocks`), None for none.
 
     Returns:
         ``[P, E]`` unnormalised text features.
@@ -103,7 +114,7 @@ def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tens
     def splice(h: Tensor, p: Tensor) -> Tensor:
         return torch.cat([h[:, :1], p, h[:, 1 + n_ctx:]], dim=1)
 
-    x = _run_blocks(t.transformer, x, mask, deep, splice)
+    x = _run_blocks(t.transformer, x, mask, deep, splice, after)
     x = t.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), eot_index.to(x.device)]
     proj = t.text_projection
@@ -113,14 +124,14 @@ def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tens
 
 
 def encode_text_deep_shared(backbone: OpenClipBackbone, ctx: Tensor, sos: Tensor, suffix: Tensor,
-                            eot_in_suffix: Tensor, deep: Sequence[Tensor]) -> Tensor:
+                            eot_in_suffix: Tensor, deep: Sequence[Tensor], after: BlockHook | None = None) -> Tensor:
     """:func:`encode_text_deep` for prompts ``[SOS, ctx, suffix_c]`` whose SOS + deep prompts are the same for
     every class: exact shared-prefix pass (:mod:`vlprompt.backbones.shared_prefix`) where the tower allows it.
 
     Args:
         ctx: ``[n, D]`` layer-0 prompt; ``sos``: ``[1, D]`` SOS embedding; ``suffix``: ``[C, S, D]`` each class's
-            remaining tokens (cut after the longest EOT); ``eot_in_suffix``: ``[C]``; ``deep``: as in
-            :func:`encode_text_deep`.
+            remaining tokens (cut after the longest EOT); ``eot_in_suffix``: ``[C]``; ``deep`` and ``after`` (a
+            per-token hook): as in :func:`encode_text_deep`.
 
     Returns:
         ``[C, E]`` unnormalised text features.
@@ -130,9 +141,9 @@ def encode_text_deep_shared(backbone: OpenClipBackbone, ctx: Tensor, sos: Tensor
     n = ctx.shape[0]
     prefix = torch.cat([sos.to(ctx.dtype), ctx], dim=0).unsqueeze(0)  # [1, 1 + n, D]
     if supports_shared_prefix(backbone._tower.transformer):
-        return encode_shared_prefix(backbone._tower, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep)[0]
+        return encode_shared_prefix(backbone._tower, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep, after)[0]
     full = torch.cat([prefix.expand(suffix.shape[0], -1, -1), suffix.to(ctx.dtype)], dim=1)
-    return encode_text_deep(backbone, full, eot_in_suffix + 1 + n, deep, n_ctx=n)
+    return encode_text_deep(backbone, full, eot_in_suffix + 1 + n, deep, n_ctx=n, after=after)
 
 
 def encode_text_class_tokens(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tensor, tokens: Tensor, *,
@@ -212,7 +223,7 @@ def vision_depth(backbone: OpenClipBackbone) -> int:
 
 
 def encode_image_deep(backbone: OpenClipBackbone, images: Tensor, first: Tensor | None,
-                      deep: Sequence[Tensor]) -> Tensor:
+                      deep: Sequence[Tensor], after: BlockHook | None = None) -> Tensor:
     """Image features of a ViT with prompt tokens appended after the patch tokens.
 
     Args:
@@ -221,6 +232,8 @@ def encode_image_deep(backbone: OpenClipBackbone, images: Tensor, first: Tensor 
         first: ``[n, W]`` tokens appended at the input (before ``ln_pre``), or None (no prompts: the
             plain image feature).
         deep: replacement tokens of blocks 1, 2, ...: each ``[n, W]``.
+        after: per-block hook (see :func:`_run_blocks`), also called as ``after(0, ln_pre, stem, ln_pre(stem))``
+            after ``ln_pre``; None for none.
 
     Returns:
         ``[B, E]`` unnormalised image features (differentiable w.r.t. the prompts).
@@ -238,12 +251,12 @@ def encode_image_deep(backbone: OpenClipBackbone, images: Tensor, first: Tensor 
         x = torch.cat([x, first.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
     elif deep:
         raise ValueError("deep vision prompts need input prompts (first)")
-    x = visual.ln_pre(x)
+    x = visual.ln_pre(x) if after is None else after(0, visual.ln_pre, x, visual.ln_pre(x))
 
     def splice(h: Tensor, p: Tensor) -> Tensor:
         return torch.cat([h[:, : h.shape[1] - n], p], dim=1)
 
-    x = _run_blocks(visual.transformer, x, None, deep, splice)
+    x = _run_blocks(visual.transformer, x, None, deep, splice, after)
     pooled, _ = visual._pool(x)  # ln_post + class token (pool_type 'tok')
     if visual.proj is not None:
         pooled = pooled @ visual.proj

@@ -24,12 +24,20 @@ blocks fall back to the plain path (:func:`supports_shared_prefix`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+#: ``after(layer, norm, x_in, x_out) -> x_out``: called after each block of a tower run block by block (MMA's
+#: adapters, :mod:`vlprompt.methods.mma`); ``layer`` = 1 .. depth is the block's 1-based index (0: the image tower's
+#: stem, after ``ln_pre``), ``norm`` the layer norm the block applies first to its input (``ln_1``; ``ln_pre``
+#: for the stem), ``x_in`` / ``x_out`` its input and output ``[..., W]`` row for row. It must act on each token
+#: alone (a per-token function): the shared-prefix pass hands it the rows it computes, and of the last block only
+#: the EOT rows.
+BlockHook = Callable[[int, nn.Module, Tensor, Tensor], Tensor]
 
 
 def supports_shared_prefix(transformer: nn.Module) -> bool:
@@ -59,7 +67,7 @@ def _suffix_rows(rows: Tensor, g: int, shared: bool) -> Tensor:
 
 
 def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffix: Tensor,
-                         deep: Sequence[Tensor] = ()) -> Tensor:
+                         deep: Sequence[Tensor] = (), after: BlockHook | None = None) -> Tensor:
     """Text features of ``G`` groups of ``n`` prompts, each group sharing one prefix.
 
     Args:
@@ -73,6 +81,7 @@ def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffi
         deep: deep prompts (:mod:`vlprompt.backbones.deep_prompts`): before block ``i = 1 .. len(deep)``
             the prefix tokens after SOS are replaced by ``deep[i - 1]`` ``[P - 1, D]`` (the same for every
             group and class, so the prefix stays shared and the result stays exact).
+        after: a per-token :data:`BlockHook` applied after every block (None: none).
 
     Returns:
         ``[G, n, E]`` unnormalised text features, equal to running each full prompt.
@@ -107,10 +116,13 @@ def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffi
         if shared:  # the residual stream becomes per group here
             x = torch.cat([x[: g * p], _suffix_rows(x[g * p :], g, True)])
             shared = False
+        x_in = x
         x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        if after is not None:
+            x = after(i + 1, block.ln_1, x_in, x)
     x = _replace_deep(x, deep, len(blocks) - 1, g, p)
-    y = _last_block(blocks[-1], x, g, p, n, s, eot, shared)  # [G*n, W]
+    y = _last_block(blocks[-1], x, g, p, n, s, eot, shared, after, len(blocks))  # [G*n, W]
     y = text.ln_final(y)
     proj = text.text_projection
     if proj is not None:
@@ -129,8 +141,10 @@ def _replace_deep(x: Tensor, deep: Sequence[Tensor], i: int, g: int, p: int) -> 
     return torch.cat([pre.reshape(g * p, w), x[g * p :]])
 
 
-def _last_block(block: nn.Module, x: Tensor, g: int, p: int, n: int, s: int, eot: Tensor, shared: bool) -> Tensor:
-    """The last block, evaluated only where it is read: each prompt's EOT row -> ``[G*n, W]``.
+def _last_block(block: nn.Module, x: Tensor, g: int, p: int, n: int, s: int, eot: Tensor, shared: bool,
+                after: BlockHook | None = None, layer: int = 0) -> Tensor:
+    """The last block, evaluated only where it is read: each prompt's EOT row -> ``[G*n, W]`` (then
+    ``after(layer, ...)`` on those rows when given).
 
     Keys and values are needed for every row (the EOT query attends to them); the query, the
     output projection and the MLP only for the EOT rows.
@@ -158,4 +172,5 @@ def _last_block(block: nn.Module, x: Tensor, g: int, p: int, n: int, s: int, eot
         attn_mask=visible[:, None, None, :],
     )  # [G*n, h, 1, d]
     y = x[rows] + block.ls_1(F.linear(o.reshape(g * n, w), attn.out_proj.weight, attn.out_proj.bias))
-    return y + block.ls_2(block.mlp(block.ln_2(y)))
+    y = y + block.ls_2(block.mlp(block.ln_2(y)))
+    return y if after is None else after(layer, block.ln_1, x[rows], y)

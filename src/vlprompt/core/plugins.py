@@ -56,6 +56,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.promptsrc",
         "vlprompt.methods.coprompt",
         "vlprompt.methods.dept",
+        "vlprompt.methods.mma",
         "vlprompt.methods.tpt",
         "vlprompt.methods.ctpt",
         "vlprompt.methods.zero",
