@@ -736,7 +736,7 @@ def adapter_files() -> dict[Path, str]:
             # CLIP-LoRA (MaxZanella/CLIP-LoRA @ 358f0d7)
             optim = {"name": "adamw", "lr": 0.0002, "weight_decay": 0.01, "max_epoch": None, "iterations": 500 * k,
                      "batch_size": 32, "warmup_epoch": 0, "lr_scheduler": "cosine", "scheduler_step": "iteration",
-                     "test_batch_size": 100}
+                     "min_lr": 1e-6, "test_batch_size": 100}
             method = {"name": "clip_lora", "r": 2, "alpha": 1, "dropout_rate": 0.25, "params": ["q", "k", "v"],
                       "encoder": "both", "position": "all"}
             cfg = _run(method, VIT_B16, ds, k, f"runs/clip_lora/{ds}/vit_b16_{k}shots/seed{{seed}}", optim=optim,
@@ -753,14 +753,13 @@ def adapter_files() -> dict[Path, str]:
                     "    README.md l.9: the same values for every dataset and number of shots",
                     "  lora.py l.75-76: AdamW weight decay 1e-2, betas (0.9, 0.999), torch's eps; the cosine over the",
                     "    iterations stepped every iteration (l.76, l.122: optim.scheduler_step iteration, T_max =",
-                    "    optim.iterations); no warm-up.",
+                    "    optim.iterations) down to eta_min 1e-6 (l.76: optim.min_lr); no warm-up.",
                     "    Training views: RandomResizedCrop scale (0.08, 1) + flip (main.py l.38-43), as",
                     "    vlprompt's CoOp augmentation (Dassl's INPUT.RRCROP_SCALE (0.08, 1.0), "
                     "dassl/config/defaults.py l.40)",
                     "  data.templates: datasets/<dataset>.py `template` = ['a photo of a {}.'] for every dataset "
                     "(lora.py l.94)",
                     *epochs_note,
-                    "  Not expressible: the cosine's floor eta_min 1e-6 (lora.py l.76; vlprompt's cosine ends at 0)",
                     "  compute_precision amp (bf16 autocast): vlprompt's closest to the reference's fp16 autocast"]
             files[CONFIGS / "clip_lora" / ds / f"vit_b16_{k}shots.yaml"] = _file(head, cfg)
     return files

@@ -84,25 +84,26 @@ def test_adamw_eps_reaches_the_optimiser():
     assert (default - by_hand).abs().min() > 1e-4
 
 
-@pytest.mark.parametrize("iterations", [None, 10])
-def test_per_iteration_cosine_is_torch_cosine_annealing_stepped_every_step(iterations):
-    """``scheduler_step: iteration`` = CosineAnnealingLR(T_max) stepped after every optimiser step, T_max =
+@pytest.mark.parametrize("iterations,min_lr", [(None, 0.0), (10, 0.0), (10, 1e-4)])
+def test_per_iteration_cosine_is_torch_cosine_annealing_stepped_every_step(iterations, min_lr):
+    """``scheduler_step: iteration`` = CosineAnnealingLR(T_max, eta_min) stepped after every optimiser step, T_max =
     max_epoch x steps per epoch (Tip-Adapter main.py l.73, l.105-106) or optim.iterations (CLIP-LoRA lora.py
-    l.76: total_iters; vlprompt's extra steps up to the whole epoch stay at the end of the cosine)."""
+    l.76: total_iters, eta_min 1e-6 = optim.min_lr; vlprompt's extra steps up to the whole epoch stay at the end
+    of the cosine)."""
     steps_per_epoch = 4
-    cfg = OptimConfig(name="adamw", lr=0.001, warmup_epoch=0, scheduler_step="iteration",
+    cfg = OptimConfig(name="adamw", lr=0.001, warmup_epoch=0, scheduler_step="iteration", min_lr=min_lr,
                       **({"max_epoch": 5} if iterations is None else {"iterations": iterations}))
     max_epoch = 5 if iterations is None else 3  # 10 steps rounded up to 3 epochs of 4
     t_max = iterations or max_epoch * steps_per_epoch
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=cfg.lr)
-    sched = CosineAnnealingLR(opt, T_max=t_max)
+    sched = CosineAnnealingLR(opt, T_max=t_max, eta_min=min_lr)
     ours = [lr_at_step(e, s, cfg, max_epoch, steps_per_epoch) for e in range(max_epoch) for s in range(steps_per_epoch)]
     for i in range(t_max):
         assert ours[i] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
         opt.step()
         sched.step()
-    assert ours[t_max:] == [0.0] * (len(ours) - t_max)
+    assert ours[t_max:] == pytest.approx([min_lr] * (len(ours) - t_max), abs=1e-15)
     assert len(set(ours[:steps_per_epoch])) == steps_per_epoch  # it changes within an epoch
     by_epoch = OptimConfig(name="adamw", lr=0.001, warmup_epoch=0, max_epoch=5)  # the default: unchanged
     assert [lr_at_step(e, 2, by_epoch, 5, 4) for e in range(5)] == [lr_at_epoch(e, by_epoch, 5) for e in range(5)]
@@ -113,6 +114,7 @@ def test_per_iteration_cosine_is_torch_cosine_annealing_stepped_every_step(itera
     ({"name": "adamw", "eps": "tiny"}, r"optim.eps must be float or null"),
     ({"eps": 1e-4}, r"optim.eps is AdamW's epsilon.*optim.name sgd"),
     ({"scheduler_step": "batch"}, r"optim.scheduler_step must be one of epoch, iteration"),
+    ({"lr": 0.001, "min_lr": 0.01}, r"optim.min_lr .* must be below optim.lr"),
 ])
 def test_bad_eps_and_scheduler_step_are_refused(options, match):
     with pytest.raises(ConfigError, match=match):

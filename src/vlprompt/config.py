@@ -148,6 +148,8 @@ class OptimConfig:
                 "max_epoch x steps per epoch, or optim.iterations: Tip-Adapter-F, APE-T, CLIP-LoRA)"})
     eps: float | None = field(default=None, metadata={
         "help": "epsilon of adamw / adam (not sgd); null = torch's default 1e-8 (Tip-Adapter-F: 1e-4, TCP: 1e-3)"})
+    min_lr: float = field(default=0.0, metadata={
+        "help": "the cosine's floor (CosineAnnealingLR's eta_min; CLIP-LoRA: 1e-6); below optim.lr"})
     test_batch_size: int = 100
 
     def __post_init__(self) -> None:
@@ -167,6 +169,10 @@ class OptimConfig:
         check_float(self.warmup_lr, "optim.warmup_lr", minimum=0.0)
         check_choice(self.lr_scheduler, "optim.lr_scheduler", ("cosine", "constant"))
         check_choice(self.scheduler_step, "optim.scheduler_step", ("epoch", "iteration"))
+        check_float(self.min_lr, "optim.min_lr", minimum=0.0)
+        if self.min_lr >= self.lr:
+            raise ConfigError(f"option optim.min_lr ({self.min_lr:g}) is the floor of the cosine and must be below "
+                              f"optim.lr ({self.lr:g})")
         if self.eps is not None:
             self.eps = check_float(self.eps, "optim.eps", minimum=0.0, strict=True)
             if self.name == "sgd":

@@ -20,7 +20,8 @@ APE-T (yangyangyang127/APE@70460de ``main.py`` l.117, l.152-153) and CLIP-LoRA (
 
 with ``S`` the steps per epoch, ``W`` the warm-up epochs (0 in those methods) and ``T = optim.iterations`` when
 given (CLIP-LoRA's ``total_iters``; the extra steps of vlprompt's last whole epoch stay at the end of the
-cosine) else ``max_epoch * S``: the rate of ``CosineAnnealingLR(T_max=T)`` stepped per iteration. ``optim.eps``
+cosine) else ``max_epoch * S``: the rate of ``CosineAnnealingLR(T_max=T)`` stepped per iteration. ``optim.min_lr`` is the cosine's floor
+(``eta_min``: ``min_lr + (lr - min_lr) (1 + cos) / 2``; CLIP-LoRA ``lora.py`` l.76: ``eta_min=1e-6``). ``optim.eps``
 is AdamW's epsilon (Tip-Adapter-F ``main.py`` l.72: ``eps=1e-4``; APE-T: its config's ``eps``).
 """
 
@@ -42,7 +43,12 @@ def lr_at_epoch(epoch: int, cfg: OptimConfig, max_epoch: int) -> float:
         return cfg.warmup_lr
     if cfg.lr_scheduler == "constant":
         return cfg.lr
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epoch) / max_epoch))
+    return _cosine(cfg, (epoch - cfg.warmup_epoch) / max_epoch)
+
+
+def _cosine(cfg: OptimConfig, fraction: float) -> float:
+    """``min_lr + (lr - min_lr) (1 + cos(pi f)) / 2``: CosineAnnealingLR's closed form (``eta_min = optim.min_lr``)."""
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * fraction))
 
 
 def lr_at_step(epoch: int, step: int, cfg: OptimConfig, max_epoch: int, steps_per_epoch: int) -> float:
@@ -57,7 +63,7 @@ def lr_at_step(epoch: int, step: int, cfg: OptimConfig, max_epoch: int, steps_pe
         return cfg.lr
     total = cfg.iterations if cfg.iterations is not None else max_epoch * steps_per_epoch
     done = min((epoch - cfg.warmup_epoch) * steps_per_epoch + step, total)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done / total))
+    return _cosine(cfg, done / total)
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig,
