@@ -53,6 +53,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.ivlp",
         "vlprompt.methods.maple",
         "vlprompt.methods.promptsrc",
+        "vlprompt.methods.promptkd",
         "vlprompt.methods.tpt",
         "vlprompt.methods.ctpt",
         "vlprompt.methods.zero",
