@@ -50,11 +50,12 @@ def teacher_dim(config: PromptKDConfig, backbone: Backbone) -> int:
     if config.teacher_prompt:
         from pathlib import Path
 
-        from vlprompt.engine.checkpoint import read_prompt
+        from vlprompt.core.tensor_io import read_safetensors
 
         if not Path(config.teacher_prompt).is_file():
             return 0
-        return int(read_prompt(config.teacher_prompt)[1].get("backbone", {}).get("embed_dim", 0))
+        meta = read_safetensors(config.teacher_prompt, what="teacher prompt file")[1]
+        return int((meta.get("backbone") or {}).get("embed_dim", 0))
     if config.teacher_config:
         return 0
     return int(backbone.embed_dim)
