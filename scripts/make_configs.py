@@ -15,7 +15,7 @@
 * configs/locoop/imagenet_vit_b16_<1|16>shots.yaml - LoCoOp (Miyai et al., NeurIPS 2023): ViT-B/16,
   lambda 0.25, top-K 200, 50 epochs; then ``vlprompt ood --run RUN --ood-sets ...``.
 * configs/kgcoop/, configs/tcp/, configs/prograd/, configs/{ivlp,deep_language,vpt_deep,maple,promptsrc,coprompt,
-  mma}/, configs/dept_*/ (base-to-new; MaPLe
+  mma,promptkd}/, configs/dept_*/ (base-to-new; MaPLe
   and PromptSRC also ImageNet-source cross-dataset / DG; PromptSRC and ProGrad also few-shot) and
   configs/{linear_probe,clip_adapter,tip_adapter,tip_adapter_f,clip_lora}/ (few-shot) - the settings of each
   method's authors, every value with its file in the generated file's header; configs/sweeps/<paper>_*.yaml
@@ -965,9 +965,61 @@ def dept_files() -> dict[Path, str]:
     return files
 
 
+# --- PromptKD (zhengli97/PromptKD @ ec244f7) ----------------------------------------------------------------------
+
+PROMPTKD_REPO = "zhengli97/PromptKD@ec244f7"
+# scripts/promptkd/base2new_train.sh l.15-16: KD_WEIGHT 200 for these, 1000 (l.28) for the others
+PROMPTKD_KD_200 = ("fgvc_aircraft", "oxford_flowers", "dtd")
+PROMPTKD_TEACHER_PATH = "configs/promptkd/teachers/{dataset}_promptsrc_vit_l14.yaml"
+
+
+def promptkd_files() -> dict[Path, str]:
+    """Per dataset: the student's base-to-new config and its teacher's (PromptSRC on ViT-L/14, trained first into
+    <run>/teacher/ unless method.teacher_prompt names a teacher file)."""
+    files = {}
+    src = "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml"
+    tsrc = "configs/trainers/PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml"
+    for ds in DATASETS:
+        teacher = PROMPTKD_TEACHER_PATH.format(dataset=ds)
+        kd = 200.0 if ds in PROMPTKD_KD_200 else 1000.0
+        method = {"name": "promptkd", "n_ctx_vision": 4, "prompt_depth_vision": 9, "projector": "two_layer",
+                  "temperature": 1.0, "kd_weight": kd, "teacher_config": teacher, "teacher_classes": "base"}
+        cfg = _run(method, VIT_B16, ds, -1, f"runs/base2new/promptkd/{ds}/seed{{seed}}", optim=_sgd(0.005, 20, 8))
+        head = [f"PromptKD base-to-new on {ds} (Li et al., CVPR 2024): vlprompt protocol base2new -c THIS_FILE "
+                "--seeds 1,2,3", f"{GEN} {PROMPTKD_REPO}",
+                "  the student learns from the unlabeled train images of ALL classes (capability transductive: the",
+                "    protocol trains on all, tests base and new; datasets/*.py, e.g. oxford_pets.py l.53-58);",
+                "    scripts/promptkd/base2new_train.sh: NUM_SHOTS 0 = every image (l.11, l.25) -> shots -1,",
+                f"    TEMPERATURE 1.0 (l.27), KD_WEIGHT {kd:g} (l.28; 200 for fgvc_aircraft, oxford_flowers, dtd:",
+                "    l.15-16)",
+                f"  {src}: batch 8 (l.4), test batch 100 (l.6), workers 8 (l.7), SGD LR 0.005, 20 epochs,",
+                "    cosine, 1 constant warm-up epoch at 1e-5 (l.16-23), ViT-B/16 (l.30), N_CTX_VISION 4 (l.38),",
+                "    PROMPT_DEPTH_VISION 9 (l.42), PROJECT_LAYER 2 (l.45, not read: trainers/promptkd.py l.243 always",
+                "    builds Feature_Trans_Module_two_layer), TEACHER_NAME ViT-L/14 (l.44)",
+                f"  teacher: {teacher} (PromptSRC ViT-L/14 on the base classes, README l.93-98); or",
+                "    --set method.teacher_prompt=FILE for a teacher prompt file trained elsewhere",
+                "  the authors keep the epoch with the best base test accuracy (TEST.FINAL_MODEL best_val, l.33;",
+                "    val = base test set, oxford_pets.py l.58); vlprompt keeps the last epoch",
+                "  " + DASSL_SGD, "  " + AMP]
+        files[CONFIGS / "promptkd" / "base2new" / f"{ds}_vit_b16.yaml"] = _file(head, cfg)
+        tcfg = _run(_promptsrc_method(9, 15.0, 1.0), "ViT-L-14-quickgelu", ds, 16, "set by the student's run",
+                    optim=_sgd(0.005, 20, 8), subsample="base")
+        head = [f"PromptKD's teacher on {ds}: PromptSRC on ViT-L/14, trained with labels on the base classes inside",
+                "each PromptKD run (<run>/teacher/; the student's run sets dataset, root and seed).",
+                f"{GEN} {PROMPTKD_REPO}",
+                "  README l.93-98: the teacher is PromptSRC with CFG vit_l14_c2_ep20_batch8_4+4ctx via",
+                "    scripts/promptsrc/base2new_train.sh (SHOTS 16, SUBSAMPLE_CLASSES base)",
+                f"  {tsrc}: batch 8 (l.4), SGD LR 0.005, 20 epochs, cosine, 1 constant warm-up epoch at 1e-5",
+                "    (l.16-23), ViT-L/14 (l.30), N_CTX_VISION 4, N_CTX_TEXT 4, CTX_INIT 'a photo of a' (l.34-36),",
+                "    depth 9 + 9 (l.38-39), TEXT_LOSS_WEIGHT 25, IMAGE_LOSS_WEIGHT 10 (l.40-41), GPA 15 / 1 (l.42-43)",
+                "  " + DASSL_SGD, "  " + AMP]
+        files[CONFIGS.parent / teacher] = _file(head, tcfg)
+    return files
+
+
 def baseline_files() -> dict[Path, str]:
     return {**kgcoop_files(), **tcp_files(), **prograd_files(), **deep_files(), **promptsrc_files(),
-            **coprompt_files(),
+            **coprompt_files(), **promptkd_files(),
             **adapter_files()}
 
 
@@ -1079,6 +1131,20 @@ def sweep_files() -> dict[Path, str]:
              "config": "configs/clip_lora/{dataset}/vit_b16_{shots}shots.yaml", "methods": ["zeroshot", "clip_lora"],
              "shots": SHOTS}),
     }
+    specs["promptkd_base2new"] = (
+        ["PromptKD's base-to-new table (its README figure images/exp_results.png, 11-dataset average): zero-shot",
+         "CLIP, CoOp, CoCoOp, MaPLe, PromptSRC (ViT-B/16, labeled base classes) and PromptKD (a ViT-B/16 student",
+         "distilled from a PromptSRC ViT-L/14 teacher on the unlabeled images of all classes: not comparable to",
+         "the supervised rows). Each PromptKD run trains its teacher first (configs/promptkd/teachers/). The sweep's",
+         "shots (16) also set the student's unlabeled images per class; the authors' student sees every train image",
+         "(its configs' shots -1: vlprompt protocol base2new -c configs/promptkd/base2new/<dataset>_vit_b16.yaml).",
+         "vlprompt sweep configs/sweeps/promptkd_base2new.yaml --set data.root=/data",
+         "vlprompt report runs/sweeps/promptkd_base2new --paper promptkd"],
+        {"name": "promptkd_base2new", "protocol": "base2new",
+         "config": {**cocoop, "maple": b2n["maple"], "promptsrc": b2n["promptsrc"],
+                    "promptkd": "configs/promptkd/base2new/{dataset}_vit_b16.yaml",
+                    "default": b2n["promptsrc"]},
+         "methods": ["zeroshot", "coop", "cocoop", "maple", "promptsrc", "promptkd"], "shots": [16]})
     PAPER_NAME = {"maple": "MaPLe", "promptsrc": "PromptSRC"}
     for paper in ("maple", "promptsrc"):
         for kind, what in (("xd", "cross-dataset transfer"), ("dg", "domain generalisation")):

@@ -106,7 +106,8 @@ def test_every_shipped_config_loads(monkeypatch, tmp_path):
     assert families >= {"coop", "cocoop", "upl", "locoop", "kgcoop", "prograd", "ivlp", "deep_language", "vpt_deep",
                         "maple", "promptsrc", "linear_probe", "clip_adapter", "tip_adapter", "tip_adapter_f",
                         "clip_lora"}
-    also = {"cocoop": ("coop",), "prograd": ("coop",)}  # comparison runs shipped with a paper's configs
+    # comparison runs shipped with a paper's configs; PromptKD's teachers (PromptSRC on ViT-L/14)
+    also = {"cocoop": ("coop",), "prograd": ("coop",), "promptkd": ("promptsrc",)}
     for f in files:
         cfg = load_config(f)
         assert cfg.method.name in list_methods()

@@ -46,7 +46,10 @@ SMALL = {"coop": {"n_ctx": 2}, "kgcoop": {"n_ctx": 2, "ctx_init": None}, "progra
          "tip_adapter": {"search_step": [20, 5], "augment_epoch": 2},
          "tip_adapter_f": {"search_step": [20, 5], "augment_epoch": 2}, "linear_probe": {"search_steps": 2},
          "idlike": {"n_ctx": 2, "n_ex_ctx": 2, "n_ex_prompts": 2, "n_crop": 4, "n_selection": 2, "crop_rounds": 1},
-         "dept_coop": {"n_ctx": 2}, "dept_cocoop": {"n_ctx": 2}, "dept_kgcoop": {"n_ctx": 2, "ctx_init": None}}
+         "dept_coop": {"n_ctx": 2}, "dept_cocoop": {"n_ctx": 2}, "dept_kgcoop": {"n_ctx": 2, "ctx_init": None},
+         # the linear projector: the two-layer one's BatchNorm normalises each rank's share of a batch by its own
+         # statistics (as the authors' DataParallel), so split batches differ; it is checked in test_promptkd.py
+         "promptkd": {"n_ctx_vision": 2, "prompt_depth_vision": 2, "projector": "linear"}}
 
 
 @pytest.fixture(scope="module", params=TINY_MODELS)

@@ -57,6 +57,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
         "vlprompt.methods.coprompt",
         "vlprompt.methods.dept",
         "vlprompt.methods.mma",
+        "vlprompt.methods.promptkd",
         "vlprompt.methods.tpt",
         "vlprompt.methods.ctpt",
         "vlprompt.methods.zero",

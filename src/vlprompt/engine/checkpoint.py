@@ -126,13 +126,17 @@ def model_string(backbone_meta: dict[str, Any]) -> str:
     return f"{prefix or ''}{backbone_meta.get('model', '')}"
 
 
-def check_backbone_matches(meta: dict[str, Any], backbone: Any, path: str | Path) -> None:
-    """Refuse a prompt learned on another backbone, naming what differs."""
+def check_backbone_matches(meta: dict[str, Any], backbone: Any, path: str | Path, *,
+                           any_weights: bool = False) -> None:
+    """Refuse a prompt learned on another backbone, naming what differs (``any_weights``: the weights' tag or file
+    may differ, the architecture may not)."""
     saved = meta.get("backbone", {})
     have = backbone.info.as_dict()
     saved = {"family": "open_clip", **saved}  # files written before backbone families were recorded
+    keys = [k for k in ("family", "model", "pretrained", "embed_dim", "text_width")
+            if k != "pretrained" or not any_weights]
     diffs = [f"{k}: file has {saved.get(k)!r}, backbone has {have.get(k)!r}"
-             for k in ("family", "model", "pretrained", "embed_dim", "text_width") if saved.get(k) != have.get(k)]
+             for k in keys if saved.get(k) != have.get(k)]
     if diffs:
         raise CheckpointError(
             f"prompt file '{path}' was learned on another backbone ({'; '.join(diffs)}). "
@@ -184,6 +188,7 @@ def load_prompt(
     allow_new_classes: bool = False,
     device: str | torch.device = "cpu",
     context: Any = None,
+    any_weights: bool = False,
 ) -> Any:
     """Rebuild the method stored in a prompt file, ready for inference.
 
@@ -194,6 +199,8 @@ def load_prompt(
             ``allow_new_classes`` and a unified (non class-specific) prompt.
         context: the build context (:class:`~vlprompt.methods.base.MethodContext`: the dataset's
             templates) to use; None = the one recorded in the file (the training dataset's).
+        any_weights: accept ``backbone`` with other weights than the recorded ones (same architecture; e.g.
+            PromptKD's ``method.teacher_pretrained`` pointing at a teacher's moved weights file).
     """
     from vlprompt.backbones.base import load_any_backbone
     from vlprompt.methods.base import MethodContext
@@ -203,7 +210,7 @@ def load_prompt(
     if backbone is None:
         bb = meta.get("backbone", {})
         backbone = load_any_backbone(model_string(bb), bb.get("pretrained"), device=device)
-    check_backbone_matches(meta, backbone, path)
+    check_backbone_matches(meta, backbone, path, any_weights=any_weights)
     names = list(meta.get("classnames", [])) if classnames is None else list(classnames)
     check_classnames_match(meta, names, path, allow_new_classes=allow_new_classes)
     config = make_method_config(meta["method"], dict(meta.get("config", {})))

@@ -20,9 +20,10 @@ APE-T (yangyangyang127/APE@70460de ``main.py`` l.117, l.152-153) and CLIP-LoRA (
 
 with ``S`` the steps per epoch, ``W`` the warm-up epochs (0 in those methods) and ``T = optim.iterations`` when
 given (CLIP-LoRA's ``total_iters``; the extra steps of vlprompt's last whole epoch stay at the end of the
-cosine) else ``max_epoch * S``: the rate of ``CosineAnnealingLR(T_max=T)`` stepped per iteration. ``optim.min_lr`` is the cosine's floor
-(``eta_min``: ``min_lr + (lr - min_lr) (1 + cos) / 2``; CLIP-LoRA ``lora.py`` l.76: ``eta_min=1e-6``). ``optim.eps``
-is AdamW's epsilon (Tip-Adapter-F ``main.py`` l.72: ``eps=1e-4``; APE-T: its config's ``eps``).
+cosine) else ``max_epoch * S``: the rate of ``CosineAnnealingLR(T_max=T)`` stepped per iteration.
+``optim.min_lr`` is the cosine's floor (``eta_min``: ``min_lr + (lr - min_lr) (1 + cos) / 2``; CLIP-LoRA
+``lora.py`` l.76: ``eta_min=1e-6``). ``optim.eps`` is AdamW's epsilon (Tip-Adapter-F ``main.py`` l.72:
+``eps=1e-4``; APE-T: its config's ``eps``).
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ from vlprompt.engine.fitting import RunFitData, fit_summary
 from vlprompt.engine.run import autocast, resolve_device, seed_everything
 from vlprompt.engine.run_life import Run, open_run
 from vlprompt.methods.base import MethodContext, PromptMethod
-from vlprompt.methods.registry import build_method
+from vlprompt.methods.registry import build_method, get_method
 
 
 def method_context(cfg: ExperimentConfig, splits: Any) -> MethodContext:
@@ -97,6 +97,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | N
     if not cfg.train.output_dir:
         raise ConfigError("option train.output_dir is required (the run folder), e.g. --output-dir runs/my_run")
     cfg.train.output_dir = cfg.resolve_output_dir()
+    cfg = get_method(cfg.method.name).prepare_run(cfg, resume)  # e.g. PromptKD's teacher, trained first
     ctx, device = init_distributed(resolve_device(cfg.train.device), timeout_min=cfg.train.dist_timeout_min)
     main_only(ctx, lambda: check_batch_size(ctx, cfg.optim.batch_size))  # before anything is written
     with open_run(cfg, ctx, resume) as run:

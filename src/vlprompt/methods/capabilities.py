@@ -51,6 +51,10 @@ class Capabilities:
             :data:`vlprompt.core.ood.SCORES`.
         ood_local_scores: those of ``ood_scores`` that read patch (local) features, so that OOD evaluation
             asks :meth:`~vlprompt.methods.base.PromptMethod.ood_features` for them (``local=True``).
+        transductive: learns from the unlabeled training images of every class it will be tested on (PromptKD's
+            setting: the target domain's images, no labels); the base-to-new protocol then trains it once on all
+            classes (``data.subsample_classes=all``) and tests that prompt on the base and on the new classes.
+            Needs ``supervision="none"``.
     """
 
     training: Literal["sgd", "fit", "fit+sgd", "none"] = "sgd"
@@ -64,6 +68,7 @@ class Capabilities:
     adaptation: Literal["none", "episodic", "online"] = "none"
     ood_scores: tuple[str, ...] = ()
     ood_local_scores: tuple[str, ...] = ()
+    transductive: bool = False
 
     def __post_init__(self) -> None:
         if self.training not in ("sgd", "fit", "fit+sgd", "none"):
@@ -71,7 +76,7 @@ class Capabilities:
         if self.supervision not in ("labels", "none"):
             raise ValueError(f"capability supervision must be labels or none, got {self.supervision!r}")
         for flag in ("image_conditional", "local_features", "unprojected_features", "modifies_encoders",
-                     "class_specific", "owns_gradient_step"):
+                     "class_specific", "owns_gradient_step", "transductive"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"capability {flag} must be true or false, got {getattr(self, flag)!r}")
         if self.adaptation not in ("none", "episodic", "online"):
@@ -85,6 +90,8 @@ class Capabilities:
                              f"{self.ood_scores}")
         if self.unprojected_features and not self.local_features:
             raise ValueError("capability unprojected_features needs local_features (the packed global + local layout)")
+        if self.transductive and self.supervision != "none":
+            raise ValueError("capability transductive needs supervision 'none' (it sees every class's images)")
         if self.owns_gradient_step and not self.uses_sgd:
             raise ValueError("owns_gradient_step needs a method trained by SGD")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,13 +48,26 @@ class MethodEntry:
     """A registered method: its name, config dataclass, model class and declared capabilities.
 
     ``declared`` is a :class:`Capabilities`, or a function of a config (an instance of ``config_cls``)
-    returning one; :meth:`capabilities_for` is the one answer either way.
+    returning one; :meth:`capabilities_for` is the one answer either way. ``prepare`` (optional) is what
+    :meth:`prepare_run` calls before a training run of the method starts.
     """
 
     name: str
     config_cls: type
     model_cls: type[PromptMethod]
     declared: Capabilities | Callable[[Any], Capabilities] = Capabilities()
+    prepare: Callable[[Any, bool], Any] | str | None = None
+
+    def prepare_run(self, cfg: Any, resume: bool) -> Any:
+        """The experiment config a training run of this method trains with: ``prepare(cfg, resume)`` when the
+        method registered one (e.g. PromptKD trains its teacher first into ``<run>/teacher/`` and points the
+        student at it; a ``"module:function"`` string is imported here, so a method can name a function of a
+        higher layer), else ``cfg`` itself. Called by the trainer once the run folder is known."""
+        fn = self.prepare
+        if isinstance(fn, str):
+            module, _, attr = fn.partition(":")
+            fn = getattr(importlib.import_module(module), attr)
+        return cfg if fn is None else fn(cfg, resume)
 
     def capabilities_for(self, config: Any = None) -> Capabilities:
         """The capabilities of this method built with ``config`` (None: the config's defaults)."""
@@ -70,16 +84,19 @@ _METHODS: dict[str, MethodEntry] = {}
 
 @overload
 def register_method(name: str, config_cls: type, model_cls: None = None, *,
-                    capabilities: Capabilities | Callable[[Any], Capabilities] = ...) -> Callable[[M], M]: ...
+                    capabilities: Capabilities | Callable[[Any], Capabilities] = ...,
+                    prepare: Callable[[Any, bool], Any] | str | None = ...) -> Callable[[M], M]: ...
 
 
 @overload
 def register_method(name: str, config_cls: type, model_cls: type[PromptMethod], *,
-                    capabilities: Capabilities | Callable[[Any], Capabilities] = ...) -> None: ...
+                    capabilities: Capabilities | Callable[[Any], Capabilities] = ...,
+                    prepare: Callable[[Any, bool], Any] | str | None = ...) -> None: ...
 
 
 def register_method(name: str, config_cls: type, model_cls: type[PromptMethod] | None = None, *,
-                    capabilities: Capabilities | Callable[[Any], Capabilities] = PLAIN) -> Any:
+                    capabilities: Capabilities | Callable[[Any], Capabilities] = PLAIN,
+                    prepare: Callable[[Any, bool], Any] | str | None = None) -> Any:
     """Register ``model_cls`` (built from ``config_cls(**options)``) under ``name``; without ``model_cls``,
     return a class decorator that does.
 
@@ -89,6 +106,8 @@ def register_method(name: str, config_cls: type, model_cls: type[PromptMethod] |
         model_cls: the :class:`PromptMethod` subclass; registration sets its ``method_name``.
         capabilities: a :class:`Capabilities`, or a function of a ``config_cls`` instance returning one
             (when a capability depends on an option).
+        prepare: optional ``prepare(cfg, resume) -> cfg`` (or ``"module:function"``), called by the trainer before
+            a training run of the method (:meth:`MethodEntry.prepare_run`).
 
     Raises:
         ConfigError: a malformed name, a name already registered for another class, or a class already
@@ -97,11 +116,11 @@ def register_method(name: str, config_cls: type, model_cls: type[PromptMethod] |
     """
     if model_cls is None:
         def decorator(cls: M) -> M:
-            _register(name, config_cls, cls, capabilities)
+            _register(name, config_cls, cls, capabilities, prepare)
             return cls
 
         return decorator
-    _register(name, config_cls, model_cls, capabilities)
+    _register(name, config_cls, model_cls, capabilities, prepare)
     return None
 
 
@@ -111,7 +130,8 @@ def _same_class(a: type, b: type) -> bool:
 
 
 def _register(name: str, config_cls: type, model_cls: type[PromptMethod],
-              capabilities: Capabilities | Callable[[Any], Capabilities]) -> None:
+              capabilities: Capabilities | Callable[[Any], Capabilities],
+              prepare: Callable[[Any, bool], Any] | str | None = None) -> None:
     where = f"register_method({name!r}, ...)"
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"{where}: a method name is lower case letters, digits and underscores starting with a "
@@ -131,7 +151,10 @@ def _register(name: str, config_cls: type, model_cls: type[PromptMethod],
     if own is not None and own.name != name:
         raise ConfigError(f"{where}: {model_cls.__qualname__} is already registered as '{own.name}'; a class has "
                           "one name (register a subclass for a variant)")
-    entry = MethodEntry(name, config_cls, model_cls, capabilities)
+    if prepare is not None and not callable(prepare) and not (isinstance(prepare, str) and ":" in prepare):
+        raise ConfigError(f"{where}: prepare must be a function (cfg, resume) -> cfg or 'module:function', got "
+                          f"{prepare!r}")
+    entry = MethodEntry(name, config_cls, model_cls, capabilities, prepare)
     _METHODS[name] = entry
     setattr(model_cls, REGISTRATION_ATTR, entry)
 

@@ -2,7 +2,9 @@
 
 * **base-to-new** (CoCoOp, Sec. 4.1): classes sorted by label, the first ceil(n/2) are *base*.
   Train on base classes only; accuracy on base test images with base names, on new test images
-  with new names; harmonic mean ``H = 2 * base * new / (base + new)``.
+  with new names; harmonic mean ``H = 2 * base * new / (base + new)``. A ``transductive`` method
+  (capability; PromptKD) is trained once on the unlabeled images of all classes and that prompt is
+  tested on base and on new.
 * **domain generalisation** (CoOp Sec. 4.3 / CoCoOp Sec. 4.3): train on a source dataset (ImageNet),
   evaluate on targets with the same label space in other domains (ImageNet-V2 / -Sketch / -A / -R).
   For the 200-class A and R subsets the classifier is built from those 200 class names, which equals
@@ -87,10 +89,11 @@ def base_to_new(cfg: ExperimentConfig, seeds: Sequence[int], out_dir: str | Path
     out = Path(out_dir)
     rows = []
     trainable = cfg.method.capabilities.trainable
+    transductive = cfg.method.capabilities.transductive  # PromptKD: trained on all classes' unlabeled images
     for seed in (seeds if trainable else seeds[:1]):
-        prompt, base = _train_seed(cfg, seed, out, ["data.subsample_classes=base"])
-        if base is None:
-            base, _ = _accuracy(_with(cfg, ["data.subsample_classes=base"]), None, progress)
+        prompt, base = _train_seed(cfg, seed, out, [f"data.subsample_classes={'all' if transductive else 'base'}"])
+        if base is None or transductive:
+            base, _ = _accuracy(_with(cfg, ["data.subsample_classes=base", f"train.seed={seed}"]), prompt, progress)
         new, backbone = _accuracy(_with(cfg, ["data.subsample_classes=new", f"train.seed={seed}"]), prompt, progress)
         rows.append({"seed": seed, "base": base, "new": new, "H": harmonic_mean(base, new)})
     return _finish("base2new", cfg, backbone, rows, ["base", "new", "H"], out)
