@@ -505,3 +505,27 @@ def check_start_source(method: PromptMethod, source: PromptMethod) -> None:
     if source.backbone.name != method.backbone.name:
         raise ValueError(f"method '{method.method_name}' on {method.backbone.name} cannot start from a "
                          f"'{source.method_name}' prompt on {source.backbone.name}")
+
+
+class PacksTrainFeatures:
+    """Mixin (before the method class) for methods whose train-mode :meth:`~PromptMethod.encode_images` returns the
+    predicting features ``[B, F]`` with an extra part ``[B, X]`` beside them (one image pass per step, as the trainer
+    makes): PromptSRC and CoPrompt the frozen image feature (X = E), PromptKD the teacher's logits (X = n_cls).
+    :meth:`logits` reads the first part of either; :meth:`split_packed` gives both (the extra part None for eval-mode
+    features)."""
+
+    def packed_widths(self) -> tuple[int, int]:
+        """``(F, X)``; default ``(E, E)`` with E the backbone's embedding width."""
+        e = self.backbone.embed_dim  # type: ignore[attr-defined]
+        return e, e
+
+    def split_packed(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``[B, F + X] -> ([B, F], [B, X])``; ``[B, F] -> ([B, F], None)``."""
+        f, x = self.packed_widths()
+        if features.shape[-1] == f + x:
+            return features[..., :f], features[..., f:]
+        return features, None
+
+    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        """The method's logits of the predicting part (the extra part of packed features is ignored)."""
+        return super().logits(self.split_packed(image_features)[0], text_features)  # type: ignore[misc]

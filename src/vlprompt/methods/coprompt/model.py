@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.core.errors import ConfigError
-from vlprompt.methods.base import LossTerms, MethodContext
+from vlprompt.methods.base import LossTerms, MethodContext, PacksTrainFeatures
 from vlprompt.methods.coprompt.augment import randaugment_views
 from vlprompt.methods.coprompt.config import CoPromptConfig
 from vlprompt.methods.maple.model import MaPLe
@@ -86,7 +86,7 @@ def sentence_bank(backbone: Backbone, classnames: list[str], context: MethodCont
     return torch.cat(feats), table
 
 
-class CoPrompt(MaPLe):
+class CoPrompt(PacksTrainFeatures, MaPLe):
     """MaPLe prompts + output adapters, trained with CE and consistency to the frozen encoders."""
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: CoPromptConfig,
@@ -125,16 +125,6 @@ class CoPrompt(MaPLe):
             frozen = self.backbone.encode_image(second).float()
         return torch.cat([prompted, frozen], dim=-1)
 
-    def _split(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
-        e = self.backbone.embed_dim
-        if features.shape[-1] == 2 * e:
-            return features[..., :e], features[..., e:]
-        return features, None
-
-    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
-        """CLIP logits of the adapted prompted image features (the frozen half of packed features is ignored)."""
-        return super().logits(self._split(image_features)[0], text_features)
-
     def training_transform(self, default: Any) -> Any:
         """Two independent views (resize, Dassl's RandAugment(2, 10), normalise): ``[2, 3, H, W]`` per image."""
         cfg = getattr(self.backbone, "preprocess_cfg", None) or {}
@@ -164,7 +154,7 @@ class CoPrompt(MaPLe):
         """
         if features.dim() == 5:
             features = self.encode_images(features)
-        prompted, frozen = self._split(features)
+        prompted, frozen = self.split_packed(features)
         if frozen is None:
             raise ValueError("CoPrompt trains on packed prompted + frozen image features (encode_images in train mode)")
         cfg = self.config

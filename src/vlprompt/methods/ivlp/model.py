@@ -44,6 +44,19 @@ def _normal_list(count: int, n: int, dim: int, std: float, device: torch.device)
     return nn.ParameterList(params)
 
 
+def deep_vision_prompts(backbone: Backbone, n_ctx: int, depth: int, std: float
+                        ) -> tuple[nn.Parameter, nn.ParameterList]:
+    """IVLP's vision prompts of a ViT image tower: the layer-0 tokens ``[n_ctx, W]`` and one fresh set per block
+    ``1 .. J-1`` (``J = min(depth, tower depth)``), all N(0, std) (clip/model.py lines 362-422), drawn in that
+    order. A tower that cannot take them raises the documented ModelError (:func:`check_vision_deep`)."""
+    check_vision_deep(backbone)
+    width = vision_width(backbone)
+    depth = min(depth, vision_depth(backbone))
+    first = torch.empty(n_ctx, width)
+    nn.init.normal_(first, std=std)
+    return nn.Parameter(first.to(backbone.device)), _normal_list(depth - 1, n_ctx, width, std, backbone.device)
+
+
 class IVLP(PromptMethod):
     """Deep prompts in the text tower (``text_prompt.ctx`` + ``text_deep``) and / or the ViT image tower
     (``vision_ctx`` + ``vision_deep``), learned independently."""
@@ -66,13 +79,8 @@ class IVLP(PromptMethod):
             self.register_buffer("fixed_text", fixed, persistent=False)
         self.vision_ctx: nn.Parameter | None = None
         if config.learns_vision:
-            check_vision_deep(backbone)
-            width = vision_width(backbone)
-            depth = min(config.prompt_depth_vision, vision_depth(backbone))
-            first = torch.empty(config.n_ctx_vision, width)
-            nn.init.normal_(first, std=std)
-            self.vision_ctx = nn.Parameter(first.to(dev))
-            self.vision_deep = _normal_list(depth - 1, config.n_ctx_vision, width, std, dev)
+            self.vision_ctx, self.vision_deep = deep_vision_prompts(backbone, config.n_ctx_vision,
+                                                                    config.prompt_depth_vision, std)
 
     def text_features(self) -> Tensor:
         """``[n_cls, E]`` normalised text features (deep language prompts, or the fixed VPT prompt)."""

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.backbones.deep_prompts import check_vision_deep, encode_image_deep, vision_depth, vision_width
+from vlprompt.backbones.deep_prompts import encode_image_deep
 from vlprompt.core.errors import ConfigError
-from vlprompt.methods.base import LossTerms, MethodContext, PromptMethod
-from vlprompt.methods.ivlp.model import _normal_list
+from vlprompt.methods.base import LossTerms, MethodContext, PacksTrainFeatures, PromptMethod
+from vlprompt.methods.ivlp.model import deep_vision_prompts
 from vlprompt.methods.promptkd.config import PromptKDConfig
 
 
@@ -93,7 +93,7 @@ def kd_loss_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: flo
                     reduction="sum") * (t * t)
 
 
-class PromptKD(PromptMethod):
+class PromptKD(PacksTrainFeatures, PromptMethod):
     """Student: deep vision prompts (``vision_ctx`` + ``vision_deep``) and a projector to the teacher's feature
     space, classified against the teacher's stored text features."""
 
@@ -103,13 +103,8 @@ class PromptKD(PromptMethod):
         dev = backbone.device
         self.vision_ctx: nn.Parameter | None = None
         if config.learns_vision:
-            check_vision_deep(backbone)
-            width = vision_width(backbone)
-            depth = min(config.prompt_depth_vision, vision_depth(backbone))
-            first = torch.empty(config.n_ctx_vision, width)
-            nn.init.normal_(first, std=config.init_std)
-            self.vision_ctx = nn.Parameter(first.to(dev))
-            self.vision_deep = _normal_list(depth - 1, config.n_ctx_vision, width, config.init_std, dev)
+            self.vision_ctx, self.vision_deep = deep_vision_prompts(backbone, config.n_ctx_vision,
+                                                                    config.prompt_depth_vision, config.init_std)
         e_t = teacher_dim(config, backbone)
         self.projector = make_projector(config.projector, backbone.embed_dim, e_t).to(dev)
         # the teacher's stored class text features and their class names: empty until computed or loaded
@@ -200,21 +195,16 @@ class PromptKD(PromptMethod):
             teacher_logits = teacher.logits(seen, text).float()
         return torch.cat([student, teacher_logits], dim=-1)
 
-    def _split(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
-        e = self.projector[0].out_features
-        if features.shape[-1] == e + self.n_cls:
-            return features[..., :e], features[..., e:]
-        return features, None
-
-    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
-        """``s_s * normalise(u) T^T`` of the student's projected features (the teacher half of packed features is
-        ignored); the student backbone's logit scale (promptkd.py l.251, l.408)."""
-        return super().logits(self._split(image_features)[0], text_features)
+    def packed_widths(self) -> tuple[int, int]:
+        """Train-mode features: the projected student feature ``[B, E_t]`` and the teacher's logits ``[B, C]``;
+        :meth:`logits` (``s_s * normalise(u) T^T``, the student backbone's logit scale, promptkd.py l.251, l.408)
+        reads the first."""
+        return self.projector[0].out_features, self.n_cls
 
     def training_loss(self, features: Tensor, labels: Tensor) -> LossTerms:
         """Term ``kd``: ``kd_weight * T^2 * sum_b KL(p_t || p_s) / C`` over the batch, counted by images (the
         authors' ``L_ukd`` times ``KD_WEIGHT``, promptkd.py l.410-416); ``labels`` are not read (unsupervised)."""
-        student, teacher_logits = self._split(features)
+        student, teacher_logits = self.split_packed(features)
         if teacher_logits is None:
             raise ValueError("PromptKD trains on packed student features + teacher logits "
                              "(encode_images in train mode)")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlprompt.backbones.base import Backbone
-from vlprompt.methods.base import LossTerms, MethodContext
+from vlprompt.methods.base import LossTerms, MethodContext, PacksTrainFeatures
 from vlprompt.methods.ivlp.model import IVLP
 from vlprompt.methods.promptsrc.config import PromptSRCConfig
 
@@ -54,7 +54,7 @@ def teacher_templates(n: int) -> list[str]:
     return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES[:n]]
 
 
-class PromptSRC(IVLP):
+class PromptSRC(PacksTrainFeatures, IVLP):
     """IVLP + self-regulating consistency terms + Gaussian prompt aggregation."""
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: PromptSRCConfig,
@@ -79,16 +79,6 @@ class PromptSRC(IVLP):
         frozen = self.backbone.encode_image(images).to(prompted.dtype)
         return torch.cat([prompted, frozen], dim=-1)  # [B, 2E]
 
-    def _split(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
-        e = self.backbone.embed_dim
-        if features.shape[-1] == 2 * e:
-            return features[..., :e], features[..., e:]
-        return features, None
-
-    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
-        """CLIP logits of the prompted image features (the frozen half of packed features is ignored)."""
-        return super().logits(self._split(image_features)[0], text_features)
-
     def training_loss(self, features: Tensor, labels: Tensor) -> LossTerms:
         """Named loss terms and logits ``[B, n_cls]`` from packed ``[B, 2E]`` prompted + frozen image features.
 
@@ -97,7 +87,7 @@ class PromptSRC(IVLP):
         dimension, summed over images); ``scl_logits``: KL(frozen || prompted) summed over classes / n_cls.
         Their sum equals the authors' ``loss_ce + L_SCL_text + L_SCL_image + L_SCL_logits`` of one batch.
         """
-        prompted, frozen = self._split(features)
+        prompted, frozen = self.split_packed(features)
         if frozen is None:
             raise ValueError("PromptSRC trains on packed prompted + frozen image features "
                              "(encode_images in train mode)")
