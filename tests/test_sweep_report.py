@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -108,20 +109,26 @@ def test_paper_data_is_well_formed_and_self_consistent():
     assert "Table 1" in raw["about"] and "Table 3" in raw["about"] and "LoCoOp" in raw["about"]
     # CoCoOp / LoCoOp ...; KgCoOp README; Tip-Adapter exp.log; MaPLe + PromptSRC READMEs; TPT README; TDA README
     # + APE's notebook and GDA's exp.log (1-16 shots); GalLoP's README OOD table (11 rows x 4 sets + average) and
-    # NegRefine's README table (6 vlprompt OOD sets)
-    assert len(entries) == 39 + 5 + 165 + 13 + 36 + 51 + 220 + 11 * 5 + 6
+    # NegRefine's README table (6 vlprompt OOD sets); issue 30 (scripts/paper_base2new_tables.py): MMA's and
+    # CoPrompt's README averages (6 + 6), DePT's image average panel (10 rows of vlprompt methods) and PromptKD's
+    # image Table 1 (6 rows x (11 datasets + average))
+    assert len(entries) == 39 + 5 + 165 + 13 + 36 + 51 + 220 + 11 * 5 + 6 + 6 + 6 + 10 + 6 * 12
     datasets, methods = set(list_datasets()), set(list_methods())
-    # methods the tables compare with that vlprompt lacks; gallop is registered by the GalLoP branch of issue 29
-    known = methods | set(REFERENCE_ONLY_METHODS) | {"gallop"}
+    # methods the tables compare with that vlprompt lacks; gallop is registered by the GalLoP branch of issue 29,
+    # promptkd by the PromptKD branch of issue 30
+    pending = {"gallop", "promptkd"}
+    known = methods | set(REFERENCE_ONLY_METHODS) | pending
     for e in entries:
         # a test-time label "A+B" (tpt+coop) names two methods: A started from B's prompt
         assert e.paper in raw["papers"] and set(e.method.split("+")) <= known, e
-        assert set(e.method.split("+")) <= methods or e.setting == "ood", e  # reference-only methods: OOD only
+        assert set(e.method.split("+")) <= methods | pending or e.setting == "ood", e  # reference-only: OOD only
         assert e.dataset in datasets | {"average"}
         assert all(0 <= v <= 100 for v in e.values.values())
         if e.setting == "base2new":
             assert set(e.values) == {"base", "new", "H"}
-            assert abs(harmonic_mean(e.values["base"], e.values["new"]) - e.values["H"]) <= 0.01, e
+            # PromptKD's image prints two H cells that are not the harmonic mean (its source says so)
+            assert abs(harmonic_mean(e.values["base"], e.values["new"]) - e.values["H"]) <= 0.01 or (
+                e.paper == "promptkd" and "is not the harmonic mean" in e.source), e
         elif e.setting == "dg":
             assert set(e.values) <= datasets and e.dataset in e.values
         elif e.setting == "ood":  # ImageNet ID; the OOD benchmark sets by registry name; commit-pinned READMEs
@@ -148,7 +155,9 @@ def test_paper_data_is_well_formed_and_self_consistent():
                 and all(getattr(e, f) == getattr(avg, f) for f in same_row)]
         if avg.datasets:  # published without per-dataset rows (KgCoOp's README): the datasets it covers
             assert not rows and len(avg.datasets) == 11 and set(avg.datasets) <= datasets, avg
-            assert averaged_datasets(entries, avg) == set(avg.datasets) and "@" in avg.source
+            # commit-pinned: "<file> @ <commit>" or a GitHub /blob/<commit>/ address
+            pinned = "@" in avg.source or re.search(r"/blob/[0-9a-f]{40}/", avg.source)
+            assert averaged_datasets(entries, avg) == set(avg.datasets) and pinned, avg
             continue
         assert {r.dataset for r in rows} == averaged_datasets(entries, avg)
         expected = 10 if avg.setting == "tta" and "Cross-Domain" in avg.table else {"ood": 4, "tta": 5}.get(
@@ -176,8 +185,8 @@ def test_paper_selection_and_backbone_names():
     assert select_papers(entries, ["all"]) == entries
     assert select_papers(entries, ["CoCoOp"]) == [e for e in entries if e.paper == "cocoop"]
     assert {e.paper for e in select_papers(entries, ["kgcoop", "tip_adapter"])} == {"kgcoop", "tip_adapter"}
-    with pytest.raises(DataError, match="choose from ape, cocoop, gallop, gda, kgcoop, maple, negrefine, promptsrc, "
-                                        "tda, tip_adapter, tpt, all"):
+    with pytest.raises(DataError, match="choose from ape, cocoop, coprompt, dept, gallop, gda, kgcoop, maple, mma, "
+                                        "negrefine, promptkd, promptsrc, tda, tip_adapter, tpt, all"):
         select_papers(entries, ["nope"])
     assert normalize_backbone("ViT-B/16") == normalize_backbone("ViT-B-16-quickgelu") == "vit-b-16"
 
