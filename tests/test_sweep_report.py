@@ -114,14 +114,11 @@ def test_paper_data_is_well_formed_and_self_consistent():
     # image Table 1 (6 rows x (11 datasets + average))
     assert len(entries) == 39 + 5 + 165 + 13 + 36 + 51 + 220 + 11 * 5 + 6 + 6 + 6 + 10 + 6 * 12
     datasets, methods = set(list_datasets()), set(list_methods())
-    # methods the tables compare with that vlprompt lacks; gallop is registered by the GalLoP branch of issue 29,
-    # promptkd by the PromptKD branch of issue 30
-    pending = {"gallop", "promptkd"}
-    known = methods | set(REFERENCE_ONLY_METHODS) | pending
+    known = methods | set(REFERENCE_ONLY_METHODS)
     for e in entries:
         # a test-time label "A+B" (tpt+coop) names two methods: A started from B's prompt
         assert e.paper in raw["papers"] and set(e.method.split("+")) <= known, e
-        assert set(e.method.split("+")) <= methods | pending or e.setting == "ood", e  # reference-only: OOD only
+        assert set(e.method.split("+")) <= methods or e.setting == "ood", e  # reference-only: OOD only
         assert e.dataset in datasets | {"average"}
         assert all(0 <= v <= 100 for v in e.values.values())
         if e.setting == "base2new":
