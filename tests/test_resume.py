@@ -139,7 +139,7 @@ def test_per_iteration_schedule_resumes_with_the_rates_of_an_uninterrupted_run(t
 
     rates: list[float] = []
     original_set_lr, original_save = loop_mod.set_lr, loop_mod.save_training_state
-    monkeypatch.setattr(loop_mod, "set_lr", lambda opt, lr: (rates.append(lr), original_set_lr(opt, lr)))
+    monkeypatch.setattr(loop_mod, "set_lr", lambda opt, lr, **kw: (rates.append(lr), original_set_lr(opt, lr, **kw)))
     trainer_mod.train(config_from_dict(raw("full")))
     full, ref = list(rates), read_prompt(tmp_path / "full" / "prompt.safetensors")[0]["prompt_learner.ctx"]
     per_step = [r for i, r in enumerate(full) if i % 4]  # each epoch: its first rate, then one before each step
