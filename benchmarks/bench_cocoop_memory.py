@@ -1,6 +1,7 @@
 """Peak memory and time of one CoCoOp training step at many classes (vlprompt's batched path only).
 
     python benchmarks/bench_cocoop_memory.py [--model ViT-B-16] [--classes 1000] [--batch 8] [--device cuda]
+        [--json out.json]
 
 The reference implementation runs one full 77-token text pass per image (batch size 1 in its configs);
 vlprompt runs B x n_cls prompts per step, each image's SOS + context encoded once and shared by its
@@ -15,12 +16,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from vlprompt.backbones.openclip import load_backbone
-from vlprompt.methods.registry import build_method
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import append_rows  # noqa: E402
+
+from vlprompt.backbones.openclip import load_backbone  # noqa: E402
+from vlprompt.methods.registry import build_method  # noqa: E402
 
 
 def main() -> None:
@@ -30,6 +36,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--precision", choices=("fp32", "amp"), default="fp32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", type=Path, default=None, help="append the result row to this JSON file")
     args = ap.parse_args()
     device = torch.device(args.device)
     backbone = load_backbone(args.model, None, device=device)
@@ -51,14 +58,22 @@ def main() -> None:
     opt.zero_grad()
     loss.backward()
     opt.step()
+    row: dict[str, object] = {"step": f"CoCoOp {args.model}, {args.classes} classes, batch {args.batch}, "
+                                      f"{args.precision}"}
     if device.type == "cuda":
         torch.cuda.synchronize()
-        peak = f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        row["step_s"] = time.perf_counter() - t0
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        peak = f"peak CUDA memory {row['peak_gib']:.1f} GiB"
     else:
+        row["step_s"] = time.perf_counter() - t0
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        row.update(peak_rss_gib=rss, rss_before_step_gib=rss0)
         peak = f"peak resident memory {rss:.1f} GiB (model and setup before the step: {rss0:.1f} GiB)"
-    print(f"CoCoOp {args.model}, {args.classes} classes, batch {args.batch}, {args.precision}, {device}: "
-          f"{time.perf_counter() - t0:.1f} s/step, {peak}")
+    print(f"{row['step']}, {device}: {row['step_s']:.1f} s/step, {peak}")
+    if args.json is not None:
+        append_rows(args.json, [row], model=args.model, device=str(device), classes=args.classes, batch=args.batch,
+                    precision=args.precision)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Time per training step of the deep-prompt methods (MaPLe, PromptSRC, IVLP): vlprompt vs the plain forward.
 
     python benchmarks/bench_deep_prompts.py [--model ViT-B-16-quickgelu] [--classes 50]
-        [--methods maple promptsrc] [--batch 4] [--rounds 5] [--json out.json] [--device cpu]
+        [--methods maple promptsrc] [--batch 4] [--rounds 5] [--json out.json] [--device cpu] [--check 1e-4]
 
 The plain forward is what the authors' code runs (muzairkhattak/multimodal-prompt-learning
 trainers/maple.py and muzairkhattak/PromptSRC trainers/promptsrc.py ``TextEncoder.forward``): every class
@@ -15,8 +15,9 @@ Both paths are the *same method object* on the same random weights: the plain pa
 text encoder (``encode_text_deep_shared`` as seen by ``methods/ivlp/prompt.py``) for a full-length call
 of :func:`vlprompt.backbones.deep_prompts.encode_text_deep` on prompts padded with the pad token to the
 context length. Before timing, one step of each runs from the same parameters on the same batch and the
-two losses are printed (they must agree). Steps then alternate (one plain, ``--ours-per-round``
-vlprompt, per round; median of the per-round ratios); ``os.getloadavg()`` is printed with each row.
+two losses are printed (they must agree; ``--check TOL`` exits non-zero unless they do within TOL). Steps then
+alternate (one plain, ``--ours-per-round`` vlprompt, per round; median of the per-round ratios);
+``os.getloadavg()`` is printed with each row.
 A step is forward + loss + backward + SGD update (authors' optimiser: SGD); data loading is excluded.
 """
 
@@ -133,6 +134,9 @@ def main() -> None:
     ap.add_argument("--ours-per-round", type=int, default=1, help="vlprompt steps per round (their median)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     ap.add_argument("--json", type=Path, default=None, help="append the result rows to this JSON file")
+    ap.add_argument("--check", type=float, default=None, metavar="TOL",
+                    help="exit non-zero (after writing the rows) if the two paths' first losses differ by more than "
+                         "TOL (fp32: 1e-4 is float rounding; measured <= 1e-6)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -142,6 +146,10 @@ def main() -> None:
     rows = [bench(name, backbone, n, args, device) for n in args.classes for name in args.methods]
     if args.json is not None:
         append_rows(args.json, rows, model=args.model, device=str(device))
+    bad = [r for r in rows if args.check is not None and not r["loss_diff"] <= args.check]
+    if bad:
+        raise SystemExit("equivalence check failed: " + "; ".join(
+            f"{r['step']}: |loss diff| {r['loss_diff']:.1e} > {args.check:g}" for r in bad))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """One line per text-tower kind: a CoOp / CoCoOp training step, plain path vs vlprompt's (ratios).
 
-    python benchmarks/bench_tower_kinds.py [--classes 50] [--cocoop-classes 20] [--device cpu]
+    python benchmarks/bench_tower_kinds.py [--classes 50] [--cocoop-classes 20] [--device cpu] [--json out.json]
 
 Random weights, real architecture shapes: ViT-B-16 (causal, EOT pooling), a SigLIP ViT-B-16 text tower
 (bidirectional, ``last`` pooling; its sentencepiece tokenizer cannot be fetched offline, so the shape
@@ -18,16 +18,20 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from vlprompt.backbones.openclip import load_backbone
-from vlprompt.methods.registry import build_method
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import append_rows, timed  # noqa: E402
+
+from vlprompt.backbones.openclip import load_backbone  # noqa: E402
+from vlprompt.methods.registry import build_method  # noqa: E402
 
 MODELS = ["ViT-B-16", "bench-lastpool-b16-text", "MobileCLIP-S1", "coca_ViT-B-32"]
 
@@ -47,12 +51,9 @@ def _register_siglip_shape() -> None:
     open_clip.add_model_config(folder)
 
 
-def _time(step: Callable[[], None], repeats: int) -> float:
+def _time(step: Callable[[], None], repeats: int, device: torch.device) -> float:
     step()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - t0) / repeats
+    return timed(lambda: [step() for _ in range(repeats)], device) / repeats  # synchronised on CUDA
 
 
 def _plain_text(backbone, pl, ctx=None):
@@ -65,14 +66,15 @@ def _plain_text(backbone, pl, ctx=None):
     return F.normalize(feats.float(), dim=-1)
 
 
-def bench(name: str, args: argparse.Namespace) -> None:
+def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
     backbone = load_backbone(name, None, device=args.device)
+    device = torch.device(args.device)
     kind = backbone.text_facts.kind
     names = [f"class number {i}" for i in range(args.classes)]
     coop = build_method("coop", backbone, names, n_ctx=16)
     opt = torch.optim.SGD([coop.ctx], lr=0.002)
-    feats = torch.randn(32, backbone.embed_dim)
-    labels = torch.randint(0, args.classes, (32,))
+    feats = torch.randn(32, backbone.embed_dim, device=device)
+    labels = torch.randint(0, args.classes, (32,), device=device)
 
     def plain() -> None:
         loss = F.cross_entropy(coop.logits(feats, _plain_text(backbone, coop.prompt_learner)), labels)
@@ -86,7 +88,7 @@ def bench(name: str, args: argparse.Namespace) -> None:
         loss.backward()
         opt.step()
 
-    t_plain, t_ours = _time(plain, args.repeats), _time(ours, args.repeats)
+    t_plain, t_ours = _time(plain, args.repeats, device), _time(ours, args.repeats, device)
     line = (f"{name:24s} {kind:12s} CoOp {args.classes} cls: plain {t_plain:7.3f} s, ours {t_ours:7.3f} s, "
             f"{t_plain / t_ours:5.1f}x")
     n = args.cocoop_classes
@@ -110,9 +112,13 @@ def bench(name: str, args: argparse.Namespace) -> None:
         loss.backward()
         opt2.step()
 
-    c_plain, c_ours = _time(plain_cocoop, args.repeats), _time(ours_cocoop, args.repeats)
+    c_plain, c_ours = _time(plain_cocoop, args.repeats, device), _time(ours_cocoop, args.repeats, device)
     print(f"{line} | CoCoOp {n} cls x 4 img: plain {c_plain:7.3f} s, ours {c_ours:7.3f} s, {c_plain / c_ours:5.1f}x",
           flush=True)
+    return {"name": f"{name} ({kind})", "coop_plain_s": t_plain, "coop_vlprompt_s": t_ours,
+            "coop_ratio": t_plain / t_ours,
+            "cocoop_plain_s": c_plain, "cocoop_vlprompt_s": c_ours, "cocoop_ratio": c_plain / c_ours,
+            "classes": args.classes, "cocoop_classes": n}
 
 
 def main() -> None:
@@ -122,11 +128,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--json", type=Path, default=None, help="append the result rows to this JSON file")
     args = ap.parse_args()
     _register_siglip_shape()
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, random weights")
-    for name in args.models:
-        bench(name, args)
+    rows = [bench(name, args) for name in args.models]
+    if args.json is not None:
+        append_rows(args.json, rows, device=args.device)
 
 
 if __name__ == "__main__":
