@@ -21,11 +21,30 @@ Two more exact savings:
 * last layer: only each prompt's EOT row is read out, so the queries, the output projection and
   the MLP of the last block run on the ``G*n`` EOT rows only (keys / values still on all rows).
 
-Why length buckets (measured on CPU, 1 thread, open_clip ViT-B-16 text tower (width 512, 12 layers,
-random init), prompts ``"X X X X {name}."`` over open_clip's ImageNet class names, forward + backward
-to the prefix, interleaved rounds, medians, on a loaded 2-core machine (load 3.8-5.2)):
+Why length buckets: measured on CPU, 1 thread, open_clip's ViT-B-16 text tower (width 512, 12 layers, random
+init), prompts ``"X X X X {name}."`` over open_clip's ImageNet class names (suffix = name + period + EOT:
+mean 4.4 rows, max 9 over the first 50; mean 4.2, max 13 over all 1000), forward + backward to the prefix,
+rounds interleaved, medians; a loaded 2-core machine (load 3.8-6), so the ratios are the message, not the
+seconds. Every candidate packs the per-token work; they differ only in the attention of the suffix rows:
 
-__NUMBERS__
+===========================  =============  ======  ==============  ================  ==============
+case                         suffix rows    padded  length buckets  padded attention  block-diagonal
+===========================  =============  ======  ==============  ================  ==============
+CoOp, 50 names               450 -> 219     2.38 s  1.31 s (1.81x)  1.39 s (1.71x)    1.39 s (1.71x)
+CoCoOp, 4 images x 50 names  450 -> 219     8.52 s  4.62 s (1.85x)  5.02 s (1.70x)    6.65 s (1.28x)
+CoOp, 1000 names             13000 -> 4165  67.1 s  17.7 s (3.79x)  25.9 s (2.59x)    not run
+===========================  =============  ======  ==============  ================  ==============
+
+``padded``: the pass of earlier versions (every prompt runs the longest suffix; ``packed=False`` here, same
+cost within 6 %). ``padded attention``: packed rows scattered into the ``[G*n, S]`` grid for one attention
+call and gathered back (the scatter / gather and the padded attention cost more than the bucket loop).
+``block-diagonal``: one attention call over all ``R`` packed rows with an ``[R, G*P + R]`` mask (quadratic in
+R: already behind at 4 x 50 prompts; at 1000 names R = 4165 per group). Nested (jagged) tensors: torch
+2.14's jagged ``scaled_dot_product_attention`` takes no ``attn_mask`` ("Masks are not yet supported!"), and
+the suffix queries need one (every prefix key + their own earlier keys: causal, but not square). Length
+buckets run about 10 attention calls per block on ImageNet's names, with no padding and no mask beyond
+``[l, P + l]``. Rerun: ``python benchmarks/bench_packed_text.py`` (padded vs packed, the same three cases;
+on this machine 1.71x, 2.02x and 3.43x).
 
 Only open_clip's standard ``ResidualAttentionBlock`` (``nn.MultiheadAttention``) is supported; other
 blocks fall back to the plain path (:func:`supports_shared_prefix`).
