@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import append_rows  # noqa: E402
+from timing import NAME_SETS, append_rows, class_names  # noqa: E402
 
 from vlprompt.backbones.openclip import load_backbone  # noqa: E402
 from vlprompt.methods.registry import build_method  # noqa: E402
@@ -33,6 +33,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="ViT-B-16")
     ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--names", default="imagenet", choices=NAME_SETS,
+                    help="class names: the first --classes ImageNet names, DTD's 47, or 'class number {i}'")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--precision", choices=("fp32", "amp"), default="fp32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -40,12 +42,12 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     backbone = load_backbone(args.model, None, device=device)
-    names = [f"class number {i}" for i in range(args.classes)]
+    names = class_names(args.names, args.classes)
     method = build_method("cocoop", backbone, names).to(device)
     opt = torch.optim.SGD([p for _, p in method.learned_parameters()], lr=0.002, momentum=0.9)
     feats = backbone.encode_image(torch.randn(args.batch, 3, backbone.image_size, backbone.image_size,
                                               device=device))
-    labels = torch.randint(0, args.classes, (args.batch,), device=device)
+    labels = torch.randint(0, len(names), (args.batch,), device=device)
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "amp"
            else contextlib.nullcontext())
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
@@ -58,7 +60,7 @@ def main() -> None:
     opt.zero_grad()
     loss.backward()
     opt.step()
-    row: dict[str, object] = {"step": f"CoCoOp {args.model}, {args.classes} classes, batch {args.batch}, "
+    row: dict[str, object] = {"step": f"CoCoOp {args.model}, {len(names)} {args.names} classes, batch {args.batch}, "
                                       f"{args.precision}"}
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -72,8 +74,8 @@ def main() -> None:
         peak = f"peak resident memory {rss:.1f} GiB (model and setup before the step: {rss0:.1f} GiB)"
     print(f"{row['step']}, {device}: {row['step_s']:.1f} s/step, {peak}")
     if args.json is not None:
-        append_rows(args.json, [row], model=args.model, device=str(device), classes=args.classes, batch=args.batch,
-                    precision=args.precision)
+        append_rows(args.json, [row], model=args.model, device=str(device), classes=len(names), names=args.names,
+                    batch=args.batch, precision=args.precision)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from vlprompt.backbones.openclip import load_backbone
 from vlprompt.methods.registry import build_method
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import append_rows, load, machine_line, peak_gib, timed  # noqa: E402
+from timing import NAME_SETS, append_rows, class_names, load, machine_line, peak_gib, timed  # noqa: E402
 
 
 def plain_text_pass(backbone: Any, ctx: Tensor, sos: Tensor, suffix: Tensor, eot_in_suffix: Tensor,
@@ -70,7 +70,8 @@ def plain_text() -> Iterator[None]:
 
 
 def bench(name: str, backbone: Any, n_cls: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    names = [f"class number {i}" for i in range(n_cls)]
+    names = class_names(args.names, n_cls)
+    n_cls = len(names)
     gen = torch.Generator().manual_seed(0)
     size = backbone.image_size
     images = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
@@ -106,7 +107,8 @@ def bench(name: str, backbone: Any, n_cls: int, args: argparse.Namespace, device
         t_ours.append(statistics.median(timed(step, device) for _ in range(args.ours_per_round)))
     ratios = [p / o for p, o in zip(t_plain, t_ours)]
     row: dict[str, Any] = {
-        "step": f"{name} {args.model}, {n_cls} classes, batch {args.batch}", "method": name, "classes": n_cls,
+        "step": f"{name} {args.model}, {n_cls} {args.names} classes, batch {args.batch}", "method": name,
+        "classes": n_cls, "names": args.names,
         "plain_s": statistics.median(t_plain), "vlprompt_s": statistics.median(t_ours),
         "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
         "rounds": args.rounds, "loss_plain": float(l_plain), "loss_vlprompt": float(l_ours), "loss_diff": diff,
@@ -125,6 +127,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="ViT-B-16-quickgelu", help="an open_clip ViT model (random init)")
     ap.add_argument("--classes", type=int, nargs="+", default=[50])
+    ap.add_argument("--names", default="imagenet", choices=NAME_SETS,
+                    help="class names: the first --classes ImageNet names, DTD's 47, or 'class number {i}'")
     ap.add_argument("--methods", nargs="+", default=["maple", "promptsrc"],
                     choices=["maple", "promptsrc", "ivlp", "deep_language"])
     ap.add_argument("--batch", type=int, default=4, help="images per step (the authors' configs: 4)")

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import append_rows, timed  # noqa: E402
+from timing import NAME_SETS, append_rows, class_names, timed  # noqa: E402
 
 from vlprompt.backbones.openclip import load_backbone  # noqa: E402
 from vlprompt.methods.registry import build_method  # noqa: E402
@@ -70,11 +70,11 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
     backbone = load_backbone(name, None, device=args.device)
     device = torch.device(args.device)
     kind = backbone.text_facts.kind
-    names = [f"class number {i}" for i in range(args.classes)]
+    names = class_names(args.names, args.classes)
     coop = build_method("coop", backbone, names, n_ctx=16)
     opt = torch.optim.SGD([coop.ctx], lr=0.002)
     feats = torch.randn(32, backbone.embed_dim, device=device)
-    labels = torch.randint(0, args.classes, (32,), device=device)
+    labels = torch.randint(0, len(names), (32,), device=device)
 
     def plain() -> None:
         loss = F.cross_entropy(coop.logits(feats, _plain_text(backbone, coop.prompt_learner)), labels)
@@ -89,7 +89,7 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
         opt.step()
 
     t_plain, t_ours = _time(plain, args.repeats, device), _time(ours, args.repeats, device)
-    line = (f"{name:24s} {kind:12s} CoOp {args.classes} cls: plain {t_plain:7.3f} s, ours {t_ours:7.3f} s, "
+    line = (f"{name:24s} {kind:12s} CoOp {len(names)} {args.names} cls: plain {t_plain:7.3f} s, ours {t_ours:7.3f} s, "
             f"{t_plain / t_ours:5.1f}x")
     n = args.cocoop_classes
     cocoop = build_method("cocoop", backbone, names[:n], n_ctx=4)
@@ -118,12 +118,14 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"name": f"{name} ({kind})", "coop_plain_s": t_plain, "coop_vlprompt_s": t_ours,
             "coop_ratio": t_plain / t_ours,
             "cocoop_plain_s": c_plain, "cocoop_vlprompt_s": c_ours, "cocoop_ratio": c_plain / c_ours,
-            "classes": args.classes, "cocoop_classes": n}
+            "classes": len(names), "names": args.names, "cocoop_classes": n}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classes", type=int, default=50)
+    ap.add_argument("--names", default="imagenet", choices=NAME_SETS,
+                    help="class names: the first --classes ImageNet names, DTD's 47, or 'class number {i}'")
     ap.add_argument("--cocoop-classes", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cpu")

@@ -67,3 +67,33 @@ def imagenet_class_names(n: int) -> list[str]:
     if n > len(names):
         raise SystemExit(f"--classes: at most {len(names)}")
     return names[:n]
+
+
+#: DTD's 47 class names, as CoOp's ``datasets/dtd.py`` reads them (the sorted folders of ``dtd/images``).
+DTD_FILE = Path(__file__).resolve().parent / "data" / "dtd_classes.json"
+
+#: The class-name sets of ``--names``: real names of varying token lengths (the default), or the uniform
+#: "class number {i}" of the earlier tables (every name 3 word tokens), kept only as a labelled extra row.
+NAME_SETS = ("imagenet", "dtd", "numbered")
+
+
+def dtd_class_names() -> list[str]:
+    """DTD's 47 class names (``banded`` ... ``zigzagged``)."""
+    return list(json.loads(DTD_FILE.read_text())["dtd_classes"])
+
+
+def class_names(kind: str, n: int) -> list[str]:
+    """``n`` class names of the set ``kind`` (:data:`NAME_SETS`): the first ``n`` ImageNet names (open_clip's
+    ``IMAGENET_CLASSNAMES``, the same list as ``data/imagenet_classes.json``), DTD's 47 names (all of them, whatever
+    ``n``), or ``"class number {i}"``."""
+    if kind == "imagenet":
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        if n > len(IMAGENET_CLASSNAMES):
+            raise SystemExit(f"error: --classes: at most {len(IMAGENET_CLASSNAMES)} ImageNet names")
+        return list(IMAGENET_CLASSNAMES[:n])
+    if kind == "dtd":
+        return dtd_class_names()
+    if kind == "numbered":
+        return [f"class number {i}" for i in range(n)]
+    raise SystemExit(f"error: --names must be among {', '.join(NAME_SETS)}, got {kind!r}")

@@ -32,7 +32,14 @@ from vlprompt.data.loading import ImageDataset
 from vlprompt.data.pipeline import PreparedData
 from vlprompt.engine.checkpoint import resume_training_state, save_training_state
 from vlprompt.engine.distributed import SINGLE, DistContext, main_only, reseed_worker_rng
-from vlprompt.engine.features import encode_items, feature_loader, image_encoding, train_batches, view_loader
+from vlprompt.engine.features import (
+    encode_batch,
+    encode_items,
+    feature_loader,
+    image_encoding,
+    train_batches,
+    view_loader,
+)
 from vlprompt.engine.loss_step import backward_terms
 from vlprompt.engine.optim import build_optimizer, epochs_for, lr_at_step, set_lr
 from vlprompt.engine.run import autocast
@@ -147,7 +154,7 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, cfg.train.compute_precision):
             # else: cached features, or a method's multi-view images [B, V, 3, H, W] (its training_transform)
-            feats = method.encode_images(images) if images.dim() == 4 else images
+            feats = encode_batch(method, images) if images.dim() == 4 else images
             out = loss_fn(feats, labels)
         optimizer.zero_grad(set_to_none=True)
         if lr_at is not None:
