@@ -118,6 +118,11 @@ class SuffixLayout:
         g, s = groups, suffix_len
         eot = eot_in_suffix.detach().to("cpu", torch.long)
         n = eot.shape[0]
+        if not packed:  # one bucket of every prompt's S rows: no value of `eot` decides the layout (traceable)
+            rows, e = torch.arange(n * s), eot.repeat(g)
+            return SuffixLayout([s], [n], torch.arange(n, device=device), rows.to(device),
+                                rows.repeat(g).to(device) if g > 1 else None, (torch.arange(g * n) * s + e).to(device),
+                                [e.to(device)], torch.arange(g * n, device=device))
         if n == 0 or int(eot.min()) < 0 or int(eot.max()) >= s:
             raise ValueError(f"EOT positions must lie in the suffix of {s} tokens")
         length = eot + 1 if packed else torch.full_like(eot, s)
@@ -185,7 +190,9 @@ def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffi
     device = prefix.device
     if any(d.shape[0] != p - 1 for d in deep):
         raise ValueError(f"deep prompts must replace the {p - 1} prefix tokens after SOS")
-    lay = SuffixLayout.build(g, s, eot_in_suffix, packed=packed, device=device)
+    # torch.export (ONNX) treats the EOT positions as data, so the packed layout (built from their values) cannot be
+    # traced: the padded layout is exact too and speed does not matter there
+    lay = SuffixLayout.build(g, s, eot_in_suffix, packed=packed and not torch.compiler.is_exporting(), device=device)
     pos = text.positional_embedding.to(cast)
     hp = (prefix.to(cast) + pos[:p]).reshape(g * p, w)
     hs = (suffix.to(cast) + pos[p : p + s]).reshape(n * s, w).index_select(0, lay.gather)

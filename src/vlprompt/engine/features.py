@@ -80,8 +80,7 @@ def encode_batch(method: Any, images: Tensor) -> Tensor:
     augmentation), in the layout the image tower runs fastest on (:func:`channels_last_helps`). A frozen tower
     records no autograd graph here already (no parameter requires a gradient; ``nn.MultiheadAttention`` then takes
     its fused inference kernel), so grad mode is left as it is: methods that train their encoders still get theirs."""
-    backbone = getattr(method, "backbone", None)
-    if channels_last_helps(backbone, images):
+    if channels_last_helps(method.backbone, images):
         images = images.contiguous(memory_format=torch.channels_last)
     return method.encode_images(images)
 
