@@ -36,10 +36,9 @@ W = 0.7
 
 
 @pytest.fixture(scope="module")
-def vit():
-    from vlprompt.backbones.openclip import load_backbone
-
-    return load_backbone("vlprompt-test-vit", None)
+def vit(vit_backbone):
+    """The session's tiny ViT backbone (tests/conftest.py), loaded once for the whole suite."""
+    return vit_backbone
 
 
 @pytest.fixture(scope="module")

@@ -92,10 +92,9 @@ def ref_logits(vit, m, images, s):
 
 # ------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def vit():
-    from vlprompt.backbones.openclip import load_backbone
-
-    return load_backbone("vlprompt-test-vit", None)
+def vit(vit_backbone):
+    """The session's tiny ViT backbone (tests/conftest.py), loaded once for the whole suite."""
+    return vit_backbone
 
 
 @pytest.fixture(scope="module")
