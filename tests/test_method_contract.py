@@ -204,7 +204,10 @@ def test_two_simulated_ranks_give_the_single_process_gradient(name, backbone):
     summed = {k: [sum(r[k][i] for r in per_rank) for i in range(len(params))] for k in per_rank[0]}
     grads = method.combine_gradients(summed) if caps.owns_gradient_step else summed["all"]
     for p, a, b in zip(params, grads, single):
-        torch.testing.assert_close(torch.zeros_like(p) if a is None else a, b, rtol=1e-4, atol=3e-5)
+        # float32 summation order differs between the split and the whole batch: the absolute tolerance scales with
+        # the gradient's size (PromptKD's projector gradients reach ~7; a CI machine differed by 3.3e-5 there)
+        scale = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(torch.zeros_like(p) if a is None else a, b, rtol=1e-4, atol=3e-5 * scale)
 
 
 # ------------------------------------------------------------------------------------ through the trainer

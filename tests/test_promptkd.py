@@ -116,9 +116,11 @@ def test_forward_loss_and_gradients_match_the_authors(towers):
 
     torch.testing.assert_close(out.logits, stu_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.total(), loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(student.vision_ctx.grad, ctx.grad, rtol=1e-3, atol=1e-6)
-    torch.testing.assert_close(student.vision_deep[0].grad, deep[0].grad, rtol=1e-3, atol=1e-6)
-    torch.testing.assert_close(lin1.weight.grad, proj.conv1[0].weight.grad[:, :, 0, 0], rtol=1e-3, atol=1e-6)
+    # gradients: near-zero elements get an absolute tolerance relative to the largest one (float32 summation order
+    # differs between machines: a CI run differed by 1.25e-6 on a 1024-element projector gradient)
+    for ours, ref in ((student.vision_ctx.grad, ctx.grad), (student.vision_deep[0].grad, deep[0].grad),
+                      (lin1.weight.grad, proj.conv1[0].weight.grad[:, :, 0, 0])):
+        torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()))
     torch.testing.assert_close(bn.running_mean, proj.conv1[1].running_mean)  # BN statistics updated alike
 
 
