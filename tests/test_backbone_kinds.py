@@ -171,18 +171,21 @@ def test_refusal_names_method_backbone_and_reason():
     assert "locoop" in msg and "vlprompt-test-coca" in msg and "attention pool" in msg
 
 
-def test_models_command_lists_kind_family_and_methods(capsys):
+def test_models_command_lists_kind_and_the_methods_that_run(capsys):
     from vlprompt.cli.main import main
 
     assert main(["models", "--filter", "B-16-SigLIP2-256"]) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ViT-B-16-SigLIP2-256")]
-    assert len(lines) == 1
-    fields = lines[0].split()
-    assert fields[1:3] == ["open_clip", "bidir-last"]
-    assert "coop" in lines[0] and "cocoop" in lines[0] and "locoop" not in lines[0] and "webli" in lines[0]
+    out = capsys.readouterr().out.splitlines()
+    rows = [i for i, ln in enumerate(out) if ln.startswith("ViT-B-16-SigLIP2-256")]
+    assert len(rows) == 1
+    fields = out[rows[0]].split()
+    assert fields[1] == "bidir-last" and fields[2].startswith("timm:") and "webli" in out[rows[0]]
+    runs = next(ln for ln in out[rows[0]:] if ln.strip().startswith("methods:"))
+    # a timm image tower: deep vision prompts and local features refuse it, so they are not listed
+    assert "coop" in runs and "cocoop" in runs and "locoop" not in runs and "maple" not in runs
     assert main(["models", "--filter", "RN50-quickgelu"]) == 0
     out = capsys.readouterr().out
-    assert "causal-eot" in out and "locoop" in out and "openai" in out
+    assert "causal-eot" in out and "locoop" in out and "openai" in out and "maple" not in out
 
 
 def test_a_tokenizer_that_cannot_be_loaded_is_one_clear_error(tmp_path):

@@ -445,35 +445,9 @@ def cmd_import_split(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from vlprompt.backbones.base import TOWER_KINDS, backbone_families
-    from vlprompt.backbones.catalog import open_clip_catalog
-    from vlprompt.backbones.openclip import list_pretrained_tags
-    from vlprompt.methods.registry import get_method, list_methods
+    from vlprompt.cli.listing import list_models
 
-    methods = list_methods()
-    needs_local = {m for m in methods if get_method(m).capabilities_for().local_features}
-    print(f"{'model':36s} {'family':9s} {'text tower':12s} {'image tower':30s} methods; pretrained tags")
-    for entry in open_clip_catalog():
-        if args.filter and args.filter.lower() not in entry.name.lower():
-            continue
-        runs = [m for m in methods if entry.local_features or m not in needs_local]
-        tags = list_pretrained_tags(entry.name)
-        tag_text = ", ".join(tags) if tags else "(none: random init or a local file)"
-        needs = f" [needs {entry.needs}]" if entry.needs else ""
-        print(f"{entry.name:36s} {entry.family:9s} {entry.text_kind:12s} {entry.image_tower[:30]:30s} "
-              f"{','.join(runs)}; {tag_text}{needs}")
-    if not args.filter:
-        print("\ntext towers:")
-        for kind, text in TOWER_KINDS.items():
-            print(f"  {kind:12s} {text}")
-        print("families:")
-        for fam in backbone_families().values():
-            print(f"  {fam.name:9s} {('--model ' + fam.prefix + '...') if fam.prefix else '--model <name>':24s} "
-                  f"{fam.description}")
-        if needs_local:
-            print(f"{', '.join(sorted(needs_local))} need local image features: open_clip ViT / ModifiedResNet "
-                  "image towers only (docs/backbones.md)")
-    return 0
+    return list_models(args.filter)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -484,18 +458,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    import dataclasses
+    from vlprompt.cli.listing import list_methods
 
-    from vlprompt.methods.registry import get_method, list_methods
-
-    for name in list_methods():
-        entry = get_method(name)
-        opts = ", ".join(f"{f.name}" for f in dataclasses.fields(entry.config_cls))
-        print(f"{name:10s} options: {opts}")
-    return 0
+    return list_methods(list(args.names))
 
 
-# ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlprompt",
@@ -704,11 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="few-shot JSON to write")
     p.set_defaults(func=cmd_import_split)
 
-    p = sub.add_parser("models", help="list every open_clip architecture: family, text tower, methods, tags")
+    p = sub.add_parser("models", help="list every open_clip architecture: tower kinds, the methods that run on "
+                                      "it, pretrained tags")
     p.add_argument("--filter", help="only names containing this text")
     p.set_defaults(func=cmd_models)
     sub.add_parser("datasets", help="list dataset names").set_defaults(func=cmd_datasets)
-    sub.add_parser("methods", help="list methods and their options").set_defaults(func=cmd_methods)
+    p = sub.add_parser("methods", help="list methods; with names, their options and defaults")
+    p.add_argument("names", nargs="*", help="methods to show in full (options, defaults, help)")
+    p.set_defaults(func=cmd_methods)
     return parser
 
 
@@ -727,6 +697,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(exc, "relayed", False):  # a copy of rank 0's error under torchrun: rank 0 prints it
             print(f"{_rank_prefix()}error: {_capped(user_message(exc))}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (`vlprompt models | head`): nothing more to say
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished checkpoints and results are kept (resume with --resume)", file=sys.stderr)
         return 130
