@@ -407,7 +407,13 @@ def _build_method(values: Any) -> MethodSpec:
     values = dict(values)
     name = values.pop("name")
     entry = get_method(str(name))
-    return MethodSpec(str(name), build_dataclass(entry.config_cls, values, "method"))
+    try:
+        return MethodSpec(str(name), build_dataclass(entry.config_cls, values, "method"))
+    except ConfigError as exc:
+        if not str(exc).startswith("unknown option 'method."):
+            raise
+        raise ConfigError(f"{exc} (options of method '{name}'; --method {name} starts the method section from "
+                          f"its defaults, dropping another method's options)") from exc
 
 
 def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
@@ -531,11 +537,55 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML config (or start from defaults when ``path`` is None) and apply ``--set`` overrides."""
-    raw = read_yaml(path) if path is not None else {}
+#: The configs shipped inside the package (the repository's ``configs/`` links here): the authors' recipes per
+#: method / dataset / backbone / shots, the world's configs and the sweep files.
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_config_names(text: str = "") -> list[str]:
+    """The names of the packaged configs containing ``text`` (``coop/dtd/vit_b16_16shots``, ``sweeps/...``)."""
+    names = sorted(p.relative_to(PACKAGED_CONFIGS).with_suffix("").as_posix()
+                   for p in PACKAGED_CONFIGS.rglob("*.yaml"))
+    return [n for n in names if text.lower() in n.lower()]
+
+
+def resolve_config_path(spec: str | Path, what: str = "config file") -> Path:
+    """A config file: ``spec`` itself when it is a file, else the packaged config of that name
+    (``coop/dtd/vit_b16_16shots``, with or without ``configs/`` in front and ``.yaml`` behind), so that
+    ``-c coop/dtd/vit_b16_16shots`` works from any folder of an installed vlprompt."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = path.as_posix().strip()
+    for prefix in ("./", "configs/"):
+        name = name[len(prefix):] if name.startswith(prefix) else name
+    candidate = PACKAGED_CONFIGS / (name if name.endswith((".yaml", ".yml")) else name + ".yaml")
+    if name and ".." not in Path(name).parts and candidate.is_file():
+        return candidate
+    close = difflib.get_close_matches(name.removesuffix(".yaml"), packaged_config_names(), n=3, cutoff=0.7)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ConfigError(f"{what} '{spec}' does not exist: give a YAML file or the name of a packaged config "
+                      f"(`vlprompt config list TEXT` lists them).{hint}")
+
+
+def start_method(raw: dict[str, Any], method: str | None) -> dict[str, Any]:
+    """``--method NAME``: the method section becomes NAME's defaults; the config's method options are kept only
+    when it already names NAME (they belong to another method otherwise, e.g. CoOp's n_ctx for zero-shot)."""
+    if method is None:
+        return raw
+    section = raw.get("method")
+    if not (isinstance(section, dict) and section.get("name") == method):
+        raw["method"] = {"name": method}
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                method: str | None = None) -> ExperimentConfig:
+    """Load a YAML config (a file or a packaged config's name; defaults when ``path`` is None), start its method
+    section from ``method``'s defaults when given (:func:`start_method`) and apply ``--set`` overrides."""
+    raw = read_yaml(resolve_config_path(path)) if path is not None else {}
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{path}' must contain a mapping of sections, not {type(raw).__name__}")
-    return config_from_dict(apply_overrides(raw, list(overrides or [])))
+    return config_from_dict(apply_overrides(start_method(raw, method), list(overrides or [])))

@@ -17,12 +17,19 @@ from vlprompt.core.errors import VlpromptError, user_message
 from vlprompt.core.results import PROTOCOLS
 
 SEEDS_DEFAULT = "1,2,3"
+#: ``vlprompt train``'s run folder when neither the config nor --output-dir gives one
+DEFAULT_RUN_DIR = "runs/{method}/{dataset}/{model}_{shots}shots/seed{seed}"
 EPILOG = "Docs: README.md. Every option of a config can be overridden with --set section.option=value."
 
 
 # ------------------------------------------------------------------------------------ helpers
 def _add_config_args(p: argparse.ArgumentParser, *, config_required: bool = False) -> None:
-    p.add_argument("--config", "-c", required=config_required, help="YAML config file (see configs/)")
+    p.add_argument("--config", "-c", required=config_required,
+                   help="YAML config file, or a packaged config's name (e.g. coop/dtd/vit_b16_16shots; "
+                        "`vlprompt config list` lists them)")
+    p.add_argument("--method", help="start the method section from this method's defaults (e.g. --method kgcoop "
+                                    "on a CoOp config); the config's method options are dropped unless it names "
+                                    "the same method; --set method.<option>=... still applies")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config option, e.g. --set optim.lr=0.001 (repeatable)")
     p.add_argument("--model", help="shortcut for --set backbone.model=...")
@@ -49,7 +56,7 @@ def _overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None) ->
 def _load_cfg(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
     from vlprompt.config import load_config
 
-    return load_config(args.config, _overrides(args, extra))
+    return load_config(args.config, _overrides(args, extra), method=getattr(args, "method", None))
 
 
 def _print_table(text: str) -> None:
@@ -87,6 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vlprompt.engine.trainer import train
 
     cfg = _load_cfg(args, {"output_dir": "train.output_dir", "seed": "train.seed", "shots": "data.shots"})
+    if not cfg.train.output_dir:  # no config file, or one without a run folder: one per method / data / seed
+        cfg.train.output_dir = DEFAULT_RUN_DIR
     try:
         result = train(cfg, resume=args.resume)
     finally:
@@ -138,7 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         if not (args.config and args.prompt):
             raise VlpromptError("vlprompt eval needs --run RUN_FOLDER, or both --config and --prompt")
-        cfg = load_config(args.config, _overrides(args))
+        cfg = load_config(args.config, _overrides(args), method=args.method)
         prompt = Path(args.prompt)
         default_out = prompt.with_name(f"eval_{cfg.data.dataset}_{args.split}.json")
     output = Path(args.output) if args.output else default_out
@@ -457,6 +466,38 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``vlprompt config list [TEXT]`` / ``vlprompt config show NAME``: the packaged configs, one resolved."""
+    import yaml
+
+    from vlprompt.config import load_config, packaged_config_names
+
+    if args.action == "list":
+        names = packaged_config_names(args.name or "")
+        if not names:
+            raise VlpromptError(f"no packaged config name contains '{args.name}'; `vlprompt config list` lists all")
+        print("\n".join(names))
+        return 0
+    if not args.name:
+        raise VlpromptError("vlprompt config show needs a config (file or packaged name) or a method name")
+    from vlprompt.core.catalog import method_names
+
+    is_method = not Path(args.name).is_file() and args.name in method_names() and not args.config
+    path = None if is_method else args.name
+    overrides = _overrides(args)
+    missing_dataset = not any(o.startswith("data.dataset=") for o in overrides)
+    if is_method and missing_dataset:  # a method's defaults: the dataset is the user's to give
+        overrides.insert(0, "data.dataset=REQUIRED")
+    cfg = load_config(path, overrides, method=args.name if is_method else args.method)
+    text = yaml.safe_dump(cfg.as_dict(), sort_keys=False, default_flow_style=False)
+    if is_method and missing_dataset:
+        text = text.replace("dataset: REQUIRED", "dataset: REQUIRED  # e.g. dtd, imagefolder (with data.root), csv")
+    source = f"method {args.name}'s defaults" if is_method else f"{args.name}"
+    print(f"# resolved config: {source}; train with: vlprompt train -c FILE (after saving this), or add --set\n"
+          + text.rstrip())
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from vlprompt.cli.listing import list_methods
 
@@ -474,9 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vlprompt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="learn a prompt from a config", epilog=EPILOG,
-                       description="Train a prompt method (CoOp, ...) on a dataset; writes a run folder.")
-    _add_config_args(p, config_required=True)
+    p = sub.add_parser("train", help="learn a prompt (from a config, or from flags alone)", epilog=EPILOG,
+                       description="Train a prompt method (CoOp, ...) on a dataset; writes a run folder. Without "
+                                   "--config, the method's defaults and vlprompt's (CoOp's optimiser) plus the "
+                                   "flags: vlprompt train --method coop --model ViT-B-16 --pretrained openai "
+                                   "--dataset dtd --root data --shots 16. Run folder by default: "
+                                   + DEFAULT_RUN_DIR.replace("{", "<").replace("}", ">") + ".")
+    _add_config_args(p)
     p.add_argument("--output-dir", "-o", help="run folder (shortcut for --set train.output_dir=...)")
     p.add_argument("--seed", type=int, help="shortcut for --set train.seed=...")
     p.add_argument("--shots", type=int, help="shortcut for --set data.shots=...")
@@ -676,10 +721,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", help="only names containing this text")
     p.set_defaults(func=cmd_models)
     sub.add_parser("datasets", help="list dataset names").set_defaults(func=cmd_datasets)
+    p = sub.add_parser("config", help="the packaged configs: list them, show one resolved (to start from)",
+                       epilog=EPILOG, description="vlprompt config list [TEXT]: packaged config names (use them "
+                       "with -c NAME anywhere). vlprompt config show NAME|METHOD [--set ...]: the resolved config, "
+                       "every option written out, as YAML to save and edit.")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("name", nargs="?", help="list: text the names contain; show: a config file, a packaged "
+                                           "config's name or a method name")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
     p = sub.add_parser("methods", help="list methods; with names, their options and defaults")
     p.add_argument("names", nargs="*", help="methods to show in full (options, defaults, help)")
     p.set_defaults(func=cmd_methods)
+    for name, command in sub.choices.items():
+        if name not in ("methods", "models", "datasets", "config", "report", "import-split"):
+            command.add_argument("--threads", type=int, metavar="N",
+                                 help=f"CPU threads for torch (default: $OMP_NUM_THREADS, else the {available_cores()} "
+                                      "cores this process may use); give each of several runs on one machine its "
+                                      "share")
     return parser
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None) -> int:
+    """Use ``threads`` CPU threads for torch's kernels (None: $OMP_NUM_THREADS when set, else every core this
+    process may use); the environment carries the number to DataLoader workers and a sweep's local jobs.
+    Returns the number used."""
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else available_cores()
+    if threads < 1:
+        raise VlpromptError(f"--threads must be at least 1, got {threads}")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if "torch" in sys.modules:  # already imported (library use, tests): tell it directly
+        sys.modules["torch"].set_num_threads(threads)
+    return threads
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -689,6 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "threads", None) is not None or "torch" not in sys.modules:
+            set_threads(getattr(args, "threads", None))
         if args.func is not cmd_train and _under_torchrun():
             raise VlpromptError(f"only `vlprompt train` runs under torchrun (several processes); run "
                                 f"`vlprompt {args.command}` as a single process")

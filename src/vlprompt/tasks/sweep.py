@@ -47,7 +47,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vlprompt.config import apply_overrides, config_from_dict, read_yaml
+from vlprompt.config import apply_overrides, config_from_dict, read_yaml, resolve_config_path
 from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json
 from vlprompt.core.results import SWEEP_PROTOCOLS, BackboneRecord, RunResult, config_digest, write_result
@@ -100,7 +100,7 @@ def _list(raw: dict[str, Any], key: str, default: list[Any], path: str | Path, k
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    raw = read_yaml(path)
+    raw = read_yaml(resolve_config_path(path, "sweep file"))
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file '{path}' must be a mapping")
     unknown = sorted(set(map(str, raw)) - _KEYS)
@@ -193,7 +193,7 @@ def build_config(sw: Sweep, method: str | None, bb: dict[str, Any] | None, datas
     template = _template_for(sw, method)
     if template:
         template = template.format(dataset=dataset, shots=shots, method=method or "")
-        loaded = read_yaml(template)
+        loaded = read_yaml(resolve_config_path(template))
         raw = loaded if isinstance(loaded, dict) else {}
     overrides = list(sw.overrides)
     method, _ = split_method(method)  # A+B (tta): the config of A
