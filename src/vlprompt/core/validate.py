@@ -56,8 +56,8 @@ def check_bool(value: Any, option: str) -> bool:
 
 def path_part(name: str) -> str:
     """``name`` as one file or folder name: characters other than letters, digits, ``.``, ``_`` and ``-`` become
-    ``_`` (a dataset named ``hf:owner/name`` or ``hf:./my_data`` gives ``hf_owner_name``, ``hf_._my_data``);
+    ``_`` (a dataset named ``hf:owner/name`` gives ``hf_owner_name``, ``hf:/data/x`` gives ``hf_data_x``);
     a registered dataset name is unchanged."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "_"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"

@@ -168,8 +168,8 @@ def _card(config: dict[str, Any], result: Any, repo_id: str, *, has_config: bool
     if config.get("command"):
         body += ["## Training", "", "```bash", str(config["command"]), "```", ""]
         if has_config:
-            body += [f"`{TRAIN_CONFIG}` is the run's resolved config (data.root points at the trainer's copy of the "
-                     "dataset).", ""]
+            body += [f"`{TRAIN_CONFIG}` is the run's resolved config; its data paths (`data.root`, a local dataset) "
+                     "are the trainer's: point them at your copy.", ""]
     files = [f"- `{DEFAULT_PROMPT_FILE}`: the learned tensors and their metadata (safetensors, no pickle)",
              f"- `{CONFIG_FILE}`: method, backbone, class names, templates, preprocessing"]
     if has_config:
