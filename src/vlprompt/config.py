@@ -34,7 +34,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from vlprompt.core.errors import ConfigError
-from vlprompt.core.validate import FLOAT_MAX, INT_MAX, INT_MIN, check_choice, check_float, check_int, shown
+from vlprompt.core.validate import FLOAT_MAX, INT_MAX, INT_MIN, check_choice, check_float, check_int, path_part, shown
 
 if typing.TYPE_CHECKING:
     from vlprompt.methods.capabilities import Capabilities
@@ -245,7 +245,7 @@ class ExperimentConfig:
 
     def resolve_output_dir(self) -> str:
         """``train.output_dir`` with ``{method}``, ``{dataset}``, ``{shots}``, ``{seed}``, ``{model}`` filled in."""
-        fields = {"method": self.method.name, "dataset": self.data.dataset, "shots": self.data.shots,
+        fields = {"method": self.method.name, "dataset": path_part(self.data.dataset), "shots": self.data.shots,
                   "seed": self.train.seed, "model": self.backbone.model.replace("/", "-")}
         try:
             return self.train.output_dir.format(**fields)

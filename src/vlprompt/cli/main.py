@@ -130,26 +130,38 @@ def _prompt_tag(prompt: Path, own: Path) -> str:
     return f"_{stem}-{hashlib.sha256(str(prompt.resolve()).encode()).hexdigest()[:8]}"
 
 
+def _prompt_arg(text: str) -> str | Path:
+    """A ``--prompt`` value: a path, or an ``hf://owner/name`` reference kept as text (``Path`` would fold ``//``)."""
+    from vlprompt.core.hub import is_hub_ref
+
+    return text if is_hub_ref(text) else Path(text)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from vlprompt.config import load_config
     from vlprompt.core.deploy import refuse_exported
+    from vlprompt.core.hub import resolve_prompt_source
+    from vlprompt.core.validate import path_part
     from vlprompt.engine.run import RunPaths
     from vlprompt.engine.run_life import load_run_config
     from vlprompt.tasks.api import evaluate
 
     if args.prompt:
         refuse_exported(args.prompt, "eval")
+    prompt: str | Path
     if args.run:
         paths = RunPaths(Path(args.run))
         cfg = load_run_config(paths.root, _overrides(args))
-        prompt = Path(args.prompt) if args.prompt else paths.prompt
-        default_out = paths.root / f"eval_{cfg.data.dataset}_{args.split}{_prompt_tag(prompt, paths.prompt)}.json"
+        prompt = _prompt_arg(args.prompt) if args.prompt else paths.prompt
+        tag = _prompt_tag(resolve_prompt_source(prompt), paths.prompt)
+        default_out = paths.root / f"eval_{path_part(cfg.data.dataset)}_{args.split}{tag}.json"
     else:
         if not (args.config and args.prompt):
             raise VlpromptError("vlprompt eval needs --run RUN_FOLDER, or both --config and --prompt")
         cfg = load_config(args.config, _overrides(args), method=args.method)
-        prompt = Path(args.prompt)
-        default_out = prompt.with_name(f"eval_{cfg.data.dataset}_{args.split}.json")
+        prompt = _prompt_arg(args.prompt)
+        name = f"eval_{path_part(cfg.data.dataset)}_{args.split}.json"
+        default_out = Path(name) if isinstance(prompt, str) else prompt.with_name(name)  # hf://: not in the cache
     output = Path(args.output) if args.output else default_out
     report = evaluate(cfg, prompt, split=args.split, output=output, allow_new_classes=args.allow_new_classes,
                       progress=cfg.train.progress)
@@ -255,6 +267,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
+    from vlprompt.core.validate import path_part
     from vlprompt.tasks.protocols import base_to_new, transfer
 
     if args.protocol == "tta":
@@ -268,7 +281,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                             f"{args.protocol} (which runs --seeds)")
     cfg = _load_cfg(args)
     seeds = _int_list(args.seeds or SEEDS_DEFAULT, "--seeds")
-    out = Path(args.output_dir or f"runs/{args.protocol}/{cfg.method.name}/{cfg.data.dataset}")
+    out = Path(args.output_dir or f"runs/{args.protocol}/{cfg.method.name}/{path_part(cfg.data.dataset)}")
     if args.protocol == "base2new":
         result = base_to_new(cfg, seeds, out, progress=cfg.train.progress)
     else:
@@ -324,7 +337,7 @@ def cmd_ood(args: argparse.Namespace) -> int:
 
     if args.prompt:
         refuse_exported(args.prompt, "ood")
-    prompt = Path(args.prompt) if args.prompt else (RunPaths(Path(args.run)).prompt if args.run else None)
+    prompt = _prompt_arg(args.prompt) if args.prompt else (RunPaths(Path(args.run)).prompt if args.run else None)
     if args.run and not args.config:
         args.config = str(RunPaths(Path(args.run)).config)
     if not args.config:
@@ -396,9 +409,23 @@ def _sweep_elsewhere(args: argparse.Namespace, sw: Any) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _export_hub(args: argparse.Namespace) -> int:
+    from vlprompt.tasks.hub_export import export_hub
+
+    if not args.source:
+        raise VlpromptError("vlprompt export --format hub needs a run folder or prompt file (a learned prompt to "
+                            "upload); zero-shot CLIP has nothing learned")
+    info = export_hub(args.source, args.output, repo_id=args.repo_id)
+    print(f"exported {info['method']} prompt ({len(info['classnames'])} classes) as a Hugging Face folder -> "
+          f"{info['path']} ({', '.join(info['files'])}); upload it with: hf upload {info['repo_id']} {info['path']}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from vlprompt.tasks.export import export_classifier, load_source, zeroshot_source
 
+    if args.format == "hub":
+        return _export_hub(args)
     if args.source:
         method, extra = load_source(args.source)
     elif args.config or args.model:
@@ -678,8 +705,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Image encoder + class text features (+ normalisation) as one graph with the "
                                    "class names in its metadata; runs without vlprompt or torch (onnxruntime).")
     p.add_argument("source", nargs="?", help="run folder or prompt file; omit for zero-shot CLIP of --config")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
-    p.add_argument("--output", "-o", required=True, help="file to write (.onnx; .pt or .ts for TorchScript)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "hub"],
+                   help="onnx / torchscript: one graph; hub: a Hugging Face model folder (prompt, config.json, model "
+                        "card) to upload with `hf upload`, loaded as --prompt hf://owner/name")
+    p.add_argument("--output", "-o", required=True,
+                   help="file to write (.onnx; .pt or .ts for TorchScript); a new folder for --format hub")
+    p.add_argument("--repo-id", help="--format hub: the owner/name it will be uploaded as (for the model card)")
     _add_config_args(p)
     p.set_defaults(func=cmd_export)
 

@@ -69,6 +69,7 @@ BUILTINS: dict[str, tuple[str, ...]] = {
     "datasets": (
         "vlprompt.data.coop_layouts",
         "vlprompt.data.custom",
+        "vlprompt.data.hf_datasets",
         "vlprompt.data.ood_sets",
     ),
 }

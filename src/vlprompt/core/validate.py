@@ -52,3 +52,12 @@ def check_bool(value: Any, option: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"option {option} must be true or false, got {shown(value)}")
     return value
+
+
+def path_part(name: str) -> str:
+    """``name`` as one file or folder name: characters other than letters, digits, ``.``, ``_`` and ``-`` become
+    ``_`` (a dataset named ``hf:owner/name`` gives ``hf_owner_name``, ``hf:/data/x`` gives ``hf_data_x``);
+    a registered dataset name is unchanged."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"

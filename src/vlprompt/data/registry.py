@@ -94,6 +94,9 @@ class DatasetInfo:
             :mod:`vlprompt.data.descriptions`), shipped with it (the world's, written for its classes); the last
             place a run looks, after ``data.descriptions_file`` and ``<data.root>/descriptions/<dataset>.json``.
             None (default): none shipped.
+        takes_source: the dataset may be named ``<name>:<source>`` (``hf:owner/name``, ``hf:./my_data``): the
+            registry finds it by the part before the colon and its reader gets the rest as option ``source``.
+            Default False.
     """
 
     name: str
@@ -107,6 +110,7 @@ class DatasetInfo:
     test_time_views: str = "augmix"
     ood_group: str | None = None
     descriptions: str | None = None
+    takes_source: bool = False
 
     def __post_init__(self) -> None:
         where = f"register_dataset('{self.name}')"
@@ -115,6 +119,8 @@ class DatasetInfo:
             raise DataError(f"{where}: sampler must be one of {', '.join(SAMPLER_KINDS)}, got {self.sampler!r}.")
         if not isinstance(self.val_is_test, bool):
             raise DataError(f"{where}: val_is_test must be True or False, got {self.val_is_test!r}.")
+        if not isinstance(self.takes_source, bool):
+            raise DataError(f"{where}: takes_source must be True or False, got {self.takes_source!r}.")
         epochs = self.default_epochs
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise DataError(f"{where}: default_epochs must be a positive integer or None, got {epochs!r}.")
@@ -165,6 +171,7 @@ def register_dataset(
     test_time_views: str = "augmix",
     ood_group: str | None = None,
     descriptions: str | None = None,
+    takes_source: bool = False,
 ) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator registering ``reader(root: str | None, **options) -> DatasetSplits`` as dataset ``name``
     with its facts (see :class:`DatasetInfo` for each and its default).
@@ -177,7 +184,7 @@ def register_dataset(
         key = _check_name(name, "name")
         alias_keys = tuple(k for k in dict.fromkeys(_check_name(a, "alias") for a in aliases) if k != key)
         info = DatasetInfo(key, reader, alias_keys, template, sampler, val_is_test, default_epochs, tiny_tree,
-                           test_time_views, ood_group, descriptions)
+                           test_time_views, ood_group, descriptions, takes_source)
         _DATASETS[key] = info
         _ALIASES.update(dict.fromkeys(alias_keys, key))
         return reader
@@ -196,6 +203,21 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
+def _with_source(name: str) -> tuple[DatasetInfo, str] | None:
+    """``(info, source)`` for a name ``<dataset>:<source>`` of a dataset that takes a source, else None."""
+    prefix, colon, source = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not colon:
+        return None
+    key = _ALIASES.get(_key(prefix), _key(prefix))
+    info = _DATASETS.get(key)
+    if info is None or not info.takes_source:
+        return None
+    if not source.strip():
+        raise DataError(f"dataset '{name}' (option data.dataset) names no source after '{prefix}:'; write "
+                        f"{prefix}:<folder or owner/name>.")
+    return info, source.strip()
+
+
 def get_dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of dataset ``name`` (registry name or alias).
 
@@ -203,6 +225,9 @@ def get_dataset_info(name: str) -> DatasetInfo:
         DataError: unknown name (with close matches).
     """
     _ensure_builtin()
+    sourced = _with_source(name)
+    if sourced is not None:
+        return sourced[0]
     key = _ALIASES.get(_key(name), _key(name))
     if key not in _DATASETS:
         close = difflib.get_close_matches(key, list(_DATASETS) + list(_ALIASES), n=3)
@@ -216,12 +241,20 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 def build_dataset(name: str, root: str | None = None, **options: Any) -> DatasetSplits:
     """Build the dataset registered as ``name`` from ``root``, its template filled in from the registry
-    when the reader left ``DatasetSplits.template`` None.
+    when the reader left ``DatasetSplits.template`` None. ``name`` may be ``<dataset>:<source>`` for a dataset
+    that takes a source (:attr:`DatasetInfo.takes_source`): its reader gets option ``source``.
 
     Raises:
         DataError: unknown name (with close matches), or whatever the reader finds wrong.
     """
     info = get_dataset_info(name)
+    sourced = _with_source(name)
+    if sourced is not None:
+        given = options.get("source")
+        if given is not None and given != sourced[1]:
+            raise DataError(f"dataset '{name}' names its source, and data.options.source is '{given}' as well; "
+                            "give the source once.")
+        options = {**options, "source": sourced[1]}
     splits = info.reader(root, **options)
     if splits.template is None:
         splits = dataclasses.replace(splits, template=info.template)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from vlprompt.core.errors import CheckpointError, VlpromptError
+from vlprompt.core.hub import resolve_prompt_source
 from vlprompt.core.io import atomic_write_json
 from vlprompt.core.tensor_io import CHECKSUM_KEY, read_safetensors, tensor_checksum, write_safetensors
 
@@ -88,8 +89,9 @@ def save_prompt(path: str | Path, method: Any, extra: dict[str, Any] | None = No
 
 
 def read_prompt(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a prompt file written by :func:`save_prompt` (tensors, metadata)."""
-    path = Path(path)
+    """Read a prompt file written by :func:`save_prompt` (tensors, metadata); ``hf://owner/name`` reads the prompt
+    of that repository in the local Hugging Face cache (:func:`vlprompt.core.hub.resolve_prompt_source`)."""
+    path = resolve_prompt_source(path)
     tensors, meta = read_safetensors(path, what="prompt file")
     _check_format(meta, PROMPT_FORMAT, path, "prompt file")
     _check_prompt_metadata(meta, path)
@@ -193,7 +195,9 @@ def load_prompt(
     """Rebuild the method stored in a prompt file, ready for inference.
 
     Args:
-        path: a ``.safetensors`` prompt file written by :func:`save_prompt`.
+        path: a ``.safetensors`` prompt file written by :func:`save_prompt`, or ``hf://owner/name``: the prompt
+            folder written by ``vlprompt export --format hub`` and uploaded to the Hugging Face Hub, read from the
+            local Hugging Face cache (never downloaded; :mod:`vlprompt.core.hub`).
         backbone: the backbone to use (checked against the file); None = load the one recorded.
         classnames: classes to predict; None = the file's. A different list needs
             ``allow_new_classes`` and a unified (non class-specific) prompt.
@@ -206,6 +210,7 @@ def load_prompt(
     from vlprompt.methods.base import MethodContext
     from vlprompt.methods.registry import build_method, make_method_config
 
+    path = resolve_prompt_source(path)
     tensors, meta = read_prompt(path)
     if backbone is None:
         bb = meta.get("backbone", {})

@@ -43,6 +43,7 @@ from typing import Any
 
 from vlprompt.core.errors import ConfigError, VlpromptError, user_message
 from vlprompt.core.io import atomic_write_json
+from vlprompt.core.validate import path_part
 
 STATE_PREFIX = "sweep_state"
 STATUSES = ("done", "running", "failed", "pending", "interrupted")
@@ -69,7 +70,8 @@ class SweepJob:
         """The folder (relative to the sweep's output_dir) holding this job's seed runs."""
         from vlprompt.tasks.sweep import _backbone_name
 
-        return f"{self.method or 'config'}/{_backbone_name(self.backbone_dict)}/{self.dataset}/{self.shots}shots"
+        dataset = path_part(self.dataset)  # hf:owner/name -> hf_owner_name; registered names unchanged
+        return f"{self.method or 'config'}/{_backbone_name(self.backbone_dict)}/{dataset}/{self.shots}shots"
 
     @property
     def run_id(self) -> str:

@@ -107,9 +107,10 @@ def _check_prompt(prompt: str | Path | None) -> Path | None:
     if prompt is None:
         return None
     from vlprompt.core.deploy import refuse_exported
+    from vlprompt.core.hub import resolve_prompt_source
     from vlprompt.engine.checkpoint import read_prompt
 
-    path = Path(prompt)
+    path = resolve_prompt_source(prompt)  # hf://owner/name: the prompt file in the local Hugging Face cache
     if not path.is_file():
         raise DataError(f"prompt file '{path}' does not exist (option --prompt)")
     refuse_exported(path, "protocol tta")
