@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vlprompt.cli.demo_methods import world_config
+from vlprompt.cli.demo_methods import SECTIONS, world_config
 from vlprompt.core.errors import VlpromptError
 from vlprompt.core.io import atomic_write_json, atomic_write_text
 from vlprompt.core.tables import markdown_table
@@ -44,6 +44,49 @@ def epochs_for(n_classes: int, shots: int, epochs: int, max_steps: int, batch_si
     return max(5, min(epochs, max_steps // steps_per_epoch))
 
 
+#: ``vlprompt demo --quick``: two small datasets, two shot counts, no methods section (about 20 s)
+QUICK = {"datasets": ("world_shapes", "world_scenes"), "shots": (1, 4), "methods": False}
+
+
+def dataset_row(dataset: str, out: Path, *, shots: Sequence[int], seed: int, epochs: int, max_steps: int,
+                model: str, pretrained: str | None, device: str, log: Any = print, t0: float | None = None,
+                backbone: Any = None) -> dict[str, Any]:
+    """One row of the CoOp table: zero-shot CLIP, then CoOp at each shot count, on ``dataset``."""
+    from vlprompt.backbones.openclip import load_backbone
+    from vlprompt.engine.run import resolve_device
+    from vlprompt.engine.trainer import train
+    from vlprompt.tasks.api import zeroshot
+
+    t0 = time.time() if t0 is None else t0
+    if backbone is None:
+        backbone = load_backbone(model, pretrained, device=resolve_device(device))
+    common = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}
+    zs = zeroshot(world_config({"name": "zeroshot"}, {}, dataset, **common), progress=False, backbone=backbone)
+    row: dict[str, Any] = {"dataset": dataset, "classes": len(zs["per_class"]), "zeroshot": zs["accuracy"],
+                           "coop": {}}
+    log(f"[{time.time() - t0:5.0f}s] {dataset}: zero-shot {zs['accuracy']:.1f}%")
+    for k in shots:
+        n_ep = epochs_for(row["classes"], k, epochs, max_steps)
+        cfg = world_config({"name": "coop", "n_ctx": 16}, {"max_epoch": n_ep, "batch_size": 32}, dataset,
+                           shots=k, out=out / f"coop_{dataset}_{k}shots_seed{seed}", **common)
+        row["coop"][k] = train(cfg, backbone=backbone).accuracy
+        log(f"[{time.time() - t0:5.0f}s] {dataset}: CoOp {k:2d} shots {row['coop'][k]:.1f}%")
+    return row
+
+
+def _task(kind: str, name: str, out: Path, settings: dict[str, Any], t0: float) -> tuple[str, str, dict[str, Any]]:
+    """One independent piece of the demo in a worker process (one torch thread: the workers share the cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    if kind == "row":
+        return kind, name, dataset_row(name, out, t0=t0, **settings)
+    from vlprompt.cli.demo_methods import run_section
+
+    keep = ("seed", "model", "pretrained", "device")
+    return kind, name, run_section(name, out / "methods", t0=t0, **{k: settings[k] for k in keep})
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -56,41 +99,51 @@ def run_demo(
     pretrained: str | None = DEFAULT_PRETRAINED,
     device: str = "auto",
     methods: bool = True,
+    jobs: int = 1,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Run the demo into ``out_dir`` and return the results dict (see module doc)."""
-    from vlprompt.backbones.openclip import load_backbone
-    from vlprompt.engine.run import resolve_device
-    from vlprompt.engine.trainer import train
-    from vlprompt.tasks.api import zeroshot
+    """Run the demo into ``out_dir`` and return the results dict (see module doc).
 
+    ``jobs`` > 1 runs the independent pieces (one dataset row, one methods section) in that many worker processes
+    of one torch thread each: the same runs with the same seeds, so the same numbers, in about 1 / jobs of the
+    time on as many cores (the world's small matrices gain little from a second thread inside one process)."""
     out = Path(out_dir)
     if (out / "demo_results.json").exists():
         raise VlpromptError(f"'{out}' already holds demo results; pass another --output-dir or delete it")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    dev = resolve_device(device)
-    backbone = load_backbone(model, pretrained, device=dev)
-    rows: list[dict[str, Any]] = []
-    for dataset in datasets:
-        common = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}
-        zs = zeroshot(world_config({"name": "zeroshot"}, {}, dataset, **common), progress=False, backbone=backbone)
-        row: dict[str, Any] = {"dataset": dataset, "classes": len(zs["per_class"]), "zeroshot": zs["accuracy"],
-                               "coop": {}}
-        log(f"[{time.time() - t0:5.0f}s] {dataset}: zero-shot {zs['accuracy']:.1f}%")
-        for k in shots:
-            n_ep = epochs_for(row["classes"], k, epochs, max_steps)
-            cfg = world_config({"name": "coop", "n_ctx": 16}, {"max_epoch": n_ep, "batch_size": 32}, dataset,
-                               shots=k, out=out / f"coop_{dataset}_{k}shots_seed{seed}", **common)
-            row["coop"][k] = train(cfg, backbone=backbone).accuracy
-            log(f"[{time.time() - t0:5.0f}s] {dataset}: CoOp {k:2d} shots {row['coop'][k]:.1f}%")
-        rows.append(row)
-    others = None
-    if methods:
-        from vlprompt.cli.demo_methods import run_method_demo
+    settings = {"shots": list(shots), "seed": seed, "epochs": epochs, "max_steps": max_steps, "model": model,
+                "pretrained": pretrained, "device": device}
+    # longest first, so that the last piece to start is a short one
+    tasks = [("row", d) for d in datasets if d == "world_objects"]
+    tasks += [("section", s) for s in (SECTIONS if methods else ())]
+    tasks += [("row", d) for d in datasets if d != "world_objects"]
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    if jobs > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        others = run_method_demo(out / "methods", model=model, pretrained=pretrained, seed=seed, device=device,
-                                 log=log, t0=t0)
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
+            futures = [pool.submit(_task, kind, name, out, settings, t0) for kind, name in tasks]
+            for fut in futures:
+                kind, name, result = fut.result()
+                done[(kind, name)] = result
+    else:
+        from vlprompt.backbones.openclip import load_backbone
+        from vlprompt.engine.run import resolve_device
+
+        backbone = load_backbone(model, pretrained, device=resolve_device(device))
+        for kind, name in tasks:
+            if kind == "row":
+                done[(kind, name)] = dataset_row(name, out, log=log, t0=t0, backbone=backbone, **settings)
+            else:
+                from vlprompt.cli.demo_methods import run_section
+
+                done[(kind, name)] = run_section(name, out / "methods", seed=seed, model=model,
+                                                 pretrained=pretrained, device=device, log=log, t0=t0)
+    rows = [done[("row", d)] for d in datasets]
+    others = {s: done[("section", s)] for s in SECTIONS} if methods else None
     results = {"model": model, "pretrained": pretrained, "seed": seed, "epochs": epochs, "max_steps": max_steps,
                "shots": list(shots),
                "rows": rows, "methods": others, "seconds": round(time.time() - t0, 1)}

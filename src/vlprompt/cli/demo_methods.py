@@ -53,38 +53,66 @@ def _cfg(method: str, dataset: str, **kw: Any) -> ExperimentConfig:
     return world_config(m, optim, dataset, **kw)
 
 
+SECTIONS = ("base2new", "upl", "ood")
+
+
 def run_method_demo(out: Path, *, model: str, pretrained: str | None, seed: int, device: str,
                     log: Any = print, t0: float | None = None) -> dict[str, Any]:
     """Run the three sections into ``out`` (run folders below it); returns their rows (see module doc)."""
-    from vlprompt.engine.trainer import train
-    from vlprompt.tasks.api import zeroshot
-    from vlprompt.tasks.ood import ood_evaluate
-    from vlprompt.tasks.protocols import base_to_new
-    from vlprompt.tasks.pseudo_label import pseudo_label
+    t0 = time.time() if t0 is None else t0
+    return {name: run_section(name, out, model=model, pretrained=pretrained, seed=seed, device=device, log=log,
+                              t0=t0) for name in SECTIONS}
 
+
+def run_section(name: str, out: Path, *, model: str, pretrained: str | None, seed: int, device: str,
+                log: Any = print, t0: float | None = None) -> dict[str, Any]:
+    """One section (``"base2new"``, ``"upl"`` or ``"ood"``) into ``out``: its results entry. The sections share
+    nothing but the backbone, so ``vlprompt demo`` runs them in parallel worker processes."""
     t0 = time.time() if t0 is None else t0
     kw = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}
-    results: dict[str, Any] = {"base2new": {"dataset": B2N_DATASET, "rows": []},
-                               "upl": {"dataset": UPL_DATASET, "rows": []},
-                               "ood": {"id": OOD_ID, "ood_sets": list(OOD_SETS), "rows": []}}
+    if name == "base2new":
+        return _base2new(out, kw, log, t0)
+    if name == "upl":
+        return _upl(out, kw, log, t0)
+    if name == "ood":
+        return _ood(out, kw, log, t0)
+    raise ValueError(f"unknown demo section {name!r}; one of {SECTIONS}")
 
+
+def _base2new(out: Path, kw: dict[str, Any], log: Any, t0: float) -> dict[str, Any]:
+    from vlprompt.tasks.protocols import base_to_new
+
+    result: dict[str, Any] = {"dataset": B2N_DATASET, "rows": []}
     for method in ("zeroshot", "coop", "cocoop"):
-        r = base_to_new(_cfg(method, B2N_DATASET, **kw), [seed], out / "base2new" / method)["summary"]
+        r = base_to_new(_cfg(method, B2N_DATASET, **kw), [kw["seed"]], out / "base2new" / method)["summary"]
         row = {"method": method, **{k: r[k]["mean"] for k in ("base", "new", "H")}}
-        results["base2new"]["rows"].append(row)
+        result["rows"].append(row)
         log(f"[{time.time() - t0:5.0f}s] base-to-new {B2N_DATASET} {method}: base {row['base']:.1f} "
             f"new {row['new']:.1f} H {row['H']:.1f}")
+    return result
+
+
+def _upl(out: Path, kw: dict[str, Any], log: Any, t0: float) -> dict[str, Any]:
+    from vlprompt.engine.trainer import train
+    from vlprompt.tasks.api import zeroshot
+    from vlprompt.tasks.pseudo_label import pseudo_label
 
     pseudo = out / "upl" / "pseudo_labels.json"
     report = pseudo_label(_cfg("upl", UPL_DATASET, **kw), pseudo, top_k=16, progress=False)
     zs = zeroshot(_cfg("zeroshot", UPL_DATASET, **kw), progress=False)["accuracy"]
     upl = train(_cfg("upl", UPL_DATASET, out=out / "upl" / "run", fewshot_file=str(pseudo), **kw)).accuracy
-    results["upl"].update(pseudo_label_accuracy=report["pseudo_label_accuracy"])
-    results["upl"]["rows"] = [{"method": "zeroshot", "labels": "none", "accuracy": zs},
-                              {"method": "upl", "labels": "top-16 pseudo", "accuracy": upl}]
     log(f"[{time.time() - t0:5.0f}s] UPL {UPL_DATASET}: zero-shot {zs:.1f}% -> UPL {upl:.1f}% "
         f"(no labels; pseudo-labels {report['pseudo_label_accuracy']:.1f}% right)")
+    return {"dataset": UPL_DATASET, "pseudo_label_accuracy": report["pseudo_label_accuracy"],
+            "rows": [{"method": "zeroshot", "labels": "none", "accuracy": zs},
+                     {"method": "upl", "labels": "top-16 pseudo", "accuracy": upl}]}
 
+
+def _ood(out: Path, kw: dict[str, Any], log: Any, t0: float) -> dict[str, Any]:
+    from vlprompt.engine.trainer import train
+    from vlprompt.tasks.ood import ood_evaluate
+
+    result: dict[str, Any] = {"id": OOD_ID, "ood_sets": list(OOD_SETS), "rows": []}
     for method in ("zeroshot", "coop", "locoop"):
         run = out / "ood" / method
         cfg = _cfg(method, OOD_ID, out=run, **kw)
@@ -95,10 +123,10 @@ def run_method_demo(out: Path, *, model: str, pretrained: str | None, seed: int,
         r = ood_evaluate(cfg, prompt, OOD_SETS, scores=("mcm", "glmcm"), progress=False, output_dir=run / "ood")
         row = {"method": method, "id_accuracy": r["id_accuracy"],
                **{f"{s}_{m}": r["average"][s][m] for s in ("mcm", "glmcm") for m in ("fpr95", "auroc")}}
-        results["ood"]["rows"].append(row)
+        result["rows"].append(row)
         log(f"[{time.time() - t0:5.0f}s] OOD {method}: GL-MCM FPR95 {row['glmcm_fpr95']:.1f} "
             f"AUROC {row['glmcm_auroc']:.1f}")
-    return results
+    return result
 
 
 def method_tables(results: dict[str, Any]) -> str:

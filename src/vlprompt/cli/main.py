@@ -242,9 +242,16 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlprompt.cli.demo import results_table, run_demo
 
+    from vlprompt.cli.demo import QUICK
+
     shots = _int_list(args.shots, "--shots") if args.shots else None
+    jobs = args.jobs if args.jobs is not None else (args.threads or available_cores())
+    if jobs < 1:
+        raise VlpromptError(f"--jobs must be at least 1, got {jobs}")
     kwargs: dict[str, Any] = {"seed": args.seed, "epochs": args.epochs, "device": args.device,
-                              "methods": not args.coop_only}
+                              "methods": not args.coop_only, "jobs": jobs}
+    if args.quick:
+        kwargs.update(QUICK)
     if shots:
         kwargs["shots"] = shots
     if args.datasets:
@@ -608,6 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "world_objects,world_scenes,world_positions,world_textures,world_patterns)")
     p.add_argument("--coop-only", action="store_true",
                    help="skip the CoCoOp base-to-new, UPL and LoCoOp OOD sections")
+    p.add_argument("--quick", action="store_true",
+                   help="a first look in about 20 s: world_shapes and world_scenes, 1 and 4 shots, no methods "
+                        "section (--datasets / --shots still apply)")
+    p.add_argument("--jobs", type=int, help="worker processes for the demo's independent pieces (one thread each; "
+                                            "default: --threads, else the cores this process may use); 1 runs "
+                                            "everything in this process. The numbers do not depend on it")
     p.add_argument("--epochs", type=int, default=50, help="CoOp epochs per run (default 50)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--model", help="backbone (default: the shipped world CLIP)")
