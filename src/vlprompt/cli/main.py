@@ -718,6 +718,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "no_progress", False):
+        from vlprompt.backbones.hf import quiet_progress_bars
+
+        quiet_progress_bars()  # transformers' bars too, where it is imported
     try:
         if args.func is not cmd_train and _under_torchrun():
             raise VlpromptError(f"only `vlprompt train` runs under torchrun (several processes); run "
