@@ -21,7 +21,7 @@ import vlprompt.engine.loop as loop_mod
 from vlprompt.config import config_from_dict
 from vlprompt.core.errors import ConfigError
 from vlprompt.engine.run import console_logging, make_logger, quiet_logger
-from vlprompt.engine.tracking import CsvLogger, check_available
+from vlprompt.engine.tracking import CsvLogger, StepReporter, Tracker, check_available
 from vlprompt.engine.trainer import train
 
 from conftest import tiny_config
@@ -221,6 +221,21 @@ def test_csv_logger_resumed_keeps_the_rows_up_to_its_step(tmp_path):
                                          ["3", "test/accuracy", "50.0"]]
     CsvLogger(tmp_path, 0).finish(None, 0)  # a run started afresh starts the file afresh
     assert _rows(tmp_path / "metrics.csv") == [list(CsvLogger.HEADER)]
+
+
+def test_step_reporter_logs_every_n_steps_with_the_throughput_of_the_interval(tmp_path):
+    tracker = Tracker([CsvLogger(tmp_path / "tracking", 0)])
+    report = StepReporter(tracker, every=2)
+    for step in range(1, 6):
+        report(step, {"loss": float(step), "loss_ce": step / 2, "lr": 0.1, "images": 4.0, "seconds": 0.5 * step})
+    tracker.finish(None)
+    series = _csv_metrics(tmp_path)
+    assert series["train/loss"] == [(2, 2.0), (4, 4.0)] and series["train/loss_ce"] == [(2, 1.0), (4, 2.0)]
+    assert series["train/lr"] == [(2, 0.1), (4, 0.1)]
+    assert series["train/images_per_s"] == [(2, pytest.approx(8 / 1.5)), (4, pytest.approx(8 / 3.5))]
+    assert set(series) == {"train/loss", "train/loss_ce", "train/lr", "train/images_per_s"}
+    with pytest.raises(ConfigError, match=r"train\.log_every"):
+        config_from_dict(tiny_config(tmp_path, tmp_path, train={"log_every": 0}))
 
 
 @pytest.mark.parametrize(("loggers", "tensorboard", "expected"), [

@@ -200,7 +200,9 @@ class TrainConfig:
         default_factory=lambda: ["tensorboard"], metadata={
             "help": "experiment trackers written on rank 0: any of tensorboard, csv, wandb (offline unless WANDB_MODE "
                     "says otherwise), mlflow (a file store in the run folder unless MLFLOW_TRACKING_URI is set); "
-                    "[] = none. wandb and mlflow: pip install -e \".[track]\" (docs/reproducing.md)"})
+                    "[] = none. wandb and mlflow: pip install -e \".[track]\" (docs/reports.md)"})
+    log_every: int = field(default=1, metadata={
+        "help": "give the trackers the step metrics (loss terms, lr, images/s) every N optimisation steps"})
     tensorboard: bool | None = field(
         default=None, metadata={"help": "older switch: true adds tensorboard to train.loggers, false removes it, "
                                 "null leaves train.loggers as it is"})
@@ -222,6 +224,7 @@ class TrainConfig:
         check_int(self.eval_every, "train.eval_every", minimum=0)
         check_int(self.checkpoint_every, "train.checkpoint_every", minimum=1)
         check_int(self.keep_checkpoints, "train.keep_checkpoints", minimum=1)
+        check_int(self.log_every, "train.log_every", minimum=1)
         self.loggers = check_loggers(self.loggers, self.tensorboard)
         self.tensorboard = None  # folded into train.loggers: the saved config says it once
 

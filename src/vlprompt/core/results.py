@@ -98,7 +98,7 @@ def _accuracy_block(value: Any, what: str) -> dict[str, Any]:
 DIGEST_EXCLUDED = (
     "train.output_dir", "data.root", "data.feature_cache_dir", "backbone.cache_dir",
     "train.progress", "train.console_log", "train.tensorboard", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.dist_timeout_min", "train.loggers",
+    "train.dist_timeout_min", "train.loggers", "train.log_every",
 )
 
 

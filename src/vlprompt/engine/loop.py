@@ -145,8 +145,9 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
     before every step (``optim.scheduler_step: iteration``); else the optimiser keeps the rate it has.
 
     ``on_step(step of the epoch, values)`` is called after every optimiser step with the step's global ``loss``,
-    ``loss_<term>`` (methods with more than one term) and ``images_per_s`` (the global batch over the wall time
-    since the previous step); the values are those the loop reads anyway (no further device sync).
+    ``loss_<term>`` (methods with more than one term), ``images`` (the global batch) and ``seconds`` (the wall time
+    since the previous step, data loading included); the values are those the loop reads anyway (no further device
+    sync).
     """
     method.train()
     loss_fn = method.training_loss if loss_fn is None else loss_fn
@@ -184,7 +185,7 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
             term_counts[name] = term_counts.get(name, 0) + stats.term_counts[name]
         if on_step is not None:
             now = time.perf_counter()
-            values = {"loss": stats.loss, "images_per_s": stats.n / max(now - tick, 1e-9)}
+            values = {"loss": stats.loss, "images": float(stats.n), "seconds": now - tick}
             if len(stats.term_sums) > 1:
                 for k in sorted(stats.term_sums):
                     count = stats.term_counts[k]

@@ -12,9 +12,9 @@ job get an empty one)::
 What is logged (``step`` = optimisation steps done, over all epochs):
 
 * at the start: the resolved config, flattened to dotted keys (``optim.lr``), as hyper-parameters;
-* every step: ``train/loss``, ``train/loss_<term>`` (each named loss term, when a method has more than one),
-  ``train/lr`` (the schedule's rate) and ``train/images_per_s`` (images of the global batch over the wall time
-  since the previous step, data loading included);
+* every step (every ``train.log_every`` steps): ``train/loss``, ``train/loss_<term>`` (each named loss term, when
+  a method has more than one), ``train/lr`` (the schedule's rate) and ``train/images_per_s`` (the images of the
+  global batches since the previous logged step over their steps' wall time, data loading included);
 * every epoch, at its last step: ``epoch`` (its number, from 1), the epoch's means ``train_epoch/loss``,
   ``train_epoch/accuracy``, ``train_epoch/loss_<term>``, its rate ``train_epoch/lr`` and ``val/accuracy`` when the
   epoch was validated (``train.eval_every``);
@@ -93,9 +93,25 @@ def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def step_metrics(values: Mapping[str, float]) -> dict[str, float]:
-    """One step's values (``loss``, ``loss_<term>``, ``lr``, ``images_per_s``) under ``train/``."""
-    return {f"train/{k}": v for k, v in values.items()}
+class StepReporter:
+    """The per-step metrics of :func:`vlprompt.engine.loop.run_epochs`'s ``on_step`` given to ``tracker`` every
+    ``every`` steps (option ``train.log_every``): the step's ``loss``, ``loss_<term>`` and ``lr`` under ``train/``,
+    and ``train/images_per_s`` over the steps since the previous report (``images`` / ``seconds`` summed)."""
+
+    def __init__(self, tracker: Tracker, every: int = 1) -> None:
+        self.tracker, self.every = tracker, every
+        self._images = self._seconds = 0.0
+
+    def __call__(self, step: int, values: Mapping[str, float]) -> None:
+        self._images += values.get("images", 0.0)
+        self._seconds += values.get("seconds", 0.0)
+        if step % self.every:
+            return
+        metrics = {f"train/{k}": v for k, v in values.items() if k not in ("images", "seconds")}
+        if self._seconds > 0:
+            metrics["train/images_per_s"] = self._images / self._seconds
+        self._images = self._seconds = 0.0
+        self.tracker.log_metrics(metrics, step)
 
 
 def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:

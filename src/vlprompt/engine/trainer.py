@@ -61,7 +61,7 @@ from vlprompt.engine.evaluate import evaluate_items
 from vlprompt.engine.fitting import RunFitData, fit_summary
 from vlprompt.engine.run import autocast, resolve_device, seed_everything
 from vlprompt.engine.run_life import Run, open_run
-from vlprompt.engine.tracking import Tracker, check_available, final_metrics, step_metrics, tracking
+from vlprompt.engine.tracking import StepReporter, Tracker, check_available, final_metrics, tracking
 from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.registry import build_method, get_method
 
@@ -163,14 +163,11 @@ def _train(run: Run, backbone: Backbone | None, device: torch.device) -> RunResu
         def validate() -> float:
             return main_only(ctx, lambda: _evaluate_split(method, data, data.val, cfg, device, "val"))["accuracy"]
 
-        def on_step(step: int, values: dict[str, float]) -> None:
-            tracker.log_metrics(step_metrics(values), step)
-
         history = loop.run_epochs(method, train_loader, loss_fn, state, cfg, device, ctx,
                                   checkpoints=run.paths.checkpoints, progress=progress,
                                   validate=validate if data.val else None,
                                   record=lambda r: run.record_epoch(r, tracker, r["epoch"] * state.steps_per_epoch),
-                                  on_step=on_step if tracker.loggers else None)
+                                  on_step=StepReporter(tracker, cfg.train.log_every) if tracker.loggers else None)
         if caps.fitted:  # e.g. Tip-Adapter-F's search of alpha / beta with the trained keys
             with torch.random.fork_rng(devices=[]), autocast(device, cfg.train.compute_precision):
                 after = dict(method.after_training(fit_data))
