@@ -37,7 +37,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -187,7 +187,7 @@ def open_tracker(names: Sequence[str], *, tensorboard_dir: Path, tracking_dir: P
     """The loggers of ``names`` (option ``train.loggers``) of a run resumed at ``start_step`` (0: a new run)."""
     check_available(names)
     ids = _RunIds(tracking_dir / "run_ids.json")
-    builders = {
+    builders: dict[str, Callable[[], Logger]] = {
         "tensorboard": lambda: TensorBoardLogger(tensorboard_dir, start_step),
         "csv": lambda: CsvLogger(tracking_dir, start_step),
         "wandb": lambda: WandbLogger(tracking_dir, run_name, ids),
@@ -236,6 +236,7 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(str(folder), purge_step=start_step + 1 if start_step else None)
+        self._end: Any = None  # the hparams session's end (status: success), written by finish
 
     def log_hparams(self, params: Mapping[str, Any]) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -254,9 +255,8 @@ class TensorBoardLogger:
     def finish(self, final_metrics: Mapping[str, float] | None, step: int) -> None:
         if final_metrics is not None:
             self.log_metrics(final_metrics, step)
-            end = getattr(self, "_end", None)
-            if end is not None:  # the session's status: success
-                self._writer._get_file_writer().add_summary(end)
+            if self._end is not None:
+                self._writer._get_file_writer().add_summary(self._end)
         self._writer.close()
 
 
