@@ -196,7 +196,16 @@ class TrainConfig:
     console_log: bool = field(
         default=True, metadata={"help": "with progress on, also print the run's log lines (a sweep shows bars only)"}
     )
-    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars"})
+    loggers: list[str] = field(
+        default_factory=lambda: ["tensorboard"], metadata={
+            "help": "experiment trackers written on rank 0: any of tensorboard, csv, wandb (offline unless WANDB_MODE "
+                    "says otherwise), mlflow (a file store in the run folder unless MLFLOW_TRACKING_URI is set); "
+                    "[] = none. wandb and mlflow: pip install -e \".[track]\" (docs/reports.md)"})
+    log_every: int = field(default=1, metadata={
+        "help": "give the trackers the step metrics (loss terms, lr, images/s) every N optimisation steps"})
+    tensorboard: bool | None = field(
+        default=None, metadata={"help": "older switch: true adds tensorboard to train.loggers, false removes it, "
+                                "null leaves train.loggers as it is"})
     compile: bool | str = field(
         default=False, metadata={"help": "torch.compile the training loss step (prompt -> text encoder -> loss): "
                                  "false, true (inductor) or a torch.compile backend name (e.g. aot_eager)"}
@@ -215,6 +224,30 @@ class TrainConfig:
         check_int(self.eval_every, "train.eval_every", minimum=0)
         check_int(self.checkpoint_every, "train.checkpoint_every", minimum=1)
         check_int(self.keep_checkpoints, "train.keep_checkpoints", minimum=1)
+        check_int(self.log_every, "train.log_every", minimum=1)
+        self.loggers = check_loggers(self.loggers, self.tensorboard)
+        self.tensorboard = None  # folded into train.loggers: the saved config says it once
+
+
+#: The experiment trackers of option ``train.loggers`` (:mod:`vlprompt.engine.tracking` writes them).
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
+
+
+def check_loggers(names: Any, tensorboard: bool | None = None) -> list[str]:
+    """Option ``train.loggers`` checked (known names, each once, in the order given), with the older switch
+    ``train.tensorboard`` folded in (true adds ``tensorboard``, false removes it, None changes nothing)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"option train.loggers must be a list of names (e.g. [tensorboard, csv]), got {shown(names)}")
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        raise ConfigError(f"option train.loggers: unknown logger{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(repr(n) for n in unknown)}; known: {', '.join(LOGGERS)}")
+    out = list(dict.fromkeys(names))
+    if tensorboard is True and "tensorboard" not in out:
+        out.append("tensorboard")
+    elif tensorboard is False:
+        out = [n for n in out if n != "tensorboard"]
+    return out
 
 
 @dataclass

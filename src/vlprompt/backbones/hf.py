@@ -23,6 +23,7 @@ processor does for square images) and cut into the processor's patch sequence
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,20 @@ from vlprompt.backbones.hf_folder import (
 )
 from vlprompt.core.errors import ModelError, VlpromptError
 
-__all__ = ["SUPPORTED_TYPES", "HFBackbone", "load_hf_backbone", "preprocess_from_processor", "siglip2_patches",
-           "write_test_model"]
+__all__ = ["SUPPORTED_TYPES", "HFBackbone", "load_hf_backbone", "preprocess_from_processor", "quiet_progress_bars",
+           "siglip2_patches", "write_test_model"]
+
+
+def quiet_progress_bars() -> None:
+    """No ``transformers`` progress bars in this process from now on (``--no-progress``, ``train.progress=false``).
+
+    vlprompt's own loads (:func:`load_hf_backbone`) never show them; this turns them off for any other use of
+    ``transformers`` in the process (a plugin, the user's code), and only where it is already imported: it imports
+    nothing itself.
+    """
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:
+        transformers.utils.logging.disable_progress_bar()
 
 
 def _require_transformers() -> Any:

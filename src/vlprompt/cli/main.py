@@ -816,6 +816,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "no_progress", False):
+        from vlprompt.backbones.hf import quiet_progress_bars
+
+        quiet_progress_bars()  # transformers' bars too, where it is imported
     try:
         if getattr(args, "threads", None) is not None or "torch" not in sys.modules:
             set_threads(getattr(args, "threads", None))

@@ -93,12 +93,12 @@ def _accuracy_block(value: Any, what: str) -> dict[str, Any]:
 
 #: Options left out of :func:`config_digest` (``section.option``): they say where files are (output folder,
 #: dataset root, download and feature caches) or how a run shows and keeps its progress (bars, log lines,
-#: TensorBoard, checkpoint frequency, rank timeout), not what is computed; so one experiment run in another
+#: experiment trackers, checkpoint frequency, rank timeout), not what is computed; so one experiment run in another
 #: folder or on another machine's paths, or resumed with other bookkeeping, has the same digest.
 DIGEST_EXCLUDED = (
     "train.output_dir", "data.root", "data.feature_cache_dir", "backbone.cache_dir",
     "train.progress", "train.console_log", "train.tensorboard", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.dist_timeout_min",
+    "train.dist_timeout_min", "train.loggers", "train.log_every",
 )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,10 +138,17 @@ def loss_step(method: PromptMethod, compile_step: bool | str) -> Callable[[Tenso
 def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Optimizer, device: torch.device,
                     cfg: ExperimentConfig, epoch: int, *, ctx: DistContext = SINGLE,
                     loss_fn: Callable[[Tensor, Tensor], LossTerms] | None = None,
-                    progress: bool | None = None, lr_at: Callable[[int], float] | None = None) -> dict[str, float]:
+                    progress: bool | None = None, lr_at: Callable[[int], float] | None = None,
+                    on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
     """One pass over ``loader``; loss, each loss term (``loss_<term>``: mean per counted item) and accuracy
     are over the global batches (all ranks). With ``lr_at`` (step of the epoch -> learning rate) the rate is set
-    before every step (``optim.scheduler_step: iteration``); else the optimiser keeps the rate it has."""
+    before every step (``optim.scheduler_step: iteration``); else the optimiser keeps the rate it has.
+
+    ``on_step(step of the epoch, values)`` is called after every optimiser step with the step's global ``loss``,
+    ``loss_<term>`` (methods with more than one term), ``images`` (the global batch) and ``seconds`` (the wall time
+    since the previous step, data loading included); the values are those the loop reads anyway (no further device
+    sync).
+    """
     method.train()
     loss_fn = method.training_loss if loss_fn is None else loss_fn
     progress = cfg.train.progress if progress is None else progress
@@ -149,6 +157,7 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
     total_loss, correct, seen = 0.0, 0, 0
     term_sums: dict[str, float] = {}
     term_counts: dict[str, int] = {}
+    tick = time.perf_counter()
     for step, (images, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}", leave=False,
                                                  disable=not progress)):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -174,6 +183,15 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
         for name, value in stats.term_sums.items():
             term_sums[name] = term_sums.get(name, 0.0) + value
             term_counts[name] = term_counts.get(name, 0) + stats.term_counts[name]
+        if on_step is not None:
+            now = time.perf_counter()
+            values = {"loss": stats.loss, "images": float(stats.n), "seconds": now - tick}
+            if len(stats.term_sums) > 1:
+                for k in sorted(stats.term_sums):
+                    count = stats.term_counts[k]
+                    values[f"loss_{k}"] = stats.term_sums[k] / count if count else 0.0
+            on_step(step, values)
+            tick = now
     if seen == 0:
         raise VlpromptError("the training split is empty; check data.dataset / data.root / data.shots")
     record = {"loss": total_loss / seen, "accuracy": 100.0 * correct / seen}
@@ -183,16 +201,26 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
     return record
 
 
+def _report_step(on_step: Callable[[int, dict[str, float]], None], done: int,
+                 lr_of_step: Callable[[int], float] | None, lr: float, step: int, values: dict[str, float]) -> None:
+    """``on_step`` of :func:`run_epochs`: the step counted over every epoch (``done`` before this one), the
+    schedule's rate of the step (``lr_of_step``, per-step schedules) or of the epoch (``lr``)."""
+    on_step(done + step + 1, {**values, "lr": lr_of_step(step) if lr_of_step is not None else lr})
+
+
 def run_epochs(method: PromptMethod, loader: Any, loss_fn: Callable[[Tensor, Tensor], LossTerms], state: LoopState,
                cfg: ExperimentConfig, device: torch.device, ctx: DistContext, *, checkpoints: Path, progress: bool,
-               validate: Callable[[], float] | None, record: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+               validate: Callable[[], float] | None, record: Callable[[dict[str, Any]], None],
+               on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, Any]]:
     """Train from ``state.start_epoch`` to ``state.max_epoch``; returns the history (one record per epoch).
 
     Each epoch: the learning rate of the schedule (set once, or before every step with ``optim.scheduler_step:
     iteration``; the record's ``lr`` is the epoch's first), the data-loader workers reseeded, one pass
     (:func:`train_one_epoch`), ``method.on_epoch_end``, the validation accuracy every ``train.eval_every``
     epochs (``validate``, None without a validation split), ``record(epoch record)`` (the run's log), and a
-    checkpoint (rank 0) every ``train.checkpoint_every`` epochs and after the last.
+    checkpoint (rank 0) every ``train.checkpoint_every`` epochs and after the last. ``on_step(step, values)``
+    gets every optimiser step's values (:func:`train_one_epoch`'s, with the schedule's ``lr``); ``step`` counts the
+    steps of every epoch, from 1.
     """
     optimizer, max_epoch, history = state.optimizer, state.max_epoch, state.history
     per_step = cfg.optim.scheduler_step == "iteration"
@@ -204,8 +232,10 @@ def run_epochs(method: PromptMethod, loader: Any, loss_fn: Callable[[Tensor, Ten
         lr = lr_of_step(0)
         set_lr(optimizer, lr, warmup=epoch < cfg.optim.warmup_epoch)
         reseed_worker_rng(ctx, cfg.train.seed, epoch)
+        step_hook = None if on_step is None else functools.partial(
+            _report_step, on_step, epoch * state.steps_per_epoch, lr_of_step if per_step else None, lr)
         stats = train_one_epoch(method, loader, optimizer, device, cfg, epoch, ctx=ctx, loss_fn=loss_fn,
-                                progress=progress, lr_at=lr_of_step if per_step else None)
+                                progress=progress, lr_at=lr_of_step if per_step else None, on_step=step_hook)
         method.on_epoch_end(epoch, max_epoch)  # e.g. PromptSRC's prompt aggregation
         entry = {"epoch": epoch + 1, "lr": lr, **stats}
         if cfg.train.eval_every and (epoch + 1) % cfg.train.eval_every == 0 and validate is not None:

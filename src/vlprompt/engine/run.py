@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vlprompt.core.errors import ConfigError, VlpromptError
 from vlprompt.core.io import ensure_dir, write_error
@@ -55,6 +57,11 @@ class RunPaths:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tb"
+
+    @property
+    def tracking(self) -> Path:
+        """The experiment trackers' files but TensorBoard's (CSV, W&B, MLflow; :mod:`vlprompt.engine.tracking`)."""
+        return self.root / "tracking"
 
     @property
     def lock(self) -> Path:
@@ -149,13 +156,9 @@ def lock_is_held(path: Path) -> bool:
     return False
 
 
-class _TqdmHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record))
-
-
 def make_logger(path: Path | None, *, console: bool = True, name: str = "vlprompt.run") -> logging.Logger:
-    """A logger writing to ``path`` (appending) and to the console without breaking progress bars."""
+    """A logger writing to ``path`` (appending) and to the console (standard output); within
+    :func:`console_logging` its console lines do not break progress bars."""
     logger = logging.getLogger(f"{name}.{id(path)}")
     logger.handlers.clear()
     logger.propagate = False
@@ -169,10 +172,19 @@ def make_logger(path: Path | None, *, console: bool = True, name: str = "vlpromp
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(fh)
     if console:
-        ch = _TqdmHandler()
+        ch = logging.StreamHandler(sys.stdout)
         ch.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(ch)
     return logger
+
+
+def console_logging(logger: logging.Logger) -> contextlib.AbstractContextManager:
+    """For the length of a ``with`` block, ``logger``'s console lines are written through ``tqdm.write`` (above
+    the progress bars, not through them; ``tqdm.contrib.logging``); its log file is unaffected. A logger without
+    console output (``console=False``, :func:`quiet_logger`) stays as it is."""
+    if not any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers):
+        return contextlib.nullcontext()
+    return logging_redirect_tqdm(loggers=[logger], tqdm_class=tqdm)
 
 
 def quiet_logger(rank: int) -> logging.Logger:

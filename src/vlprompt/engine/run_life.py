@@ -6,8 +6,8 @@ What :func:`vlprompt.engine.trainer.train` leaves to this module (the optimisati
     open_run()          refuse to overwrite a run; compare a resumed run's config (only the options of
                         _RESUME_MAY_CHANGE may differ); lock the folder; save a new run's config; the log
     Run.check_budget()  a resumption's budget against the epochs trained (never shorter); save its config
-    Run.tensorboard()   TensorBoard scalars of each epoch (rank 0)
-    Run.record_epoch()  one log line (and TensorBoard scalars) per epoch
+    Run.tracker()       the experiment trackers of option train.loggers (rank 0; :mod:`vlprompt.engine.tracking`)
+    Run.record_epoch()  one log line (and the trackers' epoch metrics) per epoch
     Run.save_prompt()   the learned prompt file (rank 0)
     Run.write_results() metrics.json and results.md (rank 0)
 
@@ -31,7 +31,8 @@ from vlprompt.core.results import BackboneRecord, RunResult, config_digest, read
 from vlprompt.core.tables import accuracy_table
 from vlprompt.engine.checkpoint import list_checkpoints, save_prompt
 from vlprompt.engine.distributed import DistContext, main_only
-from vlprompt.engine.run import RunLock, RunPaths, close_logger, make_logger, quiet_logger
+from vlprompt.engine.run import RunLock, RunPaths, close_logger, console_logging, make_logger, quiet_logger
+from vlprompt.engine.tracking import Tracker, epoch_metrics, flat_params, open_tracker
 from vlprompt.methods.base import PromptMethod
 
 #: Config parts that must not change between a run and its resumption ...
@@ -189,23 +190,28 @@ class Run:
         """Training seconds of the finished run being trained on (0 for any other)."""
         return float(self.extending.train_time_s or 0.0) if self.extending is not None else 0.0
 
-    def tensorboard(self, start_epoch: int) -> Any:
-        """A TensorBoard writer of the run's scalars (rank 0, option train.tensorboard, if installed), else None."""
-        if not (self.ctx.is_main and self.cfg.train.tensorboard):
-            return None
+    def tracker(self, start_step: int) -> Tracker:
+        """The experiment trackers of option ``train.loggers`` (rank 0; an empty one on the other ranks) of a run
+        that starts (or, resumed, continues) at optimisation step ``start_step``, with the resolved config logged
+        as its hyper-parameters. Finish it with the final metrics (:meth:`Tracker.finish`)."""
+        if not (self.ctx.is_main and self.cfg.train.loggers):
+            return Tracker(start_step=start_step)
+        tracker = open_tracker(self.cfg.train.loggers, tensorboard_dir=self.paths.tensorboard,
+                               tracking_dir=self.paths.tracking, start_step=start_step, run_name=self.paths.root.name)
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed: scalars are still in metrics.json / log.txt
-            return None
-        return SummaryWriter(str(self.paths.tensorboard), purge_step=start_epoch + 1 if start_epoch else None)
+            tracker.log_hparams(flat_params(self.cfg.as_dict()))
+        except BaseException:
+            tracker.finish(None)
+            raise
+        self.log.info(f"tracking with {', '.join(tracker.names)}"
+                      + (f" from step {start_step}" if start_step else ""))
+        return tracker
 
-    def record_epoch(self, record: dict[str, Any], writer: Any) -> None:
-        """Log one epoch's record (``epoch``, ``lr``, losses, accuracies) and add it to TensorBoard."""
+    def record_epoch(self, record: dict[str, Any], tracker: Tracker, step: int) -> None:
+        """Log one epoch's record (``epoch``, ``lr``, losses, accuracies), and give it to ``tracker`` at ``step``
+        (the epoch's last optimisation step)."""
         self.log.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if writer is not None:
-            for key, value in record.items():
-                if key != "epoch":
-                    writer.add_scalar(f"train/{key}" if "val" not in key else f"val/{key}", value, record["epoch"])
+        tracker.log_metrics(epoch_metrics(record), step)
 
     def save_prompt(self, method: PromptMethod, epochs: int) -> None:
         """Write the learned prompt file ``prompt.safetensors`` (+ ``prompt.json``; rank 0)."""
@@ -278,7 +284,8 @@ def open_run(cfg: ExperimentConfig, ctx: DistContext, resume: bool) -> Iterator[
             if note not in run.budget_notes:  # budget changes: logged with the epochs they train (check_budget)
                 run.log.warning(note)
         try:
-            yield run
+            with console_logging(run.log):
+                yield run
         except VlpromptError as exc:
             paths = run.paths
             if ctx.is_main and not list_checkpoints(paths.checkpoints) and not paths.metrics.exists():

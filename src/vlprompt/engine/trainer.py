@@ -3,7 +3,8 @@
 ``train(cfg)`` runs one experiment into ``cfg.train.output_dir``::
 
     config.yaml        resolved config            fewshot.json   the K-shot split used
-    log.txt            human log                  tb/            TensorBoard scalars
+    log.txt            human log                  tb/            TensorBoard scalars (train.loggers)
+    tracking/          CSV / W&B / MLflow files of the other experiment trackers (train.loggers)
     checkpoints/       resumable, atomic, per epoch (the last ``keep_checkpoints`` kept)
     prompt.safetensors the learned prompt (+ prompt.json)
     metrics.json       final test accuracy (overall, per class), history; results.md table
@@ -25,7 +26,8 @@ takes its slice of each global batch, gradients are averaged over the global bat
 (:mod:`vlprompt.engine.distributed`), and rank 0 alone evaluates and writes the run folder.
 
 ``train`` orchestrates three parts: the run's life in its folder (:mod:`vlprompt.engine.run_life`: checks,
-lock, resume comparison and budget, log, TensorBoard, config / prompt / metrics files), the optimisation loop
+lock, resume comparison and budget, log, experiment trackers, config / prompt / metrics files; the trackers
+themselves are :mod:`vlprompt.engine.tracking`'s), the optimisation loop
 (:mod:`vlprompt.engine.loop`: optimiser, schedule, epochs, steps, checkpoints) and evaluation
 (:mod:`vlprompt.engine.evaluate`). Whether images are encoded at every step is decided once, by
 :func:`vlprompt.engine.features.image_encoding`.
@@ -40,6 +42,7 @@ import torch
 
 from vlprompt.backbones.base import Backbone
 from vlprompt.backbones.build import build_backbone
+from vlprompt.backbones.hf import quiet_progress_bars
 from vlprompt.config import ExperimentConfig
 from vlprompt.core.errors import ConfigError
 from vlprompt.core.results import RunResult
@@ -58,6 +61,7 @@ from vlprompt.engine.evaluate import evaluate_items
 from vlprompt.engine.fitting import RunFitData, fit_summary
 from vlprompt.engine.run import autocast, resolve_device, seed_everything
 from vlprompt.engine.run_life import Run, open_run
+from vlprompt.engine.tracking import StepReporter, Tracker, check_available, final_metrics, tracking
 from vlprompt.methods.base import MethodContext, PromptMethod
 from vlprompt.methods.registry import build_method, get_method
 
@@ -100,6 +104,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | N
     cfg = get_method(cfg.method.name).prepare_run(cfg, resume)  # e.g. PromptKD's teacher, trained first
     ctx, device = init_distributed(resolve_device(cfg.train.device), timeout_min=cfg.train.dist_timeout_min)
     main_only(ctx, lambda: check_batch_size(ctx, cfg.optim.batch_size))  # before anything is written
+    main_only(ctx, lambda: check_available(cfg.train.loggers))  # a tracker named but not installed
     with open_run(cfg, ctx, resume) as run:
         if run.finished is not None:
             return run.finished
@@ -110,6 +115,8 @@ def _train(run: Run, backbone: Backbone | None, device: torch.device) -> RunResu
     """The run itself, in its open folder: data, method, closed-form fit, the loop, evaluation."""
     cfg, ctx, log = run.cfg, run.ctx, run.log
     progress = cfg.train.progress and ctx.is_main
+    if not cfg.train.progress:
+        quiet_progress_bars()  # transformers' bars too, where it is imported
     seed_everything(cfg.train.seed)
     if backbone is None:
         backbone = build_backbone(cfg.backbone, device=device)
@@ -139,7 +146,9 @@ def _train(run: Run, backbone: Backbone | None, device: torch.device) -> RunResu
     if not caps.uses_sgd:  # fitted only: no epochs, no optimiser, no checkpoints
         if run.resume:
             run.write_config()
-        return main_only(ctx, lambda: _finish(method, data, backbone, run, device, [], 0, 0.0, fit_info))
+        with tracking(run.tracker(0)) as tracker:
+            return _finished(tracker, main_only(ctx, lambda: _finish(method, data, backbone, run, device, [], 0, 0.0,
+                                                                      fit_info)))
 
     state = loop.start(method, params, cfg, len(data.train), run.paths.checkpoints if run.resume else None, log)
     if run.resume:
@@ -148,26 +157,32 @@ def _train(run: Run, backbone: Backbone | None, device: torch.device) -> RunResu
             return unchanged
     train_loader = loop.train_loader(method, data, backbone, cfg, device, ctx, progress)
     loss_fn = loop.loss_step(method, cfg.train.compile)
-    writer = run.tensorboard(state.start_epoch)
-    t0 = time.time()
+    with tracking(run.tracker(state.start_epoch * state.steps_per_epoch)) as tracker:
+        t0 = time.time()
 
-    def validate() -> float:
-        return main_only(ctx, lambda: _evaluate_split(method, data, data.val, cfg, device, "val"))["accuracy"]
+        def validate() -> float:
+            return main_only(ctx, lambda: _evaluate_split(method, data, data.val, cfg, device, "val"))["accuracy"]
 
-    history = loop.run_epochs(method, train_loader, loss_fn, state, cfg, device, ctx,
-                              checkpoints=run.paths.checkpoints, progress=progress,
-                              validate=validate if data.val else None, record=lambda r: run.record_epoch(r, writer))
-    if writer is not None:
-        writer.close()
-    if caps.fitted:  # e.g. Tip-Adapter-F's search of alpha / beta with the trained keys
-        with torch.random.fork_rng(devices=[]), autocast(device, cfg.train.compute_precision):
-            after = dict(method.after_training(fit_data))
-        if after:
-            log.info(f"after training: {fit_summary(after)}")
-        fit_info.update(after)
-    train_time = round(time.time() - t0 + run.earlier_time, 2)
-    return main_only(ctx, lambda: _finish(method, data, backbone, run, device, history, state.max_epoch,
-                                          train_time, fit_info))
+        history = loop.run_epochs(method, train_loader, loss_fn, state, cfg, device, ctx,
+                                  checkpoints=run.paths.checkpoints, progress=progress,
+                                  validate=validate if data.val else None,
+                                  record=lambda r: run.record_epoch(r, tracker, r["epoch"] * state.steps_per_epoch),
+                                  on_step=StepReporter(tracker, cfg.train.log_every) if tracker.loggers else None)
+        if caps.fitted:  # e.g. Tip-Adapter-F's search of alpha / beta with the trained keys
+            with torch.random.fork_rng(devices=[]), autocast(device, cfg.train.compute_precision):
+                after = dict(method.after_training(fit_data))
+            if after:
+                log.info(f"after training: {fit_summary(after)}")
+            fit_info.update(after)
+        train_time = round(time.time() - t0 + run.earlier_time, 2)
+        return _finished(tracker, main_only(ctx, lambda: _finish(method, data, backbone, run, device, history,
+                                                                  state.max_epoch, train_time, fit_info)))
+
+
+def _finished(tracker: Tracker, result: RunResult) -> RunResult:
+    """``result``, its numbers given to ``tracker`` as the run's final metrics."""
+    tracker.finish(final_metrics(result.test, result.val, float(result.train_time_s or 0.0)))
+    return result
 
 
 def _finish(method: PromptMethod, data: PreparedData, backbone: Backbone, run: Run, device: torch.device,
