@@ -240,9 +240,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vlprompt.cli.demo import results_table, run_demo
-
-    from vlprompt.cli.demo import QUICK
+    from vlprompt.cli.demo import QUICK, results_table, run_demo
 
     shots = _int_list(args.shots, "--shots") if args.shots else None
     jobs = args.jobs if args.jobs is not None else (args.threads or available_cores())
