@@ -64,4 +64,4 @@ def describe_towers() -> dict[str, Any]:
 
     return {"tower_kinds": dict(TOWER_KINDS),
             "families": [{"name": f.name, "prefix": f.prefix, "description": f.description}
-                         for f in backbone_families().values()]}
+                         for f in sorted(backbone_families().values(), key=lambda f: f.name)]}
