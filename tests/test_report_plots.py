@@ -64,3 +64,20 @@ def test_one_y_scale_for_every_panel(figure):
     avg = {line.get_label(): line for line in _panel(figure, "average").get_lines()}
     assert list(avg["coop (mean ± std over seeds)"].get_ydata()) == [67.0, 74.0]
     assert statistics.fmean([42.0, 48.0]) == avg["zeroshot"].get_ydata()[0]
+
+
+def test_demo_plot_is_one_seeds_gains_over_zero_shot_as_points_on_one_scale(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from vlprompt.cli.demo import plot_results
+
+    kept = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: kept.append(fig))
+    rows = [{"dataset": "world_shapes", "classes": 12, "zeroshot": 92.0, "coop": {1: 91.0, 4: 93.5}},
+            {"dataset": "world_patterns", "classes": 7, "zeroshot": 41.0, "coop": {1: 35.0, 4: 31.0}}]
+    plot_results({"rows": rows, "shots": [1, 4], "model": "m", "pretrained": "p", "seed": 1}, tmp_path / "x.png")
+    panels = [ax for ax in kept[0].axes if ax.get_visible()]
+    assert len({ax.get_ylim() for ax in panels}) == 1
+    coop = [line for line in panels[1].get_lines() if line.get_label() == "CoOp (one seed)"][0]
+    assert list(coop.get_ydata()) == [-6.0, -10.0] and coop.get_linestyle() == "None"
+    assert "not a trend" in kept[0]._suptitle.get_text()
