@@ -200,7 +200,7 @@ def test_core_imports_and_runs_without_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "ModelError" in out.stdout and "pip install 'vlprompt[hf]'" in out.stdout
+    assert "ModelError" in out.stdout and "pip install -e '.[hf]' in the vlprompt clone" in out.stdout
 
 
 @pytest.fixture(scope="module", params=["mean_pooler", "cls_pooler"])

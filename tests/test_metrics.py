@@ -29,3 +29,12 @@ def test_classes_without_images_are_reported_as_none():
     rep = accuracy_report(torch.tensor([0, 0]), torch.tensor([0, 1]), ["a", "b", "c"])
     assert rep["per_class"]["c"] is None
     assert rep["macro_accuracy"] == pytest.approx(50.0)
+
+
+def test_accuracies_are_exact_percentages_not_float32_noise():
+    # 24 of 25 right is 96.0, not float32's 95.99999785423279 (which the reports used to print)
+    labels = torch.zeros(25, dtype=torch.long)
+    preds = torch.cat([torch.zeros(24, dtype=torch.long), torch.ones(1, dtype=torch.long)])
+    rep = accuracy_report(preds, labels, ["a", "b"])
+    assert rep["accuracy"] == 96.0 and rep["macro_accuracy"] == 96.0 and rep["per_class"]["a"] == 96.0
+    assert repr(rep["accuracy"]) == "96.0"

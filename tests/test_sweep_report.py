@@ -470,7 +470,7 @@ def test_comparison_tables_for_several_methods(tmp_path):
     assert table_row(section, ["dataset"]) == ["dataset", "cocoop", "coop", "zeroshot"]
     assert table_row(section, ["dtd"]) == ["dtd", "60.50 ± 0.50", "65.50 ± 0.50", "41.50 ± 0.50"]
     assert table_row(section, ["average"]) == ["average", "70.50", "75.50", "44.00"]
-    assert "### few-shot, 1 shots (ViT-B-16)" in text and "### few-shot, 0 shots" not in text
+    assert "### few-shot, 1 shot (ViT-B-16)" in text and "### few-shot, 0 shots" not in text
     assert result["comparison"]["fewshot"]["ViT-B-16"]["1"]["eurosat"]["coop"] == pytest.approx(82.5)
     h = text.split("### base2new H (ViT-B-16)")[1]
     assert table_row(h, ["dataset"]) == ["dataset", "cocoop", "coop", "cocoop (paper)", "coop (paper)"]

@@ -2,7 +2,7 @@
 
 Loaded offline only (``local_files_only=True``): a local directory written by ``save_pretrained``
 or a hub id already in the local Hugging Face cache. Needs the optional dependency
-``pip install vlprompt[hf]``. Importing this module declares the ``hf`` family and imports no
+``pip install -e '.[hf]'`` in the vlprompt clone. Importing this module declares the ``hf`` family and imports no
 ``transformers`` (that happens on the first load); its test model is the tiny open_clip test ViT
 converted to a ``CLIPModel`` folder (:func:`write_test_model`).
 
@@ -71,7 +71,7 @@ def _require_transformers() -> Any:
         import transformers
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ModelError("Hugging Face models (--model hf:...) need the optional dependency: "
-                         "pip install 'vlprompt[hf]'") from exc
+                         "pip install -e '.[hf]' in the vlprompt clone") from exc
     return transformers
 
 
@@ -427,5 +427,5 @@ def write_test_model(folder: Path) -> str:
 register_backbone_family(
     "hf", load_hf_backbone, test_model=write_test_model, requires=("transformers",),
     description="Hugging Face transformers CLIPModel / SiglipModel (local directory or cached hub id; needs "
-                "`pip install vlprompt[hf]`)",
+                "`pip install -e '.[hf]'` in the vlprompt clone)",
 )

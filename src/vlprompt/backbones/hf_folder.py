@@ -65,7 +65,7 @@ def model_folder(model: str, cache_dir: str | None = None) -> Path:
         raise ModelError(
             f"hf model '{model}' is not available locally (option backbone.model): no folder of that name and no "
             "hub model of that id in the local Hugging Face cache. vlprompt loads Hugging Face models "
-            "offline: give a directory written by save_pretrained / `huggingface-cli download`, or a hub id "
+            "offline: give a directory written by save_pretrained / `hf download`, or a hub id "
             "already in the local cache.") from exc
 
 
@@ -135,7 +135,7 @@ def check_config(folder: Path) -> dict[str, Any]:
     file = folder / "config.json"
     if not file.is_file():
         raise ModelError(f"hf model folder '{folder}' has no config.json; {_AGAIN} (a folder written by "
-                         "save_pretrained / `huggingface-cli download` holds one)")
+                         "save_pretrained / `hf download` holds one)")
     config = read_json_object(file)
     model_type = config.get("model_type")
     if not isinstance(model_type, str):

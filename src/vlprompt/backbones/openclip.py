@@ -397,8 +397,8 @@ def load_backbone(
     except Exception as exc:  # HF tokenizers (SigLIP, CLIPA, multilingual) are fetched from the hub
         raise ModelError(
             f"could not load the tokenizer of model '{model}': {exc}. Hint: its Hugging Face tokenizer must be "
-            "in the local Hugging Face cache when this machine is offline (pip install 'vlprompt[hf]' for "
-            "transformers; see docs/backbones.md)."
+            "in the local Hugging Face cache when this machine is offline (pip install -e '.[hf]' in the vlprompt "
+            "clone for transformers; see docs/backbones.md)."
         ) from exc
     preprocess_cfg = open_clip.get_model_preprocess_cfg(clip_model)
     return OpenClipBackbone(clip_model, tokenizer, model, pretrained if weights or has_schema else None,

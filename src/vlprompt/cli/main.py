@@ -35,7 +35,9 @@ def _add_config_args(p: argparse.ArgumentParser, *, config_required: bool = Fals
     p.add_argument("--model", help="shortcut for --set backbone.model=...")
     p.add_argument("--pretrained", help="shortcut for --set backbone.pretrained=... (tag or weights file)")
     p.add_argument("--dataset", help="shortcut for --set data.dataset=...")
-    p.add_argument("--root", help="shortcut for --set data.root=... (folder holding the datasets)")
+    p.add_argument("--root", help="shortcut for --set data.root=... (the folder holding the dataset folders; for "
+                                  "imagefolder the folder holding train/ and test/, for csv the folder of "
+                                  "train.csv / test.csv)")
     p.add_argument("--device", help="shortcut for --set train.device=... (auto, cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -281,7 +281,8 @@ class OnnxClassifier:
             import onnxruntime as ort
         except ImportError as exc:
             raise VlpromptError("running an exported ONNX classifier needs onnxruntime: "
-                                "pip install 'vlprompt[export]' (or pip install onnxruntime)") from exc
+                                "pip install -e '.[export]' in the vlprompt clone (or pip install "
+                                "onnxruntime)") from exc
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"exported classifier '{path}' does not exist")

@@ -30,9 +30,11 @@ def accuracy_report(preds: Tensor, labels: Tensor, classnames: list[str]) -> dic
         for i, name in enumerate(classnames)
     }
     present = total > 0
+    # counts -> float64 percentages: a float32 mean prints 96% of 25 images as 95.99999785423279
+    recall = hits[present].double() / total[present].double()
     return {
-        "accuracy": 100.0 * float(correct.mean()) if len(labels) else 0.0,
-        "macro_accuracy": 100.0 * float((hits[present] / total[present]).mean()) if present.any() else 0.0,
+        "accuracy": 100.0 * int((preds == labels).sum()) / len(labels) if len(labels) else 0.0,
+        "macro_accuracy": 100.0 * float(recall.mean()) if present.any() else 0.0,
         "n": int(len(labels)),
         "per_class": per_class,
     }

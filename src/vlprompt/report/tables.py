@@ -52,6 +52,11 @@ PAPER_OOD_METRICS = (("fpr95", "FPR95"), ("auroc", "AUROC"))  # what LoCoOp's ta
 
 # ------------------------------------------------------------------------------------ helpers
 
+def shots_label(k: int) -> str:
+    """A column / title label for ``k`` shots: ``1 shot``, ``16 shots``."""
+    return f"{k} shot" if k == 1 else f"{k} shots"
+
+
 def _pm(values: Sequence[float]) -> str:
     mean, std = mean_std(values)
     return f"{mean:.2f} ± {std:.2f}"
@@ -111,7 +116,7 @@ def fewshot_tables(groups: dict[FewKey, list[float]], paper: Sequence[PaperEntry
             if with_paper:
                 avg += _unsupervised_paper(paper, method, bb, "average", set(datasets), js)
             rows.append(avg)
-        head = ["dataset", *[f"{k} shots" for k in shots]] + (["paper", "paper source"] if with_paper else [])
+        head = ["dataset", *[shots_label(k) for k in shots]] + (["paper", "paper source"] if with_paper else [])
         tables.append(Table(f"{method} ({bb}): test accuracy %, mean ± std over seeds", head, rows))
     return tables, long, js
 
@@ -159,7 +164,7 @@ def fewshot_comparison(groups: dict[FewKey, list[float]]) -> tuple[list[Table], 
             if len(datasets) > 1:
                 rows.append(["average", *[f"{statistics.fmean(per_method[m]):.2f}"
                                           if len(per_method[m]) == len(datasets) else "-" for m in methods]])
-            tables.append(Table(f"few-shot, {k} shots ({bb}): test accuracy %, mean ± std over seeds",
+            tables.append(Table(f"few-shot, {shots_label(k)} ({bb}): test accuracy %, mean ± std over seeds",
                                 ["dataset", *methods], rows))
     return tables, js
 

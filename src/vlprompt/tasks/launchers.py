@@ -109,7 +109,8 @@ def _submitit() -> Any:
     try:
         import submitit
     except ImportError as exc:
-        raise VlpromptError("--launcher needs the submitit package: pip install 'vlprompt[slurm]'") from exc
+        raise VlpromptError("--launcher needs the submitit package: pip install -e '.[slurm]' in the vlprompt "
+                            "clone") from exc
     return submitit
 
 

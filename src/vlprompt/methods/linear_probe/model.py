@@ -10,7 +10,8 @@ halving towards it. The fitted classifier is stored as ``weight [C, E]`` and ``b
 
     logits = f W^T + b          (scikit-learn's decision function; f unnormalised)
 
-scikit-learn is needed only to fit (``pip install 'vlprompt[probe]'``); prediction is plain torch.
+scikit-learn is needed only to fit (``pip install -e '.[probe]'`` in the vlprompt
+clone); prediction is plain torch.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _sklearn_logistic_regression() -> Any:
         from sklearn.linear_model import LogisticRegression
     except ImportError as exc:
         raise ConfigError("method linear_probe fits with scikit-learn, which is not installed: "
-                          "pip install 'vlprompt[probe]' (or pip install scikit-learn)") from exc
+                          "pip install -e '.[probe]' in the vlprompt clone (or pip install scikit-learn)") from exc
     return LogisticRegression
 
 

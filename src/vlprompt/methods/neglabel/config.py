@@ -28,7 +28,8 @@ class NegLabelConfig:
 
     corpus: str = field(default="wordnet", metadata={
         "help": "word corpus: wordnet (WordNet 3.0 as the authors' txtfiles/: all noun and adjective files but "
-                "noun.animal and noun.food; needs pip install 'vlprompt[ood]'), wordnet_complete, a registered "
+                "noun.animal and noun.food; needs pip install -e '.[ood]' in the vlprompt clone), wordnet_complete, "
+                "a registered "
                 "corpus (world), a folder of noun.*.txt / adj.*.txt files or a word-list file (custom_config/clip.py "
                 "l.10 wordnet_database='./txtfiles/')"})
     txt_exclude: list[str] = field(default_factory=list, metadata={

