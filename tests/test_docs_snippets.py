@@ -160,6 +160,21 @@ SUBSTITUTIONS: dict[str, dict[int, list[Sub]]] = {
                 "-c configs/world/coop_world.yaml --set data.options.n_test=2", REAL_TO_WORLD),
             Sub("photos/", "shared/photos/", "a folder of photos -> world images"),
         ],
+        3: [
+            Sub("runs/coop_eurosat_16shots --format hub -o eurosat-coop", "shared/coop --format hub -o eurosat-coop",
+                "a run folder -> the shared CoOp run"),
+            Sub("hf upload me/eurosat-coop eurosat-coop            # huggingface_hub's CLI (`hf auth login` first)\n",
+                "", NOTHING + "an upload (network, an account)"),
+            Sub("hf download me/eurosat-coop                       # into the local cache (HF_HUB_CACHE / HF_HOME)\n",
+                "", NOTHING + "a download (network): the module's HF_HUB_CACHE already holds me/eurosat-coop as "
+                "`hf download` leaves it, exported from the shared CoOp run"),
+            Sub("photos/", "shared/photos/", "a folder of photos -> world images"),
+            Sub("-c configs/coop/eurosat/vit_b16_16shots.yaml", "-c configs/world/coop_world.yaml --set "
+                "data.options.n_test=2", REAL_TO_WORLD),
+        ],
+        4: [
+            Sub('["photo.jpg"]', '["shared/photos/test/star/0.png"]', "a photo -> a world image"),
+        ],
         2: [
             Sub('"model.onnx"', '"eurosat.onnx"', "the file the block above exported"),
             Sub("    return [names[i] for i in logits.argmax(axis=1)]",
@@ -219,6 +234,11 @@ SUBSTITUTIONS: dict[str, dict[int, list[Sub]]] = {
                 "-c configs/world/coop_world.yaml --set data.options.n_test=2 --prompt shared/coop/prompt.safetensors "
                 "--ood-sets shared/ood/near:near,shared/ood/far:far",
                 "a config and prompt -> the shared CoOp run's; image folders -> folders of world OOD images"),
+        ],
+        6: [
+            Sub("-c configs/coop/dtd/rn50_16shots.yaml", "-c configs/world/coop_world.yaml --set optim.max_epoch=1",
+                "CoOp's DTD recipe on a real backbone -> the world's tiny CLIP, 1 epoch (on the doc's hf:colours, "
+                "which the block above saved)"),
         ],
     },
     "reports.md": {
@@ -432,6 +452,17 @@ def shared(tmp_path_factory):
     (folder / "sweep_fewshot.yaml").write_text(SWEEP_FEWSHOT)
     (folder / "sweep_ood.yaml").write_text(SWEEP_OOD)
     write_test_model(folder / "hf_model")
+    # the Hugging Face cache as `hf download me/eurosat-coop` leaves it (refs main and v1): deploy.md's hf:// lines
+    with _inside(folder):
+        assert _cli(["export", "coop", "--format", "hub", "-o", "hub_export", "--repo-id", "me/eurosat-coop"]) == 0
+    repo = folder / "hf_cache" / "models--me--eurosat-coop"
+    sha = "0" * 40
+    import shutil
+
+    shutil.copytree(folder / "hub_export", repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    for ref in ("main", "v1"):
+        (repo / "refs" / ref).write_text(sha)
     return folder
 
 
@@ -456,7 +487,8 @@ def _run_shell(code: str, where: str, capsys) -> None:
 @pytest.mark.slow
 @pytest.mark.world
 @pytest.mark.parametrize("doc", [_name(d) for d in documents()])
-def test_snippets_of(doc, shared, tmp_path, capsys):
+def test_snippets_of(doc, shared, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(shared / "hf_cache"))  # holds what `hf download me/eurosat-coop` fetches
     path = "../README.md" if doc == "README.md" else doc
     todo = [(n, b) for n, b in snippets(path) if n not in SKIPPED.get(doc, {}) and not _is_how_to(b)]
     if not todo:
