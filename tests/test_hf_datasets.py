@@ -195,4 +195,4 @@ def test_vlprompt_works_without_datasets():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "DataError" in out.stdout and "pip install 'vlprompt[hf-datasets]'" in out.stdout
+    assert "DataError" in out.stdout and 'pip install -e ".[hf-datasets]"' in out.stdout

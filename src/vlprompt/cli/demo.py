@@ -70,7 +70,7 @@ def dataset_row(dataset: str, out: Path, *, shots: Sequence[int], seed: int, epo
         cfg = world_config({"name": "coop", "n_ctx": 16}, {"max_epoch": n_ep, "batch_size": 32}, dataset,
                            shots=k, out=out / f"coop_{dataset}_{k}shots_seed{seed}", **common)
         row["coop"][k] = train(cfg, backbone=backbone).accuracy
-        log(f"[{time.time() - t0:5.0f}s] {dataset}: CoOp {k:2d} shots {row['coop'][k]:.1f}%")
+        log(f"[{time.time() - t0:5.0f}s] {dataset}: CoOp {k:2d} shot{'' if k == 1 else 's'} {row['coop'][k]:.1f}%")
     return row
 
 

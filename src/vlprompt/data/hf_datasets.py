@@ -1,4 +1,4 @@
-"""Hugging Face datasets (the ``datasets`` library, extra ``vlprompt[hf-datasets]``): ``data.dataset: hf:<source>``.
+"""Hugging Face datasets (the ``datasets`` library, extra ``hf-datasets``): ``data.dataset: hf:<source>``.
 
 ``<source>`` is, in this order:
 
@@ -56,7 +56,7 @@ HF_OPTIONS: dict[str, Any] = {
 }
 KEY_PREFIX = "hf-dataset://"
 VAL_NAMES = ("validation", "val", "valid")
-_INSTALL = "pip install 'vlprompt[hf-datasets]'"
+_INSTALL = 'pip install -e ".[hf-datasets]" (in the vlprompt clone)'
 
 
 def _datasets() -> Any:

@@ -192,7 +192,7 @@ def _export_onnx(module: ExportedClassifier, example: Tensor, output: Path, meta
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise VlpromptError("ONNX export needs the packages onnx and onnxscript (and onnxruntime to check it): "
-                            "pip install 'vlprompt[export]'") from exc
+                            'pip install -e ".[export]" (in the vlprompt clone)') from exc
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
     try:
         with _quiet():
