@@ -229,7 +229,8 @@ class Run:
             backbone=backbone, epochs=epochs, train_time_s=train_time, skipped_images=skipped, test=test,
             val=val, history=history, fit=fit_info or None, config_digest=config_digest(cfg.as_dict()))
         write_result(paths.metrics, result)
-        table = accuracy_table(test, title=f"{cfg.method.name} on {cfg.data.dataset} ({cfg.data.shots} shot{'' if cfg.data.shots == 1 else 's'}, "
+        shots = f"{cfg.data.shots} shot{'' if cfg.data.shots == 1 else 's'}"
+        table = accuracy_table(test, title=f"{cfg.method.name} on {cfg.data.dataset} ({shots}, "
                                              f"seed {cfg.train.seed}) - test")
         atomic_write_text(paths.results_table, table)
         self.log.info("\n" + table)
