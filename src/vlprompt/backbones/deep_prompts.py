@@ -36,11 +36,12 @@ are cast to the tower's compute dtype.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from vlprompt.backbones.openclip_towers import TransformerTextView
 from vlprompt.backbones.shared_prefix import BlockHook
 from vlprompt.core.errors import ModelError
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from vlprompt.backbones.openclip import OpenClipBackbone
 
 
-def _blocks(transformer: nn.Module) -> nn.ModuleList:
+def _blocks(transformer: Any) -> nn.ModuleList:
     blocks = getattr(transformer, "resblocks", None)
     if blocks is None:
         raise ModelError("this tower's transformer has no list of blocks ('resblocks'); deep prompts need "
@@ -56,7 +57,16 @@ def _blocks(transformer: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-def _run_blocks(transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
+def _text_tower(backbone: OpenClipBackbone) -> TransformerTextView:
+    """The backbone's open_clip ``TextTransformer`` view (deep text prompts run its blocks one by one)."""
+    tower = backbone._tower
+    if not isinstance(tower, TransformerTextView):
+        raise ModelError(f"model '{backbone.name}': deep text prompts need an open_clip TextTransformer text tower, "
+                         "not a Hugging Face text encoder.")
+    return tower
+
+
+def _run_blocks(transformer: Any, x: Tensor, attn_mask: Tensor | None,
                 replace: Sequence[Tensor], splice: Callable[[Tensor, Tensor], Tensor],
                 after: BlockHook | None = None) -> Tensor:
     """Run ``transformer``'s blocks on ``x [B, T, W]`` (batch first), calling ``splice(x, p)`` before
@@ -76,14 +86,14 @@ def _run_blocks(transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
         else:  # open_clip towers built with batch_first=False take [T, B, W]
             x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
         if after is not None:
-            x = after(i + 1, block.ln_1, x_in, x)
+            x = after(i + 1, cast(nn.Module, block.ln_1), x_in, x)
     return x
 
 
 # ---------------------------------------------------------------------------------------------- text
 def text_depth(backbone: OpenClipBackbone) -> int:
     """Number of blocks of the text transformer."""
-    return len(_blocks(backbone._tower.transformer))
+    return len(_blocks(_text_tower(backbone).transformer))
 
 
 def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tensor, deep: Sequence[Tensor], *,
@@ -103,7 +113,7 @@ def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tens
     Returns:
         ``[P, E]`` unnormalised text features.
     """
-    t = backbone._tower
+    t = _text_tower(backbone)
     if deep and int(eot_index.min()) <= n_ctx:
         raise ModelError("deep text prompts must sit before every EOT token")
     length = int(eot_index.max().item()) + 1 if truncate else embeds.shape[1]
@@ -140,8 +150,9 @@ def encode_text_deep_shared(backbone: OpenClipBackbone, ctx: Tensor, sos: Tensor
 
     n = ctx.shape[0]
     prefix = torch.cat([sos.to(ctx.dtype), ctx], dim=0).unsqueeze(0)  # [1, 1 + n, D]
-    if supports_shared_prefix(backbone._tower.transformer):
-        return encode_shared_prefix(backbone._tower, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep, after)[0]
+    tower = _text_tower(backbone)
+    if supports_shared_prefix(tower.transformer):
+        return encode_shared_prefix(tower, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep, after)[0]
     full = torch.cat([prefix.expand(suffix.shape[0], -1, -1), suffix.to(ctx.dtype)], dim=1)
     return encode_text_deep(backbone, full, eot_in_suffix + 1 + n, deep, n_ctx=n, after=after)
 
@@ -168,7 +179,7 @@ def encode_text_class_tokens(backbone: OpenClipBackbone, embeds: Tensor, eot_ind
     Returns:
         ``[P, E]`` unnormalised text features (differentiable w.r.t. ``embeds`` and ``tokens``).
     """
-    transformer = backbone._tower.transformer
+    transformer = _text_tower(backbone).transformer
     blocks = _blocks(transformer)
     n = tokens.shape[1]
     if not 0 <= layer < len(blocks):
@@ -191,7 +202,7 @@ def encode_text_class_tokens(backbone: OpenClipBackbone, embeds: Tensor, eot_ind
 
 
 # ---------------------------------------------------------------------------------------------- image
-def check_vision_deep(backbone: OpenClipBackbone) -> nn.Module:
+def check_vision_deep(backbone: OpenClipBackbone) -> Any:
     """The ViT image tower of ``backbone``, or :class:`ModelError` if it cannot take prompt tokens."""
     visual = backbone.model.visual
     name = backbone.name
