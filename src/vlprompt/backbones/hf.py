@@ -279,8 +279,8 @@ class HFBackbone(nn.Module):
 
         return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=False)
 
-    def train_transform(self) -> Any:
-        return coop_train_transform(self.image_size, self.preprocess_cfg)
+    def train_transform(self, scale: tuple[float, float] = (0.08, 1.0)) -> Any:
+        return coop_train_transform(self.image_size, self.preprocess_cfg, scale=scale)
 
 
 def siglip2_patches(images: Tensor, patch: int) -> dict[str, Tensor]:
