@@ -124,6 +124,7 @@ class Backbone(Protocol):
 
     name: str
     pretrained: str | None
+    preprocess_cfg: dict[str, Any]  # image preprocessing: size, mean, std, interpolation, resize mode
 
     # ------------------------------------------------------------------ identity and facts
     @property
