@@ -73,7 +73,7 @@ def run_demo(
     backbone = load_backbone(model, pretrained, device=dev)
     rows: list[dict[str, Any]] = []
     for dataset in datasets:
-        common = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}
+        common: dict[str, Any] = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}
         zs = zeroshot(world_config({"name": "zeroshot"}, {}, dataset, **common), progress=False, backbone=backbone)
         row: dict[str, Any] = {"dataset": dataset, "classes": len(zs["per_class"]), "zeroshot": zs["accuracy"],
                                "coop": {}}
