@@ -93,6 +93,15 @@ def test_zeroshot_and_upl_equal_across_families(clip_pair):
             _close(b.forward_features(feats), a.forward_features(feats))
 
 
+def test_train_transform_takes_the_crop_scale_in_both_families(clip_pair):
+    """Tip-Adapter / GDA / APE build their cache views with ``train_transform(scale=...)`` (the Backbone protocol)."""
+    oc, hf, _ = clip_pair
+    for backbone in (oc, hf):
+        crop = backbone.train_transform(scale=(0.5, 1.0)).transforms[0]
+        assert type(crop).__name__ == "RandomResizedCrop" and tuple(crop.scale) == (0.5, 1.0)
+        assert tuple(backbone.train_transform().transforms[0].scale) == (0.08, 1.0)
+
+
 def test_prompt_from_another_family_is_refused(clip_pair, tmp_path):
     from vlprompt.engine.checkpoint import load_prompt, save_prompt
 

@@ -124,6 +124,7 @@ class Backbone(Protocol):
 
     name: str
     pretrained: str | None
+    preprocess_cfg: dict[str, Any]  # image preprocessing: size, mean, std, interpolation, resize mode
 
     # ------------------------------------------------------------------ identity and facts
     @property
@@ -171,7 +172,7 @@ class Backbone(Protocol):
     def local_features(self, images: Tensor) -> tuple[Tensor, Tensor]: ...  # [B, E], [B, N, E]
     def local_features_unsupported(self) -> str | None: ...  # why not, or None when available
     def eval_transform(self) -> Any: ...
-    def train_transform(self) -> Any: ...
+    def train_transform(self, scale: tuple[float, float] = (0.08, 1.0)) -> Any: ...
 
     # ------------------------------------------------------------------ structure (for methods that adapt it)
     def transformer_blocks(self, tower: str) -> list[nn.Module]: ...  # "text" / "image": residual blocks in

@@ -36,19 +36,18 @@ are cast to the tower's compute dtype.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from vlprompt.backbones.base import Backbone
+from vlprompt.backbones.openclip_towers import TransformerTextView
 from vlprompt.backbones.shared_prefix import BlockHook
 from vlprompt.core.errors import ModelError
 
-if TYPE_CHECKING:
-    from vlprompt.backbones.openclip import OpenClipBackbone
 
-
-def _blocks(transformer: nn.Module) -> nn.ModuleList:
+def _blocks(transformer: Any) -> nn.ModuleList:
     blocks = getattr(transformer, "resblocks", None)
     if blocks is None:
         raise ModelError("this tower's transformer has no list of blocks ('resblocks'); deep prompts need "
@@ -56,7 +55,16 @@ def _blocks(transformer: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-def _run_blocks(transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
+def _text_tower(backbone: Backbone) -> TransformerTextView:
+    """The backbone's open_clip ``TextTransformer`` view (deep text prompts run its blocks one by one)."""
+    tower = getattr(backbone, "_tower", None)  # OpenClipBackbone's text tower view
+    if not isinstance(tower, TransformerTextView):
+        raise ModelError(f"model '{backbone.name}': deep text prompts need an open_clip TextTransformer text tower, "
+                         "not a Hugging Face text encoder.")
+    return tower
+
+
+def _run_blocks(transformer: Any, x: Tensor, attn_mask: Tensor | None,
                 replace: Sequence[Tensor], splice: Callable[[Tensor, Tensor], Tensor],
                 after: BlockHook | None = None) -> Tensor:
     """Run ``transformer``'s blocks on ``x [B, T, W]`` (batch first), calling ``splice(x, p)`` before
@@ -76,17 +84,17 @@ def _run_blocks(transformer: nn.Module, x: Tensor, attn_mask: Tensor | None,
         else:  # open_clip towers built with batch_first=False take [T, B, W]
             x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
         if after is not None:
-            x = after(i + 1, block.ln_1, x_in, x)
+            x = after(i + 1, cast(nn.Module, block.ln_1), x_in, x)
     return x
 
 
 # ---------------------------------------------------------------------------------------------- text
-def text_depth(backbone: OpenClipBackbone) -> int:
+def text_depth(backbone: Backbone) -> int:
     """Number of blocks of the text transformer."""
-    return len(_blocks(backbone._tower.transformer))
+    return len(_blocks(_text_tower(backbone).transformer))
 
 
-def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tensor, deep: Sequence[Tensor], *,
+def encode_text_deep(backbone: Backbone, embeds: Tensor, eot_index: Tensor, deep: Sequence[Tensor], *,
                      n_ctx: int, truncate: bool = True, after: BlockHook | None = None) -> Tensor:
     """Text features of prompts whose tokens ``1 .. n_ctx`` are deep prompts.
 
@@ -103,7 +111,7 @@ def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tens
     Returns:
         ``[P, E]`` unnormalised text features.
     """
-    t = backbone._tower
+    t = _text_tower(backbone)
     if deep and int(eot_index.min()) <= n_ctx:
         raise ModelError("deep text prompts must sit before every EOT token")
     length = int(eot_index.max().item()) + 1 if truncate else embeds.shape[1]
@@ -123,7 +131,7 @@ def encode_text_deep(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tens
     return x
 
 
-def encode_text_deep_shared(backbone: OpenClipBackbone, ctx: Tensor, sos: Tensor, suffix: Tensor,
+def encode_text_deep_shared(backbone: Backbone, ctx: Tensor, sos: Tensor, suffix: Tensor,
                             eot_in_suffix: Tensor, deep: Sequence[Tensor], after: BlockHook | None = None) -> Tensor:
     """:func:`encode_text_deep` for prompts ``[SOS, ctx, suffix_c]`` whose SOS + deep prompts are the same for
     every class: exact shared-prefix pass (:mod:`vlprompt.backbones.shared_prefix`) where the tower allows it.
@@ -140,13 +148,14 @@ def encode_text_deep_shared(backbone: OpenClipBackbone, ctx: Tensor, sos: Tensor
 
     n = ctx.shape[0]
     prefix = torch.cat([sos.to(ctx.dtype), ctx], dim=0).unsqueeze(0)  # [1, 1 + n, D]
-    if supports_shared_prefix(backbone._tower.transformer):
-        return encode_shared_prefix(backbone._tower, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep, after)[0]
+    tower = _text_tower(backbone)
+    if supports_shared_prefix(tower.transformer):
+        return encode_shared_prefix(tower, prefix, suffix.to(ctx.dtype), eot_in_suffix, deep, after)[0]
     full = torch.cat([prefix.expand(suffix.shape[0], -1, -1), suffix.to(ctx.dtype)], dim=1)
     return encode_text_deep(backbone, full, eot_in_suffix + 1 + n, deep, n_ctx=n, after=after)
 
 
-def encode_text_class_tokens(backbone: OpenClipBackbone, embeds: Tensor, eot_index: Tensor, tokens: Tensor, *,
+def encode_text_class_tokens(backbone: Backbone, embeds: Tensor, eot_index: Tensor, tokens: Tensor, *,
                              layer: int, weight: float = 1.0) -> Tensor:
     """Text features of prompts whose tokens ``1 .. n`` are overwritten, at the input of text block ``layer``, by
     per-prompt tokens (TCP's class-aware prompts, Yao et al., CVPR 2024)::
@@ -168,7 +177,7 @@ def encode_text_class_tokens(backbone: OpenClipBackbone, embeds: Tensor, eot_ind
     Returns:
         ``[P, E]`` unnormalised text features (differentiable w.r.t. ``embeds`` and ``tokens``).
     """
-    transformer = backbone._tower.transformer
+    transformer = _text_tower(backbone).transformer
     blocks = _blocks(transformer)
     n = tokens.shape[1]
     if not 0 <= layer < len(blocks):
@@ -191,9 +200,9 @@ def encode_text_class_tokens(backbone: OpenClipBackbone, embeds: Tensor, eot_ind
 
 
 # ---------------------------------------------------------------------------------------------- image
-def check_vision_deep(backbone: OpenClipBackbone) -> nn.Module:
+def check_vision_deep(backbone: Backbone) -> Any:
     """The ViT image tower of ``backbone``, or :class:`ModelError` if it cannot take prompt tokens."""
-    visual = backbone.model.visual
+    visual: Any = getattr(getattr(backbone, "model", None), "visual", None)  # an open_clip model's image tower
     name = backbone.name
     kind = type(visual).__name__
     needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post")
@@ -212,17 +221,17 @@ def check_vision_deep(backbone: OpenClipBackbone) -> nn.Module:
     return visual
 
 
-def vision_width(backbone: OpenClipBackbone) -> int:
+def vision_width(backbone: Backbone) -> int:
     """W: width of the ViT image tower's tokens (ModelError for other towers)."""
     return int(check_vision_deep(backbone).class_embedding.shape[-1])
 
 
-def vision_depth(backbone: OpenClipBackbone) -> int:
+def vision_depth(backbone: Backbone) -> int:
     """Number of blocks of the ViT image tower (ModelError for other towers)."""
     return len(_blocks(check_vision_deep(backbone).transformer))
 
 
-def encode_image_deep(backbone: OpenClipBackbone, images: Tensor, first: Tensor | None,
+def encode_image_deep(backbone: Backbone, images: Tensor, first: Tensor | None,
                       deep: Sequence[Tensor], after: BlockHook | None = None) -> Tensor:
     """Image features of a ViT with prompt tokens appended after the patch tokens.
 

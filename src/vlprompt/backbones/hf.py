@@ -80,7 +80,7 @@ class HFBackbone(nn.Module):
 
     family = "hf"
 
-    def __init__(self, model: nn.Module, tokenizer: Any, name: str, preprocess_cfg: dict[str, Any]) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: str, preprocess_cfg: dict[str, Any]) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -98,7 +98,7 @@ class HFBackbone(nn.Module):
         eos = tokenizer.eos_token_id
         if self.model_type == "clip":
             self._legacy_argmax = getattr(self._text_model, "eos_token_id", tcfg.eos_token_id) == 2
-            self._eos_id = int(getattr(self._text_model, "eos_token_id", tcfg.eos_token_id))
+            self._eos_id: int | None = int(getattr(self._text_model, "eos_token_id", tcfg.eos_token_id))
             causal, pool, kind = True, "eot", "causal-eot"
         else:
             self._legacy_argmax, self._eos_id = False, int(eos) if eos is not None else None
@@ -171,7 +171,7 @@ class HFBackbone(nn.Module):
         return self
 
     # ------------------------------------------------------------------ text side
-    def _embedding_module(self) -> nn.Module:
+    def _embedding_module(self) -> Any:
         return self._text_model.embeddings
 
     def encode_tokens(self, text: str) -> list[int]:
@@ -198,6 +198,7 @@ class HFBackbone(nn.Module):
         if self.model_type == "clip":
             if self._legacy_argmax:
                 return ids.argmax(dim=-1)
+            assert self._eos_id is not None  # set for CLIP models
             return (ids == self._eos_id).int().argmax(dim=-1)
         return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
 
@@ -223,6 +224,7 @@ class HFBackbone(nn.Module):
             out = torch.zeros_like(ids)
             out[rows, eot_index.cpu()] = 1
         else:  # pooled at the first EOS
+            assert self._eos_id is not None  # set for CLIP models
             out = torch.full_like(ids, self._eos_id + 1)
             out[rows, eot_index.cpu()] = self._eos_id
         return out
@@ -290,8 +292,8 @@ class HFBackbone(nn.Module):
 
         return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=False)
 
-    def train_transform(self) -> Any:
-        return coop_train_transform(self.image_size, self.preprocess_cfg)
+    def train_transform(self, scale: tuple[float, float] = (0.08, 1.0)) -> Any:
+        return coop_train_transform(self.image_size, self.preprocess_cfg, scale=scale)
 
 
 def siglip2_patches(images: Tensor, patch: int) -> dict[str, Tensor]:

@@ -69,7 +69,7 @@ def open_clip_state_to_hf(sd: dict[str, Tensor], text_layers: int, vision_layers
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
-def open_clip_to_hf_clip(model: nn.Module, *, quick_gelu: bool = False) -> Any:
+def open_clip_to_hf_clip(model: Any, *, quick_gelu: bool = False) -> Any:
     """A ``transformers.CLIPModel`` with the weights of the open_clip ``CLIP`` ``model``.
 
     Supports open_clip's standard ``VisionTransformer`` (class-token pooling, ``ln_pre``) and the

@@ -56,7 +56,7 @@ def image_projection(backbone: Any) -> Tensor | None:
     return getattr(visual, "proj", None) if _is_vit(visual) else None
 
 
-def vit_value_path(block: nn.Module, tokens: Tensor) -> Tensor:
+def vit_value_path(block: Any, tokens: Tensor) -> Tensor:
     """A ``ResidualAttentionBlock`` with each token attending only to itself: ``[B, N, W] -> [B, N, W]``.
 
     ``x + ls_1(out_proj(W_v ln_1(x) + b_v))``, then the block's MLP residual.
@@ -70,7 +70,7 @@ def vit_value_path(block: nn.Module, tokens: Tensor) -> Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def resnet_value_path(attnpool: nn.Module, fmap: Tensor) -> Tensor:
+def resnet_value_path(attnpool: Any, fmap: Tensor) -> Tensor:
     """Attention-pool value + output projections at every position: ``[B, C, H, W] -> [B, H*W, E]``."""
     x = fmap.flatten(2).transpose(1, 2)  # [B, HW, C]
     return attnpool.c_proj(attnpool.v_proj(x))
@@ -80,7 +80,7 @@ def _is_vit(visual: nn.Module) -> bool:
     return hasattr(visual, "transformer") and hasattr(visual, "class_embedding")
 
 
-def local_features_unsupported(model: nn.Module) -> str | None:
+def local_features_unsupported(model: Any) -> str | None:
     """Why ``model``'s image tower has no local features, or None when it has them (see module doc)."""
     visual = model.visual
     if _is_vit(visual):
@@ -96,7 +96,7 @@ def local_features_unsupported(model: nn.Module) -> str | None:
             "EVA, ConvNeXt, MobileCLIP's FastViT); use an open_clip ViT or ModifiedResNet model")
 
 
-def capture_and_encode(model: nn.Module, images: Tensor, *, project: bool = True) -> tuple[Tensor, Tensor]:
+def capture_and_encode(model: Any, images: Tensor, *, project: bool = True) -> tuple[Tensor, Tensor]:
     """Run ``model.encode_image`` once, capturing the last block's input (ViT) or the feature map (ResNet).
 
     ``project=False`` (ViT): both features before ``visual.proj`` (open_clip applies it last, to the pooled

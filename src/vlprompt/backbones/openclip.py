@@ -39,7 +39,7 @@ from vlprompt.backbones.base import (
     register_backbone_family,
 )
 from vlprompt.backbones.configs import load_parts, pretrained_weights, register_model_configs, weights_files
-from vlprompt.backbones.openclip_towers import TokenizerView, text_view
+from vlprompt.backbones.openclip_towers import TokenizerView, TransformerTextView, text_view
 from vlprompt.core.errors import ModelError, VlpromptError
 
 __all__ = ["BackboneInfo", "OpenClipBackbone", "load_backbone", "list_pretrained_tags"]
@@ -67,7 +67,7 @@ class OpenClipBackbone(nn.Module):
         preprocess_cfg: dict[str, Any],
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # open_clip's model, read by attribute (torch types those Tensor | Module)
         self.tokenizer = tokenizer
         self.name = name
         self.pretrained = pretrained
@@ -214,7 +214,8 @@ class OpenClipBackbone(nn.Module):
         from vlprompt.backbones.shared_prefix import encode_shared_prefix, supports_shared_prefix
 
         facts = self.text_facts
-        if facts.truncate_exact and not facts.needs_ids and supports_shared_prefix(self._tower.transformer):
+        if (facts.truncate_exact and not facts.needs_ids and isinstance(self._tower, TransformerTextView)
+                and supports_shared_prefix(self._tower.transformer)):
             return encode_shared_prefix(self._tower, prefix, suffix, eot_in_suffix)
         return encode_prefix_suffix_in_full(self, prefix, suffix, eot_in_suffix, ids=ids)
 

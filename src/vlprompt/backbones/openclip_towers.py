@@ -38,7 +38,7 @@ class TokenizerView:
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.name = name
-        self.hf = getattr(tokenizer, "tokenizer", None)  # the transformers tokenizer (HF / SigLIP)
+        self.hf: Any = getattr(tokenizer, "tokenizer", None)  # the transformers tokenizer (HF / SigLIP)
         if self.hf is None:
             self.sot_id: int | None = int(tokenizer.sot_token_id)
             self.eot_id: int | None = int(tokenizer.eot_token_id)
@@ -113,18 +113,18 @@ def _project(x: Tensor, proj: Any) -> Tensor:
 class TransformerTextView:
     """open_clip's ``TextTransformer`` (CLIP, SigLIP, CLIPA, MobileCLIP, CoCa) run on embeddings."""
 
-    def __init__(self, src: nn.Module, tok: TokenizerView) -> None:
+    def __init__(self, src: Any, tok: TokenizerView) -> None:
         self.src = src
         self.token_embedding: nn.Embedding = src.token_embedding
         self.positional_embedding: Tensor = src.positional_embedding
-        self.transformer: nn.Module = src.transformer
+        self.transformer: Any = src.transformer
         self.ln_final: nn.Module = src.ln_final
         self.text_projection = src.text_projection
         self.attn_mask: Tensor | None = src.attn_mask
         self.cls_emb = getattr(src, "cls_emb", None)
         self.use_pad_mask = bool(getattr(src, "use_pad_mask", False))
         pool = getattr(src, "text_pool_type", None) or getattr(src, "pool_type", "argmax")
-        self.pool_type: str = pool
+        self.pool_type = str(pool)
         self.eos_id: int | None = getattr(src, "text_eos_id", None) or getattr(src, "eos_id", None)
         causal = self.attn_mask is not None
         if self.cls_emb is not None:
@@ -196,7 +196,7 @@ class TransformerTextView:
 class HFTextView:
     """open_clip's ``HFTextEncoder`` (XLM-R, mT5, NLLB, RoBERTa towers) run on ``inputs_embeds``."""
 
-    def __init__(self, src: nn.Module, tok: TokenizerView) -> None:
+    def __init__(self, src: Any, tok: TokenizerView) -> None:
         self.src = src
         self.hf = src.transformer
         self.token_embedding: nn.Embedding = self.hf.get_input_embeddings()
@@ -229,7 +229,7 @@ class HFTextView:
         return self.src.proj(self.src.pooler(out, mask))
 
 
-def text_view(model: nn.Module, tok: TokenizerView, name: str) -> TransformerTextView | HFTextView:
+def text_view(model: Any, tok: TokenizerView, name: str) -> TransformerTextView | HFTextView:
     """The text-tower view of an open_clip ``CLIP`` / ``CustomTextCLIP`` / ``CoCa`` model."""
     src = model.text if hasattr(model, "text") else model
     if type(src).__name__ == "HFTextEncoder":

@@ -210,7 +210,9 @@ def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffi
         qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # [rows, 3W]
         qp, kp, vp = _split_heads(qkv[: g * p], g, p, 3, heads)  # [G, h, P, d]
         op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
-        qkv_s = qkv[g * p :] if not shared else qkv[g * p :].index_select(0, lay.spread)  # [G*R0, 3W] per group
+        qkv_s = qkv[g * p :]  # [G*R0, 3W] per group
+        if shared and lay.spread is not None:
+            qkv_s = qkv_s.index_select(0, lay.spread)
         out, start = [op.transpose(1, 2).reshape(g * p, w)], 0
         for length, count in zip(lay.lengths, lay.counts):  # one attention call per suffix length
             m = g * count
@@ -221,6 +223,7 @@ def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffi
             out.append(o.transpose(1, 2).reshape(m * length, w))
             start += m * length
         if shared:  # the residual stream becomes per group here
+            assert lay.spread is not None
             x = torch.cat([x[: g * p], x[g * p :].index_select(0, lay.spread)])
             shared = False
         x_in = x
@@ -229,6 +232,7 @@ def encode_shared_prefix(text: Any, prefix: Tensor, suffix: Tensor, eot_in_suffi
         if after is not None:
             x = after(i + 1, block.ln_1, x_in, x)
     if shared:  # a one-block tower
+        assert lay.spread is not None
         x = torch.cat([x[: g * p], x[g * p :].index_select(0, lay.spread)])
     x = _replace_deep(x, deep, len(blocks) - 1, g, p)
     y = _last_block(blocks[-1], x, g, p, lay, after, len(blocks))  # [G*n, W], bucket-major
@@ -250,7 +254,7 @@ def _replace_deep(x: Tensor, deep: Sequence[Tensor], i: int, g: int, p: int) -> 
     return torch.cat([pre.reshape(g * p, w), x[g * p :]])
 
 
-def _last_block(block: nn.Module, x: Tensor, g: int, p: int, lay: SuffixLayout, after: BlockHook | None = None,
+def _last_block(block: Any, x: Tensor, g: int, p: int, lay: SuffixLayout, after: BlockHook | None = None,
                 layer: int = 0) -> Tensor:
     """The last block, evaluated only where it is read: each prompt's EOT row -> ``[G*n, W]`` in bucket-major
     order (then ``after(layer, ...)`` on those rows when given); ``x``: ``[G*P + G*R0, W]`` per-group rows.

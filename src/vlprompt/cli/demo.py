@@ -60,7 +60,7 @@ def dataset_row(dataset: str, out: Path, *, shots: Sequence[int], seed: int, epo
     t0 = time.time() if t0 is None else t0
     if backbone is None:
         backbone = load_backbone(model, pretrained, device=resolve_device(device))
-    common = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}
+    common: dict[str, Any] = {"model": model, "pretrained": pretrained, "seed": seed, "device": device}
     zs = zeroshot(world_config({"name": "zeroshot"}, {}, dataset, **common), progress=False, backbone=backbone)
     row: dict[str, Any] = {"dataset": dataset, "classes": len(zs["per_class"]), "zeroshot": zs["accuracy"],
                            "coop": {}}
@@ -112,8 +112,8 @@ def run_demo(
         raise VlpromptError(f"'{out}' already holds demo results; pass another --output-dir or delete it")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    settings = {"shots": list(shots), "seed": seed, "epochs": epochs, "max_steps": max_steps, "model": model,
-                "pretrained": pretrained, "device": device}
+    settings: dict[str, Any] = {"shots": list(shots), "seed": seed, "epochs": epochs, "max_steps": max_steps,
+                                "model": model, "pretrained": pretrained, "device": device}
     # longest first, so that the last piece to start is a short one
     tasks = [("row", d) for d in datasets if d == "world_objects"]
     tasks += [("section", s) for s in (SECTIONS if methods else ())]

@@ -405,6 +405,7 @@ def _sweep_elsewhere(args: argparse.Namespace, sw: Any) -> int:
                              setup=list(args.setup))
         summary = launch_sweep(sw, opts, shard=shard)
     else:
+        assert shard is not None  # without a launcher, _sweep_elsewhere is reached only with --shard
         summary = run_shard(sw, shard)
     where = f" shard {summary['shard']}" if summary.get("shard") else ""
     running = f", {summary['running']} submitted and running" if summary.get("running") else ""

@@ -25,7 +25,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from PIL import Image
@@ -209,7 +209,7 @@ def parse_metadata(raw: str | bytes | None, path: str | Path) -> dict[str, Any]:
     return check_metadata(meta, path)
 
 
-def _whole(value: Any) -> bool:
+def _whole(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -275,6 +275,8 @@ class OnnxClassifier:
     Args:
         path: the ``.onnx`` file written by ``vlprompt export``.
     """
+
+    batch: int | None  # fixed batch (1) for image-conditional graphs, else None
 
     def __init__(self, path: str | Path) -> None:
         try:
@@ -353,7 +355,7 @@ class OnnxClassifier:
         pre = meta["preprocess"]
         self.size = int(pre["size"])
         self.interpolation, self.resize_mode = str(pre["interpolation"]), str(pre["resize_mode"])
-        self.batch: int | None = meta["input"].get("batch")  # fixed batch (1) for image-conditional graphs
+        self.batch = meta["input"].get("batch")
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {"image": images})[0]

@@ -110,11 +110,11 @@ def match_descriptions(table: dict[str, list[str]], classnames: Sequence[str], *
     :class:`ExtraDescriptionsWarning` (unless ``warn_extra`` is False).
     """
     folded: dict[str, str | None] = {}
-    for key in table:
-        folded[_fold(key)] = None if _fold(key) in folded else key  # None: two keys differ only in case
+    for entry in table:
+        folded[_fold(entry)] = None if _fold(entry) in folded else entry  # None: two keys differ only in case
     used: set[str] = set()
     out = []
-    missing = []
+    missing: list[str] = []
     for name in classnames:
         spaced = name.replace("_", " ")
         key = name if name in table else spaced if spaced in table else folded.get(_fold(name))

@@ -180,7 +180,7 @@ def _read_openood(s: OodSet, root: str, opts: dict[str, Any]) -> list[str] | Non
         raise DataError(f"image list '{list_path}' lists no images. {s.hint()}")
     paths = [
         resolve_entry(data_dir, line.split()[0], allow_outside_root=opts["allow_outside_root"],
-                      where=lambda n=n: f"image list '{list_path}', line {n}")
+                      where=partial("image list '{}', line {}".format, list_path, n))
         for n, line in lines
     ]
     if opts["check_files"]:

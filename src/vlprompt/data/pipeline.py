@@ -56,7 +56,7 @@ def load_dataset(
 
 def drop_unreadable(splits: DatasetSplits, report: list[dict[str, str]]) -> DatasetSplits:
     """Copy of ``splits`` without the images ``splits.loader`` cannot read; each one is added to ``report``."""
-    kept = {}
+    kept: dict[str, Any] = {}
     for split in ("train", "val", "test"):
         good = []
         for d in getattr(splits, split):

@@ -59,7 +59,7 @@ def _signed(rng: np.random.Generator, value: float) -> float:
 
 
 def _affine(img: Image.Image, size: int, coeffs: tuple[float, ...]) -> Image.Image:
-    return img.transform((size, size), Image.AFFINE, coeffs, resample=Image.BILINEAR)
+    return img.transform((size, size), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
 
 
 def _operation(name: str, img: Image.Image, severity: float, rng: np.random.Generator, size: int) -> Image.Image:
@@ -72,7 +72,7 @@ def _operation(name: str, img: Image.Image, severity: float, rng: np.random.Gene
         return ImageOps.posterize(img, 4 - _int_parameter(_level(rng, severity), 4))
     if name == "rotate":
         degrees = _signed(rng, _int_parameter(_level(rng, severity), 30))
-        return img.rotate(degrees, resample=Image.BILINEAR)
+        return img.rotate(degrees, resample=Image.Resampling.BILINEAR)
     if name == "solarize":
         return ImageOps.solarize(img, 256 - _int_parameter(_level(rng, severity), 256))
     if name in ("shear_x", "shear_y"):
@@ -146,8 +146,9 @@ class TestTimeViews:
     def _crop(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         """``get_preaugment``: random resized crop (bilinear) + horizontal flip with probability 1/2."""
         top, left, h, w = _resized_crop_box(rng, *img.size)
-        out = img.resize((self.image_size, self.image_size), Image.BILINEAR, box=(left, top, left + w, top + h))
-        return out.transpose(Image.FLIP_LEFT_RIGHT) if rng.uniform() < 0.5 else out
+        out = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR,
+                         box=(left, top, left + w, top + h))
+        return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.uniform() < 0.5 else out
 
     def _view(self, img: Image.Image, rng: np.random.Generator) -> Tensor:
         """One augmented view (datautils.py ``augmix``, lines 68-84)."""

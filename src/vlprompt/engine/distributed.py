@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -168,7 +168,7 @@ def broadcast_object(ctx: DistContext, obj: T) -> T:
         return obj
     box = [obj if ctx.is_main else None]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return cast(T, box[0])  # rank 0's obj
 
 
 def broadcast_int(ctx: DistContext, value: int) -> int:
@@ -218,7 +218,7 @@ def main_only(ctx: DistContext, fn: Callable[[], T]) -> T:
             raise
         outcome = broadcast_object(ctx, ("ok", result))
     else:
-        outcome = broadcast_object(ctx, None)  # type: ignore[arg-type]
+        outcome = broadcast_object(ctx, None)  # type: ignore[assignment]  # a placeholder: rank 0 sends the outcome
     status, value = outcome
     if status == "error":
         _raise_relayed(*value)

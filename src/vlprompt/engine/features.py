@@ -102,7 +102,7 @@ def content_key(path: str) -> str:
     if digest is None:
         try:
             with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
+                digest = hashlib.sha256(f.read()).hexdigest()  # (hashlib.file_digest: Python 3.11+)
         except OSError:
             return "-"  # unreadable: the image loader reports it
         _CONTENT_HASHES[key] = digest

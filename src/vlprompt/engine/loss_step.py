@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -81,7 +82,7 @@ def backward_terms(method: PromptMethod, out: LossTerms, params: Sequence[Tensor
             p.grad = None if g is None else g.to(p.dtype)
     else:
         if finite and objectives:
-            total = sum(objectives.values())
+            total = cast(Tensor, sum(objectives.values()))  # at least one term
             if total.requires_grad:
                 total.backward()
         reduced, stats = sum_gradients(ctx, [p.grad for p in params], list(params), stats_local)

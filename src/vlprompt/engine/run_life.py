@@ -80,7 +80,7 @@ def check_run_folder(paths: RunPaths, cfg: ExperimentConfig, resume: bool) -> li
     after = _flatten({k: now.get(k) for k in _RESUME_KEYS})
     changed = sorted(k for k in set(before) | set(after)
                      if before.get(k, "<unset>") != after.get(k, "<unset>") and k not in _RESUME_LOCATIONS)
-    saved_train = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+    saved_train = saved["train"] if isinstance(saved.get("train"), dict) else {}
     if saved_train.get("seed") != cfg.train.seed:
         changed.append("train.seed")
     fixed = [k for k in changed if k not in _RESUME_MAY_CHANGE]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +137,7 @@ def template_text_features(backbone: Backbone, classnames: list[str], templates:
             ids = backbone.tokenize([template.format(n) for n in part], what="the prompt")
             f = F.normalize(backbone.encode_text(ids).float(), dim=-1)
             acc = f if acc is None else acc + f
+        assert acc is not None, "no templates"
         feats.append(F.normalize(acc / len(templates), dim=-1))
     return torch.cat(feats)
 
@@ -295,7 +296,8 @@ class PromptMethod(nn.Module):
         owner_name, _, attr = name.rpartition(".")
         owner = self.get_submodule(owner_name) if owner_name else self
         if attr in owner._parameters:
-            setattr(owner, attr, nn.Parameter(value.clone(), requires_grad=owner._parameters[attr].requires_grad))
+            old = cast(nn.Parameter, owner._parameters[attr])  # a learned tensor, never a None parameter
+            setattr(owner, attr, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
         else:
             setattr(owner, attr, value.clone())
 
@@ -450,7 +452,7 @@ class PromptMethod(nn.Module):
     # -------------------------------------------------------------- forward
     def train(self, mode: bool = True) -> PromptMethod:
         super().train(mode)
-        self.backbone.train(False)  # frozen encoders stay in eval mode
+        cast(nn.Module, self.backbone).train(False)  # frozen encoders stay in eval mode
         return self
 
     def text_features(self) -> Tensor:

@@ -47,6 +47,8 @@ class ViewFeatureMethod(PromptMethod):
     :meth:`view_features` and :meth:`class_features`.
     """
 
+    classifier: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: Any,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

@@ -121,7 +121,8 @@ def collect_protocols(root: Path, skipped: list[str], reasons: dict[str, str] | 
                 _skip(path, exc, skipped, reasons)
                 continue
             cols = [str(c) for c in r.columns]
-            summary = {c: (float(r.summary[c]["mean"]), float(r.summary[c]["std"])) for c in cols}
+            summary: dict[str, tuple[float, float | None]] = {
+                c: (float(r.summary[c]["mean"]), float(r.summary[c]["std"])) for c in cols}
             found.append(ProtocolRow(kind=kind, method=str(r.method), backbone=_backbone_label(r.backbone),
                                      dataset=str(r.dataset), columns=cols, summary=summary,
                                      seeds=list(r.seeds or []), path=str(path)))

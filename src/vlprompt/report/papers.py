@@ -175,7 +175,7 @@ def find_entry(entries: Sequence[PaperEntry], setting: str, method: str, dataset
     if shots is None and not training_free and len({e.shots for e in pool}) > 1:
         return None
     named = [e for e in pool if e.paper_method.lower() == method.lower()]
-    return (named or pool or [None])[0]
+    return (named or pool)[0] if named or pool else None
 
 
 def _dataset_key(setting: str, dataset: str) -> str:

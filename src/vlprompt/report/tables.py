@@ -144,7 +144,8 @@ def fewshot_cell(groups: dict[FewKey, list[float]], method: str, bb: str, ds: st
 
 def fewshot_comparison(groups: dict[FewKey, list[float]]) -> tuple[list[Table], dict]:
     """Per backbone with several methods and per shot count: rows dataset, columns method (mean ± std)."""
-    tables, js = [], {}
+    tables: list[Table] = []
+    js: dict[str, Any] = {}
     for bb in sorted({b for _, b, _, _ in groups}):
         methods = sorted({m for m, b, _, _ in groups if b == bb})
         if len(methods) < 2:
@@ -223,7 +224,8 @@ def protocol_section(results: list[ProtocolRow], paper: Sequence[PaperEntry] | N
 def base2new_comparison(results: list[ProtocolRow], paper: Sequence[PaperEntry] | None) -> tuple[list[Table], dict]:
     """Per backbone with several methods: rows dataset (+ average), columns method's H (+ the paper's H)."""
     everything = [r for r in results + base2new_averages(results) if r.kind == "base2new"]
-    tables, js = [], {}
+    tables: list[Table] = []
+    js: dict[str, Any] = {}
     for bb in sorted({r.backbone for r in everything}):
         cells = {(r.method, r.dataset): r for r in reversed(everything) if r.backbone == bb}
         methods = sorted({m for m, _ in cells})
@@ -275,17 +277,18 @@ def published_averages(results: list[ProtocolRow], paper: Sequence[PaperEntry] |
             continue
         papers = sorted(refs)
         head = ["method", "base", "new", "H", *[f"{p} {c}" for p in papers for c in ("base", "new", "H")]]
-        rows, record = [], {}
+        rows: list[list[Any]] = []
+        record: dict[str, dict[str, Any]] = {}
         for m in sorted(rows_by_method, key=lambda m: (m != "zeroshot", m)):
             r = rows_by_method[m]
             row: list[Any] = [m, *[f"{r.summary[c][0]:.2f}" for c in ("base", "new", "H")]]
             record[m] = {"ours": {c: r.summary[c][0] for c in ("base", "new", "H")}, "datasets": r.datasets}
             for p in papers:
-                e = refs[p].get(m)
-                row += [_fmt(e.values.get(c)) if e else "-" for c in ("base", "new", "H")]
-                if e:
-                    record[m][p] = {"values": e.values, "ref": e.label, "source": e.source,
-                                    "datasets": list(e.datasets)}
+                ref = refs[p].get(m)
+                row += [_fmt(ref.values.get(c)) if ref else "-" for c in ("base", "new", "H")]
+                if ref:
+                    record[m][p] = {"values": ref.values, "ref": ref.label, "source": ref.source,
+                                    "datasets": list(ref.datasets)}
             rows.append(row)
         ds = ", ".join(rows_by_method[next(iter(rows_by_method))].datasets or [])
         tables.append(Table(f"base2new averages ({bb}) next to the papers' published averages (ours over {ds}; "
@@ -409,7 +412,7 @@ def ood_comparison(groups: dict[OodKey, list[OodRun]]) -> list[Table]:
             continue
         rows = []
         present = _ood_groups([run for key in keys for run in groups[key]])
-        cols = [(None, metric, label) for metric, label in OOD_METRICS]
+        cols: list[tuple[str | None, str, str]] = [(None, metric, label) for metric, label in OOD_METRICS]
         cols += [(GROUP_ROW.format(g), metric, f"{g} {label}") for g in present for metric, label in OOD_METRICS[:2]]
         for key in keys:
             runs = groups[key]

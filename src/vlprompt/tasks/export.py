@@ -79,6 +79,10 @@ class ExportedClassifier(nn.Module):
             image-conditional (then its whole ``forward_features`` path is part of the graph).
     """
 
+    mean: Tensor  # buffers (register_buffer)
+    std: Tensor
+    text: Tensor
+
     def __init__(self, method: PromptMethod) -> None:
         super().__init__()
         self.method = method.eval()
@@ -119,7 +123,7 @@ def load_source(source: str | Path) -> tuple[PromptMethod, dict[str, Any]]:
                             "export zero-shot CLIP with `vlprompt export --config CONFIG` instead)")
     _, meta = read_prompt(prompt)
     method = load_prompt(prompt, device="cpu")
-    info = {k: meta[k] for k in ("dataset", "shots", "seed", "epochs") if k in meta}
+    info: dict[str, Any] = {k: meta[k] for k in ("dataset", "shots", "seed", "epochs") if k in meta}
     return method, {"source": str(prompt), **info}
 
 
@@ -200,6 +204,7 @@ def _export_onnx(module: ExportedClassifier, example: Tensor, output: Path, meta
                                         output_names=["logits"], dynamic_shapes=shapes, verbose=False)
     except Exception as exc:  # torch.export / translation errors come in many classes
         raise _refuse(module.method, "ONNX", exc) from exc
+    assert program is not None  # dynamo=True gives an ONNXProgram
     n_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     if n_bytes > EXTERNAL_DATA_BYTES:
         meta["external_data"] = f"{output.name}.data"

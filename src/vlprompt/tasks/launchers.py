@@ -144,6 +144,8 @@ class _Checkpointable:
     """submitit requeues a preempted / timed-out job whose callable has ``checkpoint``: it is resubmitted
     unchanged, and the run resumes from the checkpoints in its run folder."""
 
+    __call__: Callable[..., Any]  # each job callable below
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         from submitit.helpers import DelayedSubmission
 

@@ -89,7 +89,7 @@ def plan_jobs(sw: Any) -> list[SweepJob]:
     from vlprompt.tasks.sweep import SEEDS_INSIDE
 
     seeds: Sequence[int | None] = [None] if sw.protocol in SEEDS_INSIDE else sw.seeds
-    jobs = []
+    jobs: list[SweepJob] = []
     for method in sw.methods:
         for bb in sw.backbones:
             frozen = tuple(sorted(bb.items())) if bb else None

@@ -301,7 +301,8 @@ def build_world_dataset(name: str, **options: Any) -> DatasetSplits:
     if d.test_only and (counts[0] or counts[1]):
         raise DataError(f"dataset {d.name} is test-only: n_train and n_val must be 0")
     data = [_split_data(d, s, c, seed, size) for s, c in zip(SPLITS, counts)]
-    splits = DatasetSplits(d.name, list(d.classnames), *data, template=TEMPLATE, loader=load_world_image)
+    splits = DatasetSplits(d.name, list(d.classnames), data[0], data[1], data[2], template=TEMPLATE,
+                           loader=load_world_image)
     subsample = options.get("subsample", "all")
     if subsample not in ("all", "base", "new"):
         raise DataError(f"option subsample of dataset {d.name} must be all, base or new, got {subsample!r}")

@@ -120,8 +120,8 @@ def _load_models(cfg: DistillConfig, device: torch.device) -> tuple[torch.nn.Mod
 
 
 def _distill_step(
-    student: torch.nn.Module,
-    teacher: torch.nn.Module,
+    student: Any,
+    teacher: Any,
     opt: torch.optim.Optimizer,
     loss_fn: Callable[..., torch.Tensor],
     batch: tuple[torch.Tensor, torch.Tensor],

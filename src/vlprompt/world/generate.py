@@ -70,6 +70,7 @@ import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import cast
 
 import numpy as np
 
@@ -210,7 +211,7 @@ def _pick_weighted(rng: np.random.Generator, weights: Mapping[str, float]) -> st
     return names[min(bisect.bisect_right(cum.tolist(), rng.random() * cum[-1]), len(names) - 1)]
 
 
-def _luma(rgb: Sequence[float]) -> float:
+def _luma(rgb: Sequence[float] | np.ndarray) -> float:
     return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
 
@@ -423,11 +424,11 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 
 
 def _octaves(rng: np.random.Generator, size: int, base_cells: int, n: int = 3) -> np.ndarray:
-    out = sum(0.5**k * _smooth_noise(rng, size, base_cells * 2**k) for k in range(n))
+    out = cast(np.ndarray, sum(0.5**k * _smooth_noise(rng, size, base_cells * 2**k) for k in range(n)))  # n >= 1
     return (out / sum(0.5**k for k in range(n))).astype(np.float32)
 
 
-def _mix(a: Sequence[float], b: Sequence[float], t: np.ndarray) -> np.ndarray:
+def _mix(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, t: np.ndarray) -> np.ndarray:
     a_, b_ = np.asarray(a, np.float32), np.asarray(b, np.float32)
     return a_ + (b_ - a_) * t[..., None]
 

@@ -126,7 +126,7 @@ class ZeroShotProbe:
             self.sets[name] = (images, labels, prompts)
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, normalize: ImageNormalizer, autocast: Any) -> dict[str, float]:
+    def __call__(self, model: Any, normalize: ImageNormalizer, autocast: Any) -> dict[str, float]:
         was_training = model.training
         model.eval()
         accs = {}
@@ -154,7 +154,8 @@ def lr_at(step: int, progress: float, base_lr: float, warmup_steps: int) -> floa
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """open_clip's convention: no weight decay on gains, biases, norms and the logit scale."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         skip = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
         (no_decay if skip else decay).append(p)
@@ -213,7 +214,8 @@ class _Clock:
         self.budget_s = None if self.cfg.minutes is None else 60.0 * self.cfg.minutes
         self.eval_every_s = None if self.budget_s is None or self.cfg.eval_every else max(60.0, self.budget_s / 8)
         steps_only = self.eval_every_s is None and self.cfg.steps
-        self.eval_every = self.cfg.eval_every or (max(1, self.cfg.steps // 8) if steps_only else None)
+        self.eval_every = self.cfg.eval_every or (
+            max(1, self.cfg.steps // 8) if steps_only and self.cfg.steps else None)
         self.warmup = min(self.cfg.warmup_steps, self.cfg.steps // 5) if self.cfg.steps else self.cfg.warmup_steps
         self.last_eval = self.start
 
@@ -239,7 +241,7 @@ class _Clock:
 
 
 def _train_step(
-    model: torch.nn.Module,
+    model: Any,
     opt: torch.optim.Optimizer,
     loss_fn: Callable[..., torch.Tensor],
     images: torch.Tensor,
@@ -297,7 +299,8 @@ def run_pretraining(cfg: PretrainConfig, log: Callable[[str], None] | None = Non
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
     model.train()
-    run = train_loop(cfg, loader, lambda batch, lr: _train_step(model, opt, loss_fn, *batch, normalize, autocast, lr),
+    run = train_loop(cfg, loader,
+                     lambda batch, lr: _train_step(model, opt, loss_fn, batch[0], batch[1], normalize, autocast, lr),
                      lambda: probe(model, normalize, autocast), log)
     return _save(cfg, model, model_cfg, run.steps, run.seconds, run.loss, run.accs, run.history)
 

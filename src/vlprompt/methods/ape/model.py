@@ -206,6 +206,10 @@ class Ape(TipAdapter):
     gamma. Fitted state (prompt file): ``cache_keys [NK, E]`` (all channels), ``cache_labels [NK]``,
     ``channels [k]``, ``cache_div [NK]``, ``alpha``, ``beta``, ``gamma``. Class-specific."""
 
+    gamma: Tensor  # buffers (register_buffer)
+    channels: Tensor
+    cache_div: Tensor
+
     config: ApeConfig
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: ApeConfig,
@@ -247,7 +251,7 @@ class Ape(TipAdapter):
                     **self.search(val)}
 
     @torch.no_grad()
-    def search(self, val: tuple[Tensor, Tensor] | None) -> dict[str, Any]:
+    def search(self, val: tuple[Tensor, Tensor] | None) -> dict[str, Any]:  # type: ignore[override]  # takes the val split
         """Search beta, alpha, gamma on normalised validation features and labels (``main.py`` l.74-93); None
         keeps the init_ values."""
         if val is None:
@@ -262,7 +266,8 @@ class Ape(TipAdapter):
         counts = search_cache_grid(clip, affinity, self.cache_labels, weights, labels, betas, alphas)
         found = first_best(counts)
         (ib, ia, ig), best = found if found is not None else ((None, None, None), 0)
-        beta, alpha, gamma = (0.0, 0.0, 0.0) if ib is None else (betas[ib], alphas[ia], gammas[ig])
+        beta, alpha, gamma = ((0.0, 0.0, 0.0) if ib is None or ia is None or ig is None
+                              else (betas[ib], alphas[ia], gammas[ig]))
         self.beta.fill_(beta)
         self.alpha.fill_(alpha)
         self.gamma.fill_(gamma)
@@ -278,6 +283,8 @@ class ApeT(TipAdapter):
     ``res``, ``value_weights``. While training, the epoch of best validation accuracy is kept (``best.*``
     entries of the learned state, so that a resumed run selects the same epoch).
     """
+
+    channels: Tensor  # buffers (register_buffer)
 
     config: ApeTConfig
 
@@ -370,7 +377,7 @@ class ApeT(TipAdapter):
             return {**info, **self.search(val)}
 
     @torch.no_grad()
-    def search(self, val: tuple[Tensor, Tensor] | None) -> dict[str, Any]:
+    def search(self, val: tuple[Tensor, Tensor] | None) -> dict[str, Any]:  # type: ignore[override]  # takes the val split
         """Search beta, alpha on normalised validation features and labels with the trained adapter (``main.py``
         l.178-197); None keeps the init_ values."""
         if val is None:
@@ -383,7 +390,7 @@ class ApeT(TipAdapter):
         counts = search_cache_grid(clip, f @ keys.t(), self.cache_labels, weights.unsqueeze(0), labels, betas, alphas)
         found = first_best(counts)
         (ib, ia, _), best = found if found is not None else ((None, None, None), 0)
-        beta, alpha = (0.0, 0.0) if ib is None else (betas[ib], alphas[ia])
+        beta, alpha = (0.0, 0.0) if ib is None or ia is None else (betas[ib], alphas[ia])
         self.beta.fill_(beta)
         self.alpha.fill_(alpha)
         return {"alpha": alpha, "beta": beta, "val_accuracy": 100.0 * best / labels.shape[0], "searched": True}

@@ -26,6 +26,8 @@ from vlprompt.methods.clip_adapter.config import ClipAdapterConfig
 class ClipAdapter(PromptMethod):
     """Learned visual adapter ``adapter`` on frozen image features; frozen hand-crafted text classifier."""
 
+    classifier: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: ClipAdapterConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

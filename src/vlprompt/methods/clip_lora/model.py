@@ -41,6 +41,8 @@ _TOWERS = {"text": ("text",), "vision": ("image",), "both": ("text", "image")}
 class ClipLoRA(PromptMethod):
     """Both encoders with LoRA adapters; text classifier from the first template, re-encoded each step."""
 
+    prompt_ids: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: ClipLoRAConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(copy.deepcopy(backbone), classnames, config, context)  # the adapters change the copy only

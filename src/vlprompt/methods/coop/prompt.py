@@ -39,6 +39,13 @@ class PromptLearner(nn.Module):
         name_suffix: the text after the class name (CoOp's ``"."``; GalLoP's prompts have none).
     """
 
+    token_embeds: Tensor  # buffers (register_buffer)
+    token_prefix: Tensor
+    token_suffix: Tensor
+    token_ids: Tensor
+    eot_index: Tensor
+    order: Tensor
+
     def __init__(
         self,
         backbone: Backbone,

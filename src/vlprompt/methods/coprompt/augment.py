@@ -41,7 +41,7 @@ def _signed(v: float) -> float:
 
 
 def _affine(img: Image.Image, coeffs: tuple[float, ...]) -> Image.Image:
-    return img.transform(img.size, Image.AFFINE, coeffs)  # PIL's default resampling (nearest), as Dassl
+    return img.transform(img.size, Image.Transform.AFFINE, coeffs)  # PIL's default resampling (nearest), as Dassl
 
 
 def _solarize_add(img: Image.Image, v: float) -> Image.Image:
@@ -68,7 +68,7 @@ OPERATIONS: list[tuple[Callable[[Image.Image, float], Image.Image], float, float
     (lambda img, v: ImageOps.invert(img), 0, 1),
     (lambda img, v: img.rotate(_signed(v)), 0, 30),
     (lambda img, v: ImageOps.posterize(img, int(v)), 4, 8),
-    (lambda img, v: ImageOps.solarize(img, v), 0, 256),
+    (lambda img, v: ImageOps.solarize(img, v), 0, 256),  # type: ignore[arg-type]  # Pillow compares a float fine
     (_solarize_add, 0, 110),
     (lambda img, v: ImageEnhance.Color(img).enhance(v), 0.1, 1.9),
     (lambda img, v: ImageEnhance.Contrast(img).enhance(v), 0.1, 1.9),

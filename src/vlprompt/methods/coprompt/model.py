@@ -89,6 +89,10 @@ def sentence_bank(backbone: Backbone, classnames: list[str], context: MethodCont
 class CoPrompt(PacksTrainFeatures, MaPLe):
     """MaPLe prompts + output adapters, trained with CE and consistency to the frozen encoders."""
 
+    sentence_features: Tensor  # buffers (register_buffer)
+    sentence_rows: Tensor
+    draws: Tensor
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: CoPromptConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

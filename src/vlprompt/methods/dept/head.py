@@ -46,6 +46,8 @@ class CATHead(nn.Module):
             all 0 when it belongs to none of the method's classes.
     """
 
+    classes: Tensor  # buffers (register_buffer)
+
     def __init__(self, dim: int, classnames: Sequence[str], *, film: bool = True) -> None:
         super().__init__()
         self.film_img = FiLM(dim) if film else None

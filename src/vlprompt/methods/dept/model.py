@@ -50,6 +50,8 @@ class DePTMixin(PromptMethod):
     happens.
     """
 
+    dept_class_keys: Tensor  # buffers (register_buffer)
+
     config: DePTOptions
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: Any,

@@ -179,7 +179,7 @@ class GalLoP(PromptMethod):
     def _training_prompts(self) -> tuple[Tensor, int]:
         """The global prompts of this step (a random subset of ``prompts_batch_size`` when training, gallop.py:
         231-236) followed by the local prompts ``[G' + L, M, D]``, and ``G'``."""
-        glob = self.global_prompt
+        glob: Tensor = self.global_prompt
         size = self.config.prompts_batch_size
         if self.training and size is not None and size < self.n_global:
             glob = glob[torch.randperm(self.n_global)[:size].to(glob.device)]

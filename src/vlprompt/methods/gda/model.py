@@ -67,6 +67,11 @@ class Gda(PromptMethod):
     """GDA + zero-shot; :meth:`fit` estimates the classifier and searches alpha. Fitted state (prompt file):
     ``weight [C, E]``, ``bias [C]``, ``alpha``. Class-specific."""
 
+    weight: Tensor  # buffers (register_buffer)
+    bias: Tensor
+    alpha: Tensor
+    classifier: Tensor
+
     config: GdaConfig
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: GdaConfig,
@@ -97,7 +102,8 @@ class Gda(PromptMethod):
     @torch.no_grad()
     def fit(self, data: FitData) -> dict[str, Any]:
         cfg = self.config
-        views, labels = data.augmented_features(cfg.augment_epoch, crop_scale=tuple(cfg.crop_scale))  # run's precision
+        lo, hi = cfg.crop_scale
+        views, labels = data.augmented_features(cfg.augment_epoch, crop_scale=(lo, hi))  # run's precision
         val = validation(data, "GDA", "alpha stays at init_alpha") if cfg.alpha_list else None
         with full_precision(views.device):
             x = F.normalize(views.float(), dim=-1).reshape(-1, views.shape[-1])  # [V * N, E] (l.49)

@@ -154,6 +154,12 @@ class OODPromptLearner(PromptLearner):
 class IDLike(CoOp):
     """CoOp's ID prompts plus learned OOD prompts, trained on ID and ID-like crops of the few-shot images."""
 
+    crop_round: Tensor  # buffers (register_buffer)
+    train_features: Tensor
+    train_labels: Tensor
+    id_crops: Tensor
+    ood_crops: Tensor
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: IDLikeConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

@@ -61,6 +61,8 @@ class IVLP(PromptMethod):
     """Deep prompts in the text tower (``text_prompt.ctx`` + ``text_deep``) and / or the ViT image tower
     (``vision_ctx`` + ``vision_deep``), learned independently."""
 
+    fixed_text: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: IVLPConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

@@ -21,6 +21,10 @@ from vlprompt.core.errors import ConfigError
 class DeepTextPrompt(nn.Module):
     """Learned layer-0 context ``ctx [n_ctx, D]`` and the frozen SOS / suffix embeddings of each class."""
 
+    token_prefix: Tensor  # buffers (register_buffer)
+    token_suffix: Tensor
+    eot_index: Tensor
+
     def __init__(self, backbone: Backbone, classnames: list[str], *, n_ctx: int, ctx_init: str | None,
                  init_std: float, option: str = "method.n_ctx") -> None:
         super().__init__()
@@ -32,7 +36,7 @@ class DeepTextPrompt(nn.Module):
                 if n_ctx > len(init_ids):
                     raise ConfigError(f"option {option} = {n_ctx} is more than the {len(init_ids)} tokens of "
                                       f"method.ctx_init '{ctx_init}'; use fewer tokens or longer init words.")
-                ids = torch.tensor([backbone.sot_token_id, *init_ids])
+                ids = torch.tensor([backbone.text_facts.sot_id, *init_ids])
                 ctx = backbone.token_embedding(ids)[1 : 1 + n_ctx].float().cpu().clone()
             else:
                 ctx = torch.empty(n_ctx, dim)

@@ -24,6 +24,8 @@ from vlprompt.methods.kgcoop.config import KgCoOpConfig
 class KgCoOp(CoOp):
     """CoOp + ``W * (1 - mean_c cos(w_c, w_c^clip))``; ``w^clip`` is a frozen buffer ``[n_cls, E]``."""
 
+    clip_text_features: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: KgCoOpConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

@@ -72,6 +72,10 @@ def search_c(fit_predict: Any, train: tuple[Any, Any], val: tuple[Any, Any], ste
 class LinearProbe(PromptMethod):
     """``logits = f W^T + b`` with ``W [n_cls, E]``, ``b [n_cls]`` fitted by :meth:`fit` (class-specific)."""
 
+    weight: Tensor  # buffers (register_buffer)
+    bias: Tensor
+    C: Tensor
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: LinearProbeConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

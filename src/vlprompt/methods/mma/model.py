@@ -103,6 +103,10 @@ def _adapters(width: int, layers: list[int], dim: int, *, shared: bool = False) 
 class MMA(PromptMethod):
     """Multi-modal adapters (``text_adapter``, ``visual_adapter``, ``shared_adapter``) in both towers (ViT only)."""
 
+    token_prefix: Tensor  # buffers (register_buffer)
+    token_suffix: Tensor
+    eot_index: Tensor
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: MMAConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
@@ -130,7 +134,7 @@ class MMA(PromptMethod):
         self.register_buffer("eot_index", eot, persistent=False)
 
     # ------------------------------------------------------------------ adapters
-    def _residual(self, adapter: nn.Module, layer: int, h: Tensor) -> Tensor:
+    def _residual(self, adapter: Any, layer: int, h: Tensor) -> Tensor:
         """``alpha * U S_l D h`` (``h`` already normalised) for adapter ``adapter`` of layer ``layer``."""
         shared = self.shared_adapter[str(layer)]
         w = adapter.up.weight

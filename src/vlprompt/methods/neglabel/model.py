@@ -80,6 +80,8 @@ class NegativeLabels:
 class NegLabel(PromptMethod):
     """Zero-shot CLIP with NegLabel's negative labels and OOD score ``"neglabel"`` (capability ``ood_scores``)."""
 
+    classifier: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: NegLabelConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
@@ -145,11 +147,11 @@ class NegLabel(PromptMethod):
         entry = load_entry(path) if path is not None else None
         if entry is not None:
             tensors, meta = entry
-            ni, ai = tensors["noun_index"].tolist(), tensors["adj_index"].tolist()
-            if meta.get("candidates") == [len(nouns), len(adjs)] and max(ni + [-1]) < len(nouns) \
-                    and max(ai + [-1]) < len(adjs):
-                words = tuple([nouns[i] for i in ni] + [adjs[i] for i in ai])
-                return NegativeLabels(tensors["features"].to(device), words, len(ni), (len(nouns), len(adjs)), 0.0,
+            n_ids, a_ids = tensors["noun_index"].tolist(), tensors["adj_index"].tolist()
+            if meta.get("candidates") == [len(nouns), len(adjs)] and max(n_ids + [-1]) < len(nouns) \
+                    and max(a_ids + [-1]) < len(adjs):
+                words = tuple([nouns[i] for i in n_ids] + [adjs[i] for i in a_ids])
+                return NegativeLabels(tensors["features"].to(device), words, len(n_ids), (len(nouns), len(adjs)), 0.0,
                                       True)
         start = time.perf_counter()
         progress = c.progress

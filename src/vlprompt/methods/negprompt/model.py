@@ -80,6 +80,8 @@ def negprompt_scores(features: Tensor, text: Tensor, temperature: float = 1.0) -
 class NegPrompt(PromptMethod):
     """A positive context shared by the classes and ``nega_ctx`` negative contexts, trained in two stages."""
 
+    stage: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: NegPromptConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
@@ -114,7 +116,7 @@ class NegPrompt(PromptMethod):
         """Normalised text features of every prompt ``[1 + K, C, E]``: index 0 the positive prompts, 1..K the
         negative ones (one shared-prefix pass over the ``1 + K`` contexts); ``freeze_positive`` detaches the
         positive context (stage 3)."""
-        pos = self.prompt_learner.ctx
+        pos: Tensor = self.prompt_learner.ctx
         pos = pos.detach() if freeze_positive else pos
         ctx = torch.cat([pos.unsqueeze(0), self.ctx_negative.to(pos.dtype)])  # [1 + K, M, D]
         return F.normalize(self.prompt_learner.encode_grouped(self.backbone, ctx).float(), dim=-1)

@@ -50,6 +50,8 @@ def project_gradient(g_ce: Tensor, g_kl: Tensor, lambda_value: float) -> Tensor:
 class ProGrad(CoOp):
     """CoOp whose update follows the cross-entropy gradient projected off the zero-shot distillation's."""
 
+    zeroshot_text_features: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: ProGradConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)

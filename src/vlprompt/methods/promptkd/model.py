@@ -32,6 +32,8 @@ of another image size sees the student's images resized to its own (:func:`teach
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -96,6 +98,9 @@ def kd_loss_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: flo
 class PromptKD(PacksTrainFeatures, PromptMethod):
     """Student: deep vision prompts (``vision_ctx`` + ``vision_deep``) and a projector to the teacher's feature
     space, classified against the teacher's stored text features."""
+
+    teacher_text: Tensor  # buffers (register_buffer)
+    teacher_names: Tensor
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: PromptKDConfig,
                  context: MethodContext | None = None) -> None:
@@ -199,7 +204,7 @@ class PromptKD(PacksTrainFeatures, PromptMethod):
         """Train-mode features: the projected student feature ``[B, E_t]`` and the teacher's logits ``[B, C]``;
         :meth:`logits` (``s_s * normalise(u) T^T``, the student backbone's logit scale, promptkd.py l.251, l.408)
         reads the first."""
-        return self.projector[0].out_features, self.n_cls
+        return cast(nn.Linear, self.projector[0]).out_features, self.n_cls
 
     def training_loss(self, features: Tensor, labels: Tensor) -> LossTerms:
         """Term ``kd``: ``kd_weight * T^2 * sum_b KL(p_t || p_s) / C`` over the batch, counted by images (the

@@ -57,6 +57,8 @@ def teacher_templates(n: int) -> list[str]:
 class PromptSRC(PacksTrainFeatures, IVLP):
     """IVLP + self-regulating consistency terms + Gaussian prompt aggregation."""
 
+    teacher_text: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: PromptSRCConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
@@ -67,6 +69,7 @@ class PromptSRC(PacksTrainFeatures, IVLP):
             for template in templates:
                 feats = backbone.encode_text(backbone.tokenize([template.replace("{}", n) for n in names])).float()
                 acc = feats if acc is None else acc + feats
+            assert acc is not None, "no teacher templates"
             teacher = F.normalize(acc / len(templates), dim=-1)
         self.register_buffer("teacher_text", teacher, persistent=False)  # [n_cls, E]
         self._gpa: dict[str, Tensor] | None = None

@@ -66,7 +66,7 @@ class TCP(KgCoOp):
 
     def class_tokens(self) -> Tensor:
         """TKE: ``[n_cls, E]`` frozen normalised hand-crafted text features -> ``[n_cls, M, D]`` class-aware tokens."""
-        knowledge = self.clip_text_features.to(self.meta_net.linear1.weight.device)
+        knowledge = self.clip_text_features.to(next(self.meta_net.parameters()).device)
         return self.meta_net(knowledge).view(self.n_cls, self.prompt_learner.n_ctx, -1)
 
     def text_features(self) -> Tensor:

@@ -26,6 +26,7 @@ Insertion policies:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -60,7 +61,7 @@ class ClassCache:
         self.payload = torch.zeros(n_cls, capacity, payload_dim, device=self.device) if payload_dim else None
         self.values = torch.zeros(n_cls, capacity, payload_dim, device=self.device) if payload_dim else None
         #: ``payload -> values`` of one entry (the negative cache's mask); identity when not set
-        self.value_fn = None
+        self.value_fn: Callable[[Tensor], Tensor] | None = None
 
     def to(self, device: torch.device | str) -> None:
         """Move keys, valid flags and payloads to ``device`` (in place)."""

@@ -13,7 +13,7 @@ def _pair(value: Any, name: str, kind: type) -> list:
     if not isinstance(value, list | tuple) or len(value) != 2:
         raise ConfigError(f"option method.{name} must be a list of two numbers [beta, alpha], got {value!r}")
     out = [kind(v) if not isinstance(v, bool) and isinstance(v, int | float) else None for v in value]
-    if None in out or any(v <= 0 for v in out):
+    if any(v is None or v <= 0 for v in out):
         raise ConfigError(f"option method.{name} must hold two positive numbers [beta, alpha], got {value!r}")
     return out
 

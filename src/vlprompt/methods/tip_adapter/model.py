@@ -78,9 +78,15 @@ class TipAdapter(PromptMethod):
     ``beta``. The cache is class-specific: the method predicts the classes it was fitted on.
     """
 
+    cache_labels: Tensor  # buffers (register_buffer)
+    alpha: Tensor
+    beta: Tensor
+    classifier: Tensor
+    cache_keys: Tensor
+
     learn_keys = False
 
-    def __init__(self, backbone: Backbone, classnames: list[str], config: TipAdapterConfig,
+    def __init__(self, backbone: Backbone, classnames: list[str], config: TipAdapterConfig | Any,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
         dim, dev = backbone.embed_dim, backbone.device

@@ -38,7 +38,7 @@ re-encodes the original, l.711-716).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,8 @@ class TPT(PromptMethod):
     default, or the starting prompt's). Its state (``ctx`` and the AdamW moments) changes only inside
     :meth:`adapt_and_predict`; :meth:`reset_adaptation` restores both.
     """
+
+    initial_ctx: Tensor  # buffers (register_buffer)
 
     def __init__(self, backbone: Backbone, classnames: list[str], config: TPTConfig,
                  context: MethodContext | None = None) -> None:
@@ -90,7 +92,7 @@ class TPT(PromptMethod):
         self._tower_init: list[Tensor] = []
 
     @property
-    def ctx(self) -> Tensor:
+    def ctx(self) -> nn.Parameter:
         """The context being tuned: ``[M, D]``."""
         return self.prompt_learner.ctx
 
@@ -106,6 +108,7 @@ class TPT(PromptMethod):
         """AdamW's state back to that of a fresh optimiser (l.275 ``optimizer.load_state_dict(optim_state)``;
         a new AdamW per image for TPT+CoCoOp, l.58: the same)."""
         optimizer = self._optim()
+        assert self._optimizer_start is not None  # set with the optimiser
         optimizer.load_state_dict(self._optimizer_start)
 
     def reset_adaptation(self) -> None:
@@ -139,7 +142,7 @@ class TPT(PromptMethod):
                              f"{self.backbone.text_width} of {self.backbone.name}")
         device = self.initial_ctx.device
         prompt_learner = copy.deepcopy(source_pl).to(device)
-        meta_net = copy.deepcopy(source.meta_net) if name == "cocoop" else None
+        meta_net = copy.deepcopy(cast(nn.Module, source.meta_net)) if name == "cocoop" else None
         self._adopt(prompt_learner, meta_net)
         self.reset_adaptation()
 

@@ -13,6 +13,8 @@ averaged:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -69,11 +71,11 @@ class UPL(PromptMethod):
         """Sum of the N prompts' cross-entropies (term ``ce``: summed over prompts and images, counted by
         images); the ensemble's logits for the accuracy log."""
         per_prompt = self.logits_per_prompt(features)
-        ce = sum(F.cross_entropy(lg, labels, reduction="sum") for lg in per_prompt)
+        ce = cast(Tensor, sum(F.cross_entropy(lg, labels, reduction="sum") for lg in per_prompt))  # N >= 1 prompts
         return LossTerms({"ce": (ce, labels.shape[0])}, per_prompt.mean(dim=0))
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Sum over prompts of cross-entropy on the pseudo-labels (independent prompts)."""
         if logits.dim() == 2:
             return F.cross_entropy(logits, labels)
-        return sum(F.cross_entropy(lg, labels) for lg in logits)
+        return cast(Tensor, sum(F.cross_entropy(lg, labels) for lg in logits))  # N >= 1 prompts

@@ -21,6 +21,8 @@ class ZeroShotCLIP(PromptMethod):
     and kept as a buffer ``[n_cls, E]``.
     """
 
+    classifier: Tensor  # buffers (register_buffer)
+
     def __init__(self, backbone: Backbone, classnames: list[str], config: ZeroShotConfig,
                  context: MethodContext | None = None) -> None:
         super().__init__(backbone, classnames, config, context)
