@@ -187,8 +187,8 @@ def test_shared_prefix_pass_equals_the_full_deep_text_pass(vit):
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
     g_shared = torch.autograd.grad(shared.square().sum(), [tp.ctx, *deep])
     g_full = torch.autograd.grad(full.square().sum(), [tp.ctx, *deep])
-    for a, b in zip(g_shared, g_full):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for a, b in zip(g_shared, g_full):  # float32 summation orders differ: tolerance relative to the gradient's size
+        torch.testing.assert_close(a, b, atol=1e-5 * max(1.0, float(b.abs().max())), rtol=1e-4)
 
 
 def test_without_prompts_the_deep_path_is_the_plain_encoder(vit, images):

@@ -225,10 +225,12 @@ def test_the_other_python_blocks_run_as_written(plugin_env, tmp_path, block):
 def test_the_cli_lists_the_plugins_extensions(plugin_env):
     code = ("from vlprompt.backbones.base import backbone_families\n"
             "from vlprompt.cli.main import main\n"
-            "assert main(['methods']) == 0 and main(['datasets']) == 0\n"
+            "assert main(['methods']) == 0 and main(['methods', 'gain']) == 0 and main(['datasets']) == 0\n"
             "print('families:', *sorted(backbone_families()))\n")  # what `vlprompt models` lists (slow: 9 s)
     out = _run([sys.executable, "-c", code], plugin_env)
     assert out.returncode == 0, _tail(out)
-    assert re.search(r"^gain +options: init_gain, class_gains$", out.stdout, re.MULTILINE), out.stdout
+    assert re.search(r"^gain +trained ", out.stdout, re.MULTILINE), out.stdout  # the listing, then its options
+    assert re.search(r"^  method\.init_gain = ", out.stdout, re.MULTILINE), out.stdout
+    assert re.search(r"^  method\.class_gains = ", out.stdout, re.MULTILINE), out.stdout
     assert re.search(r"^tiny_pets$", out.stdout, re.MULTILINE), out.stdout
     assert re.search(r"^families: .*\btoy\b", out.stdout, re.MULTILINE), out.stdout

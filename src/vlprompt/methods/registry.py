@@ -69,6 +69,12 @@ class MethodEntry:
             fn = getattr(importlib.import_module(module), attr)
         return cfg if fn is None else fn(cfg, resume)
 
+    @property
+    def summary(self) -> str:
+        """One line on what the method is: the first line of its class's docstring (``vlprompt methods``)."""
+        doc = (self.model_cls.__doc__ or "").strip().splitlines()
+        return doc[0].strip() if doc else ""
+
     def capabilities_for(self, config: Any = None) -> Capabilities:
         """The capabilities of this method built with ``config`` (None: the config's defaults)."""
         if isinstance(self.declared, Capabilities):

@@ -37,8 +37,7 @@ def describe_methods() -> dict[str, dict[str, Any]]:
                 default = None
             options.append({"name": f.name, "default": _plain(default), "help": str(f.metadata.get("help", ""))})
         caps = entry.capabilities_for()
-        doc = (entry.model_cls.__doc__ or "").strip().splitlines()
-        out[name] = {"summary": doc[0].strip() if doc else "", "options": options, "training": caps.training,
+        out[name] = {"summary": entry.summary, "options": options, "training": caps.training,
                      "supervision": caps.supervision, "adaptation": caps.adaptation,
                      "local_features": caps.local_features}
     return out
