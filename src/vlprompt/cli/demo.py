@@ -44,7 +44,7 @@ def epochs_for(n_classes: int, shots: int, epochs: int, max_steps: int, batch_si
     return max(5, min(epochs, max_steps // steps_per_epoch))
 
 
-#: ``vlprompt demo --quick``: two small datasets, two shot counts, no methods section (about 20 s)
+#: ``vlprompt demo --quick``: two small datasets, two shot counts, no methods section (about 10 s on 2 cores)
 QUICK = {"datasets": ("world_shapes", "world_scenes"), "shots": (1, 4), "methods": False}
 
 

@@ -617,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coop-only", action="store_true",
                    help="skip the CoCoOp base-to-new, UPL and LoCoOp OOD sections")
     p.add_argument("--quick", action="store_true",
-                   help="a first look in about 20 s: world_shapes and world_scenes, 1 and 4 shots, no methods "
+                   help="a first look in about 10 s: world_shapes and world_scenes, 1 and 4 shots, no methods "
                         "section (--datasets / --shots still apply)")
     p.add_argument("--jobs", type=int, help="worker processes for the demo's independent pieces (one thread each; "
                                             "default: --threads, else the cores this process may use); 1 runs "
