@@ -117,6 +117,26 @@ def runs_on(name: str, backbone: Any) -> bool:
         return False
 
 
+def tiny_hf_text_tower(folder: Path) -> dict[str, Any]:
+    """The ``hf-encoder`` text tower: a tiny random-init RoBERTa (as xlm-roberta-*) saved in ``folder`` with CLIP's
+    tokenizer (tests/test_hf_backbone.py builds the same), pooled by mean as the XLM-R configs say."""
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+
+    from vlprompt.backbones.hf_convert import clip_tokenizer_from_open_clip
+
+    tok = clip_tokenizer_from_open_clip()
+    tok.pad_token = "!"
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=49408, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return {"text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "context_length": 77,
+                         "hf_pooler_type": "mean_pooler", "hf_proj_type": "linear"}}
+
+
 def tiny_config(image: str, text: str) -> dict[str, Any]:
     """An open_clip config of a tiny random-init model with these tower kinds (CoCa's image tower returns its
     tokens too, as every CoCa config says)."""
@@ -128,14 +148,14 @@ def tiny_config(image: str, text: str) -> dict[str, Any]:
 
 def measure_support(methods: list[str], pairs: list[str]) -> dict[str, list[str] | None]:
     """``{"<image kind>|<text kind>": [methods that run]}`` for each tower pair of the catalogue, measured on
-    tiny random-init models; None for a pair that cannot be built here (a Hugging Face text encoder needs its
-    config from the Hugging Face cache)."""
+    tiny random-init models; None for a pair that cannot be built here."""
     import open_clip
 
     from vlprompt.backbones.openclip import load_backbone
 
     out: dict[str, list[str] | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        TEXT_TOWERS["hf-encoder"] = tiny_hf_text_tower(Path(tmp) / "roberta")
         buildable = [p for p in pairs if p.split("|")[0] in IMAGE_TOWERS and p.split("|")[1] in TEXT_TOWERS]
         for pair in buildable:
             name = "vlprompt-catalog-" + pair.replace("|", "-")
