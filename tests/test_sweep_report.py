@@ -555,3 +555,22 @@ def test_our_base2new_averages_sit_next_to_the_papers_published_ones():
     maple_paper = next(e for e in paper if e.paper == "maple" and e.method == "maple")
     assert js["vlprompt-world-vit"]["maple"]["maple"]["values"] == maple_paper.values
     assert js["vlprompt-world-vit"]["coop"]["datasets"] == ["world_scenes", "world_textures"]
+
+
+def test_a_promptkd_teacher_inside_its_student_run_is_not_a_row(tmp_path):
+    """PromptKD trains its teacher into <student run>/teacher/ (engine/teacher.py): part of the student's run."""
+    from vlprompt.report.collect import collect_fewshot
+
+    def metrics(folder: Path, method: str, dataset: str) -> None:
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({
+            "method": method, "dataset": dataset, "shots": 16, "seed": 1, "backbone": VIT,
+            "test": {"accuracy": 90.0, "macro_accuracy": 90.0, "n": 100}}))
+
+    student = tmp_path / "kd" / "seed1"
+    metrics(student, "promptkd", "world_shapes")
+    (student / "config.yaml").write_text("method: {name: promptkd}\n")
+    metrics(student / "teacher", "promptsrc", "world_shapes")
+    metrics(tmp_path / "other" / "teacher", "promptsrc", "world_scenes")  # only named "teacher": a run of its own
+    assert sorted((k[0], k[2]) for k in collect_fewshot(tmp_path)) == [("promptkd", "world_shapes"),
+                                                                          ("promptsrc", "world_scenes")]

@@ -3,7 +3,8 @@
 Every file is read with :func:`vlprompt.core.results.read_result` (any format version this release reads,
 including files written before the schema: format 0):
 
-* ``metrics.json`` -> :class:`~vlprompt.core.results.RunResult`, grouped by (method, backbone, dataset, shots);
+* ``metrics.json`` -> :class:`~vlprompt.core.results.RunResult`, grouped by (method, backbone, dataset, shots)
+  (a PromptKD teacher trained inside its student's run folder is part of that run: :func:`is_nested_teacher_run`);
 * ``<kind>_results.json`` (kind in :data:`~vlprompt.core.results.TRANSFER_PROTOCOLS`) ->
   :class:`~vlprompt.core.results.ProtocolResult`, one :class:`ProtocolRow` each;
 * ``tta_results.json`` -> :class:`~vlprompt.core.results.TestTimeResult`, grouped by (method label,
@@ -79,12 +80,23 @@ def _skip(path: Path, exc: Exception, skipped: list[str] | None, reasons: dict[s
         reasons[str(path)] = str(exc) if str(path) in str(exc) else f"'{path}': {exc}"
 
 
+def is_nested_teacher_run(folder: Path) -> bool:
+    """A run trained inside another run folder as part of it: PromptKD's teacher in ``<student run>/teacher/``
+    (:mod:`vlprompt.engine.teacher`). It belongs to the student's row, not a row of its own."""
+    from vlprompt.engine.run import RunPaths
+    from vlprompt.engine.teacher import TEACHER_DIR
+
+    return folder.name == TEACHER_DIR and RunPaths(folder.parent).config.is_file()
+
+
 def collect_fewshot(root: Path, skipped: list[str] | None = None,
                     reasons: dict[str, str] | None = None) -> dict[FewKey, list[float]]:
     """(method, backbone, dataset, shots) -> test accuracies of every seed found (``metrics.json``); a file
     that is not a finished run's metrics is noted in ``skipped`` / ``reasons`` and left out."""
     groups: dict[FewKey, list[float]] = defaultdict(list)
     for path in sorted(root.rglob("metrics.json")):
+        if is_nested_teacher_run(path.parent):
+            continue
         try:
             run = read_result(path, RunResult)
         except DataError as exc:
