@@ -151,7 +151,8 @@ def _card(config: dict[str, Any], result: Any, repo_id: str, *, has_config: bool
     body = [
         f"# {name}", "",
         f"A learned **{config['method']}** prompt for the frozen CLIP-family model **{backbone}**, trained with "
-        f"[vlprompt](https://pypi.org/project/vlprompt/){where}. It classifies images into {len(classes)} classes.",
+        f"vlprompt{where} (vlprompt is installed from its source clone: `pip install -e .`). It classifies images "
+        f"into {len(classes)} classes.",
         "", "## Use", "",
         "vlprompt reads it from the local Hugging Face cache (it never downloads by itself):", "",
         "```bash", f"hf download {repo_id}", f"vlprompt predict image.jpg --prompt {PREFIX}{repo_id}", "```", "",
