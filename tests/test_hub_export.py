@@ -56,7 +56,7 @@ def test_hub_folder_round_trip(run, tmp_path, monkeypatch, capsys):
     assert cfg["backbone"]["model"] == "vlprompt-test-vit" and cfg["base_model"] is None  # random init: no Hub repo
     assert cfg["preprocessing"]["size"] == 32 and len(cfg["preprocessing"]["mean"]) == 3
     assert (cfg["dataset"], cfg["shots"], cfg["seed"]) == ("imagefolder", 2, 1)
-    assert cfg["command"] == "vlprompt train -c train_config.yaml"
+    assert cfg["command"] == f"vlprompt train -c {config}"  # the command line `vlprompt train` recorded
     assert (out / "train_config.yaml").read_text() == (run_dir / "config.yaml").read_text()
 
     from huggingface_hub import ModelCard
@@ -65,7 +65,8 @@ def test_hub_folder_round_trip(run, tmp_path, monkeypatch, capsys):
     assert card.data.library_name == "vlprompt" and "coop" in card.data.tags
     test = next(r for r in card.data.eval_results if r.dataset_split == "test")
     assert test.metric_type == "accuracy" and test.metric_value == round(metrics["test"]["accuracy"], 2)
-    assert "vlprompt train -c train_config.yaml" in card.text and "hf download me/tiny-coop" in card.text
+    assert f"vlprompt train -c {config}" in card.text and "vlprompt train -c train_config.yaml" in card.text
+    assert "hf download me/tiny-coop" in card.text
 
     cache = tmp_path / "hf_cache"
     _to_cache(out, cache, "me/tiny-coop")

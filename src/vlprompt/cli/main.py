@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not cfg.train.output_dir:  # no config file, or one without a run folder: one per method / data / seed
         cfg.train.output_dir = DEFAULT_RUN_DIR
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, command=_command_line(args))
     finally:
         shutdown()
     test = result.test
@@ -107,6 +107,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"test accuracy {test['accuracy']:.2f}% (mean per-class {test['macro_accuracy']:.2f}%) - "
               f"results in {cfg.train.output_dir}")
     return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that is running, as a shell takes it back (``vlprompt train -c ... --set ...``)."""
+    import shlex
+
+    return shlex.join(["vlprompt", *getattr(args, "argv", [])])
 
 
 def _under_torchrun() -> bool:
@@ -814,6 +821,7 @@ def set_threads(threads: int | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

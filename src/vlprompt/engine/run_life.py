@@ -140,6 +140,7 @@ class Run:
     finished: RunResult | None = None
     extending: RunResult | None = None
     budget_notes: Sequence[str] = field(default_factory=list)
+    command: str | None = None  #: the command line that started the run (kept in the prompt file's metadata)
 
     def write_config(self) -> None:
         """Save the resolved config (rank 0)."""
@@ -216,8 +217,11 @@ class Run:
     def save_prompt(self, method: PromptMethod, epochs: int) -> None:
         """Write the learned prompt file ``prompt.safetensors`` (+ ``prompt.json``; rank 0)."""
         cfg = self.cfg
-        save_prompt(self.paths.prompt, method, extra={"dataset": cfg.data.dataset, "shots": cfg.data.shots,
-                                                       "seed": cfg.train.seed, "epochs": epochs})
+        extra: dict[str, Any] = {"dataset": cfg.data.dataset, "shots": cfg.data.shots, "seed": cfg.train.seed,
+                                 "epochs": epochs}
+        if self.command:
+            extra["command"] = self.command
+        save_prompt(self.paths.prompt, method, extra=extra)
 
     def write_results(self, *, backbone: BackboneRecord, test: dict[str, Any], val: dict[str, Any] | None,
                       history: list[dict[str, Any]], epochs: int, train_time: float, skipped: int,
@@ -264,7 +268,7 @@ def _open(run: Run, stack: contextlib.ExitStack) -> tuple[RunResult | None, list
 
 
 @contextlib.contextmanager
-def open_run(cfg: ExperimentConfig, ctx: DistContext, resume: bool) -> Iterator[Run]:
+def open_run(cfg: ExperimentConfig, ctx: DistContext, resume: bool, command: str | None = None) -> Iterator[Run]:
     """Open the run folder ``cfg.train.output_dir`` for the length of the ``with`` block.
 
     Rank 0 refuses to overwrite a run that is not resumed, compares a resumed run's config with the saved one
@@ -272,7 +276,7 @@ def open_run(cfg: ExperimentConfig, ctx: DistContext, resume: bool) -> Iterator[
     options. A user error raised in the block while the folder holds no checkpoint and no result says that the
     same command starts the run afresh.
     """
-    run = Run(RunPaths(Path(cfg.train.output_dir)), cfg, ctx, resume)
+    run = Run(RunPaths(Path(cfg.train.output_dir)), cfg, ctx, resume, command=command)
     with contextlib.ExitStack() as stack:
         run.finished, notes, run.extending = main_only(ctx, lambda: _open(run, stack))
         if run.finished is not None:

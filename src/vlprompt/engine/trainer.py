@@ -89,7 +89,8 @@ def build_training_method(cfg: ExperimentConfig, backbone: Backbone, classnames:
     return build_method(cfg.method.name, backbone, classnames, config=cfg.method.config, context=context)
 
 
-def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | None = None) -> RunResult:
+def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | None = None,
+          command: str | None = None) -> RunResult:
     """Train ``cfg.method`` on ``cfg.data`` and evaluate on the test split; return the run's result (what
     ``metrics.json`` holds: ``result.test["accuracy"]``, ``result.history``, ``result.to_dict()``, ...).
 
@@ -97,6 +98,8 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | N
         cfg: the experiment (see :mod:`vlprompt.config`).
         resume: continue the run in ``cfg.train.output_dir`` from its last good checkpoint.
         backbone: an already loaded backbone to reuse (must match ``cfg.backbone``).
+        command: the command line that started the run (``vlprompt train ...``), kept in the prompt file's
+            metadata (``vlprompt export --format hub`` writes it into the model card).
     """
     if not cfg.train.output_dir:
         raise ConfigError("option train.output_dir is required (the run folder), e.g. --output-dir runs/my_run")
@@ -105,7 +108,7 @@ def train(cfg: ExperimentConfig, *, resume: bool = False, backbone: Backbone | N
     ctx, device = init_distributed(resolve_device(cfg.train.device), timeout_min=cfg.train.dist_timeout_min)
     main_only(ctx, lambda: check_batch_size(ctx, cfg.optim.batch_size))  # before anything is written
     main_only(ctx, lambda: check_available(cfg.train.loggers))  # a tracker named but not installed
-    with open_run(cfg, ctx, resume) as run:
+    with open_run(cfg, ctx, resume, command) as run:
         if run.finished is not None:
             return run.finished
         return _train(run, backbone, device)

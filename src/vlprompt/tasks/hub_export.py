@@ -167,8 +167,11 @@ def _card(config: dict[str, Any], result: Any, repo_id: str, *, has_config: bool
                             f"{float(block.get('macro_accuracy', block['accuracy'])):.2f} | {block.get('n', '')} |")
         body.append("")
     if config.get("command"):
-        body += ["## Training", "", "```bash", str(config["command"]), "```", ""]
+        body += ["## Training", "", "The command that made it:", "", "```bash", str(config["command"]), "```", ""]
+        again = f"vlprompt train -c {TRAIN_CONFIG}"
         if has_config:
+            if str(config["command"]) != again:
+                body += ["Again from the files here:", "", "```bash", again, "```", ""]
             body += [f"`{TRAIN_CONFIG}` is the run's resolved config; its data paths (`data.root`, a local dataset) "
                      "are the trainer's: point them at your copy.", ""]
     files = [f"- `{DEFAULT_PROMPT_FILE}`: the learned tensors and their metadata (safetensors, no pickle)",
