@@ -74,17 +74,23 @@ def dataset_row(dataset: str, out: Path, *, shots: Sequence[int], seed: int, epo
     return row
 
 
-def _task(kind: str, name: str, out: Path, settings: dict[str, Any], t0: float) -> tuple[str, str, dict[str, Any]]:
-    """One independent piece of the demo in a worker process (one torch thread: the workers share the cores)."""
-    import torch
-
-    torch.set_num_threads(1)
+def _piece(kind: str, name: str, out: Path, settings: dict[str, Any], t0: float, log: Any = print,
+           backbone: Any = None) -> dict[str, Any]:
+    """One independent piece of the demo: a dataset row (``kind`` ``"row"``) or a methods section."""
     if kind == "row":
-        return kind, name, dataset_row(name, out, t0=t0, **settings)
+        return dataset_row(name, out, t0=t0, log=log, backbone=backbone, **settings)
     from vlprompt.cli.demo_methods import run_section
 
     keep = ("seed", "model", "pretrained", "device")
-    return kind, name, run_section(name, out / "methods", t0=t0, **{k: settings[k] for k in keep})
+    return run_section(name, out / "methods", t0=t0, log=log, **{k: settings[k] for k in keep})
+
+
+def _task(kind: str, name: str, out: Path, settings: dict[str, Any], t0: float) -> tuple[str, str, dict[str, Any]]:
+    """:func:`_piece` in a worker process (one torch thread: the workers share the cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return kind, name, _piece(kind, name, out, settings, t0)
 
 
 def run_demo(
@@ -135,13 +141,7 @@ def run_demo(
 
         backbone = load_backbone(model, pretrained, device=resolve_device(device))
         for kind, name in tasks:
-            if kind == "row":
-                done[(kind, name)] = dataset_row(name, out, log=log, t0=t0, backbone=backbone, **settings)
-            else:
-                from vlprompt.cli.demo_methods import run_section
-
-                done[(kind, name)] = run_section(name, out / "methods", seed=seed, model=model,
-                                                 pretrained=pretrained, device=device, log=log, t0=t0)
+            done[(kind, name)] = _piece(kind, name, out, settings, t0, log, backbone)
     rows = [done[("row", d)] for d in datasets]
     others = {s: done[("section", s)] for s in SECTIONS} if methods else None
     results = {"model": model, "pretrained": pretrained, "seed": seed, "epochs": epochs, "max_steps": max_steps,
