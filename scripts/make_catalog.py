@@ -119,20 +119,10 @@ def runs_on(name: str, backbone: Any) -> bool:
 
 def tiny_hf_text_tower(folder: Path) -> dict[str, Any]:
     """The ``hf-encoder`` text tower: a tiny random-init RoBERTa (as xlm-roberta-*) saved in ``folder`` with CLIP's
-    tokenizer (tests/test_hf_backbone.py builds the same), pooled by mean as the XLM-R configs say."""
-    import torch
-    from transformers import RobertaConfig, RobertaModel
+    tokenizer (backbones.hf_convert.write_test_text_encoder, as the tests), pooled by mean as the XLM-R configs say."""
+    from vlprompt.backbones.hf_convert import write_test_text_encoder
 
-    from vlprompt.backbones.hf_convert import clip_tokenizer_from_open_clip
-
-    tok = clip_tokenizer_from_open_clip()
-    tok.pad_token = "!"
-    torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=49408, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
-                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    RobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    write_test_text_encoder(folder, max_positions=80)
     return {"text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "context_length": 77,
                          "hf_pooler_type": "mean_pooler", "hf_proj_type": "linear"}}
 

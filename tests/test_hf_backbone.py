@@ -216,18 +216,12 @@ def test_core_imports_and_runs_without_transformers():
 def hf_text_tower_model(request, tmp_path_factory):
     """An open_clip model whose text tower is a tiny local RoBERTa (``HFTextEncoder``), like xlm-roberta-*."""
     import open_clip
-    from transformers import RobertaConfig, RobertaModel
+
+    from vlprompt.backbones.hf_convert import write_test_text_encoder
 
     root = tmp_path_factory.mktemp("hf_text")
     text_dir = root / "roberta"
-    tok = clip_tokenizer_from_open_clip()
-    tok.pad_token = "!"
-    torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=49408, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=40, pad_token_id=tok.pad_token_id,
-                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    RobertaModel(config, add_pooling_layer=request.param == "cls_pooler").save_pretrained(text_dir)
-    tok.save_pretrained(text_dir)
+    write_test_text_encoder(text_dir, pooling_layer=request.param == "cls_pooler", max_positions=40)
     name = f"vlprompt-test-hftext-{request.param}"
     (root / f"{name}.json").write_text(json.dumps({
         "embed_dim": 32,

@@ -24,6 +24,7 @@ open_clip checkpoint as a Hugging Face directory. Key mapping (open_clip -> tran
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -119,6 +120,24 @@ def clip_tokenizer_from_open_clip() -> Any:
     merges = [pair for pair, _ in sorted(st.bpe_ranks.items(), key=lambda kv: kv[1])]
     return CLIPTokenizer(vocab=dict(st.encoder), merges=merges, bos_token="<start_of_text>",
                          eos_token="<end_of_text>", pad_token="<end_of_text>", unk_token="<end_of_text>")
+
+
+def write_test_text_encoder(folder: str | Path, *, pooling_layer: bool = False, max_positions: int = 80) -> None:
+    """A tiny random-init RoBERTa text encoder (as open_clip's xlm-roberta-* towers use) with CLIP's tokenizer in
+    ``folder``: the ``hf-encoder`` text tower of vlprompt's tests and of ``scripts/make_catalog.py``
+    (``hf_model_name`` / ``hf_tokenizer_name`` of an open_clip config). ``max_positions`` must exceed the
+    config's context length by 2 (RoBERTa's position offset)."""
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+
+    tok = clip_tokenizer_from_open_clip()
+    tok.pad_token = "!"
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=49408, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    RobertaModel(config, add_pooling_layer=pooling_layer).save_pretrained(folder)
+    tok.save_pretrained(folder)
 
 
 def save_open_clip_as_hf(model: nn.Module, directory: str, preprocess_cfg: dict[str, Any] | None = None) -> None:
