@@ -185,20 +185,20 @@ def train_one_epoch(method: PromptMethod, loader: Any, optimizer: torch.optim.Op
             term_counts[name] = term_counts.get(name, 0) + stats.term_counts[name]
         if on_step is not None:
             now = time.perf_counter()
-            values = {"loss": stats.loss, "images": float(stats.n), "seconds": now - tick}
-            if len(stats.term_sums) > 1:
-                for k in sorted(stats.term_sums):
-                    count = stats.term_counts[k]
-                    values[f"loss_{k}"] = stats.term_sums[k] / count if count else 0.0
+            values = {"loss": stats.loss, "images": float(stats.n), "seconds": now - tick,
+                      **_term_means(stats.term_sums, stats.term_counts)}
             on_step(step, values)
             tick = now
     if seen == 0:
         raise VlpromptError("the training split is empty; check data.dataset / data.root / data.shots")
-    record = {"loss": total_loss / seen, "accuracy": 100.0 * correct / seen}
-    if len(term_sums) > 1:
-        for k in sorted(term_sums):
-            record[f"loss_{k}"] = term_sums[k] / term_counts[k] if term_counts[k] else 0.0
-    return record
+    return {"loss": total_loss / seen, "accuracy": 100.0 * correct / seen, **_term_means(term_sums, term_counts)}
+
+
+def _term_means(sums: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
+    """``{"loss_<term>": mean}`` of a method with more than one named loss term (sorted by name), else empty."""
+    if len(sums) <= 1:
+        return {}
+    return {f"loss_{k}": sums[k] / counts[k] if counts[k] else 0.0 for k in sorted(sums)}
 
 
 def _report_step(on_step: Callable[[int, dict[str, float]], None], done: int,
